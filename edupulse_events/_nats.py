@@ -1,0 +1,304 @@
+"""The only module that imports nats-py: connection, raw pipelined publishing, acks, streams.
+
+The rest of the package talks to `NatsTransport`, which speaks in bytes and library
+exceptions. Every nats-py exception is mapped here (`BrokerError`, with ``transient`` telling
+the worker whether a retry can help); none escapes to callers.
+
+Speed: publishing writes ready-made ``HPUB`` commands into the client's pending buffer and
+kicks its flusher once per batch (nats-py's ``publish()`` re-validates headers and subjects
+per message). JetStream acks arrive on one wildcard inbox and are taken straight from the
+protocol parser by subscription id, skipping per-message ``Msg`` objects and tasks. Both use
+nats-py internals (``_pending``, ``_pending_data_size``, ``_flush_pending``, ``_process_msg``),
+so the nats-py range is pinned in setup.cfg and the test suite covers this path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from typing import Callable, List, Optional
+
+import nats
+import nats.errors
+import nats.js.api
+import nats.js.errors
+import orjson
+from nats.aio.client import Client
+
+from .config import PublisherConfig
+from .errors import BrokerError
+
+__all__ = ["NatsTransport", "broker_error"]
+
+log = logging.getLogger("edupulse_events")
+
+# on_ack(seq, ack_dict_or_None, status_or_None)
+AckCallback = Callable[[int, Optional[dict], Optional[str]], None]
+
+
+def broker_error(message: str, *, transient: bool, cause: Optional[BaseException] = None) -> BrokerError:
+    """A `BrokerError` marked transient (worth retrying) or permanent."""
+    err = BrokerError(message)
+    err.transient = transient  # type: ignore[attr-defined]
+    if cause is not None:
+        err.__cause__ = cause
+    return err
+
+
+def _describe(exc: BaseException) -> str:
+    """A short, credential-free description of a connection error."""
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or text}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {text}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if "Authorization Violation" in text or "Authentication" in text or isinstance(exc, nats.errors.AuthorizationError):
+        return "authentication failed (Authorization Violation)"
+    if "secure connection" in text.lower() or isinstance(exc, (nats.errors.SecureConnRequiredError, nats.errors.SecureConnFailedError)):
+        return f"TLS required/failed: {text}"
+    return text
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors that retrying the connection cannot fix (bad credentials, bad certificates)."""
+    text = str(exc)
+    return (
+        isinstance(exc, (ssl.SSLCertVerificationError, nats.errors.AuthorizationError))
+        or "Authorization Violation" in text
+        or "Authentication" in text
+    )
+
+
+class NatsTransport:
+    """One nats-py connection, owned by the publisher thread's event loop."""
+
+    def __init__(self, config: PublisherConfig, on_ack: AckCallback, on_state: Callable[[bool], None]) -> None:
+        self._config = config
+        self._on_ack = on_ack
+        self._on_state = on_state
+        self._nc: Client = nats.NATS()
+        self._prefix = b""
+        self._ack_sid: Optional[int] = None
+        self._last_error: Optional[BaseException] = None
+        self._fatal: Optional[asyncio.Future] = None
+        self.max_payload: Optional[int] = None
+        self._closing = False
+
+    @property
+    def connected(self) -> bool:
+        return self._nc.is_connected
+
+    @property
+    def reply_prefix(self) -> bytes:
+        """Acks for message ``seq`` arrive on ``reply_prefix + str(seq)``."""
+        return self._prefix
+
+    async def connect(self, timeout: Optional[float]) -> None:
+        """Connect (retrying servers until ``timeout``; None = forever) or raise `BrokerError`."""
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        self._fatal = loop.create_future()
+
+        async def error_cb(exc: Exception) -> None:
+            self._last_error = exc
+            if _is_fatal(exc):
+                log.error("broker %s: %s", cfg.redacted_servers, _describe(exc))
+                if not self._fatal.done():
+                    self._fatal.set_result(exc)
+            else:
+                log.debug("broker %s: %s", cfg.redacted_servers, _describe(exc))
+
+        async def disconnected_cb() -> None:
+            if not self._closing:
+                log.warning("disconnected from broker %s", cfg.redacted_servers)
+            self._on_state(False)
+
+        async def reconnected_cb() -> None:
+            self.max_payload = self._nc.max_payload
+            log.info("reconnected to broker %s", cfg.redacted_servers)
+            self._on_state(True)
+
+        connect = asyncio.ensure_future(
+            self._nc.connect(
+                servers=list(cfg.servers),
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                name=cfg.client_name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=cfg.reconnect_wait,  # type: ignore[arg-type]
+                connect_timeout=min(cfg.connect_timeout, 2.0),  # type: ignore[arg-type]
+                ping_interval=5,
+                max_outstanding_pings=2,
+                token=cfg.auth_token,
+                user=cfg.user,
+                password=cfg.password,
+                tls=cfg.tls,
+                pending_size=max(2 * 1024 * 1024, 4 * cfg.window * 1024),
+            )
+        )
+        done, _ = await asyncio.wait({connect, self._fatal}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if connect not in done:
+            connect.cancel()
+            await asyncio.gather(connect, return_exceptions=True)
+            await self._abandon()
+            why = _describe(self._last_error) if self._last_error else "no answer"
+            raise broker_error(
+                f"could not connect to {cfg.redacted_servers} within {timeout} s: {why}",
+                transient=not self._fatal.done(),
+                cause=self._last_error,
+            )
+        try:
+            connect.result()
+        except Exception as exc:
+            await self._abandon()
+            raise broker_error(f"could not connect to {cfg.redacted_servers}: {_describe(exc)}", transient=False, cause=exc) from None
+        self.max_payload = self._nc.max_payload
+        try:
+            await self._subscribe_acks()
+            if cfg.create_stream:
+                await self.ensure_stream()
+        except BrokerError:
+            await self.close(1.0)
+            raise
+        log.info("connected to broker %s", cfg.redacted_servers)
+        self._on_state(True)
+
+    async def _abandon(self) -> None:
+        try:
+            await asyncio.wait_for(self._nc.close(), 1.0)
+        except Exception:  # noqa: BLE001 - a half-open connection may fail to close in any way
+            pass
+
+    async def _subscribe_acks(self) -> None:
+        nc = self._nc
+        self._prefix = nc.new_inbox().encode() + b"."
+        sub = await nc.subscribe(self._prefix.decode() + "*")
+        self._ack_sid = sub._id
+        original = nc._process_msg
+        on_ack = self._on_ack
+        sid_ = self._ack_sid
+        start = len(self._prefix)
+
+        async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+            if sid != sid_:
+                await original(sid, subject, reply, data, headers)
+                return
+            try:
+                seq = int(subject[start:])
+            except ValueError:
+                return
+            if headers and headers[8:9] == b" ":  # inline status: "NATS/1.0 503\r\n\r\n"
+                on_ack(seq, None, headers[9:12].decode("ascii", "replace"))
+                return
+            try:
+                ack = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                ack = {"error": {"code": 0, "description": "unreadable ack"}}
+            on_ack(seq, ack, None)
+
+        nc._process_msg = process_msg  # type: ignore[method-assign]
+
+    def write(self, commands: List[bytes]) -> None:
+        """Queue ready-made protocol commands on the connection (sent by `kick`)."""
+        nc = self._nc
+        nc._pending.extend(commands)
+        nc._pending_data_size += sum(map(len, commands))
+
+    async def kick(self) -> None:
+        """Ask the client's flusher to write what is pending."""
+        await self._nc._flush_pending()
+
+    async def ping(self, timeout: float) -> None:
+        """Round trip to the server: everything written before it has arrived."""
+        try:
+            await self._nc.flush(timeout=timeout)  # type: ignore[arg-type]
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+            raise broker_error(f"no answer from the broker within {timeout} s", transient=True, cause=exc) from None
+
+    async def stream_captures(self, subject: str, timeout: float) -> Optional[bool]:
+        """Whether some JetStream stream captures ``subject`` (None if the server did not say)."""
+        try:
+            await self._nc.jsm(timeout=timeout).find_stream_name_by_subject(subject)
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+        except Exception:  # noqa: BLE001 - timeouts, no responders, lost connection: unknown
+            return None
+
+    async def ensure_stream(self) -> None:
+        """Create the configured stream for the subject when it does not exist."""
+        cfg = self._config
+        jsm = self._nc.jsm(timeout=cfg.connect_timeout)
+        try:
+            try:
+                await jsm.stream_info(cfg.stream)  # type: ignore[arg-type]
+                return
+            except nats.js.errors.NotFoundError:
+                pass
+            await jsm.add_stream(name=cfg.stream, subjects=[cfg.stream_subject], num_replicas=cfg.stream_replicas)
+            log.info("created JetStream stream %s for subject %s", cfg.stream, cfg.stream_subject)
+        except Exception as exc:  # noqa: BLE001 - mapped to the library's error
+            raise broker_error(f"could not ensure stream {cfg.stream!r}: {exc or type(exc).__name__}", transient=False, cause=exc) from None
+
+    async def close(self, timeout: float) -> None:
+        """Close the connection, waiting at most ``timeout`` seconds."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._nc.close(), timeout)
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
+            pass
+
+
+class StoredMessage:
+    """One message read back from a JetStream stream (for tests, demos and audits)."""
+
+    __slots__ = ("sequence", "subject", "headers", "data")
+
+    def __init__(self, sequence: int, subject: str, headers: dict, data: bytes) -> None:
+        self.sequence = sequence
+        self.subject = subject
+        self.headers = headers
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"<StoredMessage #{self.sequence} {self.subject} {len(self.data)} bytes>"
+
+
+async def read_stream_async(
+    url: str, stream: str, *, timeout: float = 10.0, token: Optional[str] = None, tls: Optional[ssl.SSLContext] = None
+) -> List[StoredMessage]:
+    """Every message in ``stream``, oldest first, via an ephemeral pull consumer."""
+    nc = await nats.connect(servers=url.split(","), token=token, tls=tls, connect_timeout=2, allow_reconnect=True, max_reconnect_attempts=5)
+    try:
+        js = nc.jetstream(timeout=timeout)
+        info = await js.stream_info(stream)
+        total = info.state.messages
+        out: List[StoredMessage] = []
+        if total == 0:
+            return out
+        psub = await js.pull_subscribe("", stream=stream, config=nats.js.api.ConsumerConfig(ack_policy=nats.js.api.AckPolicy.NONE))
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(out) < total:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise broker_error(f"read {len(out)} of {total} messages from {stream} within {timeout} s", transient=True)
+            try:
+                msgs = await psub.fetch(min(1000, total - len(out)), timeout=min(remaining, 2.0))
+            except nats.errors.TimeoutError:
+                continue
+            for msg in msgs:
+                out.append(StoredMessage(msg.metadata.sequence.stream, msg.subject, dict(msg.headers or {}), msg.data))
+        await psub.unsubscribe()
+        return out
+    finally:
+        await nc.close()
+
+
+def read_stream(url: str, stream: str, **kwargs: object) -> List[StoredMessage]:
+    """Blocking `read_stream_async` (not from inside a running event loop)."""
+    return asyncio.run(read_stream_async(url, stream, **kwargs))  # type: ignore[arg-type]

@@ -1,0 +1,194 @@
+"""Publisher settings: one validated, immutable object holding every knob.
+
+`PublisherConfig` is checked when it is built (bad values raise `ConfigError` there, not
+later in a background thread). `PublisherConfig.from_env()` reads the
+``EDUPULSE_EVENT_BROKER_*`` variables. `redact_url` keeps credentials out of logs, reprs and
+error messages; the config's own repr never shows a token or password.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import ssl
+from typing import Mapping, Optional, Tuple
+from urllib.parse import urlsplit, urlunsplit
+
+import attrs
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "PublisherConfig", "RetryPolicy", "redact_url"]
+
+ENV_PREFIX = "EDUPULSE_EVENT_BROKER_"
+_SCHEMES = ("nats", "tls", "ws", "wss")
+_SUBJECT_FIELDS = {"type", "tenant"}
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
+_STREAM_NAME = re.compile(r"^[^\s.*>/\\]+$")
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any user, password or token replaced by ``***``."""
+    parts = []
+    for one in url.split(","):
+        one = one.strip()
+        try:
+            split = urlsplit(one)
+            if split.username is None and split.password is None:
+                parts.append(one)
+                continue
+            host = split.hostname or ""
+            if split.port is not None:
+                host = f"{host}:{split.port}"
+            parts.append(urlunsplit((split.scheme, f"***@{host}", split.path, split.query, "")))
+        except ValueError:
+            parts.append("<unparseable url>")
+    return ",".join(parts)
+
+
+def _positive(name: str):
+    def check(_inst: object, _attr: object, value: float) -> None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number of seconds, got {type(value).__name__}")
+        if not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
+
+    return check
+
+
+def _positive_int(name: str):
+    def check(_inst: object, _attr: object, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class RetryPolicy:
+    """Exponential backoff with jitter for transient failures (tenacity's ``wait_exponential_jitter``).
+
+    Retries never outlive the event's delivery deadline; ``attempt_timeout`` bounds each try
+    (how long to wait for a JetStream ack or a core flush before trying again).
+    """
+
+    initial: float = attrs.field(default=0.05, validator=_positive("retry.initial"))
+    maximum: float = attrs.field(default=2.0, validator=_positive("retry.maximum"))
+    multiplier: float = attrs.field(default=2.0, validator=_positive("retry.multiplier"))
+    jitter: float = attrs.field(default=0.1)
+    attempt_timeout: float = attrs.field(default=2.0, validator=_positive("retry.attempt_timeout"))
+
+    def __attrs_post_init__(self) -> None:
+        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not (
+            0 <= self.jitter < math.inf
+        ):
+            raise ConfigError(f"retry.jitter must be a finite number >= 0, got {self.jitter!r}")
+        if self.maximum < self.initial:
+            raise ConfigError(f"retry.maximum ({self.maximum}) must be >= retry.initial ({self.initial})")
+
+
+def _servers(value: object) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        items = [s.strip() for s in value.split(",")]
+    elif isinstance(value, (list, tuple)):
+        items = [str(s).strip() for s in value]
+    else:
+        raise ConfigError(f"servers must be a URL string or a list of URLs, got {type(value).__name__}")
+    items = [s for s in items if s]
+    if not items:
+        raise ConfigError("servers must name at least one nats:// or tls:// URL")
+    for s in items:
+        split = urlsplit(s)
+        if split.scheme not in _SCHEMES or not split.hostname:
+            raise ConfigError(f"not a NATS server URL: {redact_url(s)!r} (expected nats://host:port or tls://host:port)")
+    return tuple(items)
+
+
+def _check_subject(_inst: object, _attr: object, subject: str) -> None:
+    if not isinstance(subject, str) or not subject:
+        raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
+    names = set(_PLACEHOLDER.findall(subject))
+    if names - _SUBJECT_FIELDS:
+        raise ConfigError(f"subject template {subject!r} may only use {{type}} and {{tenant}}, not {sorted(names - _SUBJECT_FIELDS)}")
+    probe = _PLACEHOLDER.sub("x", subject)
+    if any(c in probe for c in " \t\r\n*>{}") or probe.startswith(".") or probe.endswith(".") or ".." in probe:
+        raise ConfigError(f"subject {subject!r} is not a valid NATS publish subject")
+
+
+@attrs.frozen
+class PublisherConfig:
+    """Everything a `NatsPublisher` needs; invalid combinations raise `ConfigError` here.
+
+    Times are float seconds. ``subject`` may be a template using ``{type}`` (the event type
+    name) and ``{tenant}`` (percent-encoded tenant id; ``_`` when there is none).
+    """
+
+    servers: Tuple[str, ...] = attrs.field(converter=_servers, repr=lambda v: repr(tuple(redact_url(s) for s in v)))
+    subject: str = attrs.field(validator=_check_subject)
+    auth_token: Optional[str] = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    user: Optional[str] = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    password: Optional[str] = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    jetstream: bool = True
+    #: Bound of the hand-off queue, in events and in encoded bytes (back-pressure).
+    max_queue: int = attrs.field(default=10_000, validator=_positive_int("max_queue"))
+    max_queue_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive_int("max_queue_bytes"))
+    #: How long publish() blocks on a full queue by default before raising QueueFull.
+    publish_timeout: float = attrs.field(default=5.0, validator=_positive("publish_timeout"))
+    #: JetStream publishes in flight at once (awaiting their ack); also the batch size.
+    window: int = attrs.field(default=256, validator=_positive_int("window"))
+    #: Per-event deadline from publish() to ack; past it the future fails with PublishTimeout.
+    delivery_timeout: float = attrs.field(default=30.0, validator=_positive("delivery_timeout"))
+    retry: RetryPolicy = attrs.field(factory=RetryPolicy)
+    connect_timeout: float = attrs.field(default=5.0, validator=_positive("connect_timeout"))
+    reconnect_wait: float = attrs.field(default=0.25, validator=_positive("reconnect_wait"))
+    #: Return from connect() without a broker and deliver once it comes up.
+    start_without_broker: bool = False
+    #: Create this JetStream stream (capturing the subject) when it does not exist.
+    stream: Optional[str] = None
+    create_stream: bool = False
+    stream_replicas: int = attrs.field(default=1, validator=_positive_int("stream_replicas"))
+    tls: Optional[ssl.SSLContext] = attrs.field(default=None, repr=lambda v: "None" if v is None else "<SSLContext>")
+    #: How long the interpreter-exit hook waits for unresolved events.
+    exit_timeout: float = attrs.field(default=5.0, validator=_positive("exit_timeout"))
+    client_name: str = "edupulse_events"
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.retry, RetryPolicy):
+            raise ConfigError(f"retry must be a RetryPolicy, got {type(self.retry).__name__}")
+        if self.stream is not None and not _STREAM_NAME.match(self.stream):
+            raise ConfigError(f"stream name {self.stream!r} may not contain spaces, '.', '*', '>', '/' or '\\'")
+        if self.create_stream and self.stream is None:
+            raise ConfigError("create_stream=True needs stream=<name>")
+        if self.tls is not None and not isinstance(self.tls, ssl.SSLContext):
+            raise ConfigError(f"tls must be an ssl.SSLContext, got {type(self.tls).__name__}")
+        if self.retry.attempt_timeout > self.delivery_timeout:
+            raise ConfigError(
+                f"retry.attempt_timeout ({self.retry.attempt_timeout}) must not exceed delivery_timeout ({self.delivery_timeout})"
+            )
+
+    @property
+    def redacted_servers(self) -> str:
+        """The server list as it may appear in logs and errors (credentials hidden)."""
+        return redact_url(",".join(self.servers))
+
+    @property
+    def stream_subject(self) -> str:
+        """The subject filter a stream needs to capture every subject this config publishes to."""
+        return _PLACEHOLDER.sub("*", self.subject)
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: object) -> "PublisherConfig":
+        """Build from ``EDUPULSE_EVENT_BROKER_URL``, ``_SUBJECT`` and ``_TOKEN``.
+
+        Raises `ConfigError` when the URL or subject is missing or invalid.
+        """
+        env = os.environ if environ is None else environ
+        url = env.get(ENV_PREFIX + "URL", "").strip()
+        subject = env.get(ENV_PREFIX + "SUBJECT", "").strip()
+        if not url or not subject:
+            raise ConfigError(f"{ENV_PREFIX}URL and {ENV_PREFIX}SUBJECT must both be set")
+        token = env.get(ENV_PREFIX + "TOKEN") or None
+        kwargs: dict = {"servers": url, "subject": subject, "auth_token": token}
+        kwargs.update(overrides)
+        return cls(**kwargs)

@@ -1,0 +1,71 @@
+"""The exception tree: every error this library raises on purpose.
+
+::
+
+    EventsError
+    ├── InvalidEvent      (ValueError)    bad event/envelope at construction, encode or publish()
+    ├── DecodeError       (ValueError)    bytes the Rust service would reject
+    ├── ConfigError       (ValueError)    a publisher setting that cannot work
+    ├── QueueFull         (queue.Full)    publish() waited `timeout` for room and found none
+    ├── PublisherClosed   (RuntimeError)  publish() after close(), or queued when close() gave up
+    ├── PublishTimeout    (TimeoutError)  an event was not acknowledged before its deadline
+    ├── BrokerError       (ConnectionError) connect/auth/TLS failure, or the broker refused an event
+    └── DeadlockError     (RuntimeError)  waiting on a future from the publisher's own thread
+
+Every subclass also derives from the matching builtin, so ``except ValueError`` keeps working
+for code that does not know this library. Dependency exceptions (nats-py, cattrs, orjson) never
+reach callers: they are mapped to one of these, with the original kept as ``__cause__``.
+Messages never contain credentials or event payloads.
+"""
+
+from __future__ import annotations
+
+import queue
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "DeadlockError",
+    "DecodeError",
+    "EventsError",
+    "InvalidEvent",
+    "PublishTimeout",
+    "PublisherClosed",
+    "QueueFull",
+]
+
+
+class EventsError(Exception):
+    """Base class of every error edupulse_events raises on purpose."""
+
+
+class InvalidEvent(EventsError, ValueError):
+    """An event or envelope is not valid: wrong type, out of range, or not encodable."""
+
+
+class DecodeError(EventsError, ValueError):
+    """Bytes that are not an envelope as the Rust service reads it; the message names the path."""
+
+
+class ConfigError(EventsError, ValueError):
+    """A publisher setting is invalid; raised when the config is constructed."""
+
+
+class QueueFull(EventsError, queue.Full):
+    """The publisher's bounded queue stayed full for the whole ``timeout`` of ``publish()``."""
+
+
+class PublisherClosed(EventsError, RuntimeError):
+    """The publisher is closed: nothing more is accepted, or close() gave up on this event."""
+
+
+class PublishTimeout(EventsError, TimeoutError):
+    """The event was not acknowledged by the broker before its delivery deadline."""
+
+
+class BrokerError(EventsError, ConnectionError):
+    """The broker could not be reached, refused the credentials, or rejected an event."""
+
+
+class DeadlockError(EventsError, RuntimeError):
+    """A blocking call was made from the publisher's own thread, where it could never finish."""

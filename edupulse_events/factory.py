@@ -1,0 +1,48 @@
+"""`build_from_env()`: the publisher an application gets from its environment.
+
+``EDUPULSE_EVENT_BROKER_URL`` and ``EDUPULSE_EVENT_BROKER_SUBJECT`` both set: a connected
+`NatsPublisher` (``EDUPULSE_EVENT_BROKER_TOKEN`` is the auth token, if any). Otherwise an
+`InMemoryPublisher`, with a warning in the log. A configured but unreachable broker raises
+`BrokerError`: a silent fallback would lose every event. Only when
+``EDUPULSE_EVENT_BROKER_FALLBACK=memory`` is set does it fall back to memory (logged as an error).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+from .config import ENV_PREFIX, PublisherConfig
+from .errors import BrokerError
+from .nats_publisher import NatsPublisher
+from .publisher import EventPublisher, InMemoryPublisher
+
+__all__ = ["FALLBACK_ENV", "build_from_env"]
+
+log = logging.getLogger("edupulse_events")
+FALLBACK_ENV = ENV_PREFIX + "FALLBACK"
+
+
+def build_from_env(environ: Optional[Mapping[str, str]] = None, **options: Any) -> EventPublisher:
+    """Build the publisher the environment asks for; ``options`` override `PublisherConfig` fields."""
+    env = os.environ if environ is None else environ
+    url = env.get(ENV_PREFIX + "URL", "").strip()
+    subject = env.get(ENV_PREFIX + "SUBJECT", "").strip()
+    if not (url and subject):
+        missing = [name for name, value in (("URL", url), ("SUBJECT", subject)) if not value]
+        log.warning(
+            "%s not set: using an InMemoryPublisher, events will NOT reach a broker",
+            " and ".join(ENV_PREFIX + m for m in missing),
+        )
+        return InMemoryPublisher()
+    config = PublisherConfig.from_env(env, **options)
+    publisher = NatsPublisher(config)
+    try:
+        return publisher.start()
+    except BrokerError as exc:
+        publisher.close(0)
+        if env.get(FALLBACK_ENV, "").strip().lower() == "memory":
+            log.error("%s; %s=memory: falling back to an InMemoryPublisher, events will NOT reach a broker", exc, FALLBACK_ENV)
+            return InMemoryPublisher()
+        raise

@@ -1,0 +1,216 @@
+"""What every publisher shares: `PublishAck`, the `EventPublisher` protocol, the futures it
+returns, the caller-thread preparation of an event (validate, encode, route), and the
+`InMemoryPublisher` for applications' own tests.
+
+Routing headers sent beside every body (so consumers can route without parsing JSON):
+
+==========================  ====================================================
+``Nats-Msg-Id``             the event_id (JetStream de-duplicates on it)
+``Edupulse-Event-Type``     the event type name, e.g. ``QuizSubmitted``
+``Edupulse-Tenant``         the tenant id, percent-encoded UTF-8; absent if None
+``Edupulse-Pii``            ``true`` or ``false`` (the GDPR flag)
+``Edupulse-Correlation-Id`` the correlation id; absent if None
+==========================  ====================================================
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import queue
+import re
+import threading
+import time
+from typing import Any, List, Optional, Protocol, runtime_checkable
+from urllib.parse import quote
+
+import attrs
+
+from .codec import encode
+from .envelope import EventEnvelope
+from .errors import DeadlockError, InvalidEvent, PublisherClosed, QueueFull
+from .events import event_type_name
+
+__all__ = ["EventPublisher", "InMemoryPublisher", "PublishAck", "PublishFuture"]
+
+_worker_state = threading.local()
+_PLAIN = re.compile(r"[A-Za-z0-9\-]+")
+_FIELD = re.compile(r"\{(type|tenant)\}")
+
+
+@attrs.frozen(slots=True)
+class PublishAck:
+    """The broker's receipt for one event. Core NATS has no sequence: ``broker_sequence=None``."""
+
+    broker_sequence: Optional[int]
+    stream: Optional[str]
+    duplicate: bool = False
+
+
+class PublishFuture(concurrent.futures.Future):
+    """A `concurrent.futures.Future` that refuses to block inside a publisher's own thread.
+
+    Waiting there (e.g. from a done-callback) could never finish, so it raises `DeadlockError`.
+    """
+
+    __slots__ = ()
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        if not self.done() and getattr(_worker_state, "active", False):
+            raise DeadlockError("result() called from the publisher's own thread would wait forever")
+        return super().result(timeout)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        if not self.done() and getattr(_worker_state, "active", False):
+            raise DeadlockError("exception() called from the publisher's own thread would wait forever")
+        return super().exception(timeout)
+
+
+def mark_worker_thread() -> None:
+    """Called once by each publisher thread, so its futures can refuse to block there."""
+    _worker_state.active = True
+
+
+@runtime_checkable
+class EventPublisher(Protocol):
+    """What every publisher offers. Blocking calls take float-second timeouts."""
+
+    def publish(self, envelope: EventEnvelope, *, timeout: Optional[float] = None) -> "concurrent.futures.Future[PublishAck]": ...
+
+    def flush(self, timeout: Optional[float] = None) -> bool: ...
+
+    def close(self, timeout: Optional[float] = None) -> None: ...
+
+    def __enter__(self) -> "EventPublisher": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class Item:
+    """One prepared event on its way to the broker (bytes only: no Python objects of the caller)."""
+
+    __slots__ = ("future", "subject", "headers", "payload", "size", "event_id", "deadline", "attempts", "sent_at")
+
+    def __init__(self, future: PublishFuture, subject: bytes, headers: bytes, payload: bytes, event_id: str, deadline: float) -> None:
+        self.future = future
+        self.subject = subject
+        self.headers = headers
+        self.payload = payload
+        self.size = len(headers) + len(payload)
+        self.event_id = event_id
+        self.deadline = deadline
+        self.attempts = 0
+        self.sent_at = 0.0
+
+
+def tenant_token(tenant: Optional[str]) -> str:
+    """The tenant as one subject token / header value: percent-encoded, ``_`` for None."""
+    if tenant is None:
+        return "_"
+    if not tenant:
+        return "_empty"
+    if _PLAIN.fullmatch(tenant):
+        return tenant
+    return quote(tenant, safe="-").replace("_", "%5F").replace(".", "%2E").replace("~", "%7E")
+
+
+class Router:
+    """Turns an envelope into (subject, header block, body) in the caller's thread."""
+
+    def __init__(self, subject_template: str) -> None:
+        self._template = subject_template
+        self._fixed = None if _FIELD.search(subject_template) else subject_template.encode()
+
+    def subject(self, envelope: EventEnvelope, type_name: str) -> bytes:
+        if self._fixed is not None:
+            return self._fixed
+        fields = {"type": type_name, "tenant": tenant_token(envelope.tenant_id)}
+        return _FIELD.sub(lambda m: fields[m.group(1)], self._template).encode()
+
+    @staticmethod
+    def headers(envelope: EventEnvelope, event_id: str, type_name: str) -> bytes:
+        parts = [b"NATS/1.0\r\nNats-Msg-Id: ", event_id.encode(), b"\r\nEdupulse-Event-Type: ", type_name.encode()]
+        if envelope.tenant_id is not None:
+            parts += (b"\r\nEdupulse-Tenant: ", tenant_token(envelope.tenant_id).encode())
+        parts.append(b"\r\nEdupulse-Pii: true" if envelope.personally_identifiable else b"\r\nEdupulse-Pii: false")
+        if envelope.correlation_id is not None:
+            parts += (b"\r\nEdupulse-Correlation-Id: ", str(envelope.correlation_id).encode())
+        parts.append(b"\r\n\r\n")
+        return b"".join(parts)
+
+    def prepare(self, envelope: EventEnvelope, deadline: float, max_payload: Optional[int]) -> Item:
+        """Validate and encode; bad input raises `InvalidEvent` here, in the caller's thread."""
+        if not isinstance(envelope, EventEnvelope):
+            raise InvalidEvent(f"publish() takes an EventEnvelope, got {type(envelope).__name__}")
+        payload = encode(envelope)
+        type_name = event_type_name(envelope.data)
+        event_id = str(envelope.event_id)
+        item = Item(PublishFuture(), self.subject(envelope, type_name), self.headers(envelope, event_id, type_name), payload, event_id, deadline)
+        if max_payload is not None and item.size > max_payload:
+            raise InvalidEvent(
+                f"event {event_id} is {item.size} bytes with headers, more than the server's max_payload of {max_payload} bytes"
+            )
+        return item
+
+
+class InMemoryPublisher:
+    """A publisher that keeps what it accepts, bounded like a channel, for applications' tests.
+
+    It validates and encodes exactly like `NatsPublisher`; the test reads accepted envelopes
+    back in order with `get()` or `drain()`, which also frees room for blocked publishers.
+    """
+
+    def __init__(self, max_queue: int = 10_000, *, subject: str = "edupulse.events", publish_timeout: float = 5.0) -> None:
+        if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
+            raise InvalidEvent(f"max_queue must be an int >= 1, got {max_queue!r}")
+        self._queue: "queue.Queue[EventEnvelope]" = queue.Queue(max_queue)
+        self._router = Router(subject)
+        self._publish_timeout = publish_timeout
+        self._sequence = itertools.count(1)
+        self._closed = False
+
+    def publish(self, envelope: EventEnvelope, *, timeout: Optional[float] = None) -> "concurrent.futures.Future[PublishAck]":
+        """Validate, encode and keep ``envelope``; block up to ``timeout`` while the channel is full."""
+        if self._closed:
+            raise PublisherClosed("publish() on a closed InMemoryPublisher")
+        item = self._router.prepare(envelope, time.monotonic(), None)
+        wait = self._publish_timeout if timeout is None else timeout
+        try:
+            self._queue.put(envelope, block=wait > 0, timeout=wait if wait > 0 else None)
+        except queue.Full:
+            raise QueueFull(f"InMemoryPublisher is full ({self._queue.maxsize} events); read them with drain()") from None
+        item.future.set_result(PublishAck(next(self._sequence), "memory", False))
+        return item.future
+
+    def get(self, timeout: Optional[float] = 5.0) -> EventEnvelope:
+        """The oldest accepted envelope not read yet; `queue.Empty` after ``timeout``."""
+        return self._queue.get(timeout=timeout)
+
+    def drain(self) -> List[EventEnvelope]:
+        """Every accepted envelope not read yet, oldest first."""
+        out = []
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                return out
+
+    def __len__(self) -> int:
+        return self._queue.qsize()
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Always True: every accepted event is already acknowledged."""
+        return True
+
+    def close(self, timeout: Optional[float] = None) -> None:
+        """Stop accepting; what was accepted can still be read."""
+        self._closed = True
+
+    def __enter__(self) -> "InMemoryPublisher":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<InMemoryPublisher {len(self)} unread, {'closed' if self._closed else 'open'}>"

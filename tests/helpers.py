@@ -1,0 +1,69 @@
+"""Shared test helpers: sample envelopes, reading a stream back, waiting on log records."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import uuid
+from typing import Iterator, List
+
+from edupulse_events import EventEnvelope, LessonPublished, PaymentProcessed
+from edupulse_events._nats import StoredMessage, read_stream
+
+__all__ = ["LogWatcher", "envelope", "envelopes", "read_stream", "StoredMessage"]
+
+
+def envelope(i: int = 0, tenant: str | None = "school-1", **kwargs: object) -> EventEnvelope:
+    """A small valid envelope; odd ``i`` gives a PaymentProcessed, even a LessonPublished."""
+    if i % 2:
+        data: object = PaymentProcessed(uuid.uuid4(), uuid.uuid4(), i)
+    else:
+        data = LessonPublished(uuid.uuid4(), uuid.uuid4(), f"lesson {i}")
+    return EventEnvelope.new(data, tenant_id=tenant, **kwargs)  # type: ignore[arg-type]
+
+
+def envelopes(n: int, **kwargs: object) -> List[EventEnvelope]:
+    """``n`` distinct envelopes."""
+    return [envelope(i, **kwargs) for i in range(n)]  # type: ignore[arg-type]
+
+
+class LogWatcher(logging.Handler):
+    """Collects edupulse_events log records; `wait_for(pattern)` blocks until one matches."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: List[logging.LogRecord] = []
+        self._cond = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._cond:
+            self.records.append(record)
+            self._cond.notify_all()
+
+    @property
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(r.getMessage() for r in self.records)
+
+    def wait_for(self, pattern: str, timeout: float = 10.0) -> bool:
+        rx = re.compile(pattern)
+        with self._cond:
+            return self._cond.wait_for(lambda: any(rx.search(r.getMessage()) for r in self.records), timeout)
+
+    def __enter__(self) -> "LogWatcher":
+        logger = logging.getLogger("edupulse_events")
+        self._old_level = logger.level
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logger = logging.getLogger("edupulse_events")
+        logger.removeHandler(self)
+        logger.setLevel(self._old_level)
+
+
+def iter_ids(messages: List[StoredMessage]) -> Iterator[str]:
+    """The Nats-Msg-Id of each stored message."""
+    return (m.headers.get("Nats-Msg-Id", "") for m in messages)

@@ -1,0 +1,108 @@
+"""PublisherConfig: validated at construction, read from the environment, never shows secrets."""
+
+from __future__ import annotations
+
+import ssl
+
+import pytest
+
+from edupulse_events import ConfigError, PublisherConfig, RetryPolicy
+from edupulse_events.config import redact_url
+
+
+def test_defaults_are_sane() -> None:
+    """A config with only servers and subject gets finite, documented defaults."""
+    cfg = PublisherConfig(servers="nats://127.0.0.1:4222", subject="edupulse.events")
+    assert cfg.servers == ("nats://127.0.0.1:4222",)
+    assert cfg.jetstream is True
+    assert cfg.max_queue == 10_000 and cfg.window == 256
+    assert 0 < cfg.publish_timeout < 60 and 0 < cfg.delivery_timeout < 600
+
+
+def test_cluster_url_list_is_split() -> None:
+    """A comma-separated URL becomes one entry per server."""
+    cfg = PublisherConfig(servers="nats://a:1, nats://b:2,tls://c:3", subject="s")
+    assert cfg.servers == ("nats://a:1", "nats://b:2", "tls://c:3")
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"servers": ""}, "at least one"),
+        ({"servers": "http://x:1"}, "not a NATS server URL"),
+        ({"subject": ""}, "subject"),
+        ({"subject": "a..b"}, "not a valid NATS publish subject"),
+        ({"subject": "a.*"}, "not a valid NATS publish subject"),
+        ({"subject": "edupulse.{user}"}, "{type} and {tenant}"),
+        ({"max_queue": 0}, "max_queue"),
+        ({"max_queue": True}, "max_queue"),
+        ({"window": -1}, "window"),
+        ({"publish_timeout": 0}, "publish_timeout"),
+        ({"delivery_timeout": float("inf")}, "delivery_timeout"),
+        ({"connect_timeout": "5"}, "connect_timeout"),
+        ({"create_stream": True}, "needs stream"),
+        ({"stream": "a.b", "create_stream": True}, "stream name"),
+        ({"tls": "yes"}, "SSLContext"),
+        ({"delivery_timeout": 1.0, "retry": RetryPolicy(attempt_timeout=2.0)}, "attempt_timeout"),
+    ],
+)
+def test_invalid_settings_fail_at_construction(kwargs: dict, needle: str) -> None:
+    """Each invalid setting raises ConfigError (a ValueError) naming the problem."""
+    base = {"servers": "nats://127.0.0.1:4222", "subject": "s"}
+    base.update(kwargs)
+    with pytest.raises(ConfigError, match=needle.replace("{", r"\{").replace("}", r"\}").replace("*", r"\*")) as info:
+        PublisherConfig(**base)
+    assert isinstance(info.value, ValueError)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"initial": 0}, {"maximum": 0.01, "initial": 0.1}, {"jitter": -1}, {"attempt_timeout": float("nan")}],
+)
+def test_retry_policy_is_validated(kwargs: dict) -> None:
+    """RetryPolicy rejects non-positive, inverted or non-finite values."""
+    with pytest.raises(ConfigError):
+        RetryPolicy(**kwargs)
+
+
+def test_from_env_reads_the_three_variables() -> None:
+    """from_env takes URL, SUBJECT and TOKEN from the given mapping."""
+    env = {
+        "EDUPULSE_EVENT_BROKER_URL": "nats://127.0.0.1:4222",
+        "EDUPULSE_EVENT_BROKER_SUBJECT": "edupulse.{tenant}.{type}",
+        "EDUPULSE_EVENT_BROKER_TOKEN": "s3cret-token",
+    }
+    cfg = PublisherConfig.from_env(env, max_queue=5)
+    assert cfg.servers == ("nats://127.0.0.1:4222",)
+    assert cfg.subject == "edupulse.{tenant}.{type}"
+    assert cfg.auth_token == "s3cret-token"
+    assert cfg.max_queue == 5
+    assert cfg.stream_subject == "edupulse.*.*"
+
+
+def test_from_env_requires_url_and_subject() -> None:
+    """Missing URL or SUBJECT is a ConfigError, not a half-configured publisher."""
+    with pytest.raises(ConfigError, match="must both be set"):
+        PublisherConfig.from_env({"EDUPULSE_EVENT_BROKER_URL": "nats://127.0.0.1:1"})
+
+
+def test_repr_hides_credentials() -> None:
+    """Token, password, URL credentials and the TLS context never appear in the repr."""
+    cfg = PublisherConfig(
+        servers="nats://alice:pw-in-url@127.0.0.1:4222",
+        subject="s",
+        auth_token="tok-secret",
+        user="bob",
+        password="pw-secret",
+        tls=ssl.create_default_context(),
+    )
+    text = repr(cfg) + cfg.redacted_servers
+    for secret in ("tok-secret", "pw-secret", "pw-in-url", "alice", "bob"):
+        assert secret not in text
+    assert "127.0.0.1:4222" in text
+
+
+def test_redact_url_keeps_host_and_port() -> None:
+    """redact_url replaces userinfo only."""
+    assert redact_url("nats://u:p@h:4222,nats://h2:4223") == "nats://***@h:4222,nats://h2:4223"
+    assert redact_url("tls://token@h:1") == "tls://***@h:1"
