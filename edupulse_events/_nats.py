@@ -46,30 +46,42 @@ def broker_error(message: str, *, transient: bool, cause: Optional[BaseException
     return err
 
 
-def _describe(exc: BaseException) -> str:
-    """A short, credential-free description of a connection error."""
+def _describe(exc: BaseException, tls_given: bool = True) -> str:
+    """A short, credential-free description of a connection error.
+
+    ``tls_given=False`` (no ``tls=`` SSLContext in the config) adds a hint to TLS errors: the
+    server asked for TLS and only the system's CAs were trusted.
+    """
     text = str(exc) or type(exc).__name__
+    hint = "" if tls_given else " (the server requires TLS and no tls= SSLContext was given: pass one that trusts the server's CA)"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message or text}"
+        return f"TLS certificate verification failed: {exc.verify_message or text}{hint}"
     if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {text}"
+        return f"TLS error: {text}{hint}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if "Authorization Violation" in text or "Authentication" in text or isinstance(exc, nats.errors.AuthorizationError):
         return "authentication failed (Authorization Violation)"
+    if isinstance(exc, nats.errors.SecureConnWantedError):
+        return "TLS was asked for (a tls:// URL or a tls= SSLContext) but the server does not offer TLS; refusing to connect in plain text"
     if "secure connection" in text.lower() or isinstance(exc, (nats.errors.SecureConnRequiredError, nats.errors.SecureConnFailedError)):
         return f"TLS required/failed: {text}"
     return text
 
 
 def _is_fatal(exc: BaseException) -> bool:
-    """Errors that retrying the connection cannot fix (bad credentials, bad certificates)."""
+    """Errors that retrying the connection cannot fix (bad credentials, bad certificates, no TLS)."""
     text = str(exc)
     return (
-        isinstance(exc, (ssl.SSLCertVerificationError, nats.errors.AuthorizationError))
+        isinstance(exc, (ssl.SSLCertVerificationError, nats.errors.AuthorizationError, nats.errors.SecureConnWantedError))
         or "Authorization Violation" in text
         or "Authentication" in text
     )
+
+
+def _wants_tls(config: PublisherConfig, scheme: str) -> bool:
+    """Whether a connection to a server with this URL scheme must be encrypted."""
+    return scheme == "tls" or (config.tls is not None and scheme == "nats")
 
 
 class NatsTransport:
@@ -101,15 +113,17 @@ class NatsTransport:
         cfg = self._config
         loop = asyncio.get_running_loop()
         self._fatal = loop.create_future()
+        tls_given = cfg.tls is not None
+        self._refuse_plain_text()
 
         async def error_cb(exc: Exception) -> None:
             self._last_error = exc
             if _is_fatal(exc):
-                log.error("broker %s: %s", cfg.redacted_servers, _describe(exc))
+                log.error("broker %s: %s", cfg.redacted_servers, _describe(exc, tls_given))
                 if not self._fatal.done():
                     self._fatal.set_result(exc)
             else:
-                log.debug("broker %s: %s", cfg.redacted_servers, _describe(exc))
+                log.debug("broker %s: %s", cfg.redacted_servers, _describe(exc, tls_given))
 
         async def disconnected_cb() -> None:
             if not self._closing:
@@ -146,17 +160,19 @@ class NatsTransport:
             connect.cancel()
             await asyncio.gather(connect, return_exceptions=True)
             await self._abandon()
-            why = _describe(self._last_error) if self._last_error else "no answer"
+            why = _describe(self._last_error, tls_given) if self._last_error else "no answer"
+            fatal = self._fatal.done()
+            within = "" if fatal else f" within {timeout} s"  # a fatal error came at once: no waiting to report
             raise broker_error(
-                f"could not connect to {cfg.redacted_servers} within {timeout} s: {why}",
-                transient=not self._fatal.done(),
+                f"could not connect to {cfg.redacted_servers}{within}: {why}",
+                transient=not fatal,
                 cause=self._last_error,
             )
         try:
             connect.result()
         except Exception as exc:
             await self._abandon()
-            raise broker_error(f"could not connect to {cfg.redacted_servers}: {_describe(exc)}", transient=False, cause=exc) from None
+            raise broker_error(f"could not connect to {cfg.redacted_servers}: {_describe(exc, tls_given)}", transient=False, cause=exc) from None
         self.max_payload = self._nc.max_payload
         try:
             await self._subscribe_acks()
@@ -167,6 +183,29 @@ class NatsTransport:
             raise
         log.info("connected to broker %s", cfg.redacted_servers)
         self._on_state(True)
+
+    def _refuse_plain_text(self) -> None:
+        """Never fall back to plain text when TLS was asked for.
+
+        nats-py upgrades to TLS only when the server's INFO says ``tls_required``: with a
+        ``tls://`` URL (or a ``tls=`` context) and a server without TLS it would silently send
+        the credentials and every event in clear. Checked on every (re)connection, before the
+        CONNECT carrying the credentials: a server that offers TLS without requiring it
+        (``allow_non_tls``) is upgraded; one without TLS is refused (a fatal `BrokerError`).
+        """
+        nc = self._nc
+        original = nc._process_info
+        config = self._config
+
+        async def process_info(info: dict, initial_connection: bool = False) -> None:
+            server = nc._current_server
+            if initial_connection and server is not None and _wants_tls(config, server.uri.scheme) and not info.get("tls_required"):
+                if not info.get("tls_available"):
+                    raise nats.errors.SecureConnWantedError()
+                info["tls_required"] = True  # the same dict nats-py reads next: it upgrades
+            await original(info, initial_connection=initial_connection)
+
+        nc._process_info = process_info  # type: ignore[method-assign]
 
     async def _abandon(self) -> None:
         try:
@@ -215,9 +254,17 @@ class NatsTransport:
 
     async def ping(self, timeout: float) -> None:
         """Round trip to the server: everything written before it has arrived."""
+        # Not nc.flush(): on timeout it cancels its PONG future, and the late PONG then kills
+        # nats-py's read loop (InvalidStateError) while is_connected stays True. Shielding
+        # keeps the future alive for the late PONG.
+        nc = self._nc
+        if not nc.is_connected:
+            raise broker_error("not connected to the broker", transient=True)
+        pong: asyncio.Future = asyncio.get_running_loop().create_future()
         try:
-            await self._nc.flush(timeout=timeout)  # type: ignore[arg-type]
-        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+            await nc._send_ping(pong)
+            await asyncio.wait_for(asyncio.shield(pong), timeout)
+        except (nats.errors.Error, asyncio.TimeoutError, OSError, AssertionError) as exc:
             raise broker_error(f"no answer from the broker within {timeout} s", transient=True, cause=exc) from None
 
     async def stream_captures(self, subject: str, timeout: float) -> Optional[bool]:

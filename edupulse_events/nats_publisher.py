@@ -72,6 +72,7 @@ class NatsPublisher:
         self._queue = BatchQueue(cfg.max_queue, cfg.max_queue_bytes)
         self._start_lock = threading.Lock()
         self._progress = threading.Condition(threading.Lock())
+        self._futures_condition = threading.Condition()  # shared by this publisher's futures
         self._accepted = self._resolved = self._acked = self._failed = 0
         self._worker: Optional[Worker] = None
         self._pid = os.getpid()
@@ -95,7 +96,11 @@ class NatsPublisher:
         """
         config = PublisherConfig(servers=url, subject=subject, auth_token=auth_token, jetstream=jetstream, max_queue=max_queue, **options)
         publisher = cls(config)
-        publisher.start()
+        try:
+            publisher.start()
+        except BaseException:
+            publisher._discard()
+            raise
         return publisher
 
     @property
@@ -115,6 +120,13 @@ class NatsPublisher:
                 raise
             self._worker = worker
         return self
+
+    def _discard(self) -> None:
+        """Forget a publisher whose start() failed before it accepted anything: closed, no
+        exit-hook close (and no "publisher closed" log line for a publisher that never ran)."""
+        with self._start_lock:
+            self._closed = True
+        _live.discard(self)
 
     def _new_worker(self) -> Worker:
         return Worker(self._config, self._queue, self._on_resolved, self._name)
@@ -137,7 +149,7 @@ class NatsPublisher:
         if self._closed:
             raise PublisherClosed("publish() on a closed NatsPublisher")
         worker = self._worker or self._lazy_worker()
-        item = self._router.prepare(envelope, time.monotonic() + self._config.delivery_timeout, worker.max_payload)
+        item = self._router.prepare(envelope, time.monotonic() + self._config.delivery_timeout, worker.max_payload, self._futures_condition)
         wait = self._config.publish_timeout if timeout is None else timeout
         try:
             self._queue.put(item, block=wait > 0, timeout=wait)

@@ -47,23 +47,49 @@ class PublishAck:
     duplicate: bool = False
 
 
-class PublishFuture(concurrent.futures.Future):
-    """A `concurrent.futures.Future` that refuses to block inside a publisher's own thread.
+_FINISHED = concurrent.futures._base.FINISHED  # type: ignore[attr-defined]
 
-    Waiting there (e.g. from a done-callback) could never finish, so it raises `DeadlockError`.
+
+class PublishFuture(concurrent.futures.Future):
+    """A `concurrent.futures.Future` for one published event; it cannot be cancelled.
+
+    Speed: the futures of one publisher share one `threading.Condition` (a new Condition per
+    future costs more than encoding the event), so `result()`/`exception()` wait in a loop
+    until *this* future is done. Waiting inside a publisher's own thread (e.g. from a
+    done-callback) could never finish, so it raises `DeadlockError` instead.
     """
 
     __slots__ = ()
 
+    def __init__(self, condition: Optional[threading.Condition] = None) -> None:  # noqa: D107
+        self._condition = condition if condition is not None else threading.Condition()
+        self._state = "PENDING"
+        self._result = None
+        self._exception = None
+        self._waiters: list = []
+        self._done_callbacks: list = []
+
+    def _finished(self) -> bool:
+        return self._state == _FINISHED
+
+    def _wait(self, timeout: Optional[float]) -> None:
+        if self._state != _FINISHED:
+            if getattr(_worker_state, "active", False):
+                raise DeadlockError("waiting on an unresolved event from the publisher's own thread would wait forever")
+            with self._condition:
+                self._condition.wait_for(self._finished, timeout)
+
     def result(self, timeout: Optional[float] = None) -> Any:
-        if not self.done() and getattr(_worker_state, "active", False):
-            raise DeadlockError("result() called from the publisher's own thread would wait forever")
-        return super().result(timeout)
+        self._wait(timeout)
+        return super().result(0)
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
-        if not self.done() and getattr(_worker_state, "active", False):
-            raise DeadlockError("exception() called from the publisher's own thread would wait forever")
-        return super().exception(timeout)
+        self._wait(timeout)
+        return super().exception(0)
+
+    def cancel(self) -> bool:
+        """Always False: an accepted event is on its way and cannot be taken back."""
+        return False
 
 
 def mark_worker_thread() -> None:
@@ -129,23 +155,20 @@ class Router:
 
     @staticmethod
     def headers(envelope: EventEnvelope, event_id: str, type_name: str) -> bytes:
-        parts = [b"NATS/1.0\r\nNats-Msg-Id: ", event_id.encode(), b"\r\nEdupulse-Event-Type: ", type_name.encode()]
-        if envelope.tenant_id is not None:
-            parts += (b"\r\nEdupulse-Tenant: ", tenant_token(envelope.tenant_id).encode())
-        parts.append(b"\r\nEdupulse-Pii: true" if envelope.personally_identifiable else b"\r\nEdupulse-Pii: false")
-        if envelope.correlation_id is not None:
-            parts += (b"\r\nEdupulse-Correlation-Id: ", str(envelope.correlation_id).encode())
-        parts.append(b"\r\n\r\n")
-        return b"".join(parts)
+        tenant, correlation = envelope.tenant_id, envelope.correlation_id
+        t = "" if tenant is None else f"Edupulse-Tenant: {tenant_token(tenant)}\r\n"
+        c = "" if correlation is None else f"Edupulse-Correlation-Id: {correlation}\r\n"
+        pii = "true" if envelope.personally_identifiable else "false"
+        return f"NATS/1.0\r\nNats-Msg-Id: {event_id}\r\nEdupulse-Event-Type: {type_name}\r\n{t}Edupulse-Pii: {pii}\r\n{c}\r\n".encode()
 
-    def prepare(self, envelope: EventEnvelope, deadline: float, max_payload: Optional[int]) -> Item:
+    def prepare(self, envelope: EventEnvelope, deadline: float, max_payload: Optional[int], condition: Optional[threading.Condition] = None) -> Item:
         """Validate and encode; bad input raises `InvalidEvent` here, in the caller's thread."""
         if not isinstance(envelope, EventEnvelope):
             raise InvalidEvent(f"publish() takes an EventEnvelope, got {type(envelope).__name__}")
         payload = encode(envelope)
         type_name = event_type_name(envelope.data)
         event_id = str(envelope.event_id)
-        item = Item(PublishFuture(), self.subject(envelope, type_name), self.headers(envelope, event_id, type_name), payload, event_id, deadline)
+        item = Item(PublishFuture(condition), self.subject(envelope, type_name), self.headers(envelope, event_id, type_name), payload, event_id, deadline)
         if max_payload is not None and item.size > max_payload:
             raise InvalidEvent(
                 f"event {event_id} is {item.size} bytes with headers, more than the server's max_payload of {max_payload} bytes"

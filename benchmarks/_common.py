@@ -1,0 +1,94 @@
+"""Shared pieces of the benchmark scripts: envelopes, a fresh stream per run, statistics, output."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import nats
+from nats.js.api import StorageType
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from edupulse_events import EventEnvelope, QuizSubmitted  # noqa: E402
+from edupulse_events.publisher import Router, tenant_token  # noqa: E402
+
+SUBJECT = "bench.events"
+STREAM = "BENCH"
+
+
+def typical_envelope() -> EventEnvelope:
+    """A ~440-byte envelope: every optional field set, a quiz with a few answers."""
+    return EventEnvelope.new(
+        QuizSubmitted(uuid.uuid4(), uuid.uuid4(), {"q1": "a", "q2": "c", "q3": "b, d", "q4": "photosynthesis"}),
+        correlation_id=uuid.uuid4(),
+        causation_id=uuid.uuid4(),
+        tenant_id="school-district-0042",
+        personally_identifiable=True,
+    )
+
+
+def make_envelopes(n: int) -> List[EventEnvelope]:
+    return [typical_envelope() for _ in range(n)]
+
+
+def headers_dict(env: EventEnvelope) -> Dict[str, str]:
+    """The same routing headers the library sends, as a dict for nats-py's own API."""
+    h = {"Nats-Msg-Id": str(env.event_id), "Edupulse-Event-Type": type(env.data).__name__}
+    if env.tenant_id is not None:
+        h["Edupulse-Tenant"] = tenant_token(env.tenant_id)
+    h["Edupulse-Pii"] = "true" if env.personally_identifiable else "false"
+    if env.correlation_id is not None:
+        h["Edupulse-Correlation-Id"] = str(env.correlation_id)
+    return h
+
+
+async def fresh_stream(url: str) -> None:
+    """Delete and re-create the benchmark stream (file storage), so every run starts empty."""
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        try:
+            await js.delete_stream(STREAM)
+        except Exception:  # noqa: BLE001 - not there yet
+            pass
+        await js.add_stream(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE)
+    finally:
+        await nc.close()
+
+
+async def stream_count(url: str) -> int:
+    nc = await nats.connect(url)
+    try:
+        return (await nc.jetstream().stream_info(STREAM)).state.messages
+    finally:
+        await nc.close()
+
+
+def summary(values: Sequence[float]) -> Dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, int(round(p / 100 * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}, {time.strftime('%Y-%m-%d')}"
+
+
+def write_json(path: str | None, payload: dict) -> None:
+    if path:
+        Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True))
+        print(f"wrote {path}")
