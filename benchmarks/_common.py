@@ -24,12 +24,11 @@ STREAM = "BENCH"
 
 
 def typical_envelope() -> EventEnvelope:
-    """A ~440-byte envelope: every optional field set, a quiz with a few answers."""
+    """A ~440-byte envelope (about 450 bytes): a quiz with a few answers, tenant and correlation id set."""
     return EventEnvelope.new(
-        QuizSubmitted(uuid.uuid4(), uuid.uuid4(), {"q1": "a", "q2": "c", "q3": "b, d", "q4": "photosynthesis"}),
+        QuizSubmitted(uuid.uuid4(), uuid.uuid4(), {"q1": "a", "q2": "c", "q3": "b"}),
         correlation_id=uuid.uuid4(),
-        causation_id=uuid.uuid4(),
-        tenant_id="school-district-0042",
+        tenant_id="school-district-42",
         personally_identifiable=True,
     )
 

@@ -160,14 +160,13 @@ class NatsTransport:
             connect.cancel()
             await asyncio.gather(connect, return_exceptions=True)
             await self._abandon()
-            why = _describe(self._last_error, tls_given) if self._last_error else "no answer"
             fatal = self._fatal.done()
+            # a fatal error (bad credentials or certificate) is the reason, even when nats-py's
+            # next attempt failed otherwise (the server may reset the connection after -ERR)
+            error = self._fatal.result() if fatal else self._last_error
+            why = _describe(error, tls_given) if error is not None else "no answer"
             within = "" if fatal else f" within {timeout} s"  # a fatal error came at once: no waiting to report
-            raise broker_error(
-                f"could not connect to {cfg.redacted_servers}{within}: {why}",
-                transient=not fatal,
-                cause=self._last_error,
-            )
+            raise broker_error(f"could not connect to {cfg.redacted_servers}{within}: {why}", transient=not fatal, cause=error)
         try:
             connect.result()
         except Exception as exc:

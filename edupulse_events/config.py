@@ -19,13 +19,17 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "PublisherConfig", "RetryPolicy", "redact_url"]
+__all__ = ["ENV_PREFIX", "MAX_SUBJECT_BYTES", "PublisherConfig", "RetryPolicy", "redact_url"]
 
 ENV_PREFIX = "EDUPULSE_EVENT_BROKER_"
 _SCHEMES = ("nats", "tls", "ws", "wss")
 _SUBJECT_FIELDS = {"type", "tenant"}
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _STREAM_NAME = re.compile(r"^[^\s.*>/\\]+$")
+#: Longest subject published: nats-server's default max_control_line (4096 bytes) must hold
+#: "HPUB <subject> <ack inbox> <header bytes> <total bytes>"; past it the server closes the
+#: connection (nats-py then gives up on it), so longer subjects are refused at the call site.
+MAX_SUBJECT_BYTES = 3840
 
 
 def redact_url(url: str) -> str:
@@ -114,6 +118,10 @@ def _check_subject(_inst: object, _attr: object, subject: str) -> None:
     probe = _PLACEHOLDER.sub("x", subject)
     if any(c in probe for c in " \t\r\n*>{}") or probe.startswith(".") or probe.endswith(".") or ".." in probe:
         raise ConfigError(f"subject {subject!r} is not a valid NATS publish subject")
+    if any(c < "\x21" or c == "\x7f" or "\ud800" <= c <= "\udfff" for c in probe):
+        raise ConfigError(f"subject {subject!r} holds a control character or a lone surrogate")
+    if len(probe.encode()) > MAX_SUBJECT_BYTES:
+        raise ConfigError(f"subject template of {len(subject)} characters is longer than the {MAX_SUBJECT_BYTES} bytes a NATS subject may have")
 
 
 @attrs.frozen

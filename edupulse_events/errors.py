@@ -10,7 +10,9 @@
     ├── PublisherClosed   (RuntimeError)  publish() after close(), or queued when close() gave up
     ├── PublishTimeout    (TimeoutError)  an event was not acknowledged before its deadline
     ├── BrokerError       (ConnectionError) connect/auth/TLS failure, or the broker refused an event
-    └── DeadlockError     (RuntimeError)  waiting on a future from the publisher's own thread
+    ├── DeadlockError     (RuntimeError)  waiting on a future from the publisher's own thread
+    ├── ServerError       (RuntimeError)  a .testing nats-server failed to start, or was misused
+    └── ServerNotFound    (FileNotFoundError) .testing found no nats-server executable
 
 Every subclass also derives from the matching builtin, so ``except ValueError`` keeps working
 for code that does not know this library. Dependency exceptions (nats-py, cattrs, orjson) never
@@ -32,6 +34,8 @@ __all__ = [
     "PublishTimeout",
     "PublisherClosed",
     "QueueFull",
+    "ServerError",
+    "ServerNotFound",
 ]
 
 
@@ -69,3 +73,11 @@ class BrokerError(EventsError, ConnectionError):
 
 class DeadlockError(EventsError, RuntimeError):
     """A blocking call was made from the publisher's own thread, where it could never finish."""
+
+
+class ServerError(EventsError, RuntimeError):
+    """A test nats-server could not be started, did not become ready, or was misused."""
+
+
+class ServerNotFound(EventsError, FileNotFoundError):
+    """No nats-server executable was found; the message says how to install one."""

@@ -5,6 +5,10 @@
 `InMemoryPublisher`, with a warning in the log. A configured but unreachable broker raises
 `BrokerError`: a silent fallback would lose every event. Only when
 ``EDUPULSE_EVENT_BROKER_FALLBACK=memory`` is set does it fall back to memory (logged as an error).
+
+The in-memory publisher built here keeps the latest ``max_queue`` events and discards older
+unread ones (``discard_oldest=True``): an application running without a broker never reads
+them, and must not start blocking in `publish()` once 10,000 events have piled up.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ log = logging.getLogger("edupulse_events")
 FALLBACK_ENV = ENV_PREFIX + "FALLBACK"
 
 
+def _in_memory(subject: str, options: Mapping[str, Any]) -> InMemoryPublisher:
+    return InMemoryPublisher(options.get("max_queue", 10_000), subject=subject or "edupulse.events", discard_oldest=True)
+
+
 def build_from_env(environ: Optional[Mapping[str, str]] = None, **options: Any) -> EventPublisher:
     """Build the publisher the environment asks for; ``options`` override `PublisherConfig` fields."""
     env = os.environ if environ is None else environ
@@ -35,14 +43,14 @@ def build_from_env(environ: Optional[Mapping[str, str]] = None, **options: Any) 
             "%s not set: using an InMemoryPublisher, events will NOT reach a broker",
             " and ".join(ENV_PREFIX + m for m in missing),
         )
-        return InMemoryPublisher()
+        return _in_memory(subject, options)
     config = PublisherConfig.from_env(env, **options)
     publisher = NatsPublisher(config)
     try:
         return publisher.start()
     except BrokerError as exc:
-        publisher.close(0)
+        publisher._discard()
         if env.get(FALLBACK_ENV, "").strip().lower() == "memory":
             log.error("%s; %s=memory: falling back to an InMemoryPublisher, events will NOT reach a broker", exc, FALLBACK_ENV)
-            return InMemoryPublisher()
+            return _in_memory(config.subject, options)
         raise

