@@ -1,14 +1,18 @@
-"""edupulse_events: typed EduPulse domain events and a codec that speaks the Rust wire format.
+"""edupulse_events: typed EduPulse domain events, a codec that speaks the Rust service's JSON,
+and a blocking, thread-safe publisher to NATS.
 
 Public API: the four built-in events and the event registry (:mod:`.events`), the envelope
-and its nanosecond timestamp (:mod:`.envelope`), the JSON codec (:mod:`.codec`) and the
-error tree (:mod:`.errors`).
+and its nanosecond timestamp (:mod:`.envelope`), the JSON codec (:mod:`.codec`), the
+publishers (`NatsPublisher`, `InMemoryPublisher`, `build_from_env`) with their config and
+acks, and the error tree (:mod:`.errors`). `edupulse_events.testing` has an embedded
+nats-server for tests and demos.
 """
 
 from __future__ import annotations
 
 from ._frozen import FrozenMap
 from .codec import Codec, decode, encode, make_converter
+from .config import PublisherConfig, RetryPolicy
 from .envelope import EventEnvelope, Timestamp
 from .errors import (
     BrokerError,
@@ -37,6 +41,9 @@ from .events import (
     event_type_name,
     register_event,
 )
+from .factory import build_from_env
+from .nats_publisher import NatsPublisher, PublisherStats
+from .publisher import EventPublisher, InMemoryPublisher, PublishAck, PublishFuture
 
 __all__ = [
     "BadgeAwarded",
@@ -46,23 +53,32 @@ __all__ = [
     "DeadlockError",
     "DecodeError",
     "EventEnvelope",
+    "EventPublisher",
     "EventRegistry",
     "EventsError",
     "FrozenMap",
     "I32",
     "I64",
+    "InMemoryPublisher",
     "InvalidEvent",
     "LessonPublished",
+    "NatsPublisher",
     "PaymentProcessed",
+    "PublishAck",
+    "PublishFuture",
     "PublishTimeout",
     "PublisherClosed",
+    "PublisherConfig",
+    "PublisherStats",
     "QueueFull",
     "QuizSubmitted",
+    "RetryPolicy",
     "ServerError",
     "ServerNotFound",
     "Timestamp",
     "U32",
     "U64",
+    "build_from_env",
     "decode",
     "default_registry",
     "encode",
@@ -70,11 +86,3 @@ __all__ = [
     "make_converter",
     "register_event",
 ]
-
-# --- publisher API (lead) ---
-from .config import PublisherConfig, RetryPolicy  # noqa: E402
-from .factory import build_from_env  # noqa: E402
-from .nats_publisher import NatsPublisher, PublisherStats  # noqa: E402
-from .publisher import EventPublisher, InMemoryPublisher, PublishAck, PublishFuture  # noqa: E402
-
-__all__ += ["EventPublisher", "InMemoryPublisher", "NatsPublisher", "PublishAck", "PublishFuture", "PublisherConfig", "PublisherStats", "RetryPolicy", "build_from_env"]

@@ -87,10 +87,17 @@ def _wants_tls(config: PublisherConfig, scheme: str) -> bool:
 class NatsTransport:
     """One nats-py connection, owned by the publisher thread's event loop."""
 
-    def __init__(self, config: PublisherConfig, on_ack: AckCallback, on_state: Callable[[bool], None]) -> None:
+    def __init__(
+        self,
+        config: PublisherConfig,
+        on_ack: AckCallback,
+        on_state: Callable[[bool], None],
+        on_closed: Optional[Callable[[], None]] = None,
+    ) -> None:
         self._config = config
         self._on_ack = on_ack
         self._on_state = on_state
+        self._on_closed = on_closed
         self._nc: Client = nats.NATS()
         self._prefix = b""
         self._ack_sid: Optional[int] = None
@@ -135,12 +142,21 @@ class NatsTransport:
             log.info("reconnected to broker %s", cfg.redacted_servers)
             self._on_state(True)
 
+        async def closed_cb() -> None:
+            # nats-py gives up on a connection for good after some server errors (-ERR):
+            # tell the worker, which builds a new one, instead of timing out forever.
+            if not self._closing and self._on_closed is not None:
+                log.error("broker connection %s was closed by the client library (%s)", cfg.redacted_servers, _describe(self._nc.last_error) if self._nc.last_error else "no error")
+                self._on_state(False)
+                self._on_closed()
+
         connect = asyncio.ensure_future(
             self._nc.connect(
                 servers=list(cfg.servers),
                 error_cb=error_cb,
                 disconnected_cb=disconnected_cb,
                 reconnected_cb=reconnected_cb,
+                closed_cb=closed_cb,
                 name=cfg.client_name,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
@@ -207,6 +223,7 @@ class NatsTransport:
         nc._process_info = process_info  # type: ignore[method-assign]
 
     async def _abandon(self) -> None:
+        self._closing = True
         try:
             await asyncio.wait_for(self._nc.close(), 1.0)
         except Exception:  # noqa: BLE001 - a half-open connection may fail to close in any way
@@ -248,8 +265,18 @@ class NatsTransport:
         nc._pending_data_size += sum(map(len, commands))
 
     async def kick(self) -> None:
-        """Ask the client's flusher to write what is pending."""
+        """Ask the client's flusher to write what is pending (once: a request already queued
+        covers it, and with a hung broker one request per batch would fill the flusher's
+        bounded queue and block this loop)."""
+        queue = self._nc._flush_queue
+        if queue is not None and not queue.empty():
+            return
         await self._nc._flush_pending()
+
+    @property
+    def backlog(self) -> int:
+        """Bytes written but not yet handed to the socket (grows while the broker hangs)."""
+        return self._nc._pending_data_size
 
     async def ping(self, timeout: float) -> None:
         """Round trip to the server: everything written before it has arrived."""
@@ -297,7 +324,9 @@ class NatsTransport:
         try:
             await asyncio.wait_for(self._nc.close(), timeout)
         except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
-            pass
+            writer = getattr(self._nc._transport, "_io_writer", None) or getattr(self._nc._transport, "_writer", None)
+            if writer is not None:  # do not leave the socket to the garbage collector
+                writer.transport.abort()
 
 
 class StoredMessage:
@@ -327,15 +356,21 @@ async def read_stream_async(
         out: List[StoredMessage] = []
         if total == 0:
             return out
-        psub = await js.pull_subscribe("", stream=stream, config=nats.js.api.ConsumerConfig(ack_policy=nats.js.api.AckPolicy.NONE))
         deadline = asyncio.get_running_loop().time() + timeout
+        while True:  # consumer creation times out while a cluster elects its meta leader
+            try:
+                psub = await js.pull_subscribe("", stream=stream, config=nats.js.api.ConsumerConfig(ack_policy=nats.js.api.AckPolicy.NONE))
+                break
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
         while len(out) < total:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 raise broker_error(f"read {len(out)} of {total} messages from {stream} within {timeout} s", transient=True)
             try:
                 msgs = await psub.fetch(min(1000, total - len(out)), timeout=min(remaining, 2.0))
-            except nats.errors.TimeoutError:
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
                 continue
             for msg in msgs:
                 out.append(StoredMessage(msg.metadata.sequence.stream, msg.subject, dict(msg.headers or {}), msg.data))

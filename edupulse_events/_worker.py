@@ -1,14 +1,13 @@
-"""The publisher thread: its own asyncio loop drains the queue to NATS and resolves futures.
+"""The publisher thread: its own asyncio loop, its connection, and the sending side.
 
 One daemon thread per publisher runs one event loop. Caller threads only touch the
 `BatchQueue` and, when the loop is idle, wake it once (`Worker.wake`): the loop then takes
-whole batches, writes them pipelined (up to ``window`` JetStream publishes awaiting acks),
-and resolves each future with a `PublishAck` or an error. Transient failures are retried
-with tenacity's exponential-jitter backoff, reusing the same ``Nats-Msg-Id``; every event
-carries a delivery deadline after which its future fails with `PublishTimeout`. A periodic
-reaper enforces attempt timeouts and deadlines, so nothing waits forever, even with a
-silent broker. Stopping delivers what it can before a deadline, then fails the rest with
-`PublisherClosed`.
+whole batches and writes them pipelined (up to ``window`` events outstanding). What happens
+after an event is written — acks, tenacity retries with the same ``Nats-Msg-Id``, delivery
+deadlines — is `Delivery`'s (``_delivery.py``). The connection is made (or retried in the
+background), rebuilt if nats-py gives up on it, and on reconnect the events awaiting an ack
+are resent at once. Stopping delivers what it can before close()'s deadline, then fails the
+rest with `PublisherClosed`.
 """
 
 from __future__ import annotations
@@ -20,48 +19,21 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional, Set
 
-import tenacity
-
+from ._delivery import Delivery, _retrying
 from ._nats import NatsTransport, broker_error
 from ._queue import BatchQueue
-from .config import PublisherConfig, RetryPolicy
-from .errors import BrokerError, InvalidEvent, PublisherClosed, PublishTimeout
+from .config import PublisherConfig
+from .errors import BrokerError, InvalidEvent
 from .publisher import Item, PublishAck, mark_worker_thread
 
-__all__ = ["Worker", "backoff"]
+__all__ = ["Worker"]
 
 log = logging.getLogger("edupulse_events")
 _CORE_ACK = PublishAck(None, None, False)
 
 
-def _retrying(policy: RetryPolicy) -> tenacity.Retrying:
-    return tenacity.Retrying(
-        wait=tenacity.wait_exponential(multiplier=policy.initial, max=policy.maximum, exp_base=policy.multiplier)
-        + tenacity.wait_random(0, policy.jitter),
-        retry=tenacity.retry_if_exception(lambda exc: bool(getattr(exc, "transient", False))),
-        stop=tenacity.stop_never,  # the delivery deadline stops retries (checked by the worker)
-    )
-
-
-def _decide(retrying: tenacity.Retrying, attempt: int, exc: BaseException) -> Optional[float]:
-    """tenacity's verdict for a failed attempt: seconds to wait before the next, or None."""
-    state = tenacity.RetryCallState(retrying, None, (), {})
-    state.attempt_number = attempt
-    state.set_exception((type(exc), exc, exc.__traceback__))  # type: ignore[arg-type]
-    if not retrying.retry(state):
-        return None
-    return float(retrying.wait(state))
-
-
-def backoff(policy: RetryPolicy, attempt: int) -> float:
-    """The wait before retry number ``attempt`` (1-based) after a transient failure."""
-    delay = _decide(_retrying(policy), attempt, broker_error("probe", transient=True))
-    assert delay is not None
-    return delay
-
-
-class Worker:
-    """The background thread, its loop, and everything in flight."""
+class Worker(Delivery):
+    """The background thread, its loop, its connection, and the sending side."""
 
     def __init__(self, config: PublisherConfig, queue: BatchQueue, on_resolved: Callable[[int, int], None], name: str) -> None:
         self.config = config
@@ -77,12 +49,20 @@ class Worker:
         self._inflight: Dict[int, Item] = {}
         self._retries: List[Item] = []
         self._delayed: Dict[Item, asyncio.TimerHandle] = {}
-        self._checking: Set[Item] = set()
+        #: Events that got "no responders", by subject, waiting for the one stream check of that subject.
+        self._checking: Dict[bytes, List[Item]] = {}
         self._seq = 0
         self._connected = False
         self._stopping = False
+        self._stop_deadline: Optional[float] = None
         self._aborted = False
+        self._drainer: Optional[asyncio.Future] = None
+        self._connector: Optional[asyncio.Future] = None
+        #: How many batches the loop has written (one wake-up each, at most).
+        self.batches = 0
+        self._core_batch: List[Item] = []
         self._waiting_room = False
+        self._half_window = config.window // 2
         self._acked = 0
         self._failed = 0
         self._progress_scheduled = False
@@ -143,18 +123,35 @@ class Worker:
             if not self._ready.done():
                 self._ready.set_exception(broker_error(f"publisher thread crashed: {exc!r}", transient=False))
         finally:
-            self._loop.close()
+            try:
+                self._cancel_leftovers()
+            finally:
+                self._loop.close()
+
+    def _cancel_leftovers(self) -> None:
+        """Cancel the client's tasks a timed-out close left behind, and let them finish, so that
+        closing the loop destroys no pending task (each would log an error and, when collected,
+        raise "Event loop is closed" inside a coroutine)."""
+        loop = self._loop
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        try:
+            if tasks:
+                loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        except Exception:  # noqa: BLE001 - best effort: the thread is ending anyway
+            log.debug("publisher thread %s: cleanup after close failed", self._name, exc_info=True)
 
     async def _main(self) -> None:
         self._wake = asyncio.Event()
-        self.transport = NatsTransport(self.config, self._on_ack, self._on_state)
+        self.transport = self._new_transport()
         reaper = asyncio.ensure_future(self._reap())
-        connector: Optional[asyncio.Future] = None
         try:
             if self.config.start_without_broker or self._ready.done():
                 if not self._ready.done():
                     self._ready.set_result(None)
-                connector = asyncio.ensure_future(self._connect_forever())
+                self._connector = asyncio.ensure_future(self._connect_forever())
             else:
                 try:
                     await self.transport.connect(self.config.connect_timeout)
@@ -162,13 +159,21 @@ class Worker:
                     self._ready.set_exception(exc)
                     return
                 self._ready.set_result(None)
-            await self._drain()
+            self._drainer = asyncio.ensure_future(self._drain())
+            try:
+                await self._drainer
+            except asyncio.CancelledError:
+                if not self._aborted:  # cancelled from outside, not by _abort
+                    raise
         finally:
-            for task in (reaper, connector):
+            for task in (reaper, self._connector):
                 if task is not None:
                     task.cancel()
             self._abandon_all()
-            await self.transport.close(1.0)
+            # Past close()'s deadline the connection gets only a moment to close: with a hung
+            # broker nats-py's close() would wait on a full socket.
+            limit = 1.0 if self._stop_deadline is None else max(0.1, min(1.0, self._stop_deadline - time.monotonic()))
+            await self.transport.close(limit)
 
     def start_lazily(self) -> None:
         """Start without waiting; the connection is made (and retried) in the background."""
@@ -186,19 +191,40 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _new_transport(self) -> NatsTransport:
+        return NatsTransport(self.config, self._on_ack, self._on_state, self._on_closed)
+
+    def _on_closed(self) -> None:
+        """nats-py closed the connection for good (e.g. after a server -ERR): build a new one."""
+        if self._stopping:
+            return
+        self.transport = self._new_transport()
+        self._connector = asyncio.ensure_future(self._connect_forever())
+
     def _on_state(self, connected: bool) -> None:
         self._connected = connected
         self.max_payload = self.transport.max_payload
+        if connected and self._inflight:
+            # Reconnected: acks for attempts sent on the lost connection will not come. Send
+            # them again now rather than after attempt_timeout (the same Nats-Msg-Id, so the
+            # stream stores each event once); late acks of the old attempts are ignored.
+            log.info("reconnected: resending %d events that were awaiting an ack", len(self._inflight))
+            self._retries.extend(self._inflight.values())
+            self._inflight.clear()
         self._wake.set()
 
     def _begin_stop(self, deadline: float) -> None:
         self._stopping = True
+        self._stop_deadline = deadline
         self._loop.call_at(deadline, self._abort)
         self._wake.set()
 
     def _abort(self) -> None:
+        """close()'s deadline: stop sending, even if the drain waits on a stalled connection."""
         self._aborted = True
         self._wake.set()
+        if self._drainer is not None and not self._drainer.done():
+            self._drainer.cancel()
 
     def _nothing_left(self) -> bool:
         return not (self.queue.queue or self._inflight or self._retries or self._delayed or self._checking)
@@ -210,21 +236,29 @@ class Worker:
             wake.clear()
             if self._aborted or (self._stopping and self._nothing_left()):
                 return
-            room = window - len(self._inflight)
-            if not self._connected or room <= 0:
-                self._waiting_room = room <= 0
+            if not self._connected:
                 await wake.wait()
                 continue
-            batch = self._retries[:room]
-            del self._retries[: len(batch)]
-            if len(batch) < room:
-                batch += queue.get_batch(room - len(batch))
+            # Retries go first and already hold their slots: an attempt that got no ack keeps
+            # its slot until the event resolves, so a hung or slow broker gets no more than
+            # ``window`` events, and callers feel back-pressure instead of a retry storm.
+            batch = self._retries
+            if batch:
+                self._retries = []
+            room = window - self._outstanding() - len(batch)
+            if room > 0:
+                batch = batch + queue.get_batch(room) if batch else queue.get_batch(room)
             if not batch:
+                if room <= 0:
+                    self._waiting_room = True
+                    await wake.wait()
+                    continue
                 self.idle = True
                 if not queue.queue:
                     await wake.wait()
                 self.idle = False
                 continue
+            self.batches += 1
             if jetstream:
                 self._send_jetstream(batch)
                 await self.transport.kick()
@@ -264,150 +298,17 @@ class Worker:
         self.transport.write(
             [b"HPUB %s %d %d\r\n%s%s\r\n" % (i.subject, len(i.headers), i.size, i.headers, i.payload) for i in batch]
         )
-        await self.transport.kick()
+        self._core_batch = batch  # failed by _abandon_all if close() cancels the wait below
         try:
+            await self.transport.kick()
             await self.transport.ping(self.config.retry.attempt_timeout)
         except BrokerError as exc:
+            self._core_batch = []
             for item in batch:
                 item.attempts += 1
                 self._failed_attempt(item, exc)
             return
+        self._core_batch = []
         for item in batch:
             self._resolve(item, _CORE_ACK)
 
-    def _on_ack(self, seq: int, ack: Optional[dict], status: Optional[str]) -> None:
-        item = self._inflight.pop(seq, None)
-        if item is None:  # a late ack for an attempt already retried: the retry gets its own
-            return
-        try:
-            if status is not None:
-                self._no_responders(item, status)
-            elif "error" in ack:  # type: ignore[operator]
-                err = ack["error"] or {}  # type: ignore[index]
-                code, text = err.get("code"), err.get("description", "unknown error")
-                self._failed_attempt(
-                    item,
-                    broker_error(f"JetStream rejected event {item.event_id}: {text} (code {code}, err_code {err.get('err_code')})", transient=code == 503),
-                )
-            else:
-                self._resolve(item, PublishAck(ack.get("seq"), ack.get("stream"), bool(ack.get("duplicate", False))))  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - one bad ack never stops the thread
-            self._fail(item, broker_error(f"unreadable ack for event {item.event_id}: {exc!r}", transient=False))
-        if self._waiting_room and len(self._inflight) <= self.config.window // 2:
-            self._waiting_room = False
-            self._wake.set()
-        elif self._stopping and not self._inflight:
-            self._wake.set()
-
-    def _no_responders(self, item: Item, status: str) -> None:
-        if status != "503" or item.subject in self._stream_seen:
-            self._failed_attempt(item, broker_error(f"no JetStream responder for {item.subject.decode()} (status {status})", transient=True))
-            return
-        self._checking.add(item)
-        asyncio.ensure_future(self._check_stream(item))
-
-    async def _check_stream(self, item: Item) -> None:
-        subject = item.subject.decode()
-        captured = await self.transport.stream_captures(subject, min(self.config.retry.attempt_timeout, 2.0))
-        self._checking.discard(item)
-        if item.future.done():
-            return
-        if captured is False:
-            self._fail(item, broker_error(f"no JetStream stream captures subject {subject!r}: create one, or pass create_stream=True with stream=<name>", transient=False))
-        else:
-            if captured:
-                self._stream_seen.add(item.subject)
-            self._failed_attempt(item, broker_error(f"no JetStream responder for {subject} (stream leader election?)", transient=True))
-
-    def _failed_attempt(self, item: Item, exc: BaseException) -> None:
-        """Retry after tenacity's backoff if the failure is transient and the deadline allows."""
-        delay = _decide(self._retrying, item.attempts, exc)
-        if delay is None or self._aborted:
-            self._fail(item, exc)
-            return
-        remaining = item.deadline - time.monotonic()
-        if remaining <= 0:
-            self._fail(item, self._timeout(item, exc))
-            return
-        log.debug("event %s: attempt %d failed (%s); retrying in %.3f s", item.event_id, item.attempts, exc, delay)
-        self._delayed[item] = self._loop.call_later(min(delay, remaining), self._requeue, item, exc)
-
-    def _requeue(self, item: Item, exc: BaseException) -> None:
-        self._delayed.pop(item, None)
-        if time.monotonic() >= item.deadline:
-            self._fail(item, self._timeout(item, exc))
-            return
-        self._retries.append(item)
-        self._wake.set()
-
-    def _timeout(self, item: Item, last: Optional[BaseException]) -> PublishTimeout:
-        why = f" (last error: {last})" if last is not None else ""
-        err = PublishTimeout(f"event {item.event_id} was not acknowledged within its delivery deadline of {self.config.delivery_timeout} s after {item.attempts} attempt(s){why}")
-        err.__cause__ = last
-        return err
-
-    async def _reap(self) -> None:
-        """Every tick: fail or retry attempts without an answer; expire what is past its deadline."""
-        policy = self.config.retry
-        tick = min(0.05, policy.attempt_timeout / 4)
-        while True:
-            await asyncio.sleep(tick)
-            now = time.monotonic()
-            late = [seq for seq, item in self._inflight.items() if item.sent_at + policy.attempt_timeout <= now or item.deadline <= now]
-            for seq in late:
-                item = self._inflight.pop(seq)
-                if item.deadline <= now:
-                    self._fail(item, self._timeout(item, None))
-                else:
-                    self._failed_attempt(item, broker_error(f"no ack within {policy.attempt_timeout} s", transient=True))
-            expired = [item for item in self._retries if item.deadline <= now]
-            if expired:
-                self._retries = [item for item in self._retries if item.deadline > now]
-            expired += self.queue.take_expired(now)
-            for item in expired:
-                self._fail(item, self._timeout(item, None))
-            if late or expired:
-                self._wake.set()
-
-    # ----------------------------------------------------------------- outcomes
-    def _resolve(self, item: Item, ack: PublishAck) -> None:
-        try:
-            item.future.set_result(ack)
-        except concurrent.futures.InvalidStateError:
-            return
-        self._acked += 1
-        self._count()
-
-    def _fail(self, item: Item, exc: BaseException) -> None:
-        try:
-            item.future.set_exception(exc)
-        except concurrent.futures.InvalidStateError:
-            return
-        self._failed += 1
-        self._count()
-
-    def _count(self) -> None:
-        if not self._progress_scheduled:
-            self._progress_scheduled = True
-            self._loop.call_soon(self._report)
-
-    def _report(self) -> None:
-        self._progress_scheduled = False
-        acked, failed, self._acked, self._failed = self._acked, self._failed, 0, 0
-        self._on_resolved(acked, failed)
-
-    def _abandon_all(self) -> None:
-        """Fail everything still unresolved with `PublisherClosed` (close() ran out of time)."""
-        items = list(self._inflight.values()) + self._retries + list(self._delayed) + list(self._checking)
-        for handle in self._delayed.values():
-            handle.cancel()
-        self._inflight.clear()
-        self._retries = []
-        self._delayed.clear()
-        self._checking.clear()
-        items += self.queue.get_batch(len(self.queue.queue) + 1)
-        for item in items:
-            if not item.future.done():
-                self.abandoned.append(item.event_id)
-            self._fail(item, PublisherClosed(f"publisher closed before event {item.event_id} was acknowledged"))
-        self._report()

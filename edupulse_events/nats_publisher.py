@@ -47,6 +47,7 @@ class PublisherStats:
     queued: int
     blocked_publishes: int
     peak_in_flight: int
+    batches: int
 
 
 class NatsPublisher:
@@ -180,8 +181,9 @@ class NatsPublisher:
     def stats(self) -> PublisherStats:
         """A snapshot of this publisher's counters."""
         with self._progress:
-            peak = self._worker.peak_in_flight if self._worker is not None else 0
-            return PublisherStats(self._accepted, self._acked, self._failed, self._queue.qsize(), self._queue.blocked_puts, peak)
+            worker = self._worker
+            peak, batches = (worker.peak_in_flight, worker.batches) if worker is not None else (0, 0)
+            return PublisherStats(self._accepted, self._acked, self._failed, self._queue.qsize(), self._queue.blocked_puts, peak, batches)
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop accepting, deliver what is queued within ``timeout`` (default: the delivery

@@ -1,0 +1,243 @@
+"""What happens to an event after it is written: acks, retries, deadlines, outcomes.
+
+`Delivery` is the half of the publisher thread that settles events: it reads JetStream acks
+(a sequence, a duplicate, an error, or "no responders" — then asks once per subject whether
+any stream captures it), retries transient failures after tenacity's exponential-jitter
+backoff with the same ``Nats-Msg-Id``, fails permanent ones at once, and runs the reaper that
+enforces attempt timeouts and delivery deadlines (`PublishTimeout`). Resolutions are counted
+once per loop iteration, not once per event. `Worker` (the thread, the loop and the sending
+side) inherits it; everything here runs on the publisher thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from typing import Callable, Dict, List, Optional, Set
+
+import tenacity
+
+from ._nats import NatsTransport, broker_error
+from ._queue import BatchQueue
+from .config import PublisherConfig, RetryPolicy
+from .errors import PublisherClosed, PublishTimeout
+from .publisher import Item, PublishAck
+
+__all__ = ["Delivery", "backoff"]
+
+log = logging.getLogger("edupulse_events")
+_STREAM_FULL = 10077  # JetStream err_code: a discard=new stream at its limits refused the message
+_MAX_BACKLOG = 1 << 20  # bytes not yet on the socket above which the reaper resends nothing
+
+
+def _retrying(policy: RetryPolicy) -> tenacity.Retrying:
+    return tenacity.Retrying(
+        wait=tenacity.wait_exponential(multiplier=policy.initial, max=policy.maximum, exp_base=policy.multiplier)
+        + tenacity.wait_random(0, policy.jitter),
+        retry=tenacity.retry_if_exception(lambda exc: bool(getattr(exc, "transient", False))),
+        stop=tenacity.stop_never,  # the delivery deadline stops retries (checked by the worker)
+    )
+
+
+def _decide(retrying: tenacity.Retrying, attempt: int, exc: BaseException) -> Optional[float]:
+    """tenacity's verdict for a failed attempt: seconds to wait before the next, or None."""
+    state = tenacity.RetryCallState(retrying, None, (), {})
+    state.attempt_number = attempt
+    state.set_exception((type(exc), exc, exc.__traceback__))  # type: ignore[arg-type]
+    if not retrying.retry(state):
+        return None
+    return float(retrying.wait(state))
+
+
+def backoff(policy: RetryPolicy, attempt: int) -> float:
+    """The wait before retry number ``attempt`` (1-based) after a transient failure."""
+    delay = _decide(_retrying(policy), attempt, broker_error("probe", transient=True))
+    assert delay is not None
+    return delay
+
+
+class Delivery:
+    """Settles events in flight; state is created by `Worker.__init__`."""
+
+    config: PublisherConfig
+    queue: BatchQueue
+    transport: NatsTransport
+    _loop: asyncio.AbstractEventLoop
+    _wake: asyncio.Event
+    _retrying: tenacity.Retrying
+    _inflight: Dict[int, Item]
+    _retries: List[Item]
+    _delayed: Dict[Item, asyncio.TimerHandle]
+    _checking: Dict[bytes, List[Item]]
+    _core_batch: List[Item]
+    _stream_seen: Set[bytes]
+    _on_resolved: Callable[[int, int], None]
+    _aborted: bool
+    _stopping: bool
+    _waiting_room: bool
+    _half_window: int
+    _acked: int
+    _failed: int
+    _progress_scheduled: bool
+    abandoned: List[str]
+
+    def _outstanding(self) -> int:
+        """Events taken from the queue and not resolved: each holds a slot of the window."""
+        checking = sum(map(len, self._checking.values())) if self._checking else 0
+        return len(self._inflight) + len(self._retries) + len(self._delayed) + checking
+
+    def _on_ack(self, seq: int, ack: Optional[dict], status: Optional[str]) -> None:
+        item = self._inflight.pop(seq, None)
+        if item is None:  # a late ack for an attempt already retried: the retry gets its own
+            return
+        try:
+            if status is not None:
+                self._no_responders(item, status)
+            elif "error" in ack:  # type: ignore[operator]
+                err = ack["error"] or {}  # type: ignore[index]
+                code, err_code, text = err.get("code"), err.get("err_code"), err.get("description", "unknown error")
+                # 503 is "try again" except err_code 10077: the stream's limits refused the
+                # message (discard=new: maximum messages/bytes/per-subject exceeded).
+                self._failed_attempt(
+                    item,
+                    broker_error(f"JetStream rejected event {item.event_id}: {text} (code {code}, err_code {err_code})", transient=code == 503 and err_code != _STREAM_FULL),
+                )
+            else:
+                self._resolve(item, PublishAck(ack.get("seq"), ack.get("stream"), bool(ack.get("duplicate", False))))  # type: ignore[union-attr]
+        except Exception as exc:  # noqa: BLE001 - one bad ack never stops the thread
+            self._fail(item, broker_error(f"unreadable ack for event {item.event_id}: {exc!r}", transient=False))
+        if self._waiting_room and len(self._inflight) <= self._half_window and self._outstanding() <= self._half_window:
+            self._waiting_room = False
+            self._wake.set()
+        elif self._stopping and not self._inflight:
+            self._wake.set()
+
+    def _no_responders(self, item: Item, status: str) -> None:
+        if status != "503" or item.subject in self._stream_seen:
+            self._failed_attempt(item, broker_error(f"no JetStream responder for {item.subject.decode()} (status {status})", transient=True))
+            return
+        waiting = self._checking.get(item.subject)
+        if waiting is not None:  # one check per subject answers for every event waiting on it
+            waiting.append(item)
+            return
+        self._checking[item.subject] = [item]
+        asyncio.ensure_future(self._check_stream(item.subject))
+
+    async def _check_stream(self, subject: bytes) -> None:
+        name = subject.decode()
+        captured = await self.transport.stream_captures(name, min(self.config.retry.attempt_timeout, 2.0))
+        items = self._checking.pop(subject, [])
+        if captured:
+            self._stream_seen.add(subject)
+        for item in items:
+            if item.future.done():
+                continue
+            if captured is False:
+                self._fail(item, broker_error(f"no JetStream stream captures subject {name!r}: create one, or pass create_stream=True with stream=<name>", transient=False))
+            else:
+                self._failed_attempt(item, broker_error(f"no JetStream responder for {name} (stream leader election?)", transient=True))
+        self._wake.set()
+
+    def _failed_attempt(self, item: Item, exc: BaseException) -> None:
+        """Retry after tenacity's backoff if the failure is transient and the deadline allows."""
+        delay = _decide(self._retrying, item.attempts, exc)
+        if delay is None or self._aborted:
+            self._fail(item, exc)
+            return
+        remaining = item.deadline - time.monotonic()
+        if remaining <= 0:
+            self._fail(item, self._timeout(item, exc))
+            return
+        log.debug("event %s: attempt %d failed (%s); retrying in %.3f s", item.event_id, item.attempts, exc, delay)
+        self._delayed[item] = self._loop.call_later(min(delay, remaining), self._requeue, item, exc)
+
+    def _requeue(self, item: Item, exc: BaseException) -> None:
+        self._delayed.pop(item, None)
+        if time.monotonic() >= item.deadline:
+            self._fail(item, self._timeout(item, exc))
+            return
+        self._retries.append(item)
+        self._wake.set()
+
+    def _timeout(self, item: Item, last: Optional[BaseException]) -> PublishTimeout:
+        why = f" (last error: {last})" if last is not None else ""
+        err = PublishTimeout(f"event {item.event_id} was not acknowledged within its delivery deadline of {self.config.delivery_timeout} s after {item.attempts} attempt(s){why}")
+        err.__cause__ = last
+        return err
+
+    async def _reap(self) -> None:
+        """Every tick: fail or retry attempts without an answer; expire what is past its deadline."""
+        policy = self.config.retry
+        tick = min(0.05, policy.attempt_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            # While the broker is not reading (hung), resending would only pile copies into
+            # the client's buffer: then enforce deadlines only.
+            resend = self.transport.backlog < _MAX_BACKLOG
+            late = [
+                seq for seq, item in self._inflight.items()
+                if item.deadline <= now or (resend and item.sent_at + policy.attempt_timeout <= now)
+            ]
+            for seq in late:
+                item = self._inflight.pop(seq)
+                if item.deadline <= now:
+                    self._fail(item, self._timeout(item, None))
+                else:
+                    self._failed_attempt(item, broker_error(f"no ack within {policy.attempt_timeout} s", transient=True))
+            expired = [item for item in self._retries if item.deadline <= now]
+            if expired:
+                self._retries = [item for item in self._retries if item.deadline > now]
+            expired += self.queue.take_expired(now)
+            for item in expired:
+                self._fail(item, self._timeout(item, None))
+            if late or expired:
+                self._wake.set()
+
+    # ----------------------------------------------------------------- outcomes
+    def _resolve(self, item: Item, ack: PublishAck) -> None:
+        try:
+            item.future.set_result(ack)
+        except concurrent.futures.InvalidStateError:
+            return
+        self._acked += 1
+        self._count()
+
+    def _fail(self, item: Item, exc: BaseException) -> None:
+        try:
+            item.future.set_exception(exc)
+        except concurrent.futures.InvalidStateError:
+            return
+        self._failed += 1
+        self._count()
+
+    def _count(self) -> None:
+        if not self._progress_scheduled:
+            self._progress_scheduled = True
+            self._loop.call_soon(self._report)
+
+    def _report(self) -> None:
+        self._progress_scheduled = False
+        acked, failed, self._acked, self._failed = self._acked, self._failed, 0, 0
+        self._on_resolved(acked, failed)
+
+    def _abandon_all(self) -> None:
+        """Fail everything still unresolved with `PublisherClosed` (close() ran out of time)."""
+        items = list(self._inflight.values()) + self._retries + list(self._delayed) + self._core_batch
+        for waiting in self._checking.values():
+            items += waiting
+        for handle in self._delayed.values():
+            handle.cancel()
+        self._inflight.clear()
+        self._retries = []
+        self._delayed.clear()
+        self._checking.clear()
+        self._core_batch = []
+        items += self.queue.get_batch(len(self.queue.queue) + 1)
+        for item in items:
+            if not item.future.done():
+                self.abandoned.append(item.event_id)
+            self._fail(item, PublisherClosed(f"publisher closed before event {item.event_id} was acknowledged"))
+        self._report()

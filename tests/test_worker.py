@@ -1,0 +1,96 @@
+"""The publisher thread: tenacity backoff schedule, batching, resilience to failing callbacks."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import pytest
+from helpers import LogWatcher, envelope, envelopes, read_stream
+
+from edupulse_events import BrokerError, NatsPublisher, RetryPolicy
+from edupulse_events._nats import broker_error
+from edupulse_events._delivery import _decide, _retrying, backoff
+from edupulse_events.testing import NatsServer
+
+
+def test_backoff_is_exponential_and_capped() -> None:
+    """Without jitter the waits double from `initial` and stop growing at `maximum`."""
+    policy = RetryPolicy(initial=0.05, maximum=0.4, multiplier=2.0, jitter=0.0)
+    assert [backoff(policy, n) for n in range(1, 7)] == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.4, 0.4])
+
+
+def test_backoff_jitter_stays_within_bounds() -> None:
+    """Jitter adds a random 0..jitter seconds on top of the exponential wait."""
+    policy = RetryPolicy(initial=0.1, maximum=1.0, multiplier=3.0, jitter=0.05)
+    waits = [backoff(policy, 2) for _ in range(200)]
+    assert all(0.3 <= w <= 0.35 for w in waits)
+    assert len(set(waits)) > 1
+
+
+def test_only_transient_failures_are_retried() -> None:
+    """tenacity's verdict: a transient BrokerError gets a wait, a permanent one or another error gets none."""
+    retrying = _retrying(RetryPolicy(jitter=0.0))
+    assert _decide(retrying, 1, broker_error("timeout", transient=True)) == pytest.approx(0.05)
+    assert _decide(retrying, 1, broker_error("no stream", transient=False)) is None
+    assert _decide(retrying, 1, ValueError("bug")) is None
+
+
+def test_retry_after_lost_ack_reuses_msg_id(nats_server: NatsServer) -> None:
+    """An attempt whose ack does not come (server paused) is retried with the same Nats-Msg-Id: stored once."""
+    with LogWatcher() as logs, NatsPublisher.connect(
+        nats_server.url, "edupulse.events", stream="S", create_stream=True, retry=RetryPolicy(attempt_timeout=0.3)
+    ) as pub:
+        nats_server.pause()
+        try:
+            future = pub.publish(envelope())
+            assert logs.wait_for(r"attempt 1 failed .*retrying", timeout=10)
+        finally:
+            nats_server.resume()
+        ack = future.result(timeout=20)
+    stored = read_stream(nats_server.url, "S")
+    assert len(stored) == 1 and ack.broker_sequence == 1
+
+
+def test_worker_takes_batches_not_single_events(nats_server: NatsServer) -> None:
+    """Publishing 5,000 events in a tight loop takes far fewer wake-ups than events."""
+    with NatsPublisher.connect(nats_server.url, "edupulse.events", stream="S", create_stream=True) as pub:
+        for env in envelopes(5000):
+            pub.publish(env)
+        assert pub.flush(timeout=60)
+        stats = pub.stats()
+    assert stats.acknowledged == 5000
+    assert stats.batches < 5000 / 5
+
+
+def test_failing_done_callback_does_not_stop_the_thread(nats_server: NatsServer) -> None:
+    """A done-callback that raises is logged by concurrent.futures; later events are still delivered."""
+    with NatsPublisher.connect(nats_server.url, "edupulse.events", stream="S", create_stream=True) as pub:
+        called = threading.Event()
+
+        def boom(_f: concurrent.futures.Future) -> None:
+            called.set()
+            raise RuntimeError("callback bug")
+
+        pub.publish(envelope(1)).add_done_callback(boom)
+        assert called.wait(10)
+        assert pub.publish(envelope(2)).result(timeout=10).broker_sequence == 2
+
+
+def test_permanent_failure_fails_fast_not_at_deadline(nats_server: NatsServer) -> None:
+    """A stream that rejects an event (here: a full stream with discard=new) fails its future with BrokerError at once."""
+    import asyncio
+
+    import nats
+    from nats.js.api import DiscardPolicy
+
+    async def make_stream() -> None:
+        nc = await nats.connect(nats_server.url)
+        await nc.jetstream().add_stream(name="TINY", subjects=["tiny"], max_msgs=1, discard=DiscardPolicy.NEW)
+        await nc.close()
+
+    asyncio.run(make_stream())
+    with NatsPublisher.connect(nats_server.url, "tiny", delivery_timeout=60.0) as pub:
+        assert pub.publish(envelope(1)).result(timeout=10).broker_sequence == 1
+        with pytest.raises(BrokerError, match="JetStream rejected event .*maximum messages"):
+            pub.publish(envelope(2)).result(timeout=10)
