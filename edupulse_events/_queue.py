@@ -14,18 +14,31 @@ from typing import Any, List
 
 
 class BatchQueue(queue.Queue):
-    """A `queue.Queue` bounded in items (``maxsize``) and in bytes (``maxbytes``)."""
+    """A `queue.Queue` bounded in items (``maxsize``) and in bytes (``maxbytes``).
+
+    Bytes are tracked as two running totals: each item is stamped with the total put so far
+    (``item.mark``), so taking any number of items from the head updates the byte count in
+    O(1) under the lock. It also counts accepted items and puts that had to wait.
+    """
 
     def __init__(self, maxsize: int, maxbytes: int) -> None:
         super().__init__(maxsize)
         self.maxbytes = maxbytes
-        self.nbytes = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        #: Items ever put (the publisher's "accepted" count, kept under the same lock).
+        self.accepted = 0
         #: How many put() calls had to wait for room (back-pressure was applied).
         self.blocked_puts = 0
 
+    @property
+    def nbytes(self) -> int:
+        """Encoded bytes currently queued."""
+        return self.bytes_in - self.bytes_out
+
     def _has_room(self, size: int) -> bool:
         n = len(self.queue)
-        return n == 0 or (n < self.maxsize and self.nbytes + size <= self.maxbytes)
+        return n == 0 or (n < self.maxsize and self.bytes_in - self.bytes_out + size <= self.maxbytes)
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         """Add ``item``; wait up to ``timeout`` for room, then raise `queue.Full`."""
@@ -45,15 +58,19 @@ class BatchQueue(queue.Queue):
                         if remaining <= 0.0:
                             raise queue.Full
                         self.not_full.wait(remaining)
+            self.bytes_in += size
+            item.mark = self.bytes_in
+            self.accepted += 1
             self.queue.append(item)
-            self.nbytes += size
-            self.unfinished_tasks += 1
-            self.not_empty.notify()
+            # no not_empty.notify(): the publisher thread polls with get_batch() when woken
 
-    def _get(self) -> Any:
-        item = self.queue.popleft()
-        self.nbytes -= item.size
-        return item
+    def get(self, block: bool = False, timeout: float | None = None) -> Any:
+        """The oldest item, without waiting (`queue.Empty` if none): the consumer is woken
+        explicitly and takes batches, so put() does not notify ``not_empty``."""
+        batch = self.get_batch(1)
+        if not batch:
+            raise queue.Empty
+        return batch[0]
 
     def get_batch(self, limit: int) -> List[Any]:
         """Take up to ``limit`` items without waiting (possibly none)."""
@@ -61,15 +78,13 @@ class BatchQueue(queue.Queue):
             q = self.queue
             if not q:
                 return []
-            n = min(limit, len(q))
-            if n == len(q):
+            if limit >= len(q):
                 batch = list(q)
                 q.clear()
-                self.nbytes = 0
             else:
                 popleft = q.popleft
-                batch = [popleft() for _ in range(n)]
-                self.nbytes -= sum(item.size for item in batch)
+                batch = [popleft() for _ in range(limit)]
+            self.bytes_out = batch[-1].mark
             self.not_full.notify_all()
             return batch
 
@@ -79,9 +94,8 @@ class BatchQueue(queue.Queue):
         with self.mutex:
             q = self.queue
             while q and q[0].deadline <= now:
-                item = q.popleft()
-                self.nbytes -= item.size
-                out.append(item)
+                out.append(q.popleft())
             if out:
+                self.bytes_out = out[-1].mark
                 self.not_full.notify_all()
         return out

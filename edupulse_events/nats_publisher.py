@@ -74,7 +74,7 @@ class NatsPublisher:
         self._start_lock = threading.Lock()
         self._progress = threading.Condition(threading.Lock())
         self._futures_condition = threading.Condition()  # shared by this publisher's futures
-        self._accepted = self._resolved = self._acked = self._failed = 0
+        self._resolved = self._acked = self._failed = 0
         self._worker: Optional[Worker] = None
         self._pid = os.getpid()
 
@@ -156,8 +156,6 @@ class NatsPublisher:
             self._queue.put(item, block=wait > 0, timeout=wait)
         except queue.Full:
             raise QueueFull(f"publisher queue stayed full for {wait} s ({self._config.max_queue} events / {self._config.max_queue_bytes} bytes)") from None
-        with self._progress:
-            self._accepted += 1
         worker.wake()
         if self._closed:  # close() ran while we were putting: fail what it could not see
             self._fail_leftovers()
@@ -175,7 +173,7 @@ class NatsPublisher:
         if getattr(_worker_state, "active", False):
             raise DeadlockError("flush() called from a publisher's own thread would wait forever")
         with self._progress:
-            target = self._accepted
+            target = self._queue.accepted
             return self._progress.wait_for(lambda: self._resolved >= target, timeout)
 
     def stats(self) -> PublisherStats:
@@ -183,7 +181,7 @@ class NatsPublisher:
         with self._progress:
             worker = self._worker
             peak, batches = (worker.peak_in_flight, worker.batches) if worker is not None else (0, 0)
-            return PublisherStats(self._accepted, self._acked, self._failed, self._queue.qsize(), self._queue.blocked_puts, peak, batches)
+            return PublisherStats(self._queue.accepted, self._acked, self._failed, self._queue.qsize(), self._queue.blocked_puts, peak, batches)
 
     def close(self, timeout: Optional[float] = None) -> None:
         """Stop accepting, deliver what is queued within ``timeout`` (default: the delivery

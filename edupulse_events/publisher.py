@@ -115,7 +115,7 @@ class EventPublisher(Protocol):
 class Item:
     """One prepared event on its way to the broker (bytes only: no Python objects of the caller)."""
 
-    __slots__ = ("future", "subject", "headers", "payload", "size", "event_id", "deadline", "attempts", "sent_at")
+    __slots__ = ("future", "subject", "headers", "payload", "size", "event_id", "deadline", "attempts", "sent_at", "mark")
 
     def __init__(self, future: PublishFuture, subject: bytes, headers: bytes, payload: bytes, event_id: str, deadline: float) -> None:
         self.future = future

@@ -94,3 +94,19 @@ def test_permanent_failure_fails_fast_not_at_deadline(nats_server: NatsServer) -
         assert pub.publish(envelope(1)).result(timeout=10).broker_sequence == 1
         with pytest.raises(BrokerError, match="JetStream rejected event .*maximum messages"):
             pub.publish(envelope(2)).result(timeout=10)
+
+
+def test_connection_closed_by_nats_py_is_rebuilt(nats_server: NatsServer) -> None:
+    """When nats-py closes its client for good after a server -ERR, the publisher builds a new connection and keeps delivering."""
+    import asyncio
+
+    with LogWatcher() as logs, NatsPublisher.connect(nats_server.url, "edupulse.events", stream="S", create_stream=True) as pub:
+        assert pub.publish(envelope(1)).result(timeout=10).broker_sequence == 1
+        worker = pub._worker
+        assert worker is not None
+        old = worker.transport
+        # What the parser does on "-ERR 'Unknown Protocol Operation'": a real nats-py code path.
+        asyncio.run_coroutine_threadsafe(old._nc._process_err("'Unknown Protocol Operation'"), worker._loop).result(timeout=5)
+        assert logs.wait_for(r"was closed by the client library", timeout=10)
+        assert pub.publish(envelope(2)).result(timeout=20).broker_sequence == 2
+        assert worker.transport is not old
