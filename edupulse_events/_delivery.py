@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import tenacity
 
@@ -29,6 +29,7 @@ __all__ = ["Delivery", "backoff"]
 
 log = logging.getLogger("edupulse_events")
 _STREAM_FULL = 10077  # JetStream err_code: a discard=new stream at its limits refused the message
+_CORE_ACK = PublishAck(None, None, False)
 _MAX_BACKLOG = 1 << 20  # bytes not yet on the socket above which the reaper resends nothing
 
 
@@ -71,7 +72,8 @@ class Delivery:
     _retries: List[Item]
     _delayed: Dict[Item, asyncio.TimerHandle]
     _checking: Dict[bytes, List[Item]]
-    _core_batch: List[Item]
+    _core_pending: Dict[int, Tuple[List[Item], asyncio.TimerHandle]]
+    _core_count: int
     _stream_seen: Set[bytes]
     _on_resolved: Callable[[int, int], None]
     _aborted: bool
@@ -86,7 +88,32 @@ class Delivery:
     def _outstanding(self) -> int:
         """Events taken from the queue and not resolved: each holds a slot of the window."""
         checking = sum(map(len, self._checking.values())) if self._checking else 0
-        return len(self._inflight) + len(self._retries) + len(self._delayed) + checking
+        return len(self._inflight) + len(self._retries) + len(self._delayed) + checking + self._core_count
+
+    def _room_opened(self) -> None:
+        """Wake the drain loop when it waits for window room (half free) or for the last event at close."""
+        if self._waiting_room and len(self._inflight) <= self._half_window and self._outstanding() <= self._half_window:
+            self._waiting_room = False
+            self._wake.set()
+        elif self._stopping and not self._inflight:
+            self._wake.set()
+
+    def _core_settled(self, key: int, ok: bool) -> None:
+        """A core batch's PONG came (every event in it reached the server) or its attempt timed out."""
+        entry = self._core_pending.pop(key, None)
+        if entry is None:
+            return
+        batch, timer = entry
+        timer.cancel()
+        self._core_count -= len(batch)
+        if ok:
+            for item in batch:
+                self._resolve(item, _CORE_ACK)
+        else:
+            exc = broker_error(f"no answer from the broker within {self.config.retry.attempt_timeout} s", transient=True)
+            for item in batch:
+                self._failed_attempt(item, exc)
+        self._room_opened()
 
     def _on_ack(self, seq: int, ack: Optional[dict], status: Optional[str]) -> None:
         item = self._inflight.pop(seq, None)
@@ -108,11 +135,7 @@ class Delivery:
                 self._resolve(item, PublishAck(ack.get("seq"), ack.get("stream"), bool(ack.get("duplicate", False))))  # type: ignore[union-attr]
         except Exception as exc:  # noqa: BLE001 - one bad ack never stops the thread
             self._fail(item, broker_error(f"unreadable ack for event {item.event_id}: {exc!r}", transient=False))
-        if self._waiting_room and len(self._inflight) <= self._half_window and self._outstanding() <= self._half_window:
-            self._waiting_room = False
-            self._wake.set()
-        elif self._stopping and not self._inflight:
-            self._wake.set()
+        self._room_opened()
 
     def _no_responders(self, item: Item, status: str) -> None:
         if status != "503" or item.subject in self._stream_seen:
@@ -225,7 +248,10 @@ class Delivery:
 
     def _abandon_all(self) -> None:
         """Fail everything still unresolved with `PublisherClosed` (close() ran out of time)."""
-        items = list(self._inflight.values()) + self._retries + list(self._delayed) + self._core_batch
+        items = list(self._inflight.values()) + self._retries + list(self._delayed)
+        for batch, timer in self._core_pending.values():
+            timer.cancel()
+            items += batch
         for waiting in self._checking.values():
             items += waiting
         for handle in self._delayed.values():
@@ -234,7 +260,8 @@ class Delivery:
         self._retries = []
         self._delayed.clear()
         self._checking.clear()
-        self._core_batch = []
+        self._core_pending.clear()
+        self._core_count = 0
         items += self.queue.get_batch(len(self.queue.queue) + 1)
         for item in items:
             if not item.future.done():

@@ -278,20 +278,25 @@ class NatsTransport:
         """Bytes written but not yet handed to the socket (grows while the broker hangs)."""
         return self._nc._pending_data_size
 
-    async def ping(self, timeout: float) -> None:
-        """Round trip to the server: everything written before it has arrived."""
-        # Not nc.flush(): on timeout it cancels its PONG future, and the late PONG then kills
-        # nats-py's read loop (InvalidStateError) while is_connected stays True. Shielding
-        # keeps the future alive for the late PONG.
+    async def write_then_ping(self, commands: List[bytes]) -> asyncio.Future:
+        """Write ``commands`` straight to the socket, then a PING; the returned future is done
+        at its PONG, when the server has read everything before it (core NATS delivery).
+
+        Both bypass the pending buffer on purpose: nats-py writes PINGs straight to the socket,
+        so a PING after buffered commands could overtake them. The future is never cancelled
+        by us (nats-py's own flush() cancels its future on timeout, and a late PONG then kills
+        its read loop): the caller times the answer out itself.
+        """
         nc = self._nc
-        if not nc.is_connected:
+        if not nc.is_connected or nc._transport is None:
             raise broker_error("not connected to the broker", transient=True)
         pong: asyncio.Future = asyncio.get_running_loop().create_future()
         try:
+            nc._transport.writelines(commands)
             await nc._send_ping(pong)
-            await asyncio.wait_for(asyncio.shield(pong), timeout)
-        except (nats.errors.Error, asyncio.TimeoutError, OSError, AssertionError) as exc:
-            raise broker_error(f"no answer from the broker within {timeout} s", transient=True, cause=exc) from None
+        except (nats.errors.Error, OSError, AssertionError) as exc:
+            raise broker_error(f"could not write to the broker: {exc!r}", transient=True, cause=exc) from None
+        return pong
 
     async def stream_captures(self, subject: str, timeout: float) -> Optional[bool]:
         """Whether some JetStream stream captures ``subject`` (None if the server did not say)."""

@@ -17,19 +17,18 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Set
+from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ._delivery import Delivery, _retrying
 from ._nats import NatsTransport, broker_error
 from ._queue import BatchQueue
 from .config import PublisherConfig
 from .errors import BrokerError, InvalidEvent
-from .publisher import Item, PublishAck, mark_worker_thread
+from .publisher import Item, mark_worker_thread
 
 __all__ = ["Worker"]
 
 log = logging.getLogger("edupulse_events")
-_CORE_ACK = PublishAck(None, None, False)
 
 
 class Worker(Delivery):
@@ -60,7 +59,10 @@ class Worker(Delivery):
         self._connector: Optional[asyncio.Future] = None
         #: How many batches the loop has written (one wake-up each, at most).
         self.batches = 0
-        self._core_batch: List[Item] = []
+        #: Core batches written and awaiting their PONG: key -> (events, attempt timer).
+        self._core_pending: Dict[int, Tuple[List[Item], asyncio.TimerHandle]] = {}
+        self._core_key = 0
+        self._core_count = 0
         self._waiting_room = False
         self._half_window = config.window // 2
         self._acked = 0
@@ -211,6 +213,9 @@ class Worker(Delivery):
             log.info("reconnected: resending %d events that were awaiting an ack", len(self._inflight))
             self._retries.extend(self._inflight.values())
             self._inflight.clear()
+        if connected:
+            for key in list(self._core_pending):  # their PONGs were lost with the connection
+                self._core_settled(key, False)
         self._wake.set()
 
     def _begin_stop(self, deadline: float) -> None:
@@ -227,7 +232,7 @@ class Worker(Delivery):
             self._drainer.cancel()
 
     def _nothing_left(self) -> bool:
-        return not (self.queue.queue or self._inflight or self._retries or self._delayed or self._checking)
+        return not (self.queue.queue or self._inflight or self._retries or self._delayed or self._checking or self._core_pending)
 
     async def _drain(self) -> None:
         queue, wake, window = self.queue, self._wake, self.config.window
@@ -294,21 +299,23 @@ class Worker(Delivery):
         self.transport.write(commands)
 
     async def _send_core(self, batch: List[Item]) -> None:
+        """Write a core batch and a PING, without waiting: its PONG settles the batch
+        (`_core_settled`), so several batches are in flight within the window."""
         batch = [item for item in batch if not self._too_big(item)]
-        self.transport.write(
-            [b"HPUB %s %d %d\r\n%s%s\r\n" % (i.subject, len(i.headers), i.size, i.headers, i.payload) for i in batch]
-        )
-        self._core_batch = batch  # failed by _abandon_all if close() cancels the wait below
+        if not batch:
+            return
+        commands = [b"HPUB %s %d %d\r\n%s%s\r\n" % (i.subject, len(i.headers), i.size, i.headers, i.payload) for i in batch]
+        for item in batch:
+            item.attempts += 1
         try:
-            await self.transport.kick()
-            await self.transport.ping(self.config.retry.attempt_timeout)
+            pong = await self.transport.write_then_ping(commands)
         except BrokerError as exc:
-            self._core_batch = []
             for item in batch:
-                item.attempts += 1
                 self._failed_attempt(item, exc)
             return
-        self._core_batch = []
-        for item in batch:
-            self._resolve(item, _CORE_ACK)
-
+        self._core_key += 1
+        key = self._core_key
+        timer = self._loop.call_later(self.config.retry.attempt_timeout, self._core_settled, key, False)
+        self._core_pending[key] = (batch, timer)
+        self._core_count += len(batch)
+        pong.add_done_callback(lambda f, key=key: self._core_settled(key, not f.cancelled() and f.exception() is None))
