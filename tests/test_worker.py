@@ -110,3 +110,35 @@ def test_connection_closed_by_nats_py_is_rebuilt(nats_server: NatsServer) -> Non
         assert logs.wait_for(r"was closed by the client library", timeout=10)
         assert pub.publish(envelope(2)).result(timeout=20).broker_sequence == 2
         assert worker.transport is not old
+
+
+def test_futures_wake_waiters_of_wait_as_completed_and_result(make_server) -> None:  # type: ignore[no-untyped-def]
+    """Threads blocked in concurrent.futures.wait, as_completed and result() on pending events all wake when acks settle them."""
+    server = make_server(start=False)
+    with NatsPublisher.connect(server.url, "edupulse.events", stream="S", create_stream=True, start_without_broker=True) as pub:
+        futures = [pub.publish(e) for e in envelopes(300)]
+        assert not any(f.done() for f in futures)
+        outcomes: dict = {}
+        started = threading.Barrier(4)
+
+        def waiter() -> None:
+            started.wait()
+            done, pending = concurrent.futures.wait(futures, timeout=30)
+            outcomes["wait"] = (len(done), len(pending))
+
+        def completer() -> None:
+            started.wait()
+            outcomes["as_completed"] = sorted(f.result().broker_sequence for f in concurrent.futures.as_completed(futures, timeout=30))
+
+        def blocker() -> None:
+            started.wait()
+            outcomes["result"] = futures[-1].result(timeout=30).broker_sequence
+
+        threads = [threading.Thread(target=t) for t in (waiter, completer, blocker)]
+        for t in threads:
+            t.start()
+        started.wait()
+        server.start()
+        for t in threads:
+            t.join(40)
+    assert outcomes == {"wait": (300, 0), "as_completed": list(range(1, 301)), "result": 300}
