@@ -107,10 +107,6 @@ class Worker(Delivery):
         return not thread.is_alive()
 
     @property
-    def is_alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    @property
     def thread(self) -> Optional[threading.Thread]:
         return self._thread
 
