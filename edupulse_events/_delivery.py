@@ -23,7 +23,8 @@ from ._nats import NatsTransport, broker_error
 from ._queue import BatchQueue
 from .config import PublisherConfig, RetryPolicy
 from .errors import PublisherClosed, PublishTimeout
-from .publisher import Item, PublishAck
+from ._acks import Ack
+from .publisher import Item, PublishAck, new_ack, settle
 
 __all__ = ["Delivery", "backoff"]
 
@@ -107,35 +108,44 @@ class Delivery:
         timer.cancel()
         self._core_count -= len(batch)
         if ok:
-            for item in batch:
-                self._resolve(item, _CORE_ACK)
+            self._acked += settle([(item.future, _CORE_ACK) for item in batch])
+            self._count()
         else:
             exc = broker_error(f"no answer from the broker within {self.config.retry.attempt_timeout} s", transient=True)
             for item in batch:
                 self._failed_attempt(item, exc)
         self._room_opened()
 
-    def _on_ack(self, seq: int, ack: Optional[dict], status: Optional[str]) -> None:
-        item = self._inflight.pop(seq, None)
-        if item is None:  # a late ack for an attempt already retried: the retry gets its own
-            return
-        try:
-            if status is not None:
-                self._no_responders(item, status)
-            elif "error" in ack:  # type: ignore[operator]
-                err = ack["error"] or {}  # type: ignore[index]
-                code, err_code, text = err.get("code"), err.get("err_code"), err.get("description", "unknown error")
-                # 503 is "try again" except err_code 10077: the stream's limits refused the
-                # message (discard=new: maximum messages/bytes/per-subject exceeded).
-                self._failed_attempt(
-                    item,
-                    broker_error(f"JetStream rejected event {item.event_id}: {text} (code {code}, err_code {err_code})", transient=code == 503 and err_code != _STREAM_FULL),
-                )
+    def _on_acks(self, acks: List[Ack]) -> None:
+        """Acks as they arrived (`_acks.Ack` tuples): settle the events they answer, together."""
+        pop = self._inflight.pop
+        settled = []
+        for seq, stream, sequence, duplicate, error in acks:
+            item = pop(seq, None)
+            if item is None:  # a late ack for an attempt already retried: the retry gets its own
+                continue
+            if error is None:
+                settled.append((item.future, new_ack(sequence, stream, duplicate)))
             else:
-                self._resolve(item, PublishAck(ack.get("seq"), ack.get("stream"), bool(ack.get("duplicate", False))))  # type: ignore[union-attr]
-        except Exception as exc:  # noqa: BLE001 - one bad ack never stops the thread
-            self._fail(item, broker_error(f"unreadable ack for event {item.event_id}: {exc!r}", transient=False))
+                self._refused(item, error)
+        if settled:
+            self._acked += settle(settled)
+            self._count()
         self._room_opened()
+
+    def _refused(self, item: Item, error: dict) -> None:
+        """An ack that is an error: "no responders" (a status), or JetStream's error object."""
+        status = error.get("status")
+        if status is not None:
+            self._no_responders(item, str(status))
+            return
+        code, err_code, text = error.get("code"), error.get("err_code"), error.get("description", "unknown error")
+        # 503 is "try again" except err_code 10077: the stream's limits refused the
+        # message (discard=new: maximum messages/bytes/per-subject exceeded).
+        self._failed_attempt(
+            item,
+            broker_error(f"JetStream rejected event {item.event_id}: {text} (code {code}, err_code {err_code})", transient=code == 503 and err_code != _STREAM_FULL),
+        )
 
     def _no_responders(self, item: Item, status: str) -> None:
         if status != "503" or item.subject in self._stream_seen:
@@ -220,14 +230,6 @@ class Delivery:
                 self._wake.set()
 
     # ----------------------------------------------------------------- outcomes
-    def _resolve(self, item: Item, ack: PublishAck) -> None:
-        try:
-            item.future.set_result(ack)
-        except concurrent.futures.InvalidStateError:
-            return
-        self._acked += 1
-        self._count()
-
     def _fail(self, item: Item, exc: BaseException) -> None:
         try:
             item.future.set_exception(exc)

@@ -6,10 +6,12 @@ the worker whether a retry can help); none escapes to callers.
 
 Speed: publishing writes ready-made ``HPUB`` commands into the client's pending buffer and
 kicks its flusher once per batch (nats-py's ``publish()`` re-validates headers and subjects
-per message). JetStream acks arrive on one wildcard inbox and are taken straight from the
-protocol parser by subscription id, skipping per-message ``Msg`` objects and tasks. Both use
-nats-py internals (``_pending``, ``_pending_data_size``, ``_flush_pending``, ``_process_msg``),
-so the nats-py range is pinned in setup.cfg and the test suite covers this path.
+per message). JetStream acks arrive on one wildcard inbox; `AckReader` (``_acks.py``) takes
+them from the bytes a read at a time, and the few it leaves to nats-py's parser are taken
+from ``_process_msg`` by subscription id, skipping per-message ``Msg`` objects and tasks.
+Both use nats-py internals (``_pending``, ``_pending_data_size``, ``_flush_pending``,
+``_process_msg``, the parser's ``parse``/``reset``/``buf``/``state``), so the nats-py range is
+pinned in setup.cfg and the test suite covers this path.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import nats
 import nats.errors
 import nats.js.api
 import nats.js.errors
-import orjson
 from nats.aio.client import Client
 
+from ._acks import Ack, AckReader, read_ack
 from .config import PublisherConfig
 from .errors import BrokerError
 
@@ -33,8 +35,8 @@ __all__ = ["NatsTransport", "broker_error"]
 
 log = logging.getLogger("edupulse_events")
 
-# on_ack(seq, ack_dict_or_None, status_or_None)
-AckCallback = Callable[[int, Optional[dict], Optional[str]], None]
+# on_acks([Ack, ...]): the acks of one read, in arrival order
+AckCallback = Callable[[List[Ack]], None]
 
 
 def broker_error(message: str, *, transient: bool, cause: Optional[BaseException] = None) -> BrokerError:
@@ -90,12 +92,12 @@ class NatsTransport:
     def __init__(
         self,
         config: PublisherConfig,
-        on_ack: AckCallback,
+        on_acks: AckCallback,
         on_state: Callable[[bool], None],
         on_closed: Optional[Callable[[], None]] = None,
     ) -> None:
         self._config = config
-        self._on_ack = on_ack
+        self._on_acks = on_acks
         self._on_state = on_state
         self._on_closed = on_closed
         self._nc: Client = nats.NATS()
@@ -235,11 +237,12 @@ class NatsTransport:
         sub = await nc.subscribe(self._prefix.decode() + "*")
         self._ack_sid = sub._id
         original = nc._process_msg
-        on_ack = self._on_ack
+        on_acks = self._on_acks
         sid_ = self._ack_sid
         start = len(self._prefix)
 
         async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
+            # acks the AckReader left to nats-py's parser: with headers (a status), or split oddly
             if sid != sid_:
                 await original(sid, subject, reply, data, headers)
                 return
@@ -248,15 +251,12 @@ class NatsTransport:
             except ValueError:
                 return
             if headers and headers[8:9] == b" ":  # inline status: "NATS/1.0 503\r\n\r\n"
-                on_ack(seq, None, headers[9:12].decode("ascii", "replace"))
-                return
-            try:
-                ack = orjson.loads(data)
-            except orjson.JSONDecodeError:
-                ack = {"error": {"code": 0, "description": "unreadable ack"}}
-            on_ack(seq, ack, None)
+                on_acks([(seq, None, None, False, {"status": headers[9:12].decode("ascii", "replace")})])
+            else:
+                on_acks([read_ack(seq, data)])
 
         nc._process_msg = process_msg  # type: ignore[method-assign]
+        AckReader(nc._ps, self._prefix, sid_, on_acks)
 
     def write(self, commands: List[bytes]) -> None:
         """Queue ready-made protocol commands on the connection (sent by `kick`)."""

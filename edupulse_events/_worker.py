@@ -190,7 +190,7 @@ class Worker(Delivery):
                 delay = min(delay * 2, 5.0)
 
     def _new_transport(self) -> NatsTransport:
-        return NatsTransport(self.config, self._on_ack, self._on_state, self._on_closed)
+        return NatsTransport(self.config, self._on_acks, self._on_state, self._on_closed)
 
     def _on_closed(self) -> None:
         """nats-py closed the connection for good (e.g. after a server -ERR): build a new one."""

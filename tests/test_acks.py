@@ -1,0 +1,102 @@
+"""Reading JetStream acks from the raw byte stream (`AckReader`): every shape, any split."""
+
+from __future__ import annotations
+
+import random
+from typing import Any, List, Sequence
+
+import pytest
+from helpers import envelope, envelopes, read_stream
+
+from edupulse_events import BrokerError, NatsPublisher
+from edupulse_events._acks import read_ack
+from edupulse_events.testing import NatsServer
+
+
+def split_reads(pub: NatsPublisher, sizes: Sequence[int], seed: int) -> List[int]:
+    """Make the publisher's connection hand its reads to the parser in pieces of ``sizes``
+    bytes (cutting messages anywhere); returns a list that counts the reads."""
+    parser = pub._worker.transport._nc._ps  # type: ignore[union-attr]
+    inner = parser.parse
+    rng = random.Random(seed)
+    reads: List[int] = []
+
+    async def parse(data: bytes = b"") -> None:
+        reads.append(len(data))
+        pos = 0
+        while pos < len(data):
+            size = rng.choice(sizes)
+            await inner(data[pos:pos + size])
+            pos += size
+
+    parser.parse = parse
+    return reads
+
+
+def stored_sequences(url: str, stream: str) -> dict:
+    return {m.headers["Nats-Msg-Id"]: m.sequence for m in read_stream(url, stream)}
+
+
+@pytest.mark.parametrize("sizes", [(1,), (1, 2, 3, 5, 8, 13), (7, 40, 41, 99, 4000)], ids=["bytes", "small", "mixed"])
+def test_acks_cut_anywhere_still_settle_each_event_with_its_sequence(nats_server: NatsServer, sizes: Sequence[int]) -> None:
+    """However the reads cut the acks, every event gets the stream sequence the broker stored it under."""
+    with NatsPublisher.connect(nats_server.url, "acks.events", stream="S", create_stream=True) as pub:
+        reads = split_reads(pub, sizes, seed=len(sizes))
+        envs = envelopes(1500)
+        futures = [pub.publish(env) for env in envs]
+        acks = [f.result(timeout=60) for f in futures]
+    assert reads, "the split parser was not used"
+    stored = stored_sequences(nats_server.url, "S")
+    assert [a.broker_sequence for a in acks] == [stored[str(env.event_id)] for env in envs]
+    assert sorted(a.broker_sequence for a in acks) == list(range(1, 1501))
+    assert all(a.stream == "S" and not a.duplicate for a in acks)
+
+
+def test_other_messages_between_acks_keep_their_meaning(nats_server: NatsServer) -> None:
+    """With reads cut small, "no responders" statuses and stream lookups between acks are still answered."""
+    with NatsPublisher.connect(nats_server.url, "acks.kept.{type}", stream="S", create_stream=True):
+        pass  # a stream for tenant "kept" only
+    with NatsPublisher.connect(nats_server.url, "acks.{tenant}.{type}") as pub:
+        split_reads(pub, (1, 3, 17, 64), seed=7)
+        kept = [envelope(i, tenant="kept") for i in range(300)]
+        lost = [envelope(i, tenant="lost") for i in range(300)]
+        pairs = [(pub.publish(a), pub.publish(b)) for a, b in zip(kept, lost)]
+        for ok, bad in pairs:
+            assert ok.result(timeout=30).stream == "S"
+            with pytest.raises(BrokerError, match="no JetStream stream captures subject 'acks.lost"):
+                bad.result(timeout=30)
+    stored = stored_sequences(nats_server.url, "S")
+    assert sorted(stored) == sorted(str(env.event_id) for env in kept)
+    assert [ok.result().broker_sequence for ok, _ in pairs] == [stored[str(env.event_id)] for env in kept]
+
+
+def test_republished_event_is_acknowledged_as_duplicate(nats_server: NatsServer) -> None:
+    """The same event again (same Nats-Msg-Id) is stored once; its second ack says duplicate, same sequence."""
+    env = envelope()
+    with NatsPublisher.connect(nats_server.url, "acks.events", stream="S", create_stream=True) as pub:
+        pub.publish(envelope()).result(timeout=10)
+        first = pub.publish(env).result(timeout=10)
+        again = pub.publish(env).result(timeout=10)
+    assert (first.broker_sequence, first.duplicate) == (2, False)
+    assert (again.broker_sequence, again.stream, again.duplicate) == (2, "S", True)
+    assert len(read_stream(nats_server.url, "S")) == 2
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b'{"stream":"S","seq":7}', (9, "S", 7, False, None)),
+        (b'{"stream":"S","domain":"hub","seq":7}', (9, "S", 7, False, None)),
+        (b'{"stream":"S","seq":7,"duplicate": true}', (9, "S", 7, True, None)),
+        (b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"S","seq":0}',
+         (9, None, None, False, {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"})),
+        (b'{"error":"flat"}', (9, None, None, False, {"code": 0, "description": "unreadable ack"})),
+        (b'not json', (9, None, None, False, {"code": 0, "description": "unreadable ack"})),
+        (b'[1,2]', (9, None, None, False, {"code": 0, "description": "unreadable ack"})),
+        (b'{"stream":7,"seq":"x"}', (9, None, None, False, None)),
+    ],
+    ids=["common", "domain", "duplicate", "error", "flat-error", "garbage", "array", "wrong-types"],
+)
+def test_ack_bodies_of_every_shape_are_read(body: bytes, expected: Any) -> None:
+    """Acks outside the common shape (domain, duplicate, error, garbage) are read, never raised."""
+    assert read_ack(9, body) == expected
