@@ -17,7 +17,7 @@ from nats.js.api import StorageType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edupulse_events import EventEnvelope, QuizSubmitted  # noqa: E402
-from edupulse_events.publisher import tenant_token  # noqa: E402
+from edupulse_events._routing import tenant_token  # noqa: E402
 
 SUBJECT = "bench.events"
 STREAM = "BENCH"

@@ -19,12 +19,13 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 import tenacity
 
+from ._acks import Ack
+from ._futures import PublishAck, new_ack, settle
 from ._nats import NatsTransport, broker_error
 from ._queue import BatchQueue
+from ._routing import Item
 from .config import PublisherConfig, RetryPolicy
 from .errors import PublisherClosed, PublishTimeout
-from ._acks import Ack
-from .publisher import Item, PublishAck, new_ack, settle
 
 __all__ = ["Delivery", "backoff"]
 

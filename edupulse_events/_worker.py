@@ -20,11 +20,12 @@ import time
 from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ._delivery import Delivery, _retrying
+from ._futures import mark_worker_thread
 from ._nats import NatsTransport, broker_error
 from ._queue import BatchQueue
+from ._routing import Item
 from .config import PublisherConfig
 from .errors import BrokerError, InvalidEvent
-from .publisher import Item, mark_worker_thread
 
 __all__ = ["Worker"]
 

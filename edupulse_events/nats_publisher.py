@@ -22,12 +22,13 @@ from typing import Any, List, Optional
 
 import attrs
 
+from ._futures import PublishAck, _worker_state
 from ._queue import BatchQueue
+from ._routing import Router
 from ._worker import Worker
 from .config import PublisherConfig
 from .envelope import EventEnvelope
 from .errors import DeadlockError, PublisherClosed, QueueFull
-from .publisher import PublishAck, Router, _worker_state
 
 __all__ = ["NatsPublisher", "PublisherStats"]
 

@@ -19,7 +19,7 @@ from edupulse_events import (
     NatsPublisher,
     RetryPolicy,
 )
-from edupulse_events.publisher import Router
+from edupulse_events._routing import Router
 
 STREAM = "FAULTS"
 SUBJECT = "edupulse.faults"

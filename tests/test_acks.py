@@ -70,18 +70,6 @@ def test_other_messages_between_acks_keep_their_meaning(nats_server: NatsServer)
     assert [ok.result().broker_sequence for ok, _ in pairs] == [stored[str(env.event_id)] for env in kept]
 
 
-def test_republished_event_is_acknowledged_as_duplicate(nats_server: NatsServer) -> None:
-    """The same event again (same Nats-Msg-Id) is stored once; its second ack says duplicate, same sequence."""
-    env = envelope()
-    with NatsPublisher.connect(nats_server.url, "acks.events", stream="S", create_stream=True) as pub:
-        pub.publish(envelope()).result(timeout=10)
-        first = pub.publish(env).result(timeout=10)
-        again = pub.publish(env).result(timeout=10)
-    assert (first.broker_sequence, first.duplicate) == (2, False)
-    assert (again.broker_sequence, again.stream, again.duplicate) == (2, "S", True)
-    assert len(read_stream(nats_server.url, "S")) == 2
-
-
 @pytest.mark.parametrize(
     "body, expected",
     [

@@ -1,0 +1,132 @@
+"""The outcome side of publishing: `PublishAck` and the futures every publisher returns.
+
+`PublishFuture` is a `concurrent.futures.Future` whose instances share their publisher's
+condition; `settle` resolves a run of them under one acquisition of it (the publisher thread
+calls it once per read of acks), and `new_ack` builds a `PublishAck` on that hot path.
+`mark_worker_thread` lets futures refuse to block a publisher's own thread.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from typing import Any, List, Optional, Tuple
+
+import attrs
+
+from .errors import DeadlockError
+
+__all__ = ["PublishAck", "PublishFuture", "mark_worker_thread", "new_ack", "settle"]
+
+_worker_state = threading.local()
+
+
+@attrs.frozen(slots=True)
+class PublishAck:
+    """The broker's receipt for one event. Core NATS has no sequence: ``broker_sequence=None``."""
+
+    broker_sequence: Optional[int]
+    stream: Optional[str]
+    duplicate: bool = False
+
+
+_FINISHED = concurrent.futures._base.FINISHED  # type: ignore[attr-defined]
+_PENDING = concurrent.futures._base.PENDING  # type: ignore[attr-defined]
+_new = object.__new__
+_set_sequence = PublishAck.broker_sequence.__set__  # type: ignore[attr-defined]
+_set_stream = PublishAck.stream.__set__  # type: ignore[attr-defined]
+_set_duplicate = PublishAck.duplicate.__set__  # type: ignore[attr-defined]
+
+
+def new_ack(broker_sequence: Optional[int], stream: Optional[str], duplicate: bool) -> PublishAck:
+    """`PublishAck(...)` for the publisher thread's hot path: half the cost of the frozen
+    class's ``__init__`` (the values come from the broker's ack, already typed)."""
+    ack = _new(PublishAck)
+    _set_sequence(ack, broker_sequence)
+    _set_stream(ack, stream)
+    _set_duplicate(ack, duplicate)
+    return ack
+
+
+class PublishFuture(concurrent.futures.Future):
+    """A `concurrent.futures.Future` for one published event; it cannot be cancelled.
+
+    Speed: the futures of one publisher share one `threading.Condition` (a new Condition per
+    future costs more than encoding the event), so `result()`/`exception()` wait in a loop
+    until *this* future is done. Waiting inside a publisher's own thread (e.g. from a
+    done-callback) could never finish, so it raises `DeadlockError` instead.
+    """
+
+    __slots__ = ()
+    # Class-level initial values (Future.__init__ sets them per instance): resolving a future
+    # assigns its own, so a pending future costs three attribute writes less to create.
+    _state = _PENDING
+    _result = None
+    _exception = None
+
+    def __init__(self, condition: Optional[threading.Condition] = None) -> None:  # noqa: D107
+        self._condition = condition if condition is not None else threading.Condition()
+        self._waiters: list = []
+        self._done_callbacks: list = []
+
+    def _finished(self) -> bool:
+        return self._state == _FINISHED
+
+    def _wait(self, timeout: Optional[float]) -> None:
+        if self._state != _FINISHED:
+            if getattr(_worker_state, "active", False):
+                raise DeadlockError("waiting on an unresolved event from the publisher's own thread would wait forever")
+            with self._condition:
+                self._condition.wait_for(self._finished, timeout)
+
+    def result(self, timeout: Optional[float] = None) -> Any:
+        self._wait(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        self._wait(timeout)
+        return super().exception(0)
+
+    def cancel(self) -> bool:
+        """Always False: an accepted event is on its way and cannot be taken back."""
+        return False
+
+
+def settle(results: List[Tuple["PublishFuture", PublishAck]]) -> int:
+    """Resolve many futures at once, as ``set_result`` each would (waiters of
+    `concurrent.futures.wait`/`as_completed`, then done-callbacks), taking their shared
+    condition once and waking its waiters once. Skips futures already done; returns how many
+    it resolved. Futures with another condition (none, in practice) get ``set_result``.
+    """
+    if not results:
+        return 0
+    condition = results[0][0]._condition
+    done = []
+    with condition:
+        for future, ack in results:
+            if future._condition is not condition:
+                continue
+            if future._state == _PENDING:
+                future._result = ack
+                future._state = _FINISHED
+                for waiter in future._waiters:
+                    waiter.add_result(future)
+                done.append(future)
+        condition.notify_all()
+    count = len(done)
+    for future, ack in results:
+        if future._condition is not condition:
+            try:
+                future.set_result(ack)
+                count += 1
+            except concurrent.futures.InvalidStateError:
+                pass
+    for future in done:
+        if future._done_callbacks:
+            future._invoke_callbacks()
+    return count
+
+
+def mark_worker_thread() -> None:
+    """Called once by each publisher thread, so its futures can refuse to block there."""
+    _worker_state.active = True

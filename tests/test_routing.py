@@ -1,0 +1,50 @@
+"""Caller-side routing: the header block and subject every event is sent with."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Optional
+
+import pytest
+
+from edupulse_events import EventEnvelope, LessonPublished, QuizSubmitted, encode
+from edupulse_events._routing import Router, tenant_token
+
+CAUSE = uuid.UUID("11111111-2222-4333-8444-555555555555")
+CORRELATION = uuid.UUID("c0ffee00-dead-4bef-8bad-f00dbaadcafe")
+
+
+def expected_headers(env: EventEnvelope, type_name: str) -> bytes:
+    """The header block as the README documents it, formatted the plain way."""
+    lines = [f"Nats-Msg-Id: {env.event_id}", f"Edupulse-Event-Type: {type_name}"]
+    if env.tenant_id is not None:
+        lines.append(f"Edupulse-Tenant: {tenant_token(env.tenant_id)}")
+    lines.append(f"Edupulse-Pii: {'true' if env.personally_identifiable else 'false'}")
+    if env.correlation_id is not None:
+        lines.append(f"Edupulse-Correlation-Id: {env.correlation_id}")
+    return ("NATS/1.0\r\n" + "".join(line + "\r\n" for line in lines) + "\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    "causation, correlation, tenant, pii",
+    list(itertools.product([None, CAUSE], [None, CORRELATION], [None, "school-1", "Société 42", ""], [False, True])),
+)
+def test_headers_carry_the_envelopes_ids_tenant_and_flag(causation: Optional[uuid.UUID], correlation: Optional[uuid.UUID], tenant: Optional[str], pii: bool) -> None:
+    """Every combination of optional ids, tenant and GDPR flag gives exactly the documented header block."""
+    for data in (LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"), QuizSubmitted(uuid.uuid4(), uuid.uuid4(), {"q": "a"})):
+        env = EventEnvelope.new(data, causation_id=causation, correlation_id=correlation, tenant_id=tenant, personally_identifiable=pii)
+        type_name = type(data).__name__
+        item = Router("edupulse.events").prepare(env, 0.0, None)
+        assert item.headers == Router.headers(env, encode(env), type_name) == expected_headers(env, type_name)
+        assert item.event_id == str(env.event_id) and item.payload == encode(env)
+        assert item.size == len(item.headers) + len(item.payload)
+
+
+def test_subject_template_fills_type_and_tenant_token() -> None:
+    """``{type}`` and ``{tenant}`` are filled per event; the tenant is percent-encoded into one token."""
+    router = Router("edupulse.{tenant}.{type}")
+    env = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"), tenant_id="Société 42.a")
+    assert router.prepare(env, 0.0, None).subject == b"edupulse.Soci%C3%A9t%C3%A9%2042%2Ea.LessonPublished"
+    none = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"))
+    assert router.prepare(none, 0.0, None).subject == b"edupulse._.LessonPublished"
