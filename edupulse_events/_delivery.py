@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 import tenacity
 
 from ._acks import Ack
-from ._futures import PublishAck, new_ack, settle
+from ._futures import PublishAck, settle
 from ._nats import NatsTransport, broker_error
 from ._queue import BatchQueue
 from ._routing import Item
@@ -109,7 +109,7 @@ class Delivery:
         timer.cancel()
         self._core_count -= len(batch)
         if ok:
-            self._acked += settle([(item.future, _CORE_ACK) for item in batch])
+            self._acked += settle([item.future for item in batch], [_CORE_ACK] * len(batch))
             self._count()
         else:
             exc = broker_error(f"no answer from the broker within {self.config.retry.attempt_timeout} s", transient=True)
@@ -120,17 +120,18 @@ class Delivery:
     def _on_acks(self, acks: List[Ack]) -> None:
         """Acks as they arrived (`_acks.Ack` tuples): settle the events they answer, together."""
         pop = self._inflight.pop
-        settled = []
-        for seq, stream, sequence, duplicate, error in acks:
-            item = pop(seq, None)
+        futures, results = [], []
+        for ack in acks:
+            item = pop(ack[0], None)
             if item is None:  # a late ack for an attempt already retried: the retry gets its own
                 continue
-            if error is None:
-                settled.append((item.future, new_ack(sequence, stream, duplicate)))
+            if ack[4] is None:
+                futures.append(item.future)
+                results.append(ack)  # PublishFuture.result() makes the PublishAck from it
             else:
-                self._refused(item, error)
-        if settled:
-            self._acked += settle(settled)
+                self._refused(item, ack[4])
+        if futures:
+            self._acked += settle(futures, results)
             self._count()
         self._room_opened()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 import attrs
 
@@ -63,11 +63,28 @@ class PublishFuture(concurrent.futures.Future):
     _state = _PENDING
     _result = None
     _exception = None
+    # The lists of concurrent.futures.wait()/as_completed() waiters and of done-callbacks are
+    # made on first use (few futures ever get either): two objects fewer per event for the
+    # allocator and the garbage collector, which otherwise costs more than encoding.
+    _waiter_list: Optional[list] = None
+    _callback_list: Optional[list] = None
 
     def __init__(self, condition: Optional[threading.Condition] = None) -> None:  # noqa: D107
         self._condition = condition if condition is not None else threading.Condition()
-        self._waiters: list = []
-        self._done_callbacks: list = []
+
+    @property
+    def _waiters(self) -> list:  # what Future and concurrent.futures.wait() use
+        waiters = self._waiter_list
+        if waiters is None:
+            waiters = self._waiter_list = []
+        return waiters
+
+    @property
+    def _done_callbacks(self) -> list:  # what Future.add_done_callback() appends to
+        callbacks = self._callback_list
+        if callbacks is None:
+            callbacks = self._callback_list = []
+        return callbacks
 
     def _finished(self) -> bool:
         return self._state == _FINISHED
@@ -81,7 +98,10 @@ class PublishFuture(concurrent.futures.Future):
 
     def result(self, timeout: Optional[float] = None) -> Any:
         self._wait(timeout)
-        return super().result(0)
+        result = super().result(0)
+        if type(result) is tuple:  # an ack as read (see settle): made a PublishAck when asked for
+            result = self._result = new_ack(result[2], result[1], result[3])
+        return result
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
         self._wait(timeout)
@@ -91,38 +111,50 @@ class PublishFuture(concurrent.futures.Future):
         """Always False: an accepted event is on its way and cannot be taken back."""
         return False
 
+    def __repr__(self) -> str:
+        if self._state == _FINISHED and self._exception is None:
+            self.result(0)
+        return super().__repr__()
 
-def settle(results: List[Tuple["PublishFuture", PublishAck]]) -> int:
+
+def settle(futures: List[PublishFuture], results: List[Any]) -> int:
     """Resolve many futures at once, as ``set_result`` each would (waiters of
     `concurrent.futures.wait`/`as_completed`, then done-callbacks), taking their shared
     condition once and waking its waiters once. Skips futures already done; returns how many
     it resolved. Futures with another condition (none, in practice) get ``set_result``.
+
+    A result may be a `PublishAck` or an ack tuple as `_acks.AckReader` reads it (``(publish
+    sequence, stream, stream sequence, duplicate, None)``): such a tuple of plain values is
+    soon dropped by the garbage collector's tracking, and `PublishFuture.result` turns it into
+    the `PublishAck` only when someone asks (most callers never do), one object less per
+    event for the allocator and the collector.
     """
-    if not results:
+    if not futures:
         return 0
-    condition = results[0][0]._condition
+    condition = futures[0]._condition
     done = []
     with condition:
-        for future, ack in results:
+        for future, result in zip(futures, results):
             if future._condition is not condition:
                 continue
             if future._state == _PENDING:
-                future._result = ack
+                future._result = result
                 future._state = _FINISHED
-                for waiter in future._waiters:
-                    waiter.add_result(future)
+                if future._waiter_list:
+                    for waiter in future._waiter_list:
+                        waiter.add_result(future)
                 done.append(future)
         condition.notify_all()
     count = len(done)
-    for future, ack in results:
+    for future, result in zip(futures, results):
         if future._condition is not condition:
             try:
-                future.set_result(ack)
+                future.set_result(result)
                 count += 1
             except concurrent.futures.InvalidStateError:
                 pass
     for future in done:
-        if future._done_callbacks:
+        if future._callback_list:
             future._invoke_callbacks()
     return count
 
