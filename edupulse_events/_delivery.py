@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 import tenacity
 
 from ._acks import Ack
-from ._futures import PublishAck, settle
+from ._futures import PublishAck, new_ack, settle
 from ._nats import NatsTransport, broker_error
 from ._queue import BatchQueue
 from ._routing import Item
@@ -125,11 +125,14 @@ class Delivery:
             item = pop(ack[0], None)
             if item is None:  # a late ack for an attempt already retried: the retry gets its own
                 continue
-            if ack[4] is None:
-                futures.append(item.future)
-                results.append(ack)  # PublishFuture.result() makes the PublishAck from it
-            else:
+            if ack[4] is not None:
                 self._refused(item, ack[4])
+            elif ack[3]:  # a duplicate: rare, so a PublishAck now
+                futures.append(item.future)
+                results.append(new_ack(ack[2], ack[1], True))
+            else:
+                futures.append(item.future)
+                results.append(ack)  # settle() keeps the sequence; result() makes the PublishAck
         if futures:
             self._acked += settle(futures, results)
             self._count()

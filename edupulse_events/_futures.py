@@ -68,6 +68,7 @@ class PublishFuture(concurrent.futures.Future):
     # allocator and the garbage collector, which otherwise costs more than encoding.
     _waiter_list: Optional[list] = None
     _callback_list: Optional[list] = None
+    _stream: Optional[str] = None
 
     def __init__(self, condition: Optional[threading.Condition] = None) -> None:  # noqa: D107
         self._condition = condition if condition is not None else threading.Condition()
@@ -99,8 +100,8 @@ class PublishFuture(concurrent.futures.Future):
     def result(self, timeout: Optional[float] = None) -> Any:
         self._wait(timeout)
         result = super().result(0)
-        if type(result) is tuple:  # an ack as read (see settle): made a PublishAck when asked for
-            result = self._result = new_ack(result[2], result[1], result[3])
+        if type(result) is int:  # a stream sequence (see settle): made a PublishAck when asked for
+            result = self._result = new_ack(result, self._stream, False)
         return result
 
     def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
@@ -123,11 +124,11 @@ def settle(futures: List[PublishFuture], results: List[Any]) -> int:
     condition once and waking its waiters once. Skips futures already done; returns how many
     it resolved. Futures with another condition (none, in practice) get ``set_result``.
 
-    A result may be a `PublishAck` or an ack tuple as `_acks.AckReader` reads it (``(publish
-    sequence, stream, stream sequence, duplicate, None)``): such a tuple of plain values is
-    soon dropped by the garbage collector's tracking, and `PublishFuture.result` turns it into
-    the `PublishAck` only when someone asks (most callers never do), one object less per
-    event for the allocator and the collector.
+    A JetStream ack that is neither an error nor a duplicate may be given as the ack tuple
+    `_acks.AckReader` reads (``(publish sequence, stream, stream sequence, False, None)``):
+    the future then keeps the stream sequence and name, and `PublishFuture.result` makes the
+    `PublishAck` when someone asks (most callers never do): no object per event for the
+    allocator and the garbage collector to track.
     """
     if not futures:
         return 0
@@ -138,7 +139,11 @@ def settle(futures: List[PublishFuture], results: List[Any]) -> int:
             if future._condition is not condition:
                 continue
             if future._state == _PENDING:
-                future._result = result
+                if type(result) is tuple:
+                    future._result = result[2] if type(result[2]) is int else new_ack(result[2], result[1], result[3])
+                    future._stream = result[1]
+                else:
+                    future._result = result
                 future._state = _FINISHED
                 if future._waiter_list:
                     for waiter in future._waiter_list:
@@ -149,7 +154,7 @@ def settle(futures: List[PublishFuture], results: List[Any]) -> int:
     for future, result in zip(futures, results):
         if future._condition is not condition:
             try:
-                future.set_result(result)
+                future.set_result(new_ack(result[2], result[1], result[3]) if type(result) is tuple else result)
                 count += 1
             except concurrent.futures.InvalidStateError:
                 pass
