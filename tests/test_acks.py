@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any, List, Sequence
 
 import pytest
 from helpers import envelope, envelopes, read_stream
 
-from edupulse_events import BrokerError, NatsPublisher
+from edupulse_events import BrokerError, NatsPublisher, PublishAck
 from edupulse_events._acks import read_ack
 from edupulse_events.testing import NatsServer
 
@@ -88,3 +89,21 @@ def test_other_messages_between_acks_keep_their_meaning(nats_server: NatsServer)
 def test_ack_bodies_of_every_shape_are_read(body: bytes, expected: Any) -> None:
     """Acks outside the common shape (domain, duplicate, error, garbage) are read, never raised."""
     assert read_ack(9, body) == expected
+
+
+def test_an_ack_reads_as_a_publish_ack_from_every_api(nats_server: NatsServer) -> None:
+    """result(), a done-callback, repr() and asyncio.wrap_future all see the same PublishAck."""
+    seen: List[Any] = []
+    with NatsPublisher.connect(nats_server.url, "acks.events", stream="S", create_stream=True) as pub:
+        future = pub.publish(envelope())
+        future.add_done_callback(lambda f: seen.append(f.result()))
+        ack = future.result(timeout=10)
+        assert pub.flush(timeout=10)
+
+        async def awaited() -> Any:
+            return await asyncio.wrap_future(pub.publish(envelope()))
+
+        second = asyncio.run(awaited())
+    assert ack == PublishAck(1, "S", False) and future.result() == ack and seen == [ack]
+    assert "returned PublishAck" in repr(future)
+    assert second == PublishAck(2, "S", False)
