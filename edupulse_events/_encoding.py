@@ -18,7 +18,7 @@ import cattrs
 import orjson
 from cattrs.gen import make_dict_unstructure_fn
 
-from ._frozen import describe, is_utf8, make_uuid, parse_uuid
+from ._frozen import FrozenMap, describe, is_utf8, make_uuid, parse_uuid
 from .envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, Timestamp
 from .errors import InvalidEvent
 from .events import EventRegistry, WireType
@@ -60,7 +60,7 @@ def unstructure_hook(wt: WireType) -> Callable[[Any], Any]:
         return lambda v: None if v is None else inner(v)
     if kind == "map":
         def u_map(v: Any) -> Any:
-            if isinstance(v, Mapping):
+            if type(v) is FrozenMap or isinstance(v, Mapping):  # what events hold, then any mapping
                 try:
                     "".join(v), "".join(v.values())  # TypeError unless every key and value is a str
                 except TypeError:

@@ -63,6 +63,8 @@ class NatsPublisher:
         if not isinstance(config, PublisherConfig):
             raise TypeError(f"NatsPublisher takes a PublisherConfig, got {type(config).__name__}")
         self._config = config
+        self._delivery_timeout = config.delivery_timeout  # read on every publish()
+        self._publish_timeout = config.publish_timeout
         self._router = Router(config.subject)
         self._name = f"edupulse-publisher-{next(_names)}"
         self._closed = False
@@ -151,10 +153,10 @@ class NatsPublisher:
         if self._closed:
             raise PublisherClosed("publish() on a closed NatsPublisher")
         worker = self._worker or self._lazy_worker()
-        item = self._router.prepare(envelope, time.monotonic() + self._config.delivery_timeout, worker.max_payload, self._futures_condition)
-        wait = self._config.publish_timeout if timeout is None else timeout
+        item = self._router.prepare(envelope, time.monotonic() + self._delivery_timeout, worker.max_payload, self._futures_condition)
+        wait = self._publish_timeout if timeout is None else timeout
         try:
-            self._queue.put(item, block=wait > 0, timeout=wait)
+            self._queue.put(item, wait > 0, wait)
         except queue.Full:
             raise QueueFull(f"publisher queue stayed full for {wait} s ({self._config.max_queue} events / {self._config.max_queue_bytes} bytes)") from None
         worker.wake()
