@@ -270,3 +270,24 @@ def test_thread_is_named_daemon_and_started_lazily(nats_server: NatsServer) -> N
         assert thread.daemon
     finally:
         pub.close(5)
+
+
+@pytest.mark.parametrize("jetstream", [True, False], ids=["jetstream", "core"])
+def test_kept_futures_do_not_keep_the_events_bytes(nats_server: NatsServer, jetstream: bool) -> None:
+    """A caller holding the futures of acknowledged events does not hold their encoded bodies."""
+    import tracemalloc
+    import uuid
+
+    from edupulse_events import EventEnvelope, LessonPublished
+
+    envs = [EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "x" * 50_000)) for _ in range(200)]
+    with connect(nats_server, jetstream=jetstream) as pub:
+        tracemalloc.start()
+        try:
+            futures = [pub.publish(env) for env in envs]
+            assert pub.flush(timeout=30)
+            held, _ = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert all(f.exception(timeout=0) is None for f in futures)
+    assert held < 2_000_000, f"{held:,} bytes still held for 200 acknowledged events of 50 kB (10 MB of bodies)"
