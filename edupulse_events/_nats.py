@@ -31,7 +31,7 @@ from ._acks import Ack, AckReader, read_ack
 from .config import PublisherConfig
 from .errors import BrokerError
 
-__all__ = ["NatsTransport", "broker_error"]
+__all__ = ["NatsTransport", "broker_error", "cancel_and_wait"]
 
 log = logging.getLogger("edupulse_events")
 
@@ -46,6 +46,21 @@ def broker_error(message: str, *, transient: bool, cause: Optional[BaseException
     if cause is not None:
         err.__cause__ = cause
     return err
+
+
+async def cancel_and_wait(task: "asyncio.Future", limit: float) -> None:
+    """Cancel ``task`` and wait (at most ``limit`` seconds) until it has ended. nats-py's
+    connect loop swallows a cancellation that lands while it closes a failed attempt, and
+    then goes on connecting: cancel again until the task is done."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not task.done():
+        task.cancel()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return
+        await asyncio.wait({task}, timeout=min(0.05, remaining))
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed attempt is not "never retrieved"
 
 
 def _describe(exc: BaseException, tls_given: bool = True) -> str:
@@ -173,10 +188,13 @@ class NatsTransport:
                 pending_size=max(2 * 1024 * 1024, 4 * cfg.window * 1024),
             )
         )
-        done, _ = await asyncio.wait({connect, self._fatal}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({connect, self._fatal}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the worker is stopping: do not leave nats-py connecting
+            await cancel_and_wait(connect, 1.0)
+            raise
         if connect not in done:
-            connect.cancel()
-            await asyncio.gather(connect, return_exceptions=True)
+            await cancel_and_wait(connect, 1.0)
             await self._abandon()
             fatal = self._fatal.done()
             # a fatal error (bad credentials or certificate) is the reason, even when nats-py's

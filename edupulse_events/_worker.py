@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Set, Tuple
 
 from ._delivery import Delivery, _retrying
 from ._futures import mark_worker_thread
-from ._nats import NatsTransport, broker_error
+from ._nats import NatsTransport, broker_error, cancel_and_wait
 from ._queue import BatchQueue
 from ._routing import Item
 from .config import PublisherConfig
@@ -133,11 +133,9 @@ class Worker(Delivery):
         raise "Event loop is closed" inside a coroutine)."""
         loop = self._loop
         tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in tasks:
-            task.cancel()
         try:
             if tasks:
-                loop.run_until_complete(asyncio.wait(tasks, timeout=1.0))
+                loop.run_until_complete(asyncio.wait([asyncio.ensure_future(cancel_and_wait(task, 1.0), loop=loop) for task in tasks]))
             loop.run_until_complete(loop.shutdown_asyncgens())
         except Exception:  # noqa: BLE001 - best effort: the thread is ending anyway
             log.debug("publisher thread %s: cleanup after close failed", self._name, exc_info=True)

@@ -220,3 +220,36 @@ def test_outage_longer_than_deadline_fails_futures_then_recovers(nats_server: Na
     assert ids(warmup) | ids(succeeded) <= set(stored), "a future succeeded for an event that is not stored"
     assert set(stored) == ids([*warmup, *burst, *outage, *after])
     assert set(stored.values()) == {1}, "republishing must not store an event twice"
+
+
+def test_close_while_still_connecting_returns_promptly_and_leaves_no_task() -> None:
+    """close() of a publisher whose broker never came up fails the queued events, keeps to its timeout
+    and leaves no nats-py task running (nats-py swallows a cancel that lands mid-attempt)."""
+    import gc
+    import logging
+
+    from edupulse_events import NatsPublisher, PublisherClosed
+    from edupulse_events.testing import free_port
+
+    errors: list = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record.getMessage())
+
+    handler = Collect(logging.ERROR)
+    logging.getLogger("asyncio").addHandler(handler)
+    try:
+        for _ in range(3):
+            pub = NatsPublisher.connect(f"nats://127.0.0.1:{free_port()}", "edupulse.events", start_without_broker=True, reconnect_wait=0.05)
+            futures = [pub.publish(env) for env in envelopes(2000)]
+            started = time.monotonic()
+            pub.close(timeout=0.2)
+            took = time.monotonic() - started
+            assert took < 0.2 + 0.8, f"close(0.2) took {took:.2f} s"
+            assert all(isinstance(f.exception(timeout=0), PublisherClosed) for f in futures)
+            assert pub._worker is not None and not pub._worker.thread.is_alive()  # type: ignore[union-attr]
+        gc.collect()  # a pending task destroyed here would log "Task was destroyed but it is pending!"
+    finally:
+        logging.getLogger("asyncio").removeHandler(handler)
+    assert not errors, errors
