@@ -36,6 +36,7 @@ log = logging.getLogger("edupulse_events")
 _live: "weakref.WeakSet[NatsPublisher]" = weakref.WeakSet()
 _orphans: List[Worker] = []  # a parent's workers, kept (never run) in a forked child
 _names = iter(range(1, 1 << 62))
+_IDS_PER_LINE = 500  # undelivered event ids per log line (~19 kB)
 
 
 @attrs.frozen
@@ -206,10 +207,15 @@ class NatsPublisher:
         _live.discard(self)
         stats = self.stats()
         if abandoned:
+            first = abandoned[:_IDS_PER_LINE]
+            more = f" {len(first)} of {len(abandoned)}, the rest on the next lines" if len(abandoned) > len(first) else ""
             log.error(
-                "publisher closed: %d events acknowledged, %d failed; %d were NOT delivered (event ids: %s)",
-                stats.acknowledged, stats.failed, len(abandoned), ", ".join(abandoned),
+                "publisher closed: %d events acknowledged, %d failed; %d were NOT delivered (event ids%s: %s)",
+                stats.acknowledged, stats.failed, len(abandoned), more, ", ".join(first),
             )
+            for start in range(_IDS_PER_LINE, len(abandoned), _IDS_PER_LINE):  # lines a log pipeline keeps whole
+                chunk = abandoned[start:start + _IDS_PER_LINE]
+                log.error("NOT delivered (event ids %d-%d of %d): %s", start + 1, start + len(chunk), len(abandoned), ", ".join(chunk))
         else:
             log.info("publisher closed: %d events acknowledged, %d failed, none left undelivered", stats.acknowledged, stats.failed)
 

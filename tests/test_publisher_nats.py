@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import re
 import threading
 
 import nats
@@ -207,6 +208,22 @@ def test_close_fails_what_it_cannot_deliver(make_server) -> None:  # type: ignor
     assert "3 were NOT delivered" in logs.text
     for e in envs:
         assert str(e.event_id) in logs.text
+
+
+def test_many_undelivered_ids_are_all_logged_on_bounded_lines(make_server) -> None:  # type: ignore[no-untyped-def]
+    """1,200 undelivered events: every id is logged, on lines of at most 500 ids (log pipelines cut long lines)."""
+    server = make_server(start=False)
+    pub = NatsPublisher.connect(server.url, "edupulse.events", start_without_broker=True)
+    envs = envelopes(1200)
+    for e in envs:
+        pub.publish(e)
+    with LogWatcher() as logs:
+        pub.close(timeout=0.3)
+    lines = [r.getMessage() for r in logs.records if "NOT delivered" in r.getMessage()]
+    assert len(lines) == 3 and "1200 were NOT delivered (event ids 500 of 1200" in lines[0]
+    assert "(event ids 1001-1200 of 1200)" in lines[2]
+    logged = [i for line in lines for i in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", line)]
+    assert logged == [str(e.event_id) for e in envs]
 
 
 def test_waiting_inside_done_callback_raises_instead_of_deadlock(make_server) -> None:  # type: ignore[no-untyped-def]
