@@ -66,11 +66,6 @@ class AckReader:
         self._tail = b""
         self._reset()
 
-    def uninstall(self) -> None:
-        """Give the parser its own ``parse`` and ``reset`` back."""
-        self._parser.parse = self._original
-        self._parser.reset = self._reset
-
     async def parse(self, data: bytes = b"") -> None:
         ps = self._parser
         if ps.state != _CONTROL_LINE:  # nats-py's parser is in the middle of a message

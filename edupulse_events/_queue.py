@@ -49,7 +49,7 @@ class BatchQueue(queue.Queue):
         if not mutex.acquire(False):
             self._acquire(mutex)
         try:
-            n = len(self.queue)
+            n = len(self.queue)  # not self._has_room(size): inlined, this runs for every event
             if n and (n >= self.maxsize or self.bytes_in - self.bytes_out + size > self.maxbytes):
                 self._wait_for_room(size, block, timeout)
             self.bytes_in += size

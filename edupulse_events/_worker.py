@@ -278,8 +278,9 @@ class Worker(Delivery):
         inflight = self._inflight
         commands = []
         seq = self._seq
+        limit = self.max_payload if self.max_payload is not None else 1 << 62
         for item in batch:
-            if self._too_big(item):
+            if item.size > limit and self._too_big(item):
                 continue
             seq += 1
             item.attempts += 1
