@@ -7,8 +7,9 @@ whole message with one regular expression and hands every ack of a read to the p
 in one call. Anything else — other subscriptions, PING/PONG/INFO/-ERR, acks with headers
 (status 503) or in another JSON shape — goes to nats-py's own parser in the same order, so
 the connection behaves exactly as without it. A message cut across two reads is kept and
-completed by the next read. It replaces ``parse`` on the client's parser object (a nats-py
-internal, covered by the test suite; the nats-py range is pinned).
+completed by the next read (and dropped when nats-py resets the parser for a new
+connection). It replaces ``parse`` and ``reset`` on the client's parser object (nats-py
+internals, covered by the test suite; the nats-py range is pinned).
 """
 
 from __future__ import annotations
