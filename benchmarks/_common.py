@@ -8,16 +8,16 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 import nats
 from nats.js.api import StorageType
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edupulse_events import EventEnvelope, QuizSubmitted  # noqa: E402
-from edupulse_events._routing import tenant_token  # noqa: E402
+from edupulse_events import EventEnvelope, QuizSubmitted
+from edupulse_events._routing import tenant_token
 
 SUBJECT = "bench.events"
 STREAM = "BENCH"
@@ -33,11 +33,11 @@ def typical_envelope() -> EventEnvelope:
     )
 
 
-def make_envelopes(n: int) -> List[EventEnvelope]:
+def make_envelopes(n: int) -> list[EventEnvelope]:
     return [typical_envelope() for _ in range(n)]
 
 
-def headers_dict(env: EventEnvelope) -> Dict[str, str]:
+def headers_dict(env: EventEnvelope) -> dict[str, str]:
     """The same routing headers the library sends, as a dict for nats-py's own API."""
     h = {"Nats-Msg-Id": str(env.event_id), "Edupulse-Event-Type": type(env.data).__name__}
     if env.tenant_id is not None:
@@ -55,7 +55,7 @@ async def fresh_stream(url: str) -> None:
         js = nc.jetstream()
         try:
             await js.delete_stream(STREAM)
-        except Exception:  # noqa: BLE001 - not there yet
+        except Exception:
             pass
         await js.add_stream(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE)
     finally:
@@ -70,7 +70,7 @@ async def stream_count(url: str) -> int:
         await nc.close()
 
 
-def summary(values: Sequence[float]) -> Dict[str, float]:
+def summary(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 

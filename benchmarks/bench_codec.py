@@ -24,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edupulse_events import EventEnvelope, QuizSubmitted, Timestamp, decode, encode  # noqa: E402
+from edupulse_events import EventEnvelope, QuizSubmitted, Timestamp, decode, encode
 
 
 def typical_envelope() -> EventEnvelope:
@@ -102,15 +102,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, ratio in ratios.items():
         print(f"{name:<18} {ratio:.2f}x")
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "envelope_bytes": len(raw),
-            "rounds": args.rounds,
-            "number": args.number,
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "us_per_op": figures,
-            "ratios": ratios,
-        }, indent=2) + "\n")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "envelope_bytes": len(raw),
+                    "rounds": args.rounds,
+                    "number": args.number,
+                    "python": platform.python_version(),
+                    "platform": platform.platform(),
+                    "us_per_op": figures,
+                    "ratios": ratios,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     return 0
 
 

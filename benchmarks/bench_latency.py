@@ -20,7 +20,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List
 
 from _common import SUBJECT, fresh_stream, machine, make_envelopes, percentile, summary, write_json
 
@@ -42,9 +41,9 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def publish_latency(url: str, n: int) -> List[float]:
+def publish_latency(url: str, n: int) -> list[float]:
     envs = make_envelopes(n)
-    out: List[float] = []
+    out: list[float] = []
     with NatsPublisher.connect(url, SUBJECT) as pub:
         clock = time.perf_counter_ns
         for start in range(0, n, 1000):
@@ -56,9 +55,9 @@ def publish_latency(url: str, n: int) -> List[float]:
     return out
 
 
-def ack_latency(url: str, n: int) -> List[float]:
+def ack_latency(url: str, n: int) -> list[float]:
     envs = make_envelopes(n)
-    out: List[float] = []
+    out: list[float] = []
     with NatsPublisher.connect(url, SUBJECT) as pub:
         clock = time.perf_counter_ns
         for start in range(0, n, 200):
@@ -71,7 +70,9 @@ def ack_latency(url: str, n: int) -> List[float]:
 
 def peak_rss_mb(url: str, n: int) -> float:
     root = str(Path(__file__).resolve().parent.parent)
-    res = subprocess.run([sys.executable, "-c", RSS_CHILD.format(root=root, url=url, n=n)], capture_output=True, text=True, timeout=900)
+    res = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD.format(root=root, url=url, n=n)], capture_output=True, text=True, timeout=900
+    )
     if res.returncode != 0:
         raise RuntimeError(res.stderr[-2000:])
     return int(res.stdout.split()[-1]) / 1024
@@ -96,17 +97,27 @@ def main() -> None:
             p99s.append(percentile(lat, 99))
             a50s.append(percentile(ack, 50))
             a99s.append(percentile(ack, 99))
-            print(f"round {r + 1}: publish() p50 {p50s[-1]:.1f} us p99 {p99s[-1]:.1f} us; enqueue-to-ack p50 {a50s[-1]:.2f} ms p99 {a99s[-1]:.2f} ms")
+            print(
+                f"round {r + 1}: publish() p50 {p50s[-1]:.1f} us p99 {p99s[-1]:.1f} us; enqueue-to-ack p50 {a50s[-1]:.2f} ms p99 {a99s[-1]:.2f} ms"
+            )
         rss_small = peak_rss_mb(server.url, args.rss_events // 5)
         rss_big = peak_rss_mb(server.url, args.rss_events)
     fig = {
-        "publish_p50_us": summary(p50s), "publish_p99_us": summary(p99s),
-        "ack_p50_ms": summary(a50s), "ack_p99_ms": summary(a99s),
+        "publish_p50_us": summary(p50s),
+        "publish_p99_us": summary(p99s),
+        "ack_p50_ms": summary(a50s),
+        "ack_p99_ms": summary(a99s),
         "rss_mb": {str(args.rss_events // 5): rss_small, str(args.rss_events): rss_big},
     }
-    print(f"\npublish() latency, queue not full: p50 {fig['publish_p50_us']['median']:.1f} us, p99 {fig['publish_p99_us']['median']:.1f} us (median of rounds; target p99 <= 50 us)")
-    print(f"JetStream enqueue-to-ack, default window: p50 {fig['ack_p50_ms']['median']:.2f} ms, p99 {fig['ack_p99_ms']['median']:.2f} ms (target p99 <= 25 ms)")
-    print(f"peak RSS, core publisher: {rss_small:.0f} MB for {args.rss_events // 5:,} events, {rss_big:.0f} MB for {args.rss_events:,} (target <= 200 MB, not growing with N)")
+    print(
+        f"\npublish() latency, queue not full: p50 {fig['publish_p50_us']['median']:.1f} us, p99 {fig['publish_p99_us']['median']:.1f} us (median of rounds; target p99 <= 50 us)"
+    )
+    print(
+        f"JetStream enqueue-to-ack, default window: p50 {fig['ack_p50_ms']['median']:.2f} ms, p99 {fig['ack_p99_ms']['median']:.2f} ms (target p99 <= 25 ms)"
+    )
+    print(
+        f"peak RSS, core publisher: {rss_small:.0f} MB for {args.rss_events // 5:,} events, {rss_big:.0f} MB for {args.rss_events:,} (target <= 200 MB, not growing with N)"
+    )
     write_json(args.json, {"machine": machine(), **fig})
 
 

@@ -23,7 +23,7 @@ import gc
 import statistics
 import threading
 import time
-from typing import Callable, Dict, List
+from collections.abc import Callable
 
 import nats
 from _common import SUBJECT, fresh_stream, headers_dict, machine, make_envelopes, stream_count, summary, write_json
@@ -32,7 +32,7 @@ from edupulse_events import EventEnvelope, NatsPublisher, encode
 from edupulse_events.testing import NatsServer
 
 
-def baseline_a(url: str, envs: List[EventEnvelope]) -> float:
+def baseline_a(url: str, envs: list[EventEnvelope]) -> float:
     async def run() -> float:
         nc = await nats.connect(url)
         t0 = time.perf_counter()
@@ -46,7 +46,7 @@ def baseline_a(url: str, envs: List[EventEnvelope]) -> float:
     return asyncio.run(run())
 
 
-def baseline_b(url: str, envs: List[EventEnvelope]) -> float:
+def baseline_b(url: str, envs: list[EventEnvelope]) -> float:
     async def run() -> float:
         nc = await nats.connect(url)
         js = nc.jetstream()
@@ -62,11 +62,11 @@ def baseline_b(url: str, envs: List[EventEnvelope]) -> float:
     return asyncio.run(run())
 
 
-def baseline_c(url: str, envs: List[EventEnvelope]) -> float:
+def baseline_c(url: str, envs: list[EventEnvelope]) -> float:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    call = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()  # noqa: E731
+    call = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()
     nc = call(nats.connect(url))
     js = nc.jetstream()
     t0 = time.perf_counter()
@@ -80,11 +80,11 @@ def baseline_c(url: str, envs: List[EventEnvelope]) -> float:
     return elapsed
 
 
-def library(jetstream: bool, threads: int) -> Callable[[str, List[EventEnvelope]], float]:
-    def run(url: str, envs: List[EventEnvelope]) -> float:
+def library(jetstream: bool, threads: int) -> Callable[[str, list[EventEnvelope]], float]:
+    def run(url: str, envs: list[EventEnvelope]) -> float:
         pub = NatsPublisher.connect(url, SUBJECT, jetstream=jetstream, max_queue=20_000)
         chunks = [envs[i::threads] for i in range(threads)]
-        results: List[list] = [[] for _ in range(threads)]
+        results: list[list] = [[] for _ in range(threads)]
 
         def work(i: int) -> None:
             publish = pub.publish
@@ -109,7 +109,7 @@ def library(jetstream: bool, threads: int) -> Callable[[str, List[EventEnvelope]
     return run
 
 
-SCENARIOS: Dict[str, Callable[[str, List[EventEnvelope]], float]] = {
+SCENARIOS: dict[str, Callable[[str, list[EventEnvelope]], float]] = {
     "A nats-py core publish+flush": baseline_a,
     "B nats-py js.publish_async": baseline_b,
     "C naive sync js.publish": baseline_c,
@@ -137,11 +137,11 @@ def main() -> None:
     names = list(SCENARIOS)
     if args.only:
         names = [n for n in names if any(n.startswith(p) for p in args.only.split(","))]
-    rates: Dict[str, List[float]] = {n: [] for n in names}
+    rates: dict[str, list[float]] = {n: [] for n in names}
     print(f"{machine()}; N={args.events} (C: {args.events // 10}); {args.rounds} rounds")
     with NatsServer() as server:
         for r in range(args.rounds):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             for name in order:
                 n = args.events // 10 if name.startswith("C ") else args.events
                 envs = make_envelopes(n)
@@ -152,7 +152,10 @@ def main() -> None:
                     stored = asyncio.run(stream_count(server.url))
                     assert stored == n, f"{name}: stream holds {stored}, expected {n}"
                 rates[name].append(n / elapsed)
-            print(f"round {r + 1}: " + ", ".join(f"{n.split()[0] if not n.startswith('lib') else n}={rates[n][-1]:,.0f}" for n in names))
+            print(
+                f"round {r + 1}: "
+                + ", ".join(f"{n.split()[0] if not n.startswith('lib') else n}={rates[n][-1]:,.0f}" for n in names)
+            )
     print(f"\n{'scenario':32} {'msgs/s median':>14}  (min – max)")
     for name in names:
         s = summary(rates[name])
@@ -165,10 +168,20 @@ def main() -> None:
             s = summary(per_round)
             ratios[f"{lib} / {base}"] = {**s, "target": target}
             verdict = "meets" if s["median"] >= target else "BELOW"
-            print(f"  {lib} / {base.split()[0]}: {s['median']:.2f}x ({s['min']:.2f} – {s['max']:.2f}); target >= {target}x: {verdict}")
-    write_json(args.json, {"machine": machine(), "events": args.events, "rounds": args.rounds,
-                           "rates": {n: {**summary(v), "all": v} for n, v in rates.items()}, "ratios": ratios,
-                           "median_of_medians": statistics.median([summary(v)["median"] for v in rates.values()])})
+            print(
+                f"  {lib} / {base.split()[0]}: {s['median']:.2f}x ({s['min']:.2f} – {s['max']:.2f}); target >= {target}x: {verdict}"
+            )
+    write_json(
+        args.json,
+        {
+            "machine": machine(),
+            "events": args.events,
+            "rounds": args.rounds,
+            "rates": {n: {**summary(v), "all": v} for n, v in rates.items()},
+            "ratios": ratios,
+            "median_of_medians": statistics.median([summary(v)["median"] for v in rates.values()]),
+        },
+    )
 
 
 if __name__ == "__main__":

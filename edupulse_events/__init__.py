@@ -46,6 +46,10 @@ from .nats_publisher import NatsPublisher, PublisherStats
 from .publisher import EventPublisher, InMemoryPublisher, PublishAck, PublishFuture
 
 __all__ = [
+    "I32",
+    "I64",
+    "U32",
+    "U64",
     "BadgeAwarded",
     "BrokerError",
     "Codec",
@@ -57,8 +61,6 @@ __all__ = [
     "EventRegistry",
     "EventsError",
     "FrozenMap",
-    "I32",
-    "I64",
     "InMemoryPublisher",
     "InvalidEvent",
     "LessonPublished",
@@ -76,8 +78,6 @@ __all__ = [
     "ServerError",
     "ServerNotFound",
     "Timestamp",
-    "U32",
-    "U64",
     "build_from_env",
     "decode",
     "default_registry",

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from typing import List, Optional, Sequence
+from collections.abc import Sequence
 
 from .envelope import EventEnvelope
 from .events import BadgeAwarded, LessonPublished, PaymentProcessed, QuizSubmitted
@@ -49,8 +49,10 @@ def run_demo(events: int, threads: int, jetstream: bool = True, out=sys.stdout) 
         publisher = NatsPublisher.connect(
             server.url, "edupulse.{tenant}.{type}", jetstream=jetstream, stream=STREAM, create_stream=True
         )
-        futures: List[List[object]] = [[] for _ in range(threads)]
-        envelopes = [[sample_envelope(t * per_thread + i, f"school-{t}") for i in range(per_thread)] for t in range(threads)]
+        futures: list[list[object]] = [[] for _ in range(threads)]
+        envelopes = [
+            [sample_envelope(t * per_thread + i, f"school-{t}") for i in range(per_thread)] for t in range(threads)
+        ]
 
         def work(t: int) -> None:
             futures[t] = [publisher.publish(env) for env in envelopes[t]]
@@ -76,7 +78,7 @@ def run_demo(events: int, threads: int, jetstream: bool = True, out=sys.stdout) 
     return 0 if ok else 1
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m edupulse_events", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="publish events to an embedded nats-server and read them back")

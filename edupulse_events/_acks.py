@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 
 __all__ = ["Ack", "AckReader"]
 
 #: (publish sequence, stream or None, stream sequence or None, duplicate, error dict or None)
-Ack = Tuple[int, Optional[str], Optional[int], bool, Optional[dict]]
+Ack = tuple[int, str | None, int | None, bool, dict | None]
 
 log = logging.getLogger("edupulse_events")
 _CONTROL_LINE = 1  # nats.protocol.parser.AWAITING_CONTROL_LINE
@@ -39,16 +40,28 @@ def read_ack(seq: int, body: bytes) -> Ack:
     if not isinstance(ack, dict):
         return (seq, None, None, False, {"code": 0, "description": "unreadable ack"})
     if "error" in ack:
-        return (seq, None, None, False, ack["error"] if isinstance(ack["error"], dict) else {"code": 0, "description": "unreadable ack"})
+        return (
+            seq,
+            None,
+            None,
+            False,
+            ack["error"] if isinstance(ack["error"], dict) else {"code": 0, "description": "unreadable ack"},
+        )
     stream, sseq = ack.get("stream"), ack.get("seq")
-    return (seq, stream if isinstance(stream, str) else None, sseq if type(sseq) is int else None, ack.get("duplicate") is True, None)
+    return (
+        seq,
+        stream if isinstance(stream, str) else None,
+        sseq if type(sseq) is int else None,
+        ack.get("duplicate") is True,
+        None,
+    )
 
 
 class AckReader:
     """Takes the acks for subscription ``sid`` (subjects ``prefix`` + publish sequence) out of
     the byte stream before nats-py's parser sees it; ``on_acks`` gets them in arrival order."""
 
-    def __init__(self, parser: Any, prefix: bytes, sid: int, on_acks: Callable[[List[Ack]], None]) -> None:
+    def __init__(self, parser: Any, prefix: bytes, sid: int, on_acks: Callable[[list[Ack]], None]) -> None:
         self._parser = parser
         self._original = parser.parse
         self._on_acks = on_acks
@@ -56,7 +69,7 @@ class AckReader:
         # the whole common ack in one match: group 3 is the body (its length is checked)
         self._common = re.compile(head + rb'(\{"stream":"([A-Za-z0-9_-]+)","seq":(\d+)\})\r\n').match
         self._line = re.compile(head).match
-        self._streams: Dict[bytes, str] = {}
+        self._streams: dict[bytes, str] = {}
         self._tail = b""
         self._reset = parser.reset
         parser.parse = self.parse
@@ -92,7 +105,7 @@ class AckReader:
     def _read_acks(self, data: bytes) -> int:
         """Hand on the acks at the start of ``data``; return where the first other message starts."""
         common, line, streams = self._common, self._line, self._streams
-        acks: List[Ack] = []
+        acks: list[Ack] = []
         pos, end = 0, len(data)
         while pos < end:
             m = common(data, pos)
@@ -109,14 +122,14 @@ class AckReader:
                 break
             start = m.end()
             stop = start + int(m[2])
-            if data[stop:stop + 2] != b"\r\n":  # cut short (or malformed: nats-py's parser says so)
+            if data[stop : stop + 2] != b"\r\n":  # cut short (or malformed: nats-py's parser says so)
                 break
             acks.append(read_ack(int(m[1]), data[start:stop]))
             pos = stop + 2
         if acks:
             try:
                 self._on_acks(acks)
-            except Exception:  # noqa: BLE001 - this runs in nats-py's read loop, which must go on
+            except Exception:
                 log.exception("handling %d acks failed", len(acks))
         return pos
 

@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from collections.abc import Callable
 
 import tenacity
 
@@ -44,7 +44,7 @@ def _retrying(policy: RetryPolicy) -> tenacity.Retrying:
     )
 
 
-def _decide(retrying: tenacity.Retrying, attempt: int, exc: BaseException) -> Optional[float]:
+def _decide(retrying: tenacity.Retrying, attempt: int, exc: BaseException) -> float | None:
     """tenacity's verdict for a failed attempt: seconds to wait before the next, or None."""
     state = tenacity.RetryCallState(retrying, None, (), {})
     state.attempt_number = attempt
@@ -70,13 +70,13 @@ class Delivery:
     _loop: asyncio.AbstractEventLoop
     _wake: asyncio.Event
     _retrying: tenacity.Retrying
-    _inflight: Dict[int, Item]
-    _retries: List[Item]
-    _delayed: Dict[Item, asyncio.TimerHandle]
-    _checking: Dict[bytes, List[Item]]
-    _core_pending: Dict[int, Tuple[List[Item], asyncio.TimerHandle]]
+    _inflight: dict[int, Item]
+    _retries: list[Item]
+    _delayed: dict[Item, asyncio.TimerHandle]
+    _checking: dict[bytes, list[Item]]
+    _core_pending: dict[int, tuple[list[Item], asyncio.TimerHandle]]
     _core_count: int
-    _stream_seen: Set[bytes]
+    _stream_seen: set[bytes]
     _on_resolved: Callable[[int, int], None]
     _aborted: bool
     _stopping: bool
@@ -85,7 +85,7 @@ class Delivery:
     _acked: int
     _failed: int
     _progress_scheduled: bool
-    abandoned: List[str]
+    abandoned: list[str]
 
     def _outstanding(self) -> int:
         """Events taken from the queue and not resolved: each holds a slot of the window."""
@@ -112,12 +112,14 @@ class Delivery:
             self._acked += settle([item.future for item in batch], [_CORE_ACK] * len(batch))
             self._count()
         else:
-            exc = broker_error(f"no answer from the broker within {self.config.retry.attempt_timeout} s", transient=True)
+            exc = broker_error(
+                f"no answer from the broker within {self.config.retry.attempt_timeout} s", transient=True
+            )
             for item in batch:
                 self._failed_attempt(item, exc)
         self._room_opened()
 
-    def _on_acks(self, acks: List[Ack]) -> None:
+    def _on_acks(self, acks: list[Ack]) -> None:
         """Acks as they arrived (`_acks.Ack` tuples): settle the events they answer, together."""
         pop = self._inflight.pop
         futures, results = [], []
@@ -149,12 +151,18 @@ class Delivery:
         # message (discard=new: maximum messages/bytes/per-subject exceeded).
         self._failed_attempt(
             item,
-            broker_error(f"JetStream rejected event {item.event_id}: {text} (code {code}, err_code {err_code})", transient=code == 503 and err_code != _STREAM_FULL),
+            broker_error(
+                f"JetStream rejected event {item.event_id}: {text} (code {code}, err_code {err_code})",
+                transient=code == 503 and err_code != _STREAM_FULL,
+            ),
         )
 
     def _no_responders(self, item: Item, status: str) -> None:
         if status != "503" or item.subject in self._stream_seen:
-            self._failed_attempt(item, broker_error(f"no JetStream responder for {item.subject.decode()} (status {status})", transient=True))
+            self._failed_attempt(
+                item,
+                broker_error(f"no JetStream responder for {item.subject.decode()} (status {status})", transient=True),
+            )
             return
         waiting = self._checking.get(item.subject)
         if waiting is not None:  # one check per subject answers for every event waiting on it
@@ -173,9 +181,17 @@ class Delivery:
             if item.future.done():
                 continue
             if captured is False:
-                self._fail(item, broker_error(f"no JetStream stream captures subject {name!r}: create one, or pass create_stream=True with stream=<name>", transient=False))
+                self._fail(
+                    item,
+                    broker_error(
+                        f"no JetStream stream captures subject {name!r}: create one, or pass create_stream=True with stream=<name>",
+                        transient=False,
+                    ),
+                )
             else:
-                self._failed_attempt(item, broker_error(f"no JetStream responder for {name} (stream leader election?)", transient=True))
+                self._failed_attempt(
+                    item, broker_error(f"no JetStream responder for {name} (stream leader election?)", transient=True)
+                )
         self._wake.set()
 
     def _failed_attempt(self, item: Item, exc: BaseException) -> None:
@@ -199,9 +215,11 @@ class Delivery:
         self._retries.append(item)
         self._wake.set()
 
-    def _timeout(self, item: Item, last: Optional[BaseException]) -> PublishTimeout:
+    def _timeout(self, item: Item, last: BaseException | None) -> PublishTimeout:
         why = f" (last error: {last})" if last is not None else ""
-        err = PublishTimeout(f"event {item.event_id} was not acknowledged within its delivery deadline of {self.config.delivery_timeout} s after {item.attempts} attempt(s){why}")
+        err = PublishTimeout(
+            f"event {item.event_id} was not acknowledged within its delivery deadline of {self.config.delivery_timeout} s after {item.attempts} attempt(s){why}"
+        )
         err.__cause__ = last
         return err
 
@@ -216,7 +234,8 @@ class Delivery:
             # the client's buffer: then enforce deadlines only.
             resend = self.transport.backlog < _MAX_BACKLOG
             late = [
-                seq for seq, item in self._inflight.items()
+                seq
+                for seq, item in self._inflight.items()
                 if item.deadline <= now or (resend and item.sent_at + policy.attempt_timeout <= now)
             ]
             for seq in late:
@@ -224,7 +243,9 @@ class Delivery:
                 if item.deadline <= now:
                     self._fail(item, self._timeout(item, None))
                 else:
-                    self._failed_attempt(item, broker_error(f"no ack within {policy.attempt_timeout} s", transient=True))
+                    self._failed_attempt(
+                        item, broker_error(f"no ack within {policy.attempt_timeout} s", transient=True)
+                    )
             expired = [item for item in self._retries if item.deadline <= now]
             if expired:
                 self._retries = [item for item in self._retries if item.deadline > now]

@@ -35,11 +35,13 @@ def unstructure_hook(wt: WireType) -> Callable[[Any], Any]:
         raise InvalidEvent(f"expected {wt.label}, got {describe(v)}")
 
     if kind == "uuid":  # like the built-ins' fields, a valid UUID string is taken (canonicalized)
+
         def u_uuid(v: Any) -> Any:
             if type(v) is UUID:
                 return v
             parsed = parse_uuid(v) if isinstance(v, str) else make_uuid(v.int) if isinstance(v, UUID) else None
             return parsed if parsed is not None else bad(v)
+
         return u_uuid
     if kind == "str":
         return lambda v: v if isinstance(v, str) else bad(v)
@@ -47,18 +49,24 @@ def unstructure_hook(wt: WireType) -> Callable[[Any], Any]:
         return lambda v: v if v is True or v is False else bad(v)
     if kind == "int":
         lo, hi = wt.args
-        return lambda v: v if type(v) is int and lo <= v <= hi else (
-            int(v) if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi else bad(v))
+        return lambda v: (
+            v
+            if type(v) is int and lo <= v <= hi
+            else (int(v) if isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi else bad(v))
+        )
     if kind == "float":
+
         def u_float(v: Any) -> orjson.Fragment:
             if type(v) is int:
                 v = float(v)
             return orjson.Fragment(format_f64(v)) if type(v) is float and math.isfinite(v) else bad(v)
+
         return u_float
     if kind == "optional":
         inner = unstructure_hook(wt.args[0])
         return lambda v: None if v is None else inner(v)
     if kind == "map":
+
         def u_map(v: Any) -> Any:
             if type(v) is FrozenMap or isinstance(v, Mapping):  # what events hold, then any mapping
                 try:
@@ -68,13 +76,15 @@ def unstructure_hook(wt: WireType) -> Callable[[Any], Any]:
                 else:
                     return v if isinstance(v, dict) else dict(v)
             bad(v)
+
         return u_map
     if kind in ("list", "tuple"):
         elem = unstructure_hook(wt.args[0])
         return lambda v: [elem(x) for x in v] if isinstance(v, (list, tuple)) else bad(v)
     elems = [unstructure_hook(w) for w in wt.args]
-    return lambda v: [h(x) for h, x in zip(elems, v)] if isinstance(v, (list, tuple)) and len(
-        v) == len(elems) else bad(v)
+    return lambda v: (
+        [h(x) for h, x in zip(elems, v)] if isinstance(v, (list, tuple)) and len(v) == len(elems) else bad(v)
+    )
 
 
 def format_f64(value: float) -> str:
@@ -98,9 +108,7 @@ def format_f64(value: float) -> str:
     return f"{sign}{digits[0]}{rest}e{point - 1}"
 
 
-def make_unstructure_envelope(
-    conv: cattrs.Converter, reg: EventRegistry
-) -> Callable[[EventEnvelope], dict[str, Any]]:
+def make_unstructure_envelope(conv: cattrs.Converter, reg: EventRegistry) -> Callable[[EventEnvelope], dict[str, Any]]:
     """The envelope hook: ``EventEnvelope`` -> the JSON-ready dict (UUIDs still ``UUID``s),
     with ``reg``'s events unstructured by cattrs-generated functions over ``conv``'s hooks."""
     encoders: dict[type, tuple[str, Callable[[Any], Any]]] = {}
@@ -118,14 +126,17 @@ def make_unstructure_envelope(
         event_id, causation, correlation = env.event_id, env.causation_id, env.correlation_id
         tenant, ts, flag, data = env.tenant_id, env.created_at, env.personally_identifiable, env.data
         # re-checked (cheaply) in case a field was forced past its checks with object.__setattr__
-        if (type(event_id) is not UUID or type(flag) is not bool or type(ts) is not Timestamp
-                or not (causation is None or type(causation) is UUID)
-                or not (correlation is None or type(correlation) is UUID)
-                or not (tenant is None or type(tenant) is str)):
+        if (
+            type(event_id) is not UUID
+            or type(flag) is not bool
+            or type(ts) is not Timestamp
+            or not (causation is None or type(causation) is UUID)
+            or not (correlation is None or type(correlation) is UUID)
+            or not (tenant is None or type(tenant) is str)
+        ):
             raise InvalidEvent("an envelope field was altered after construction")
         secs, nanos = ts.secs, ts.nanos
-        if type(secs) is not int or type(nanos) is not int or not (
-                0 <= secs <= I64_MAX and 0 <= nanos < NANOS_PER_SEC):
+        if type(secs) is not int or type(nanos) is not int or not (0 <= secs <= I64_MAX and 0 <= nanos < NANOS_PER_SEC):
             raise InvalidEvent("created_at was altered after construction")
         name, payload = encoders.get(type(data)) or encoder_for(type(data))
         return {
@@ -137,6 +148,7 @@ def make_unstructure_envelope(
             "personally_identifiable": flag,
             "data": {"type": name, "payload": payload(data)},
         }
+
     return unstructure_envelope
 
 
@@ -149,8 +161,10 @@ def _why_unencodable(v: Any, wt: WireType) -> str | None:
         if not isinstance(v, (list, tuple)) or (kind == "fixed" and len(v) != len(wt.args)):
             return f"expected {wt.label}, got {describe(v)}"
         inner = wt.args if kind == "fixed" else (wt.args[0],) * len(v)
-        return next((f"[{i}]: {why}" for i, (x, w) in enumerate(zip(v, inner))
-                     if (why := _why_unencodable(x, w)) is not None), None)
+        return next(
+            (f"[{i}]: {why}" for i, (x, w) in enumerate(zip(v, inner)) if (why := _why_unencodable(x, w)) is not None),
+            None,
+        )
     try:
         unstructure_hook(wt)(v)
     except InvalidEvent as exc:
@@ -162,8 +176,12 @@ def _why_unencodable(v: Any, wt: WireType) -> str | None:
 
 
 _ENVELOPE_TYPES: tuple[tuple[str, type, bool], ...] = (
-    ("event_id", UUID, False), ("causation_id", UUID, True), ("correlation_id", UUID, True),
-    ("tenant_id", str, True), ("created_at", Timestamp, False), ("personally_identifiable", bool, False),
+    ("event_id", UUID, False),
+    ("causation_id", UUID, True),
+    ("correlation_id", UUID, True),
+    ("tenant_id", str, True),
+    ("created_at", Timestamp, False),
+    ("personally_identifiable", bool, False),
 )
 
 

@@ -29,8 +29,9 @@ from .events import EventRegistry, EventType, WireType, wire_type
 
 __all__ = ["Payload", "fast_payload", "make_fast_envelope", "structure_hook"]
 
-_ENVELOPE_KEYSET = frozenset(("event_id", "causation_id", "correlation_id", "tenant_id", "created_at",
-                              "personally_identifiable", "data"))
+_ENVELOPE_KEYSET = frozenset(
+    ("event_id", "causation_id", "correlation_id", "tenant_id", "created_at", "personally_identifiable", "data")
+)
 
 
 class _NotFast(Exception):
@@ -45,35 +46,45 @@ def structure_hook(wt: WireType) -> Callable[..., Any]:
     """A cattrs structure hook ``(value, type) -> value`` for ``wt``; raises on anything odd."""
     kind = wt.kind
     if kind == "uuid":
+
         def s_uuid(v: Any, _: Any = None) -> UUID:
             u = parse_uuid(v) if type(v) is str else None
             return u if u is not None else _reject(wt, v)
+
         return s_uuid
     if kind == "str":
+
         def s_str(v: Any, _: Any = None) -> str:
             return v if type(v) is str and (v.isascii() or is_utf8(v)) else _reject(wt, v)
+
         return s_str
     if kind == "bool":
+
         def s_bool(v: Any, _: Any = None) -> bool:
             return v if type(v) is bool else _reject(wt, v)
+
         return s_bool
     if kind == "int":
         lo, hi = wt.args
 
         def s_int(v: Any, _: Any = None) -> int:
             return v if type(v) is int and lo <= v <= hi else _reject(wt, v)
+
         return s_int
     if kind == "float":
+
         def s_float(v: Any, _: Any = None) -> float:
             if type(v) is int:
                 v = float(v)  # serde reads integers into f64 fields too
             return v if type(v) is float and math.isfinite(v) else _reject(wt, v)
+
         return s_float
     if kind == "optional":
         inner = structure_hook(wt.args[0])
 
         def s_optional(v: Any, _: Any = None) -> Any:
             return None if v is None else inner(v)
+
         return s_optional
     if kind == "map":
         make: Callable[[Any], Any] = FrozenMap if wt.args[0] else dict
@@ -86,12 +97,14 @@ def structure_hook(wt: WireType) -> Callable[..., Any]:
             except TypeError:
                 _reject(wt, v)
             return make(v) if text.isascii() or is_utf8(text) else _reject(wt, v)
+
         return s_map
     if kind in ("list", "tuple"):
         elem, out = structure_hook(wt.args[0]), (list if kind == "list" else tuple)
 
         def s_seq(v: Any, _: Any = None) -> Any:
             return out([elem(x) for x in v]) if type(v) is list else _reject(wt, v)
+
         return s_seq
     elems = [structure_hook(w) for w in wt.args]  # fixed-length tuple
 
@@ -99,6 +112,7 @@ def structure_hook(wt: WireType) -> Callable[..., Any]:
         if type(v) is not list or len(v) != len(elems):
             _reject(wt, v)
         return tuple(h(x) for h, x in zip(elems, v))
+
     return s_fixed
 
 
@@ -120,15 +134,18 @@ def fast_payload(conv: cattrs.Converter, entry: EventType) -> Payload:
     that holds every field with a Python default (serde would not use the default)."""
     cls = entry.cls
     gen: Callable[[Any, type], Any] = make_dict_structure_fn(
-        cls, conv, _cattrs_forbid_extra_keys=False, _cattrs_detailed_validation=False)
+        cls, conv, _cattrs_forbid_extra_keys=False, _cattrs_detailed_validation=False
+    )
     needed = tuple(fs.name for fs in entry.fields if fs.has_default)
 
     def fast(o: Any) -> Any:
         if type(o) is not dict or (needed and not all(k in o for k in needed)):
             raise _NotFast
         return gen(o, cls)
+
     return Payload(
-        fast, frozenset(fs.name for fs in entry.fields),
+        fast,
+        frozenset(fs.name for fs in entry.fields),
         tuple(fs.name for fs in entry.fields if _holds(fs.wire, ("map",))),
         tuple(fs.name for fs in entry.fields if _holds(fs.wire, ("int", "float"))),
     )
@@ -174,8 +191,12 @@ def make_fast_envelope(conv: cattrs.Converter, reg: EventRegistry) -> Callable[.
         if type(ca) is not dict or len(ca) != 2:
             raise _NotFast
         secs, nanos = ca["secs_since_epoch"], ca["nanos_since_epoch"]
-        if (type(secs) is not int or type(nanos) is not int
-                or not 0 <= secs <= I64_MAX or not 0 <= nanos < NANOS_PER_SEC):
+        if (
+            type(secs) is not int
+            or type(nanos) is not int
+            or not 0 <= secs <= I64_MAX
+            or not 0 <= nanos < NANOS_PER_SEC
+        ):
             raise _NotFast
         d = o["data"]
         if type(d) is not dict or next(iter(d)) != "type":
@@ -183,8 +204,14 @@ def make_fast_envelope(conv: cattrs.Converter, reg: EventRegistry) -> Callable[.
         tag, payload = d["type"], d["payload"]
         info = decoders.get(tag) or decoder_for(tag)
         if colons >= 0:
-            if (len(d) != 2 or type(payload) is not dict or not secs or not nanos
-                    or not o.keys() <= _ENVELOPE_KEYSET or not payload.keys() <= info.keys):
+            if (
+                len(d) != 2
+                or type(payload) is not dict
+                or not secs
+                or not nanos
+                or not o.keys() <= _ENVELOPE_KEYSET
+                or not payload.keys() <= info.keys
+            ):
                 raise _NotFast
             keys = len(o) + 4 + len(payload)
             for name in info.nested:
@@ -195,13 +222,18 @@ def make_fast_envelope(conv: cattrs.Converter, reg: EventRegistry) -> Callable[.
         flag = o["personally_identifiable"]
         tenant = o.get("tenant_id")
         if type(flag) is not bool or not (
-                tenant is None or type(tenant) is str and (tenant.isascii() or is_utf8(tenant))):
+            tenant is None or (type(tenant) is str and (tenant.isascii() or is_utf8(tenant)))
+        ):
             raise _NotFast
         causation, correlation = o.get("causation_id"), o.get("correlation_id")
         return unchecked_envelope(
             s_uuid(o["event_id"]),
             None if causation is None else s_uuid(causation),
             None if correlation is None else s_uuid(correlation),
-            tenant, unchecked_timestamp(secs, nanos), flag, data,
+            tenant,
+            unchecked_timestamp(secs, nanos),
+            flag,
+            data,
         )
+
     return fast_envelope

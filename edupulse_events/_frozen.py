@@ -20,9 +20,7 @@ _HYPHENATED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
 # uuid 1.2 `try_parse`: 32 hex digits, or the hyphenated form, bare, `{braced}` or after a
 # lowercase `urn:uuid:` prefix. Any letter case in the digits; nothing around it.
 _CANONICAL_RE = re.compile(_HYPHENATED)
-_ANY_FORM_RE = re.compile(
-    f"({_HYPHENATED})|\\{{({_HYPHENATED})\\}}|urn:uuid:({_HYPHENATED})|({_HEX}{{32}})"
-)
+_ANY_FORM_RE = re.compile(f"({_HYPHENATED})|\\{{({_HYPHENATED})\\}}|urn:uuid:({_HYPHENATED})|({_HEX}{{32}})")
 
 _new = object.__new__
 _set_int = UUID.int.__set__  # type: ignore[attr-defined,misc]  # the slot's descriptor

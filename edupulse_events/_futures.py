@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-from typing import Any, List, Optional
+from typing import Any
 
 import attrs
 
@@ -25,8 +25,8 @@ _worker_state = threading.local()
 class PublishAck:
     """The broker's receipt for one event. Core NATS has no sequence: ``broker_sequence=None``."""
 
-    broker_sequence: Optional[int]
-    stream: Optional[str]
+    broker_sequence: int | None
+    stream: str | None
     duplicate: bool = False
 
 
@@ -38,7 +38,7 @@ _set_stream = PublishAck.stream.__set__  # type: ignore[attr-defined]
 _set_duplicate = PublishAck.duplicate.__set__  # type: ignore[attr-defined]
 
 
-def new_ack(broker_sequence: Optional[int], stream: Optional[str], duplicate: bool) -> PublishAck:
+def new_ack(broker_sequence: int | None, stream: str | None, duplicate: bool) -> PublishAck:
     """`PublishAck(...)` for the publisher thread's hot path: half the cost of the frozen
     class's ``__init__`` (the values come from the broker's ack, already typed)."""
     ack = _new(PublishAck)
@@ -66,11 +66,11 @@ class PublishFuture(concurrent.futures.Future):
     # The lists of concurrent.futures.wait()/as_completed() waiters and of done-callbacks are
     # made on first use (few futures ever get either): two objects fewer per event for the
     # allocator and the garbage collector, which otherwise costs more than encoding.
-    _waiter_list: Optional[list] = None
-    _callback_list: Optional[list] = None
-    _stream: Optional[str] = None
+    _waiter_list: list | None = None
+    _callback_list: list | None = None
+    _stream: str | None = None
 
-    def __init__(self, condition: Optional[threading.Condition] = None) -> None:  # noqa: D107
+    def __init__(self, condition: threading.Condition | None = None) -> None:
         self._condition = condition if condition is not None else threading.Condition()
 
     @property
@@ -90,21 +90,21 @@ class PublishFuture(concurrent.futures.Future):
     def _finished(self) -> bool:
         return self._state == _FINISHED
 
-    def _wait(self, timeout: Optional[float]) -> None:
+    def _wait(self, timeout: float | None) -> None:
         if self._state != _FINISHED:
             if getattr(_worker_state, "active", False):
                 raise DeadlockError("waiting on an unresolved event from the publisher's own thread would wait forever")
             with self._condition:
                 self._condition.wait_for(self._finished, timeout)
 
-    def result(self, timeout: Optional[float] = None) -> Any:
+    def result(self, timeout: float | None = None) -> Any:
         self._wait(timeout)
         result = super().result(0)
         if type(result) is int:  # a stream sequence (see settle): made a PublishAck when asked for
             result = self._result = new_ack(result, self._stream, False)
         return result
 
-    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+    def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait(timeout)
         return super().exception(0)
 
@@ -118,7 +118,7 @@ class PublishFuture(concurrent.futures.Future):
         return super().__repr__()
 
 
-def settle(futures: List[PublishFuture], results: List[Any]) -> int:
+def settle(futures: list[PublishFuture], results: list[Any]) -> int:
     """Resolve many futures at once, as ``set_result`` each would (waiters of
     `concurrent.futures.wait`/`as_completed`, then done-callbacks), taking their shared
     condition once and waking its waiters once. Skips futures already done; returns how many

@@ -66,9 +66,7 @@ def _no_constant(text: str) -> NoReturn:
 # parse_int always: finding `-0` in the text first costs more than the three int calls.
 _FAST_JSON = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_no_constant, parse_int=_parse_int)
 # with surrogate escapes in the text, keys must be checked too (serde rejects lone ones in keys)
-_CAREFUL_JSON = json.JSONDecoder(
-    object_pairs_hook=_pairs_checked, parse_constant=_no_constant, parse_int=_parse_int
-)
+_CAREFUL_JSON = json.JSONDecoder(object_pairs_hook=_pairs_checked, parse_constant=_no_constant, parse_int=_parse_int)
 
 
 def _text(data: Data) -> str:

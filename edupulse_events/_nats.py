@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Callable, List, Optional
+from collections.abc import Callable
 
 import nats
 import nats.errors
@@ -36,10 +36,10 @@ __all__ = ["NatsTransport", "broker_error", "cancel_and_wait"]
 log = logging.getLogger("edupulse_events")
 
 # on_acks([Ack, ...]): the acks of one read, in arrival order
-AckCallback = Callable[[List[Ack]], None]
+AckCallback = Callable[[list[Ack]], None]
 
 
-def broker_error(message: str, *, transient: bool, cause: Optional[BaseException] = None) -> BrokerError:
+def broker_error(message: str, *, transient: bool, cause: BaseException | None = None) -> BrokerError:
     """A `BrokerError` marked transient (worth retrying) or permanent."""
     err = BrokerError(message)
     err.transient = transient  # type: ignore[attr-defined]
@@ -48,7 +48,7 @@ def broker_error(message: str, *, transient: bool, cause: Optional[BaseException
     return err
 
 
-async def cancel_and_wait(task: "asyncio.Future", limit: float) -> None:
+async def cancel_and_wait(task: asyncio.Future, limit: float) -> None:
     """Cancel ``task`` and wait (at most ``limit`` seconds) until it has ended. nats-py's
     connect loop swallows a cancellation that lands while it closes a failed attempt, and
     then goes on connecting: cancel again until the task is done."""
@@ -70,7 +70,11 @@ def _describe(exc: BaseException, tls_given: bool = True) -> str:
     server asked for TLS and only the system's CAs were trusted.
     """
     text = str(exc) or type(exc).__name__
-    hint = "" if tls_given else " (the server requires TLS and no tls= SSLContext was given: pass one that trusts the server's CA)"
+    hint = (
+        ""
+        if tls_given
+        else " (the server requires TLS and no tls= SSLContext was given: pass one that trusts the server's CA)"
+    )
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"TLS certificate verification failed: {exc.verify_message or text}{hint}"
     if isinstance(exc, ssl.SSLError):
@@ -81,7 +85,9 @@ def _describe(exc: BaseException, tls_given: bool = True) -> str:
         return "authentication failed (Authorization Violation)"
     if isinstance(exc, nats.errors.SecureConnWantedError):
         return "TLS was asked for (a tls:// URL or a tls= SSLContext) but the server does not offer TLS; refusing to connect in plain text"
-    if "secure connection" in text.lower() or isinstance(exc, (nats.errors.SecureConnRequiredError, nats.errors.SecureConnFailedError)):
+    if "secure connection" in text.lower() or isinstance(
+        exc, (nats.errors.SecureConnRequiredError, nats.errors.SecureConnFailedError)
+    ):
         return f"TLS required/failed: {text}"
     return text
 
@@ -90,7 +96,9 @@ def _is_fatal(exc: BaseException) -> bool:
     """Errors that retrying the connection cannot fix (bad credentials, bad certificates, no TLS)."""
     text = str(exc)
     return (
-        isinstance(exc, (ssl.SSLCertVerificationError, nats.errors.AuthorizationError, nats.errors.SecureConnWantedError))
+        isinstance(
+            exc, (ssl.SSLCertVerificationError, nats.errors.AuthorizationError, nats.errors.SecureConnWantedError)
+        )
         or "Authorization Violation" in text
         or "Authentication" in text
     )
@@ -109,7 +117,7 @@ class NatsTransport:
         config: PublisherConfig,
         on_acks: AckCallback,
         on_state: Callable[[bool], None],
-        on_closed: Optional[Callable[[], None]] = None,
+        on_closed: Callable[[], None] | None = None,
     ) -> None:
         self._config = config
         self._on_acks = on_acks
@@ -117,10 +125,10 @@ class NatsTransport:
         self._on_closed = on_closed
         self._nc: Client = nats.NATS()
         self._prefix = b""
-        self._ack_sid: Optional[int] = None
-        self._last_error: Optional[BaseException] = None
-        self._fatal: Optional[asyncio.Future] = None
-        self.max_payload: Optional[int] = None
+        self._ack_sid: int | None = None
+        self._last_error: BaseException | None = None
+        self._fatal: asyncio.Future | None = None
+        self.max_payload: int | None = None
         self._closing = False
 
     @property
@@ -132,7 +140,7 @@ class NatsTransport:
         """Acks for message ``seq`` arrive on ``reply_prefix + str(seq)``."""
         return self._prefix
 
-    async def connect(self, timeout: Optional[float]) -> None:
+    async def connect(self, timeout: float | None) -> None:
         """Connect (retrying servers until ``timeout``; None = forever) or raise `BrokerError`."""
         cfg = self._config
         loop = asyncio.get_running_loop()
@@ -163,7 +171,11 @@ class NatsTransport:
             # nats-py gives up on a connection for good after some server errors (-ERR):
             # tell the worker, which builds a new one, instead of timing out forever.
             if not self._closing and self._on_closed is not None:
-                log.error("broker connection %s was closed by the client library (%s)", cfg.redacted_servers, _describe(self._nc.last_error) if self._nc.last_error else "no error")
+                log.error(
+                    "broker connection %s was closed by the client library (%s)",
+                    cfg.redacted_servers,
+                    _describe(self._nc.last_error) if self._nc.last_error else "no error",
+                )
                 self._on_state(False)
                 self._on_closed()
 
@@ -202,12 +214,16 @@ class NatsTransport:
             error = self._fatal.result() if fatal else self._last_error
             why = _describe(error, tls_given) if error is not None else "no answer"
             within = "" if fatal else f" within {timeout} s"  # a fatal error came at once: no waiting to report
-            raise broker_error(f"could not connect to {cfg.redacted_servers}{within}: {why}", transient=not fatal, cause=error)
+            raise broker_error(
+                f"could not connect to {cfg.redacted_servers}{within}: {why}", transient=not fatal, cause=error
+            )
         try:
             connect.result()
         except Exception as exc:
             await self._abandon()
-            raise broker_error(f"could not connect to {cfg.redacted_servers}: {_describe(exc, tls_given)}", transient=False, cause=exc) from None
+            raise broker_error(
+                f"could not connect to {cfg.redacted_servers}: {_describe(exc, tls_given)}", transient=False, cause=exc
+            ) from None
         self.max_payload = self._nc.max_payload
         try:
             await self._subscribe_acks()
@@ -234,7 +250,12 @@ class NatsTransport:
 
         async def process_info(info: dict, initial_connection: bool = False) -> None:
             server = nc._current_server
-            if initial_connection and server is not None and _wants_tls(config, server.uri.scheme) and not info.get("tls_required"):
+            if (
+                initial_connection
+                and server is not None
+                and _wants_tls(config, server.uri.scheme)
+                and not info.get("tls_required")
+            ):
                 if not info.get("tls_available"):
                     raise nats.errors.SecureConnWantedError()
                 info["tls_required"] = True  # the same dict nats-py reads next: it upgrades
@@ -246,7 +267,7 @@ class NatsTransport:
         self._closing = True
         try:
             await asyncio.wait_for(self._nc.close(), 1.0)
-        except Exception:  # noqa: BLE001 - a half-open connection may fail to close in any way
+        except Exception:
             pass
 
     async def _subscribe_acks(self) -> None:
@@ -276,7 +297,7 @@ class NatsTransport:
         nc._process_msg = process_msg  # type: ignore[method-assign]
         AckReader(nc._ps, self._prefix, sid_, on_acks)
 
-    def write(self, commands: List[bytes]) -> None:
+    def write(self, commands: list[bytes]) -> None:
         """Queue ready-made protocol commands on the connection (sent by `kick`)."""
         nc = self._nc
         nc._pending.extend(commands)
@@ -296,7 +317,7 @@ class NatsTransport:
         """Bytes written but not yet handed to the socket (grows while the broker hangs)."""
         return self._nc._pending_data_size
 
-    async def write_then_ping(self, commands: List[bytes]) -> asyncio.Future:
+    async def write_then_ping(self, commands: list[bytes]) -> asyncio.Future:
         """Write ``commands`` straight to the socket, then a PING; the returned future is done
         at its PONG, when the server has read everything before it (core NATS delivery).
 
@@ -316,14 +337,14 @@ class NatsTransport:
             raise broker_error(f"could not write to the broker: {exc!r}", transient=True, cause=exc) from None
         return pong
 
-    async def stream_captures(self, subject: str, timeout: float) -> Optional[bool]:
+    async def stream_captures(self, subject: str, timeout: float) -> bool | None:
         """Whether some JetStream stream captures ``subject`` (None if the server did not say)."""
         try:
             await self._nc.jsm(timeout=timeout).find_stream_name_by_subject(subject)
             return True
         except nats.js.errors.NotFoundError:
             return False
-        except Exception:  # noqa: BLE001 - timeouts, no responders, lost connection: unknown
+        except Exception:
             return None
 
     async def ensure_stream(self) -> None:
@@ -338,15 +359,17 @@ class NatsTransport:
                 pass
             await jsm.add_stream(name=cfg.stream, subjects=[cfg.stream_subject], num_replicas=cfg.stream_replicas)
             log.info("created JetStream stream %s for subject %s", cfg.stream, cfg.stream_subject)
-        except Exception as exc:  # noqa: BLE001 - mapped to the library's error
-            raise broker_error(f"could not ensure stream {cfg.stream!r}: {exc or type(exc).__name__}", transient=False, cause=exc) from None
+        except Exception as exc:
+            raise broker_error(
+                f"could not ensure stream {cfg.stream!r}: {exc or type(exc).__name__}", transient=False, cause=exc
+            ) from None
 
     async def close(self, timeout: float) -> None:
         """Close the connection, waiting at most ``timeout`` seconds."""
         self._closing = True
         try:
             await asyncio.wait_for(self._nc.close(), timeout)
-        except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
+        except Exception:
             writer = getattr(self._nc._transport, "_io_writer", None) or getattr(self._nc._transport, "_writer", None)
             if writer is not None:  # do not leave the socket to the garbage collector
                 writer.transport.abort()
@@ -355,7 +378,7 @@ class NatsTransport:
 class StoredMessage:
     """One message read back from a JetStream stream (for tests, demos and audits)."""
 
-    __slots__ = ("sequence", "subject", "headers", "data")
+    __slots__ = ("data", "headers", "sequence", "subject")
 
     def __init__(self, sequence: int, subject: str, headers: dict, data: bytes) -> None:
         self.sequence = sequence
@@ -368,21 +391,25 @@ class StoredMessage:
 
 
 async def read_stream_async(
-    url: str, stream: str, *, timeout: float = 10.0, token: Optional[str] = None, tls: Optional[ssl.SSLContext] = None
-) -> List[StoredMessage]:
+    url: str, stream: str, *, timeout: float = 10.0, token: str | None = None, tls: ssl.SSLContext | None = None
+) -> list[StoredMessage]:
     """Every message in ``stream``, oldest first, via an ephemeral pull consumer."""
-    nc = await nats.connect(servers=url.split(","), token=token, tls=tls, connect_timeout=2, allow_reconnect=True, max_reconnect_attempts=5)
+    nc = await nats.connect(
+        servers=url.split(","), token=token, tls=tls, connect_timeout=2, allow_reconnect=True, max_reconnect_attempts=5
+    )
     try:
         js = nc.jetstream(timeout=timeout)
         info = await js.stream_info(stream)
         total = info.state.messages
-        out: List[StoredMessage] = []
+        out: list[StoredMessage] = []
         if total == 0:
             return out
         deadline = asyncio.get_running_loop().time() + timeout
         while True:  # consumer creation times out while a cluster elects its meta leader
             try:
-                psub = await js.pull_subscribe("", stream=stream, config=nats.js.api.ConsumerConfig(ack_policy=nats.js.api.AckPolicy.NONE))
+                psub = await js.pull_subscribe(
+                    "", stream=stream, config=nats.js.api.ConsumerConfig(ack_policy=nats.js.api.AckPolicy.NONE)
+                )
                 break
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
                 if asyncio.get_running_loop().time() > deadline:
@@ -390,7 +417,9 @@ async def read_stream_async(
         while len(out) < total:
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
-                raise broker_error(f"read {len(out)} of {total} messages from {stream} within {timeout} s", transient=True)
+                raise broker_error(
+                    f"read {len(out)} of {total} messages from {stream} within {timeout} s", transient=True
+                )
             try:
                 msgs = await psub.fetch(min(1000, total - len(out)), timeout=min(remaining, 2.0))
             except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError):
@@ -403,6 +432,6 @@ async def read_stream_async(
         await nc.close()
 
 
-def read_stream(url: str, stream: str, **kwargs: object) -> List[StoredMessage]:
+def read_stream(url: str, stream: str, **kwargs: object) -> list[StoredMessage]:
     """Blocking `read_stream_async` (not from inside a running event loop)."""
     return asyncio.run(read_stream_async(url, stream, **kwargs))  # type: ignore[arg-type]

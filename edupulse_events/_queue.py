@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import queue
 import time
-from typing import Any, List
+from typing import Any
 
 
 class BatchQueue(queue.Queue):
@@ -103,7 +103,7 @@ class BatchQueue(queue.Queue):
             raise queue.Empty
         return batch[0]
 
-    def get_batch(self, limit: int) -> List[Any]:
+    def get_batch(self, limit: int) -> list[Any]:
         """Take up to ``limit`` items without waiting (possibly none)."""
         mutex = self.mutex
         if not mutex.acquire(False):
@@ -125,7 +125,7 @@ class BatchQueue(queue.Queue):
         finally:
             mutex.release()
 
-    def take_expired(self, now: float) -> List[Any]:
+    def take_expired(self, now: float) -> list[Any]:
         """Remove and return the items at the head whose ``deadline`` is before ``now``."""
         out = []
         with self.mutex:

@@ -23,10 +23,20 @@ from .events import U32, U64, EventRegistry, EventType, WireType, wire_type
 __all__ = ["slow_envelope", "slow_event", "slow_timestamp"]
 
 _STR = wire_type(str)
-_ENVELOPE_KEYS = ("event_id", "causation_id", "correlation_id", "tenant_id", "created_at",
-                  "personally_identifiable", "data")
-_ENVELOPE_IDS = tuple(zip(  # the fields before created_at, with their wire types
-    _ENVELOPE_KEYS, map(wire_type, (UUID, Optional[UUID], Optional[UUID], Optional[str]))))
+_ENVELOPE_KEYS = (
+    "event_id",
+    "causation_id",
+    "correlation_id",
+    "tenant_id",
+    "created_at",
+    "personally_identifiable",
+    "data",
+)
+_ENVELOPE_IDS = tuple(
+    zip(  # the fields before created_at, with their wire types
+        _ENVELOPE_KEYS, map(wire_type, (UUID, Optional[UUID], Optional[UUID], Optional[str]))
+    )
+)
 _TIME_KEYS = ("secs_since_epoch", "nanos_since_epoch")
 _TIME_TYPES = (wire_type(U64), wire_type(U32))
 _DATA_KEYS = ("type", "payload")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Dict, Optional, Tuple
 from urllib.parse import quote
 
 from ._futures import PublishFuture
@@ -41,9 +40,22 @@ _CACHE_LIMIT = 4096  # tenants repeat: small, hot caches, emptied when they reac
 class Item:
     """One prepared event on its way to the broker (bytes only: no Python objects of the caller)."""
 
-    __slots__ = ("future", "subject", "headers", "payload", "size", "event_id", "deadline", "attempts", "sent_at", "mark")
+    __slots__ = (
+        "attempts",
+        "deadline",
+        "event_id",
+        "future",
+        "headers",
+        "mark",
+        "payload",
+        "sent_at",
+        "size",
+        "subject",
+    )
 
-    def __init__(self, future: PublishFuture, subject: bytes, headers: bytes, payload: bytes, event_id: str, deadline: float) -> None:
+    def __init__(
+        self, future: PublishFuture, subject: bytes, headers: bytes, payload: bytes, event_id: str, deadline: float
+    ) -> None:
         self.future = future
         self.subject = subject
         self.headers = headers
@@ -55,10 +67,10 @@ class Item:
         self.sent_at = 0.0
 
 
-_TOKENS: Dict[Optional[str], str] = {}
+_TOKENS: dict[str | None, str] = {}
 
 
-def tenant_token(tenant: Optional[str]) -> str:
+def tenant_token(tenant: str | None) -> str:
     """The tenant as one subject token / header value: percent-encoded, ``_`` for None."""
     token = _TOKENS.get(tenant)
     if token is not None:
@@ -78,14 +90,16 @@ def tenant_token(tenant: Optional[str]) -> str:
     return token
 
 
-_MIDDLES: Dict[Optional[str], Dict[str, Tuple[bytes, bytes]]] = {}  # tenant -> type -> (pii false, true)
+_MIDDLES: dict[str | None, dict[str, tuple[bytes, bytes]]] = {}  # tenant -> type -> (pii false, true)
 
 
-def _middle(type_name: str, tenant: Optional[str]) -> Tuple[bytes, bytes]:
+def _middle(type_name: str, tenant: str | None) -> tuple[bytes, bytes]:
     """The header lines after ``Nats-Msg-Id`` and before ``Edupulse-Correlation-Id``, for
     ``Edupulse-Pii`` false and true."""
     t = "" if tenant is None else f"Edupulse-Tenant: {tenant_token(tenant)}\r\n"
-    false, true = (f"\r\nEdupulse-Event-Type: {type_name}\r\n{t}Edupulse-Pii: {flag}\r\n".encode() for flag in ("false", "true"))
+    false, true = (
+        f"\r\nEdupulse-Event-Type: {type_name}\r\n{t}Edupulse-Pii: {flag}\r\n".encode() for flag in ("false", "true")
+    )
     if tenant is None or len(tenant) <= 256:
         if len(_MIDDLES) >= _CACHE_LIMIT:
             _MIDDLES.clear()
@@ -121,7 +135,7 @@ class Router:
         ``{"event_id":"…","causation_id":null|"…","correlation_id":null|"…"``: the ids are
         copied from there."""
         at = 88 if payload[66] == 110 else 122  # 110 is "n": the causation_id is null
-        if payload[at - 18:at] != _CORRELATION_KEY or payload[:13] != b'{"event_id":"':
+        if payload[at - 18 : at] != _CORRELATION_KEY or payload[:13] != b'{"event_id":"':
             raise AssertionError(f"not the codec's envelope layout: {payload[:140]!r}")  # pragma: no cover
         by_type = _MIDDLES.get(envelope.tenant_id)
         pair = by_type.get(type_name) if by_type is not None else None
@@ -130,9 +144,19 @@ class Router:
         middle = pair[envelope.personally_identifiable]
         if payload[at] == 110:
             return b"NATS/1.0\r\nNats-Msg-Id: " + payload[13:49] + middle + b"\r\n"
-        return b"NATS/1.0\r\nNats-Msg-Id: %s%sEdupulse-Correlation-Id: %s\r\n\r\n" % (payload[13:49], middle, payload[at + 1:at + 37])
+        return b"NATS/1.0\r\nNats-Msg-Id: %s%sEdupulse-Correlation-Id: %s\r\n\r\n" % (
+            payload[13:49],
+            middle,
+            payload[at + 1 : at + 37],
+        )
 
-    def prepare(self, envelope: EventEnvelope, deadline: float, max_payload: Optional[int], condition: Optional[threading.Condition] = None) -> Item:
+    def prepare(
+        self,
+        envelope: EventEnvelope,
+        deadline: float,
+        max_payload: int | None,
+        condition: threading.Condition | None = None,
+    ) -> Item:
         """Validate and encode; bad input raises `InvalidEvent` here, in the caller's thread."""
         if not isinstance(envelope, EventEnvelope):
             raise InvalidEvent(f"publish() takes an EventEnvelope, got {type(envelope).__name__}")

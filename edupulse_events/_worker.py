@@ -17,7 +17,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Callable, Dict, List, Optional, Set, Tuple
+from collections.abc import Callable
 
 from ._delivery import Delivery, _retrying
 from ._futures import mark_worker_thread
@@ -35,33 +35,35 @@ log = logging.getLogger("edupulse_events")
 class Worker(Delivery):
     """The background thread, its loop, its connection, and the sending side."""
 
-    def __init__(self, config: PublisherConfig, queue: BatchQueue, on_resolved: Callable[[int, int], None], name: str) -> None:
+    def __init__(
+        self, config: PublisherConfig, queue: BatchQueue, on_resolved: Callable[[int, int], None], name: str
+    ) -> None:
         self.config = config
         self.queue = queue
         self.idle = False
-        self.max_payload: Optional[int] = None
+        self.max_payload: int | None = None
         self._on_resolved = on_resolved
         self._name = name
         self._loop = asyncio.new_event_loop()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: threading.Thread | None = None
         self._ready: concurrent.futures.Future = concurrent.futures.Future()
         self._retrying = _retrying(config.retry)
-        self._inflight: Dict[int, Item] = {}
-        self._retries: List[Item] = []
-        self._delayed: Dict[Item, asyncio.TimerHandle] = {}
+        self._inflight: dict[int, Item] = {}
+        self._retries: list[Item] = []
+        self._delayed: dict[Item, asyncio.TimerHandle] = {}
         #: Events that got "no responders", by subject, waiting for the one stream check of that subject.
-        self._checking: Dict[bytes, List[Item]] = {}
+        self._checking: dict[bytes, list[Item]] = {}
         self._seq = 0
         self._connected = False
         self._stopping = False
-        self._stop_deadline: Optional[float] = None
+        self._stop_deadline: float | None = None
         self._aborted = False
-        self._drainer: Optional[asyncio.Future] = None
-        self._connector: Optional[asyncio.Future] = None
+        self._drainer: asyncio.Future | None = None
+        self._connector: asyncio.Future | None = None
         #: How many batches the loop has written (one wake-up each, at most).
         self.batches = 0
         #: Core batches written and awaiting their PONG: key -> (events, attempt timer).
-        self._core_pending: Dict[int, Tuple[List[Item], asyncio.TimerHandle]] = {}
+        self._core_pending: dict[int, tuple[list[Item], asyncio.TimerHandle]] = {}
         self._core_key = 0
         self._core_count = 0
         self._waiting_room = False
@@ -69,8 +71,8 @@ class Worker(Delivery):
         self._acked = 0
         self._failed = 0
         self._progress_scheduled = False
-        self._stream_seen: Set[bytes] = set()
-        self.abandoned: List[str] = []
+        self._stream_seen: set[bytes] = set()
+        self.abandoned: list[str] = []
         #: The most JetStream publishes that were awaiting their ack at once.
         self.peak_in_flight = 0
 
@@ -83,7 +85,9 @@ class Worker(Delivery):
             try:
                 self._ready.result(timeout + 1.0)
             except concurrent.futures.TimeoutError:
-                raise broker_error(f"could not connect to {self.config.redacted_servers} within {timeout} s", transient=True) from None
+                raise broker_error(
+                    f"could not connect to {self.config.redacted_servers} within {timeout} s", transient=True
+                ) from None
 
     def wake(self) -> None:
         """Called by a caller thread after a put: wake the loop if it sleeps for lack of work."""
@@ -108,7 +112,7 @@ class Worker(Delivery):
         return not thread.is_alive()
 
     @property
-    def thread(self) -> Optional[threading.Thread]:
+    def thread(self) -> threading.Thread | None:
         return self._thread
 
     # ----------------------------------------------------------------- loop side
@@ -117,7 +121,7 @@ class Worker(Delivery):
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._main())
-        except BaseException as exc:  # noqa: BLE001 - never die silently
+        except BaseException as exc:
             log.exception("publisher thread %s crashed", self._name)
             if not self._ready.done():
                 self._ready.set_exception(broker_error(f"publisher thread crashed: {exc!r}", transient=False))
@@ -135,9 +139,11 @@ class Worker(Delivery):
         tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
         try:
             if tasks:
-                loop.run_until_complete(asyncio.wait([asyncio.ensure_future(cancel_and_wait(task, 1.0), loop=loop) for task in tasks]))
+                loop.run_until_complete(
+                    asyncio.wait([asyncio.ensure_future(cancel_and_wait(task, 1.0), loop=loop) for task in tasks])
+                )
             loop.run_until_complete(loop.shutdown_asyncgens())
-        except Exception:  # noqa: BLE001 - best effort: the thread is ending anyway
+        except Exception:
             log.debug("publisher thread %s: cleanup after close failed", self._name, exc_info=True)
 
     async def _main(self) -> None:
@@ -227,7 +233,9 @@ class Worker(Delivery):
             self._drainer.cancel()
 
     def _nothing_left(self) -> bool:
-        return not (self.queue.queue or self._inflight or self._retries or self._delayed or self._checking or self._core_pending)
+        return not (
+            self.queue.queue or self._inflight or self._retries or self._delayed or self._checking or self._core_pending
+        )
 
     async def _drain(self) -> None:
         queue, wake, window = self.queue, self._wake, self.config.window
@@ -268,11 +276,16 @@ class Worker(Delivery):
     def _too_big(self, item: Item) -> bool:
         limit = self.max_payload
         if limit is not None and item.size > limit:
-            self._fail(item, InvalidEvent(f"event {item.event_id} is {item.size} bytes with headers, more than the server's max_payload of {limit} bytes"))
+            self._fail(
+                item,
+                InvalidEvent(
+                    f"event {item.event_id} is {item.size} bytes with headers, more than the server's max_payload of {limit} bytes"
+                ),
+            )
             return True
         return False
 
-    def _send_jetstream(self, batch: List[Item]) -> None:
+    def _send_jetstream(self, batch: list[Item]) -> None:
         now = time.monotonic()
         prefix = self.transport.reply_prefix
         inflight = self._inflight
@@ -287,20 +300,23 @@ class Worker(Delivery):
             item.sent_at = now
             inflight[seq] = item
             commands.append(
-                b"HPUB %s %s%d %d %d\r\n%s%s\r\n" % (item.subject, prefix, seq, len(item.headers), item.size, item.headers, item.payload)
+                b"HPUB %s %s%d %d %d\r\n%s%s\r\n"
+                % (item.subject, prefix, seq, len(item.headers), item.size, item.headers, item.payload)
             )
         self._seq = seq
         if len(inflight) > self.peak_in_flight:
             self.peak_in_flight = len(inflight)
         self.transport.write(commands)
 
-    async def _send_core(self, batch: List[Item]) -> None:
+    async def _send_core(self, batch: list[Item]) -> None:
         """Write a core batch and a PING, without waiting: its PONG settles the batch
         (`_core_settled`), so several batches are in flight within the window."""
         batch = [item for item in batch if not self._too_big(item)]
         if not batch:
             return
-        commands = [b"HPUB %s %d %d\r\n%s%s\r\n" % (i.subject, len(i.headers), i.size, i.headers, i.payload) for i in batch]
+        commands = [
+            b"HPUB %s %d %d\r\n%s%s\r\n" % (i.subject, len(i.headers), i.size, i.headers, i.payload) for i in batch
+        ]
         for item in batch:
             item.attempts += 1
         try:

@@ -90,13 +90,13 @@ def _build(reg: EventRegistry) -> _Built:
                 return fast(o)
             except Exception:
                 return slow_event(entry, o, "$")
+
         return structure_event
 
     conv.register_structure_hook_factory(is_event, event_structure_hook)
     conv.register_unstructure_hook_factory(is_event, lambda t: make_dict_unstructure_fn(t, conv))
     conv.register_structure_hook(Timestamp, lambda o, _: slow_timestamp(o, "$"))
-    conv.register_unstructure_hook(
-        Timestamp, lambda ts: {"secs_since_epoch": ts.secs, "nanos_since_epoch": ts.nanos})
+    conv.register_unstructure_hook(Timestamp, lambda ts: {"secs_since_epoch": ts.secs, "nanos_since_epoch": ts.nanos})
 
     fast_envelope = make_fast_envelope(conv, reg)
 

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import ssl
-from typing import Mapping, Optional, Tuple
+from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -84,15 +84,17 @@ class RetryPolicy:
     attempt_timeout: float = attrs.field(default=2.0, validator=_positive("retry.attempt_timeout"))
 
     def __attrs_post_init__(self) -> None:
-        if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not (
-            0 <= self.jitter < math.inf
+        if (
+            isinstance(self.jitter, bool)
+            or not isinstance(self.jitter, (int, float))
+            or not (0 <= self.jitter < math.inf)
         ):
             raise ConfigError(f"retry.jitter must be a finite number >= 0, got {self.jitter!r}")
         if self.maximum < self.initial:
             raise ConfigError(f"retry.maximum ({self.maximum}) must be >= retry.initial ({self.initial})")
 
 
-def _servers(value: object) -> Tuple[str, ...]:
+def _servers(value: object) -> tuple[str, ...]:
     if isinstance(value, str):
         items = [s.strip() for s in value.split(",")]
     elif isinstance(value, (list, tuple)):
@@ -105,7 +107,9 @@ def _servers(value: object) -> Tuple[str, ...]:
     for s in items:
         split = urlsplit(s)
         if split.scheme not in _SCHEMES or not split.hostname:
-            raise ConfigError(f"not a NATS server URL: {redact_url(s)!r} (expected nats://host:port or tls://host:port)")
+            raise ConfigError(
+                f"not a NATS server URL: {redact_url(s)!r} (expected nats://host:port or tls://host:port)"
+            )
     return tuple(items)
 
 
@@ -114,14 +118,18 @@ def _check_subject(_inst: object, _attr: object, subject: str) -> None:
         raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
     names = set(_PLACEHOLDER.findall(subject))
     if names - _SUBJECT_FIELDS:
-        raise ConfigError(f"subject template {subject!r} may only use {{type}} and {{tenant}}, not {sorted(names - _SUBJECT_FIELDS)}")
+        raise ConfigError(
+            f"subject template {subject!r} may only use {{type}} and {{tenant}}, not {sorted(names - _SUBJECT_FIELDS)}"
+        )
     probe = _PLACEHOLDER.sub("x", subject)
     if any(c in probe for c in " \t\r\n*>{}") or probe.startswith(".") or probe.endswith(".") or ".." in probe:
         raise ConfigError(f"subject {subject!r} is not a valid NATS publish subject")
     if any(c < "\x21" or c == "\x7f" or "\ud800" <= c <= "\udfff" for c in probe):
         raise ConfigError(f"subject {subject!r} holds a control character or a lone surrogate")
     if len(probe.encode()) > MAX_SUBJECT_BYTES:
-        raise ConfigError(f"subject template of {len(subject)} characters is longer than the {MAX_SUBJECT_BYTES} bytes a NATS subject may have")
+        raise ConfigError(
+            f"subject template of {len(subject)} characters is longer than the {MAX_SUBJECT_BYTES} bytes a NATS subject may have"
+        )
 
 
 @attrs.frozen
@@ -132,11 +140,11 @@ class PublisherConfig:
     name) and ``{tenant}`` (percent-encoded tenant id; ``_`` when there is none).
     """
 
-    servers: Tuple[str, ...] = attrs.field(converter=_servers, repr=lambda v: repr(tuple(redact_url(s) for s in v)))
+    servers: tuple[str, ...] = attrs.field(converter=_servers, repr=lambda v: repr(tuple(redact_url(s) for s in v)))
     subject: str = attrs.field(validator=_check_subject)
-    auth_token: Optional[str] = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
-    user: Optional[str] = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
-    password: Optional[str] = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    auth_token: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    user: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    password: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
     jetstream: bool = True
     #: Bound of the hand-off queue, in events and in encoded bytes (back-pressure).
     max_queue: int = attrs.field(default=10_000, validator=_positive_int("max_queue"))
@@ -153,10 +161,10 @@ class PublisherConfig:
     #: Return from connect() without a broker and deliver once it comes up.
     start_without_broker: bool = False
     #: Create this JetStream stream (capturing the subject) when it does not exist.
-    stream: Optional[str] = None
+    stream: str | None = None
     create_stream: bool = False
     stream_replicas: int = attrs.field(default=1, validator=_positive_int("stream_replicas"))
-    tls: Optional[ssl.SSLContext] = attrs.field(default=None, repr=lambda v: "None" if v is None else "<SSLContext>")
+    tls: ssl.SSLContext | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "<SSLContext>")
     #: How long the interpreter-exit hook waits for unresolved events.
     exit_timeout: float = attrs.field(default=5.0, validator=_positive("exit_timeout"))
     client_name: str = "edupulse_events"
@@ -186,7 +194,7 @@ class PublisherConfig:
         return _PLACEHOLDER.sub("*", self.subject)
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: object) -> "PublisherConfig":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> PublisherConfig:
         """Build from ``EDUPULSE_EVENT_BROKER_URL``, ``_SUBJECT`` and ``_TOKEN``.
 
         Raises `ConfigError` when the URL or subject is missing or invalid.

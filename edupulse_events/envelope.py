@@ -81,9 +81,7 @@ class Timestamp:
         if not isinstance(dt, datetime):
             raise InvalidEvent(f"expected a datetime, got {describe(dt)}")
         if dt.utcoffset() is None:
-            raise InvalidEvent(
-                f"naive datetime {dt.isoformat()} is ambiguous: give it a tzinfo (e.g. timezone.utc)"
-            )
+            raise InvalidEvent(f"naive datetime {dt.isoformat()} is ambiguous: give it a tzinfo (e.g. timezone.utc)")
         delta = dt - _EPOCH
         if delta < timedelta(0):
             raise InvalidEvent(f"{dt.isoformat()} is before 1970 and cannot be sent (serde: {BEFORE_EPOCH})")
@@ -97,9 +95,7 @@ class Timestamp:
     def to_datetime(self) -> datetime:
         """A UTC datetime (nanoseconds truncated to microseconds); InvalidEvent after year 9999."""
         if self.secs > _DATETIME_MAX_SECS:
-            raise InvalidEvent(
-                f"Timestamp(secs={self.secs}) is after 9999-12-31T23:59:59Z, beyond datetime's range"
-            )
+            raise InvalidEvent(f"Timestamp(secs={self.secs}) is after 9999-12-31T23:59:59Z, beyond datetime's range")
         return _EPOCH + timedelta(seconds=self.secs, microseconds=self.nanos // 1000)
 
     def __str__(self) -> str:
@@ -143,9 +139,7 @@ def _flag(value: object) -> bool:
 
 def _data(value: object) -> Any:
     if type(value) not in KNOWN_EVENT_TYPES:
-        raise InvalidEvent(
-            f"EventEnvelope.data must be an instance of a registered event type, got {describe(value)}"
-        )
+        raise InvalidEvent(f"EventEnvelope.data must be an instance of a registered event type, got {describe(value)}")
     return value
 
 
@@ -176,8 +170,13 @@ class EventEnvelope:
     ) -> EventEnvelope:
         """A fresh envelope for ``data``: random (v4) ``event_id``, ``created_at`` now."""
         return cls(
-            uuid.uuid4(), causation_id, correlation_id, tenant_id, Timestamp.now(),
-            personally_identifiable, data,
+            uuid.uuid4(),
+            causation_id,
+            correlation_id,
+            tenant_id,
+            Timestamp.now(),
+            personally_identifiable,
+            data,
         )
 
     def follow_up(self, data: Any, *, personally_identifiable: bool = False) -> EventEnvelope:
@@ -213,8 +212,13 @@ def unchecked_timestamp(secs: int, nanos: int) -> Timestamp:
 
 
 def unchecked_envelope(
-    event_id: UUID, causation_id: UUID | None, correlation_id: UUID | None, tenant_id: str | None,
-    created_at: Timestamp, personally_identifiable: bool, data: Any,
+    event_id: UUID,
+    causation_id: UUID | None,
+    correlation_id: UUID | None,
+    tenant_id: str | None,
+    created_at: Timestamp,
+    personally_identifiable: bool,
+    data: Any,
 ) -> EventEnvelope:
     """An envelope from values the caller has already validated (the decoder's fast path);
     sets the slots directly, in field order."""

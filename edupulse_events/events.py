@@ -31,10 +31,27 @@ from ._frozen import FrozenMap, describe, is_utf8, make_uuid, parse_uuid, short_
 from .errors import InvalidEvent
 
 __all__ = [
-    "I32", "I64", "U32", "U64", "BadgeAwarded", "EventRegistry", "EventType", "FieldSpec",
-    "LessonPublished", "PaymentProcessed", "QuizSubmitted", "WireType", "check_int", "check_str",
-    "check_str_map", "check_u32", "check_uuid", "default_registry", "event_type_name",
-    "register_event", "wire_type",
+    "I32",
+    "I64",
+    "U32",
+    "U64",
+    "BadgeAwarded",
+    "EventRegistry",
+    "EventType",
+    "FieldSpec",
+    "LessonPublished",
+    "PaymentProcessed",
+    "QuizSubmitted",
+    "WireType",
+    "check_int",
+    "check_str",
+    "check_str_map",
+    "check_u32",
+    "check_uuid",
+    "default_registry",
+    "event_type_name",
+    "register_event",
+    "wire_type",
 ]
 
 U32 = NewType("U32", int)
@@ -113,8 +130,7 @@ def check_str(value: object, where: str) -> str:
         value = str.__str__(value)
     if not is_utf8(value):
         raise InvalidEvent(
-            f"{where} contains a lone surrogate at index {surrogate_index(value)}; "
-            "it cannot be sent as UTF-8"
+            f"{where} contains a lone surrogate at index {surrogate_index(value)}; it cannot be sent as UTF-8"
         )
     return value
 
@@ -365,16 +381,12 @@ default_registry = EventRegistry()
 @overload
 def register_event(cls: T, /) -> T: ...
 @overload
-def register_event(
-    name: str | None = None, /, *, registry: EventRegistry | None = None
-) -> Callable[[T], T]: ...
+def register_event(name: str | None = None, /, *, registry: EventRegistry | None = None) -> Callable[[T], T]: ...
 @overload
 def register_event(*, name: str | None = None, registry: EventRegistry | None = None) -> Callable[[T], T]: ...
 
 
-def register_event(
-    target: Any = None, /, *, name: str | None = None, registry: EventRegistry | None = None
-) -> Any:
+def register_event(target: Any = None, /, *, name: str | None = None, registry: EventRegistry | None = None) -> Any:
     """Class decorator registering an event type: ``@register_event``, ``@register_event("Name")``
     or ``@register_event(name="Name", registry=my_registry)``. The name defaults to the class name.
     """

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from .config import ENV_PREFIX, PublisherConfig
 from .errors import BrokerError
@@ -29,10 +30,12 @@ FALLBACK_ENV = ENV_PREFIX + "FALLBACK"
 
 
 def _in_memory(subject: str, options: Mapping[str, Any]) -> InMemoryPublisher:
-    return InMemoryPublisher(options.get("max_queue", 10_000), subject=subject or "edupulse.events", discard_oldest=True)
+    return InMemoryPublisher(
+        options.get("max_queue", 10_000), subject=subject or "edupulse.events", discard_oldest=True
+    )
 
 
-def build_from_env(environ: Optional[Mapping[str, str]] = None, **options: Any) -> EventPublisher:
+def build_from_env(environ: Mapping[str, str] | None = None, **options: Any) -> EventPublisher:
     """Build the publisher the environment asks for; ``options`` override `PublisherConfig` fields."""
     env = os.environ if environ is None else environ
     url = env.get(ENV_PREFIX + "URL", "").strip()
@@ -51,6 +54,8 @@ def build_from_env(environ: Optional[Mapping[str, str]] = None, **options: Any) 
     except BrokerError as exc:
         publisher._discard()
         if env.get(FALLBACK_ENV, "").strip().lower() == "memory":
-            log.error("%s; %s=memory: falling back to an InMemoryPublisher, events will NOT reach a broker", exc, FALLBACK_ENV)
+            log.error(
+                "%s; %s=memory: falling back to an InMemoryPublisher, events will NOT reach a broker", exc, FALLBACK_ENV
+            )
             return _in_memory(config.subject, options)
         raise

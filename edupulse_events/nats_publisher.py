@@ -18,7 +18,7 @@ import queue
 import threading
 import time
 import weakref
-from typing import Any, List, Optional
+from typing import Any
 
 import attrs
 
@@ -33,8 +33,8 @@ from .errors import DeadlockError, PublisherClosed, QueueFull
 __all__ = ["NatsPublisher", "PublisherStats"]
 
 log = logging.getLogger("edupulse_events")
-_live: "weakref.WeakSet[NatsPublisher]" = weakref.WeakSet()
-_orphans: List[Worker] = []  # a parent's workers, kept (never run) in a forked child
+_live: weakref.WeakSet[NatsPublisher] = weakref.WeakSet()
+_orphans: list[Worker] = []  # a parent's workers, kept (never run) in a forked child
 _names = iter(range(1, 1 << 62))
 _IDS_PER_LINE = 500  # undelivered event ids per log line (~19 kB)
 
@@ -79,7 +79,7 @@ class NatsPublisher:
         self._progress = threading.Condition(threading.Lock())
         self._futures_condition = threading.Condition()  # shared by this publisher's futures
         self._resolved = self._acked = self._failed = 0
-        self._worker: Optional[Worker] = None
+        self._worker: Worker | None = None
         self._pid = os.getpid()
 
     @classmethod
@@ -88,18 +88,20 @@ class NatsPublisher:
         url: str,
         subject: str,
         *,
-        auth_token: Optional[str] = None,
+        auth_token: str | None = None,
         jetstream: bool = True,
         max_queue: int = 10_000,
         **options: Any,
-    ) -> "NatsPublisher":
+    ) -> NatsPublisher:
         """Connect to ``url`` (one URL or a comma-separated cluster list) and return a publisher.
 
         Every other `PublisherConfig` field may be given as a keyword. Blocks until connected
         (at most ``connect_timeout``), or raises `BrokerError`; with
         ``start_without_broker=True`` it returns at once and delivers when the broker is up.
         """
-        config = PublisherConfig(servers=url, subject=subject, auth_token=auth_token, jetstream=jetstream, max_queue=max_queue, **options)
+        config = PublisherConfig(
+            servers=url, subject=subject, auth_token=auth_token, jetstream=jetstream, max_queue=max_queue, **options
+        )
         publisher = cls(config)
         try:
             publisher.start()
@@ -112,7 +114,7 @@ class NatsPublisher:
     def config(self) -> PublisherConfig:
         return self._config
 
-    def start(self) -> "NatsPublisher":
+    def start(self) -> NatsPublisher:
         """Start the publisher thread now and, unless ``start_without_broker``, wait to be connected."""
         with self._start_lock:
             if self._worker is not None:
@@ -144,7 +146,9 @@ class NatsPublisher:
                 self._worker = worker
             return self._worker
 
-    def publish(self, envelope: EventEnvelope, *, timeout: Optional[float] = None) -> "concurrent.futures.Future[PublishAck]":
+    def publish(
+        self, envelope: EventEnvelope, *, timeout: float | None = None
+    ) -> concurrent.futures.Future[PublishAck]:
         """Validate, encode and queue ``envelope``; return a future resolving to its `PublishAck`.
 
         Raises `InvalidEvent` (nothing queued) for bad input, `QueueFull` when the queue stayed
@@ -154,12 +158,16 @@ class NatsPublisher:
         if self._closed:
             raise PublisherClosed("publish() on a closed NatsPublisher")
         worker = self._worker or self._lazy_worker()
-        item = self._router.prepare(envelope, time.monotonic() + self._delivery_timeout, worker.max_payload, self._futures_condition)
+        item = self._router.prepare(
+            envelope, time.monotonic() + self._delivery_timeout, worker.max_payload, self._futures_condition
+        )
         wait = self._publish_timeout if timeout is None else timeout
         try:
             self._queue.put(item, wait > 0, wait)
         except queue.Full:
-            raise QueueFull(f"publisher queue stayed full for {wait} s ({self._config.max_queue} events / {self._config.max_queue_bytes} bytes)") from None
+            raise QueueFull(
+                f"publisher queue stayed full for {wait} s ({self._config.max_queue} events / {self._config.max_queue_bytes} bytes)"
+            ) from None
         worker.wake()
         if self._closed:  # close() ran while we were putting: fail what it could not see
             self._fail_leftovers()
@@ -172,7 +180,7 @@ class NatsPublisher:
             self._resolved += acked + failed
             self._progress.notify_all()
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event accepted so far has resolved; False if ``timeout`` ran out first."""
         if getattr(_worker_state, "active", False):
             raise DeadlockError("flush() called from a publisher's own thread would wait forever")
@@ -185,9 +193,17 @@ class NatsPublisher:
         with self._progress:
             worker = self._worker
             peak, batches = (worker.peak_in_flight, worker.batches) if worker is not None else (0, 0)
-            return PublisherStats(self._queue.accepted, self._acked, self._failed, self._queue.qsize(), self._queue.blocked_puts, peak, batches)
+            return PublisherStats(
+                self._queue.accepted,
+                self._acked,
+                self._failed,
+                self._queue.qsize(),
+                self._queue.blocked_puts,
+                peak,
+                batches,
+            )
 
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop accepting, deliver what is queued within ``timeout`` (default: the delivery
         deadline), fail the rest with `PublisherClosed`, stop the thread. Idempotent."""
         if getattr(_worker_state, "active", False):
@@ -198,7 +214,7 @@ class NatsPublisher:
             self._closed = True
             worker = self._worker
         timeout = self._config.delivery_timeout if timeout is None else max(0.0, timeout)
-        abandoned: List[str] = []
+        abandoned: list[str] = []
         if worker is not None:
             if not worker.stop(timeout):
                 log.error("publisher thread %s did not stop within %.1f s", self._name, timeout)
@@ -208,18 +224,34 @@ class NatsPublisher:
         stats = self.stats()
         if abandoned:
             first = abandoned[:_IDS_PER_LINE]
-            more = f" {len(first)} of {len(abandoned)}, the rest on the next lines" if len(abandoned) > len(first) else ""
+            more = (
+                f" {len(first)} of {len(abandoned)}, the rest on the next lines" if len(abandoned) > len(first) else ""
+            )
             log.error(
                 "publisher closed: %d events acknowledged, %d failed; %d were NOT delivered (event ids%s: %s)",
-                stats.acknowledged, stats.failed, len(abandoned), more, ", ".join(first),
+                stats.acknowledged,
+                stats.failed,
+                len(abandoned),
+                more,
+                ", ".join(first),
             )
             for start in range(_IDS_PER_LINE, len(abandoned), _IDS_PER_LINE):  # lines a log pipeline keeps whole
-                chunk = abandoned[start:start + _IDS_PER_LINE]
-                log.error("NOT delivered (event ids %d-%d of %d): %s", start + 1, start + len(chunk), len(abandoned), ", ".join(chunk))
+                chunk = abandoned[start : start + _IDS_PER_LINE]
+                log.error(
+                    "NOT delivered (event ids %d-%d of %d): %s",
+                    start + 1,
+                    start + len(chunk),
+                    len(abandoned),
+                    ", ".join(chunk),
+                )
         else:
-            log.info("publisher closed: %d events acknowledged, %d failed, none left undelivered", stats.acknowledged, stats.failed)
+            log.info(
+                "publisher closed: %d events acknowledged, %d failed, none left undelivered",
+                stats.acknowledged,
+                stats.failed,
+            )
 
-    def _fail_leftovers(self) -> List[str]:
+    def _fail_leftovers(self) -> list[str]:
         items = self._queue.get_batch(self._config.max_queue + 1)
         ids = []
         for item in items:
@@ -237,7 +269,7 @@ class NatsPublisher:
             _orphans.append(self._worker)
         self._reset()  # new queue, locks and counters; the parent's queued events stay the parent's
 
-    def __enter__(self) -> "NatsPublisher":
+    def __enter__(self) -> NatsPublisher:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -258,7 +290,7 @@ def _close_all_at_exit() -> None:
     for publisher in list(_live):
         try:
             publisher.close(publisher.config.exit_timeout)
-        except Exception:  # noqa: BLE001 - keep closing the others
+        except Exception:
             log.exception("closing %r at exit failed", publisher)
 
 

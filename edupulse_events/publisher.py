@@ -9,7 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import time
-from typing import List, Optional, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ._futures import PublishAck, PublishFuture
 from ._routing import Router
@@ -24,13 +24,15 @@ __all__ = ["EventPublisher", "InMemoryPublisher", "PublishAck", "PublishFuture"]
 class EventPublisher(Protocol):
     """What every publisher offers. Blocking calls take float-second timeouts."""
 
-    def publish(self, envelope: EventEnvelope, *, timeout: Optional[float] = None) -> "concurrent.futures.Future[PublishAck]": ...
+    def publish(
+        self, envelope: EventEnvelope, *, timeout: float | None = None
+    ) -> concurrent.futures.Future[PublishAck]: ...
 
-    def flush(self, timeout: Optional[float] = None) -> bool: ...
+    def flush(self, timeout: float | None = None) -> bool: ...
 
-    def close(self, timeout: Optional[float] = None) -> None: ...
+    def close(self, timeout: float | None = None) -> None: ...
 
-    def __enter__(self) -> "EventPublisher": ...
+    def __enter__(self) -> EventPublisher: ...
 
     def __exit__(self, *exc: object) -> None: ...
 
@@ -110,7 +112,9 @@ class InMemoryPublisher:
         self._publish_timeout = publish_timeout
         self._discard_oldest = discard_oldest
 
-    def publish(self, envelope: EventEnvelope, *, timeout: Optional[float] = None) -> "concurrent.futures.Future[PublishAck]":
+    def publish(
+        self, envelope: EventEnvelope, *, timeout: float | None = None
+    ) -> concurrent.futures.Future[PublishAck]:
         """Validate, encode and keep ``envelope``; block up to ``timeout`` (default
         ``publish_timeout``; 0 = do not wait) while the channel is full, then `QueueFull`."""
         if self._queue.closed:
@@ -120,15 +124,17 @@ class InMemoryPublisher:
         try:
             sequence = self._queue.put_numbered(envelope, wait, self._discard_oldest)
         except queue.Full:
-            raise QueueFull(f"InMemoryPublisher stayed full for {wait} s ({self._queue.maxsize} events); read them with get() or drain()") from None
+            raise QueueFull(
+                f"InMemoryPublisher stayed full for {wait} s ({self._queue.maxsize} events); read them with get() or drain()"
+            ) from None
         item.future.set_result(PublishAck(sequence, "memory", False))
         return item.future
 
-    def get(self, timeout: Optional[float] = 5.0) -> EventEnvelope:
+    def get(self, timeout: float | None = 5.0) -> EventEnvelope:
         """The oldest accepted envelope not read yet; `queue.Empty` after ``timeout``."""
         return self._queue.get(timeout=timeout)
 
-    def drain(self) -> List[EventEnvelope]:
+    def drain(self) -> list[EventEnvelope]:
         """Every accepted envelope not read yet, oldest first."""
         out = []
         while True:
@@ -145,15 +151,15 @@ class InMemoryPublisher:
     def __len__(self) -> int:
         return self._queue.qsize()
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Always True: every accepted event is already acknowledged."""
         return True
 
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Stop accepting (blocked publishers get `PublisherClosed`); what was accepted can still be read."""
         self._queue.close()
 
-    def __enter__(self) -> "InMemoryPublisher":
+    def __enter__(self) -> InMemoryPublisher:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,7 +1,6 @@
 """Shared pieces of the fault-injection tests: publishers on the FAULTS stream, progress
 marks from done-callbacks, stream read-back, sized envelopes, caller threads."""
 
-
 import collections
 import concurrent.futures
 import threading
@@ -98,8 +97,12 @@ def oversized(limit: int) -> EventEnvelope:
     return large(limit + 100)
 
 
-def publish_from_threads(pub: NatsPublisher, batches: Sequence[Sequence[EventEnvelope]], progress: Progress | None = None,
-                         timeout: float | None = None) -> tuple[list[threading.Thread], list[list[concurrent.futures.Future]], list[BaseException]]:
+def publish_from_threads(
+    pub: NatsPublisher,
+    batches: Sequence[Sequence[EventEnvelope]],
+    progress: Progress | None = None,
+    timeout: float | None = None,
+) -> tuple[list[threading.Thread], list[list[concurrent.futures.Future]], list[BaseException]]:
     """Start one thread per batch publishing it in order; returns (threads, futures per thread, errors)."""
     futures: list[list[concurrent.futures.Future]] = [[] for _ in batches]
     errors: list[BaseException] = []
@@ -111,7 +114,7 @@ def publish_from_threads(pub: NatsPublisher, batches: Sequence[Sequence[EventEnv
             for env in batches[i]:
                 f = pub.publish(env, timeout=timeout)
                 futures[i].append(progress.track(f) if progress else f)
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,), name=f"caller-{i}") for i in range(len(batches))]

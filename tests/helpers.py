@@ -6,12 +6,12 @@ import logging
 import re
 import threading
 import uuid
-from typing import Iterator, List
+from collections.abc import Iterator
 
 from edupulse_events import EventEnvelope, LessonPublished, PaymentProcessed
 from edupulse_events._nats import StoredMessage, read_stream
 
-__all__ = ["LogWatcher", "envelope", "envelopes", "read_stream", "StoredMessage"]
+__all__ = ["LogWatcher", "StoredMessage", "envelope", "envelopes", "read_stream"]
 
 
 def envelope(i: int = 0, tenant: str | None = "school-1", **kwargs: object) -> EventEnvelope:
@@ -23,7 +23,7 @@ def envelope(i: int = 0, tenant: str | None = "school-1", **kwargs: object) -> E
     return EventEnvelope.new(data, tenant_id=tenant, **kwargs)  # type: ignore[arg-type]
 
 
-def envelopes(n: int, **kwargs: object) -> List[EventEnvelope]:
+def envelopes(n: int, **kwargs: object) -> list[EventEnvelope]:
     """``n`` distinct envelopes."""
     return [envelope(i, **kwargs) for i in range(n)]  # type: ignore[arg-type]
 
@@ -33,7 +33,7 @@ class LogWatcher(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
-        self.records: List[logging.LogRecord] = []
+        self.records: list[logging.LogRecord] = []
         self._cond = threading.Condition()
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -51,7 +51,7 @@ class LogWatcher(logging.Handler):
         with self._cond:
             return self._cond.wait_for(lambda: any(rx.search(r.getMessage()) for r in self.records), timeout)
 
-    def __enter__(self) -> "LogWatcher":
+    def __enter__(self) -> LogWatcher:
         logger = logging.getLogger("edupulse_events")
         self._old_level = logger.level
         logger.setLevel(logging.DEBUG)
@@ -64,6 +64,6 @@ class LogWatcher(logging.Handler):
         logger.setLevel(self._old_level)
 
 
-def iter_ids(messages: List[StoredMessage]) -> Iterator[str]:
+def iter_ids(messages: list[StoredMessage]) -> Iterator[str]:
     """The Nats-Msg-Id of each stored message."""
     return (m.headers.get("Nats-Msg-Id", "") for m in messages)

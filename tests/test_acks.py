@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from typing import Any, List, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from helpers import envelope, envelopes, read_stream
@@ -14,20 +15,20 @@ from edupulse_events._acks import read_ack
 from edupulse_events.testing import NatsServer
 
 
-def split_reads(pub: NatsPublisher, sizes: Sequence[int], seed: int) -> List[int]:
+def split_reads(pub: NatsPublisher, sizes: Sequence[int], seed: int) -> list[int]:
     """Make the publisher's connection hand its reads to the parser in pieces of ``sizes``
     bytes (cutting messages anywhere); returns a list that counts the reads."""
     parser = pub._worker.transport._nc._ps  # type: ignore[union-attr]
     inner = parser.parse
     rng = random.Random(seed)
-    reads: List[int] = []
+    reads: list[int] = []
 
     async def parse(data: bytes = b"") -> None:
         reads.append(len(data))
         pos = 0
         while pos < len(data):
             size = rng.choice(sizes)
-            await inner(data[pos:pos + size])
+            await inner(data[pos : pos + size])
             pos += size
 
     parser.parse = parse
@@ -39,7 +40,9 @@ def stored_sequences(url: str, stream: str) -> dict:
 
 
 @pytest.mark.parametrize("sizes", [(1,), (1, 2, 3, 5, 8, 13), (7, 40, 41, 99, 4000)], ids=["bytes", "small", "mixed"])
-def test_acks_cut_anywhere_still_settle_each_event_with_its_sequence(nats_server: NatsServer, sizes: Sequence[int]) -> None:
+def test_acks_cut_anywhere_still_settle_each_event_with_its_sequence(
+    nats_server: NatsServer, sizes: Sequence[int]
+) -> None:
     """However the reads cut the acks, every event gets the stream sequence the broker stored it under."""
     with NatsPublisher.connect(nats_server.url, "acks.events", stream="S", create_stream=True) as pub:
         reads = split_reads(pub, sizes, seed=len(sizes))
@@ -77,11 +80,13 @@ def test_other_messages_between_acks_keep_their_meaning(nats_server: NatsServer)
         (b'{"stream":"S","seq":7}', (9, "S", 7, False, None)),
         (b'{"stream":"S","domain":"hub","seq":7}', (9, "S", 7, False, None)),
         (b'{"stream":"S","seq":7,"duplicate": true}', (9, "S", 7, True, None)),
-        (b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"S","seq":0}',
-         (9, None, None, False, {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"})),
+        (
+            b'{"error":{"code":503,"err_code":10077,"description":"maximum messages exceeded"},"stream":"S","seq":0}',
+            (9, None, None, False, {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"}),
+        ),
         (b'{"error":"flat"}', (9, None, None, False, {"code": 0, "description": "unreadable ack"})),
-        (b'not json', (9, None, None, False, {"code": 0, "description": "unreadable ack"})),
-        (b'[1,2]', (9, None, None, False, {"code": 0, "description": "unreadable ack"})),
+        (b"not json", (9, None, None, False, {"code": 0, "description": "unreadable ack"})),
+        (b"[1,2]", (9, None, None, False, {"code": 0, "description": "unreadable ack"})),
         (b'{"stream":7,"seq":"x"}', (9, None, None, False, None)),
     ],
     ids=["common", "domain", "duplicate", "error", "flat-error", "garbage", "array", "wrong-types"],
@@ -93,7 +98,7 @@ def test_ack_bodies_of_every_shape_are_read(body: bytes, expected: Any) -> None:
 
 def test_an_ack_reads_as_a_publish_ack_from_every_api(nats_server: NatsServer) -> None:
     """result(), a done-callback, repr() and asyncio.wrap_future all see the same PublishAck."""
-    seen: List[Any] = []
+    seen: list[Any] = []
     with NatsPublisher.connect(nats_server.url, "acks.events", stream="S", create_stream=True) as pub:
         future = pub.publish(envelope())
         future.add_done_callback(lambda f: seen.append(f.result()))

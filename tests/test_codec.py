@@ -122,8 +122,11 @@ def test_encoding_shape() -> None:
     assert encode(env) == (
         b'{"event_id":"' + U.encode() + b'","causation_id":null,"correlation_id":null,"tenant_id":null,'
         b'"created_at":{"secs_since_epoch":5,"nanos_since_epoch":7},"personally_identifiable":false,'
-        b'"data":{"type":"PaymentProcessed","payload":{"payment_id":"' + U.encode() + b'","from_user":"'
-        + U.encode() + b'","amount_cents":1}}}'
+        b'"data":{"type":"PaymentProcessed","payload":{"payment_id":"'
+        + U.encode()
+        + b'","from_user":"'
+        + U.encode()
+        + b'","amount_cents":1}}}'
     )
 
 
@@ -131,7 +134,10 @@ def test_encoding_escapes_like_serde() -> None:
     """Only quote, backslash and C0 controls are escaped; DEL, C1, U+2028, BOM, '/', astral stay raw."""
     text = '"\\/\x00\x1f\b\t\n\f\r\x7f\x85\u2028\u2029\ufeff😀é'
     raw = encode(EventEnvelope.new(PaymentProcessed(U, U, 1), tenant_id=text))
-    assert b'"tenant_id":"\\"\\\\/\\u0000\\u001f\\b\\t\\n\\f\\r\x7f\xc2\x85\xe2\x80\xa8\xe2\x80\xa9\xef\xbb\xbf\xf0\x9f\x98\x80\xc3\xa9"' in raw
+    assert (
+        b'"tenant_id":"\\"\\\\/\\u0000\\u001f\\b\\t\\n\\f\\r\x7f\xc2\x85\xe2\x80\xa8\xe2\x80\xa9\xef\xbb\xbf\xf0\x9f\x98\x80\xc3\xa9"'
+        in raw
+    )
 
 
 # --- decoding rules (WIRE.md "Decoding") ---
@@ -149,29 +155,60 @@ def sub(old: str, new: str, doc: str = BASE) -> str:
 
 
 ACCEPTED: list[tuple[str, str, Any]] = [
-    ("unknown top-level field", sub('{"event_id"', '{"zzz":[1,{"a":null}],"event_id"'), lambda e: e.tenant_id == "tenant-42"),
+    (
+        "unknown top-level field",
+        sub('{"event_id"', '{"zzz":[1,{"a":null}],"event_id"'),
+        lambda e: e.tenant_id == "tenant-42",
+    ),
     ("unknown data field", sub('"type":', '"extra":1,"type":'), None),
     ("unknown payload field", sub('"amount_cents"', '"x":{},"amount_cents"'), None),
-    ("missing causation_id", sub('"causation_id":"5d8e3b7a-1c2f-4e6d-9a0b-c3d4e5f60718",', ""), lambda e: e.causation_id is None),
-    ("missing correlation_id", sub('"correlation_id":"c0ffee00-dead-4bef-8bad-f00dbaadcafe",', ""), lambda e: e.correlation_id is None),
+    (
+        "missing causation_id",
+        sub('"causation_id":"5d8e3b7a-1c2f-4e6d-9a0b-c3d4e5f60718",', ""),
+        lambda e: e.causation_id is None,
+    ),
+    (
+        "missing correlation_id",
+        sub('"correlation_id":"c0ffee00-dead-4bef-8bad-f00dbaadcafe",', ""),
+        lambda e: e.correlation_id is None,
+    ),
     ("missing tenant_id", sub('"tenant_id":"tenant-42",', ""), lambda e: e.tenant_id is None),
-    ("nanos carry into secs", sub("123456789", "2123456789"), lambda e: e.created_at == Timestamp(1_700_000_002, 123_456_789)),
-    ("nanos u32::MAX", sub("1700000000,", "0,").replace("123456789", "4294967295"), lambda e: e.created_at == Timestamp(4, 294_967_295)),
+    (
+        "nanos carry into secs",
+        sub("123456789", "2123456789"),
+        lambda e: e.created_at == Timestamp(1_700_000_002, 123_456_789),
+    ),
+    (
+        "nanos u32::MAX",
+        sub("1700000000,", "0,").replace("123456789", "4294967295"),
+        lambda e: e.created_at == Timestamp(4, 294_967_295),
+    ),
     ("secs i64::MAX", sub("1700000000", str(2**63 - 1)), lambda e: e.created_at.secs == 2**63 - 1),
     ("uppercase uuid", sub(U, U.upper()), lambda e: e.data.payment_id == uuid.UUID(U)),
     ("simple uuid", sub(U, U.replace("-", "")), lambda e: e.data.payment_id == uuid.UUID(U)),
     ("braced uuid", sub(U, "{" + U + "}"), lambda e: e.data.payment_id == uuid.UUID(U)),
     ("urn uuid", sub(U, "urn:uuid:" + U.upper()), lambda e: e.data.payment_id == uuid.UUID(U)),
-    ("duplicate answer key: last wins, order kept", sub('"q1":"b"', '"q1":"a","q2":"x","q1":"b"', QUIZ),
-     lambda e: list(e.data.answers.items()) == [("q1", "b"), ("q2", "x")]),
+    (
+        "duplicate answer key: last wins, order kept",
+        sub('"q1":"b"', '"q1":"a","q2":"x","q1":"b"', QUIZ),
+        lambda e: list(e.data.answers.items()) == [("q1", "b"), ("q2", "x")],
+    ),
     ("duplicate unknown key (serde skips unknown keys unchecked)", sub('"event_id"', '"zz":1,"zz":2,"event_id"'), None),
     ("surrounding whitespace", " \n\t" + BASE + "\r\n ", None),
     ("lone surrogate in an unknown field's value", sub('"event_id"', '"x":"\\ud800","event_id"'), None),
     ("surrogate pair in tenant", sub('"tenant-42"', '"\\ud83d\\ude00"'), lambda e: e.tenant_id == "😀"),
     ("escaped tenant", sub('"tenant-42"', '"\\u0041\\/"'), lambda e: e.tenant_id == "A/"),
     ("created_at as array (serde_json reads structs from arrays)", sub(CREATED, "[1700000000,123456789]"), None),
-    ("data as [type, payload] array", sub('{"type":"PaymentProcessed","payload":' + PAYLOAD + "}", '["PaymentProcessed",' + PAYLOAD + "]"), None),
-    ("payload before type", sub('{"type":"PaymentProcessed","payload":' + PAYLOAD, '{"payload":' + PAYLOAD + ',"type":"PaymentProcessed"'), None),
+    (
+        "data as [type, payload] array",
+        sub('{"type":"PaymentProcessed","payload":' + PAYLOAD + "}", '["PaymentProcessed",' + PAYLOAD + "]"),
+        None,
+    ),
+    (
+        "payload before type",
+        sub('{"type":"PaymentProcessed","payload":' + PAYLOAD, '{"payload":' + PAYLOAD + ',"type":"PaymentProcessed"'),
+        None,
+    ),
     ("huge integer in an unknown field", sub('"event_id"', '"x":' + "9" * 5000 + ',"event_id"'), None),
     ("-0 and 1e400 in an unknown field", sub('"event_id"', '"x":[-0,1e400],"event_id"'), None),
     ("amount 0", sub('"amount_cents":100', '"amount_cents":0'), lambda e: e.data.amount_cents == 0),
@@ -187,9 +224,21 @@ def test_decode_accepts(text: str, check: Any) -> None:
         assert check(env)
 
 
-ENVELOPE_ARRAY = "[" + ",".join(
-    ['"' + U + '"', "null", "null", '"t"', CREATED, "false", '{"type":"PaymentProcessed","payload":' + PAYLOAD + "}"]
-) + "]"
+ENVELOPE_ARRAY = (
+    "["
+    + ",".join(
+        [
+            '"' + U + '"',
+            "null",
+            "null",
+            '"t"',
+            CREATED,
+            "false",
+            '{"type":"PaymentProcessed","payload":' + PAYLOAD + "}",
+        ]
+    )
+    + "]"
+)
 
 
 @pytest.mark.parametrize(
@@ -217,8 +266,11 @@ def test_orjson_tier_takes_canonical_documents(case: dict[str, Any]) -> None:
     """Canonical golden documents go through the orjson tier (those with a 0 or a colon: by design not)."""
     raw = (WIRE / case["file"]).read_bytes()
     value = json.loads(raw)
-    zero = 0 in (value["created_at"]["secs_since_epoch"], value["created_at"]["nanos_since_epoch"],
-                 value["data"]["payload"].get("amount_cents"))
+    zero = 0 in (
+        value["created_at"]["secs_since_epoch"],
+        value["created_at"]["nanos_since_epoch"],
+        value["data"]["payload"].get("amount_cents"),
+    )
     answers = value["data"]["payload"].get("answers", {})
     colon = ":" in "".join(answers) + "".join(answers.values()) + str(value["tenant_id"])
     if zero or colon:
@@ -235,77 +287,222 @@ def test_envelope_as_array() -> None:
 
 
 REJECTED: list[tuple[str, str, str]] = [
-    ("unknown key in created_at", sub('"nanos_since_epoch"', '"zone":0,"nanos_since_epoch"'), "$.created_at: unknown key 'zone'"),
+    (
+        "unknown key in created_at",
+        sub('"nanos_since_epoch"', '"zone":0,"nanos_since_epoch"'),
+        "$.created_at: unknown key 'zone'",
+    ),
     ("missing event_id", sub('"event_id":"0191f3c2-7a4b-4c1d-8e2f-a1b2c3d4e5f6",', ""), "$.event_id: missing field"),
     ("missing created_at", sub('"created_at":' + CREATED + ",", ""), "$.created_at: missing field"),
-    ("missing personally_identifiable", sub('"personally_identifiable":true,', ""), "$.personally_identifiable: missing field"),
+    (
+        "missing personally_identifiable",
+        sub('"personally_identifiable":true,', ""),
+        "$.personally_identifiable: missing field",
+    ),
     ("missing data", sub(',"data":{"type":"PaymentProcessed","payload":' + PAYLOAD + "}", ""), "$.data: missing field"),
     ("missing type", sub('"type":"PaymentProcessed",', ""), "$.data.type: missing field"),
     ("missing payload", sub(',"payload":' + PAYLOAD, ""), "$.data.payload: missing field"),
     ("missing amount_cents", sub(',"amount_cents":100', ""), "$.data.payload.amount_cents: missing field"),
     ("missing secs", sub('"secs_since_epoch":1700000000,', ""), "$.created_at.secs_since_epoch: missing field"),
     ("missing nanos", sub(',"nanos_since_epoch":123456789', ""), "$.created_at.nanos_since_epoch: missing field"),
-    ("unknown type tag", sub('"PaymentProcessed"', '"PaymentRefunded"'), "$.data.type: unknown event type 'PaymentRefunded'"),
+    (
+        "unknown type tag",
+        sub('"PaymentProcessed"', '"PaymentRefunded"'),
+        "$.data.type: unknown event type 'PaymentRefunded'",
+    ),
     ("type tag in wrong case", sub('"PaymentProcessed"', '"paymentProcessed"'), "$.data.type: unknown event type"),
     ("type tag not a string", sub('"PaymentProcessed"', "3"), "$.data.type: expected a string, got integer 3"),
-    ("amount 100.0", sub('"amount_cents":100', '"amount_cents":100.0'), "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got number 100.0"),
+    (
+        "amount 100.0",
+        sub('"amount_cents":100', '"amount_cents":100.0'),
+        "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got number 100.0",
+    ),
     ("amount 1e2", sub('"amount_cents":100', '"amount_cents":1e2'), "$.data.payload.amount_cents: expected an integer"),
-    ("amount -0", sub('"amount_cents":100', '"amount_cents":-0'), "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got number -0.0"),
+    (
+        "amount -0",
+        sub('"amount_cents":100', '"amount_cents":-0'),
+        "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got number -0.0",
+    ),
     ("amount -0 with spaces", sub('"amount_cents":100', '"amount_cents" : \n-0 '), "$.data.payload.amount_cents"),
-    ('amount "100"', sub('"amount_cents":100', '"amount_cents":"100"'), "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got string '100'"),
-    ("amount -1", sub('"amount_cents":100', '"amount_cents":-1'), "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got integer -1"),
-    ("amount 2**32", sub('"amount_cents":100', '"amount_cents":4294967296'), "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got integer 4294967296"),
+    (
+        'amount "100"',
+        sub('"amount_cents":100', '"amount_cents":"100"'),
+        "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got string '100'",
+    ),
+    (
+        "amount -1",
+        sub('"amount_cents":100', '"amount_cents":-1'),
+        "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got integer -1",
+    ),
+    (
+        "amount 2**32",
+        sub('"amount_cents":100', '"amount_cents":4294967296'),
+        "$.data.payload.amount_cents: expected an integer in 0..=4294967295, got integer 4294967296",
+    ),
     ("amount true", sub('"amount_cents":100', '"amount_cents":true'), "$.data.payload.amount_cents"),
     ("amount null", sub('"amount_cents":100', '"amount_cents":null'), "$.data.payload.amount_cents"),
     ("secs negative", sub("1700000000", "-1"), "$.created_at.secs_since_epoch: expected an integer in 0..="),
     ("secs float", sub("1700000000", "1700000000.0"), "$.created_at.secs_since_epoch"),
     ("nanos above u32", sub("123456789", "4294967296"), "$.created_at.nanos_since_epoch"),
     ("secs past i64::MAX", sub("1700000000", str(2**63)), "$.created_at: 9223372036854775808 seconds"),
-    ("carry past i64::MAX", sub("1700000000", str(2**63 - 1)).replace("123456789", "1000000000"), "$.created_at: 9223372036854775808"),
-    ("personally_identifiable 0", sub('"personally_identifiable":true', '"personally_identifiable":0'), "$.personally_identifiable: expected true or false, got integer 0"),
-    ('personally_identifiable "true"', sub('"personally_identifiable":true', '"personally_identifiable":"true"'), "$.personally_identifiable: expected true or false, got string 'true'"),
+    (
+        "carry past i64::MAX",
+        sub("1700000000", str(2**63 - 1)).replace("123456789", "1000000000"),
+        "$.created_at: 9223372036854775808",
+    ),
+    (
+        "personally_identifiable 0",
+        sub('"personally_identifiable":true', '"personally_identifiable":0'),
+        "$.personally_identifiable: expected true or false, got integer 0",
+    ),
+    (
+        'personally_identifiable "true"',
+        sub('"personally_identifiable":true', '"personally_identifiable":"true"'),
+        "$.personally_identifiable: expected true or false, got string 'true'",
+    ),
     ("uuid with leading space", sub(U, " " + U), "$.data.payload.payment_id: invalid UUID ' " + U),
     ("uuid with trailing newline", sub(U, U + "\\n"), "$.data.payload.payment_id: invalid UUID"),
     ("uuid with uppercase URN prefix", sub(U, "URN:UUID:" + U), "$.data.payload.payment_id: invalid UUID 'URN:UUID:"),
     ("uuid braced simple", sub(U, "{" + U.replace("-", "") + "}"), "$.data.payload.payment_id: invalid UUID"),
     ("uuid half braced", sub(U, "{" + U), "$.data.payload.payment_id: invalid UUID"),
     ("uuid 0x prefix", sub(U, "0x" + U.replace("-", "")[2:]), "$.data.payload.payment_id: invalid UUID"),
-    ("event_id not a string", sub('"0191f3c2-7a4b-4c1d-8e2f-a1b2c3d4e5f6"', "5"), "$.event_id: expected a UUID string, got integer 5"),
-    ("bad causation_id", sub('"5d8e3b7a-1c2f-4e6d-9a0b-c3d4e5f60718"', '"nope"'), "$.causation_id: invalid UUID 'nope'"),
+    (
+        "event_id not a string",
+        sub('"0191f3c2-7a4b-4c1d-8e2f-a1b2c3d4e5f6"', "5"),
+        "$.event_id: expected a UUID string, got integer 5",
+    ),
+    (
+        "bad causation_id",
+        sub('"5d8e3b7a-1c2f-4e6d-9a0b-c3d4e5f60718"', '"nope"'),
+        "$.causation_id: invalid UUID 'nope'",
+    ),
     ("tenant_id a number", sub('"tenant-42"', "42"), "$.tenant_id: expected a string, got integer 42"),
     ("duplicate envelope key", sub('"event_id"', '"tenant_id":"x","event_id"'), "$.tenant_id: duplicate key"),
-    ("duplicate created_at key", sub('"nanos_since_epoch"', '"secs_since_epoch":1,"nanos_since_epoch"'), "$.created_at.secs_since_epoch: duplicate key"),
+    (
+        "duplicate created_at key",
+        sub('"nanos_since_epoch"', '"secs_since_epoch":1,"nanos_since_epoch"'),
+        "$.created_at.secs_since_epoch: duplicate key",
+    ),
     ("duplicate unknown created_at key", sub('"nanos_since_epoch"', '"x":1,"x":1,"nanos_since_epoch"'), "$.created_at"),
-    ("duplicate data key", sub('"type":"PaymentProcessed"', '"type":"PaymentProcessed","type":"PaymentProcessed"'), "$.data.type: duplicate key"),
-    ("duplicate payload key", sub('"amount_cents":100', '"amount_cents":100,"amount_cents":100'), "$.data.payload.amount_cents: duplicate key"),
+    (
+        "duplicate data key",
+        sub('"type":"PaymentProcessed"', '"type":"PaymentProcessed","type":"PaymentProcessed"'),
+        "$.data.type: duplicate key",
+    ),
+    (
+        "duplicate payload key",
+        sub('"amount_cents":100', '"amount_cents":100,"amount_cents":100'),
+        "$.data.payload.amount_cents: duplicate key",
+    ),
     ("NaN", sub('"amount_cents":100', '"amount_cents":NaN'), "$: not JSON as serde reads it: NaN"),
-    ("Infinity in an unknown field", sub('"event_id"', '"x":-Infinity,"event_id"'), "$: not JSON as serde reads it: -Infinity"),
+    (
+        "Infinity in an unknown field",
+        sub('"event_id"', '"x":-Infinity,"event_id"'),
+        "$: not JSON as serde reads it: -Infinity",
+    ),
     ("leading BOM", "\ufeff" + BASE, "$: not JSON as serde reads it: a leading byte order mark"),
     ("trailing comma", sub('"amount_cents":100}', '"amount_cents":100,}'), "$: not JSON as serde reads it"),
     ("trailing comma in array", sub(CREATED, "[1,2,]"), "$: not JSON as serde reads it"),
     ("trailing data", BASE + " {}", "$: not JSON as serde reads it: Extra data"),
-    ("lone surrogate escape in tenant", sub('"tenant-42"', '"\\ud800"'), "$.tenant_id: the string holds a lone surrogate escape"),
-    ("lone low surrogate in answers", sub('"q1":"b"', '"q1":"\\udc00x"', QUIZ), "$.data.payload.answers['q1']: the string holds a lone surrogate"),
-    ("lone surrogate in an answers key", sub('"q1":"b"', '"\\ud800":"b"', QUIZ), "$.data.payload.answers: a key holds a lone surrogate"),
-    ("lone surrogate in an unknown key", sub('"event_id"', '"\\ud800":1,"event_id"'), "$: an object key holds a lone surrogate"),
-    ("raw control character in a string", sub('"tenant-42"', '"a\x01b"'), "$: not JSON as serde reads it: Invalid control character"),
+    (
+        "lone surrogate escape in tenant",
+        sub('"tenant-42"', '"\\ud800"'),
+        "$.tenant_id: the string holds a lone surrogate escape",
+    ),
+    (
+        "lone low surrogate in answers",
+        sub('"q1":"b"', '"q1":"\\udc00x"', QUIZ),
+        "$.data.payload.answers['q1']: the string holds a lone surrogate",
+    ),
+    (
+        "lone surrogate in an answers key",
+        sub('"q1":"b"', '"\\ud800":"b"', QUIZ),
+        "$.data.payload.answers: a key holds a lone surrogate",
+    ),
+    (
+        "lone surrogate in an unknown key",
+        sub('"event_id"', '"\\ud800":1,"event_id"'),
+        "$: an object key holds a lone surrogate",
+    ),
+    (
+        "raw control character in a string",
+        sub('"tenant-42"', '"a\x01b"'),
+        "$: not JSON as serde reads it: Invalid control character",
+    ),
     ("raw tab in a string", sub('"tenant-42"', '"a\tb"'), "$: not JSON as serde reads it: Invalid control character"),
-    ("created_at as ISO string", sub(CREATED, '"2023-11-14T22:13:20.123456789Z"'), "$.created_at: expected created_at {secs_since_epoch, nanos_since_epoch} object, got string"),
-    ("created_at as number", sub(CREATED, "1700000000"), "$.created_at: expected created_at {secs_since_epoch, nanos_since_epoch} object, got integer"),
-    ("created_at null", sub(CREATED, "null"), "$.created_at: expected created_at {secs_since_epoch, nanos_since_epoch} object, got null"),
-    ("created_at array too short", sub(CREATED, "[1700000000]"), "$.created_at: created_at {secs_since_epoch, nanos_since_epoch} as an array needs exactly 2"),
-    ("answers null value", sub('"q1":"b"', '"q1":null', QUIZ), "$.data.payload.answers['q1']: expected a string, got null"),
-    ("answers as array", sub('{"q1":"b"}', '[["q1","b"]]', QUIZ), "$.data.payload.answers: expected an object of strings, got array"),
-    ("payload null", sub('"payload":' + PAYLOAD, '"payload":null'), "$.data.payload: expected PaymentProcessed object, got null"),
-    ("payload before type is buffered strictly", sub('{"type":"PaymentProcessed","payload":' + PAYLOAD, '{"payload":' + PAYLOAD[:-1] + ',"x":"\\udc00"},"type":"PaymentProcessed"'), "$.data.payload['x']: the string holds a lone surrogate"),
-    ("buffered payload too deep", sub('{"type":"PaymentProcessed","payload":' + PAYLOAD, '{"payload":' + PAYLOAD[:-1] + ',"x":' + "[" * 125 + "]" * 125 + '},"type":"PaymentProcessed"'), "$.data.payload: nested too deeply: a container at depth 128"),
-    ("buffered payload number out of range", sub('{"type":"PaymentProcessed","payload":' + PAYLOAD, '{"payload":' + PAYLOAD[:-1] + ',"x":1e400},"type":"PaymentProcessed"'), "$.data.payload['x']: number out of range"),
+    (
+        "created_at as ISO string",
+        sub(CREATED, '"2023-11-14T22:13:20.123456789Z"'),
+        "$.created_at: expected created_at {secs_since_epoch, nanos_since_epoch} object, got string",
+    ),
+    (
+        "created_at as number",
+        sub(CREATED, "1700000000"),
+        "$.created_at: expected created_at {secs_since_epoch, nanos_since_epoch} object, got integer",
+    ),
+    (
+        "created_at null",
+        sub(CREATED, "null"),
+        "$.created_at: expected created_at {secs_since_epoch, nanos_since_epoch} object, got null",
+    ),
+    (
+        "created_at array too short",
+        sub(CREATED, "[1700000000]"),
+        "$.created_at: created_at {secs_since_epoch, nanos_since_epoch} as an array needs exactly 2",
+    ),
+    (
+        "answers null value",
+        sub('"q1":"b"', '"q1":null', QUIZ),
+        "$.data.payload.answers['q1']: expected a string, got null",
+    ),
+    (
+        "answers as array",
+        sub('{"q1":"b"}', '[["q1","b"]]', QUIZ),
+        "$.data.payload.answers: expected an object of strings, got array",
+    ),
+    (
+        "payload null",
+        sub('"payload":' + PAYLOAD, '"payload":null'),
+        "$.data.payload: expected PaymentProcessed object, got null",
+    ),
+    (
+        "payload before type is buffered strictly",
+        sub(
+            '{"type":"PaymentProcessed","payload":' + PAYLOAD,
+            '{"payload":' + PAYLOAD[:-1] + ',"x":"\\udc00"},"type":"PaymentProcessed"',
+        ),
+        "$.data.payload['x']: the string holds a lone surrogate",
+    ),
+    (
+        "buffered payload too deep",
+        sub(
+            '{"type":"PaymentProcessed","payload":' + PAYLOAD,
+            '{"payload":' + PAYLOAD[:-1] + ',"x":' + "[" * 125 + "]" * 125 + '},"type":"PaymentProcessed"',
+        ),
+        "$.data.payload: nested too deeply: a container at depth 128",
+    ),
+    (
+        "buffered payload number out of range",
+        sub(
+            '{"type":"PaymentProcessed","payload":' + PAYLOAD,
+            '{"payload":' + PAYLOAD[:-1] + ',"x":1e400},"type":"PaymentProcessed"',
+        ),
+        "$.data.payload['x']: number out of range",
+    ),
     ("top level null", "null", "$: expected EventEnvelope object, got null"),
     ("top level string", '"x"', "$: expected EventEnvelope object, got string 'x'"),
     ("envelope array too short", "[]", "$: EventEnvelope as an array needs exactly 7 elements, got 0"),
-    ("envelope array too long", ENVELOPE_ARRAY[:-1] + ",1]", "$: EventEnvelope as an array needs exactly 7 elements, got 8"),
+    (
+        "envelope array too long",
+        ENVELOPE_ARRAY[:-1] + ",1]",
+        "$: EventEnvelope as an array needs exactly 7 elements, got 8",
+    ),
     ("empty document", "", "$: not JSON as serde reads it: Expecting value"),
-    ("nesting beyond the parser", sub('"event_id"', '"x":' + "[" * 100_000 + "]" * 100_000 + ',"event_id"'), "$: nested too deeply"),
+    (
+        "nesting beyond the parser",
+        sub('"event_id"', '"x":' + "[" * 100_000 + "]" * 100_000 + ',"event_id"'),
+        "$: nested too deeply",
+    ),
 ]
 
 
@@ -313,7 +510,10 @@ REJECTED: list[tuple[str, str, str]] = [
 def test_decode_rejects(text: str, message: str) -> None:
     """Inputs serde rejects raise DecodeError whose message names the JSON path (and only that)."""
     calls: list[tuple[Any, bytes | str]] = [
-        (decode, text), (decode, text.encode()), (REFERENCE._decode_json_only, text), (REFERENCE._decode_slow, text),
+        (decode, text),
+        (decode, text.encode()),
+        (REFERENCE._decode_json_only, text),
+        (REFERENCE._decode_slow, text),
     ]
     for fn, data in calls:
         with pytest.raises(DecodeError) as info:
@@ -325,12 +525,16 @@ def test_decode_rejects(text: str, message: str) -> None:
 def test_buffered_payload_at_depth_limit_is_fine() -> None:
     """A container at depth 127 (one above serde's limit) inside a payload-first data is accepted."""
     nested = "[" * 124 + "]" * 124  # payload is at depth 3, so its deepest child sits at 127
-    text = sub('{"type":"PaymentProcessed","payload":' + PAYLOAD, '{"payload":' + PAYLOAD[:-1] + ',"x":' + nested + '},"type":"PaymentProcessed"')
+    text = sub(
+        '{"type":"PaymentProcessed","payload":' + PAYLOAD,
+        '{"payload":' + PAYLOAD[:-1] + ',"x":' + nested + '},"type":"PaymentProcessed"',
+    )
     assert decode(text).data.amount_cents == 100
 
 
 @pytest.mark.parametrize(
-    "data", [b"\xff", b'{"a":"\xc3"}', b'{"a":"\xed\xa0\x80"}', "\ufeff".encode("utf-16"), b"\xef\xbb\xbf" + BASE.encode()]
+    "data",
+    [b"\xff", b'{"a":"\xc3"}', b'{"a":"\xed\xa0\x80"}', "\ufeff".encode("utf-16"), b"\xef\xbb\xbf" + BASE.encode()],
 )
 def test_invalid_utf8_bytes(data: bytes) -> None:
     """Bytes that are not UTF-8 (including encoded surrogates and UTF-16) raise DecodeError."""
@@ -409,10 +613,25 @@ def test_make_converter_is_a_fresh_converter() -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(0.0, "0.0"), (-0.0, "-0.0"), (1.0, "1.0"), (0.1, "0.1"), (-2.5, "-2.5"), (123.456, "123.456"),
-     (1e15, "1000000000000000.0"), (1e16, "1e16"), (1.5e16, "1.5e16"), (1.2345678901234568e20, "1.2345678901234568e20"),
-     (1e-5, "0.00001"), (1.5e-5, "0.000015"), (1e-6, "1e-6"), (1.234e-7, "1.234e-7"), (5e-324, "5e-324"),
-     (1.7976931348623157e308, "1.7976931348623157e308"), (123456789012345.6, "123456789012345.6")],
+    [
+        (0.0, "0.0"),
+        (-0.0, "-0.0"),
+        (1.0, "1.0"),
+        (0.1, "0.1"),
+        (-2.5, "-2.5"),
+        (123.456, "123.456"),
+        (1e15, "1000000000000000.0"),
+        (1e16, "1e16"),
+        (1.5e16, "1.5e16"),
+        (1.2345678901234568e20, "1.2345678901234568e20"),
+        (1e-5, "0.00001"),
+        (1.5e-5, "0.000015"),
+        (1e-6, "1e-6"),
+        (1.234e-7, "1.234e-7"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e308"),
+        (123456789012345.6, "123456789012345.6"),
+    ],
 )
 def test_format_f64_like_serde(value: float, text: str) -> None:
     """Floats are written as serde_json (ryu) writes them, and read back exactly."""

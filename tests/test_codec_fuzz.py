@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import orjson
@@ -42,14 +42,30 @@ class StreakExtended:
 
     user_id: uuid.UUID
     days: U32
-    best: Optional[U64]
+    best: U64 | None
     note: str
     ratio: float
     flags: list[bool]
     labels: Mapping[str, str]
 
 
-SPECIAL = ["\x00", "\x01", "\x08", "\x1f", "\x7f", "\x85", "\u2028", "\u2029", "\ufeff", "😀", "\u200d", '"', "\\", "/", "é"]
+SPECIAL = [
+    "\x00",
+    "\x01",
+    "\x08",
+    "\x1f",
+    "\x7f",
+    "\x85",
+    "\u2028",
+    "\u2029",
+    "\ufeff",
+    "😀",
+    "\u200d",
+    '"',
+    "\\",
+    "/",
+    "é",
+]
 texts = st.text(st.one_of(st.characters(codec="utf-8"), st.sampled_from(SPECIAL)), max_size=30)
 uuids = st.uuids()
 u32s = st.one_of(st.sampled_from([0, 1, 2**32 - 1]), st.integers(0, 2**32 - 1))
@@ -65,8 +81,14 @@ events = st.one_of(
     st.builds(BadgeAwarded, uuids, uuids, texts),
     st.builds(PaymentProcessed, uuids, uuids, u32s),
     st.builds(
-        StreakExtended, uuids, u32s, st.none() | st.integers(0, 2**64 - 1), texts, finite,
-        st.lists(st.booleans(), max_size=4), st.dictionaries(texts, texts, max_size=3),
+        StreakExtended,
+        uuids,
+        u32s,
+        st.none() | st.integers(0, 2**64 - 1),
+        texts,
+        finite,
+        st.lists(st.booleans(), max_size=4),
+        st.dictionaries(texts, texts, max_size=3),
     ),
 )
 envelopes = st.builds(
@@ -127,7 +149,14 @@ def test_uuid_forms(u: uuid.UUID) -> None:
     """Every form the Rust uuid crate accepts parses to the same UUID; canonical is lowercase hyphenated."""
     for form in (str(u), str(u).upper(), u.hex, u.hex.upper(), "{" + str(u) + "}", "urn:uuid:" + str(u)):
         assert parse_uuid(form) == u
-    for form in (" " + str(u), str(u) + "\n", "URN:UUID:" + str(u), "{" + u.hex + "}", str(u)[:-1], "urn:uuid:" + u.hex):
+    for form in (
+        " " + str(u),
+        str(u) + "\n",
+        "URN:UUID:" + str(u),
+        "{" + u.hex + "}",
+        str(u)[:-1],
+        "urn:uuid:" + u.hex,
+    ):
         assert parse_uuid(form) is None
 
 
@@ -157,10 +186,44 @@ def test_arbitrary_bytes(data: bytes) -> None:
 
 
 SNIPPETS = [
-    "-0", "0", "1e2", "100.0", "1e400", "-1", "4294967296", "18446744073709551616", "NaN", "null", "true",
-    '"\\ud800"', '"\\udc00"', '"\\ud83d\\ude00"', '"x"', "[]", "{}", "[", "]", "{", "}", ",", ":", '"', " ",
-    '"type":"LessonPublished",', '"amount_cents":1,', '"secs_since_epoch":1,', '"zzz":1,', '"tenant_id":null,',
-    '"payload":{},', '"PaymentProcessed"', "\ufeff", "\x01", "\\", "urn:uuid:", "{", "1000000000",
+    "-0",
+    "0",
+    "1e2",
+    "100.0",
+    "1e400",
+    "-1",
+    "4294967296",
+    "18446744073709551616",
+    "NaN",
+    "null",
+    "true",
+    '"\\ud800"',
+    '"\\udc00"',
+    '"\\ud83d\\ude00"',
+    '"x"',
+    "[]",
+    "{}",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    '"',
+    " ",
+    '"type":"LessonPublished",',
+    '"amount_cents":1,',
+    '"secs_since_epoch":1,',
+    '"zzz":1,',
+    '"tenant_id":null,',
+    '"payload":{},',
+    '"PaymentProcessed"',
+    "\ufeff",
+    "\x01",
+    "\\",
+    "urn:uuid:",
+    "{",
+    "1000000000",
 ]
 
 
@@ -178,16 +241,20 @@ def mutated_text(draw: st.DrawFn) -> str:
         if op == "insert":
             text = text[:at] + draw(st.sampled_from(SNIPPETS)) + text[at:]
         elif op == "delete":
-            text = text[:at] + text[at + span:]
+            text = text[:at] + text[at + span :]
         elif op == "replace":
-            text = text[:at] + draw(st.sampled_from(SNIPPETS)) + text[at + span:]
+            text = text[:at] + draw(st.sampled_from(SNIPPETS)) + text[at + span :]
         else:
-            text = text[:at] + text[at:at + span] + text[at:]
+            text = text[:at] + text[at : at + span] + text[at:]
     return text
 
 
 json_leaves = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**65), 2**65), finite, texts,
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**65), 2**65),
+    finite,
+    texts,
     st.sampled_from([0, -1, 2**32, 2**63, 2**64, 1.5, 100.0, "", "LessonPublished", str(uuid.UUID(int=7))]),
 )
 

@@ -30,10 +30,15 @@ def lesson() -> LessonPublished:
 
 def envelope(**overrides: Any) -> EventEnvelope:
     """A valid envelope with some fields replaced."""
-    values: dict[str, Any] = dict(
-        event_id=ID, causation_id=None, correlation_id=None, tenant_id=None,
-        created_at=Timestamp(1_700_000_000, 123_456_789), personally_identifiable=False, data=lesson(),
-    )
+    values: dict[str, Any] = {
+        "event_id": ID,
+        "causation_id": None,
+        "correlation_id": None,
+        "tenant_id": None,
+        "created_at": Timestamp(1_700_000_000, 123_456_789),
+        "personally_identifiable": False,
+        "data": lesson(),
+    }
     return EventEnvelope(**{**values, **overrides})
 
 
@@ -43,8 +48,13 @@ def envelope(**overrides: Any) -> EventEnvelope:
 def test_field_order_matches_rust() -> None:
     """The envelope fields are in the Rust struct's order."""
     assert [f.name for f in attrs.fields(EventEnvelope)] == [
-        "event_id", "causation_id", "correlation_id", "tenant_id", "created_at",
-        "personally_identifiable", "data",
+        "event_id",
+        "causation_id",
+        "correlation_id",
+        "tenant_id",
+        "created_at",
+        "personally_identifiable",
+        "data",
     ]
 
 
@@ -55,7 +65,12 @@ def test_new_fills_id_and_time() -> None:
     after = time.time_ns()
     assert type(env.event_id) is uuid.UUID and env.event_id.version == 4
     assert before <= env.created_at.unix_nanos <= after
-    assert (env.causation_id, env.correlation_id, env.tenant_id, env.personally_identifiable) == (None, None, None, False)
+    assert (env.causation_id, env.correlation_id, env.tenant_id, env.personally_identifiable) == (
+        None,
+        None,
+        None,
+        False,
+    )
     assert EventEnvelope.new(lesson()).event_id != env.event_id
 
 
@@ -64,7 +79,12 @@ def test_new_passes_options_and_converts_ids() -> None:
     env = EventEnvelope.new(
         lesson(), correlation_id=str(OTHER), causation_id=ID, tenant_id="t-1", personally_identifiable=True
     )
-    assert (env.correlation_id, env.causation_id, env.tenant_id, env.personally_identifiable) == (OTHER, ID, "t-1", True)
+    assert (env.correlation_id, env.causation_id, env.tenant_id, env.personally_identifiable) == (
+        OTHER,
+        ID,
+        "t-1",
+        True,
+    )
 
 
 def test_follow_up_of_a_root_event() -> None:

@@ -6,7 +6,7 @@ import copy
 import pickle
 import uuid
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import attrs
 import pytest
@@ -47,10 +47,14 @@ def make(cls: type, **overrides: Any) -> Any:
 
 
 ID_FIELDS = [
-    (LessonPublished, "lesson_id"), (LessonPublished, "author_id"),
-    (QuizSubmitted, "quiz_id"), (QuizSubmitted, "student_id"),
-    (BadgeAwarded, "badge_id"), (BadgeAwarded, "recipient_id"),
-    (PaymentProcessed, "payment_id"), (PaymentProcessed, "from_user"),
+    (LessonPublished, "lesson_id"),
+    (LessonPublished, "author_id"),
+    (QuizSubmitted, "quiz_id"),
+    (QuizSubmitted, "student_id"),
+    (BadgeAwarded, "badge_id"),
+    (BadgeAwarded, "recipient_id"),
+    (PaymentProcessed, "payment_id"),
+    (PaymentProcessed, "from_user"),
 ]
 TEXT_FIELDS = [(LessonPublished, "title"), (BadgeAwarded, "reason")]
 
@@ -66,8 +70,14 @@ def test_uuid_string_is_converted(cls: type, field: str, text: str) -> None:
 @pytest.mark.parametrize(("cls", "field"), ID_FIELDS)
 @pytest.mark.parametrize(
     ("bad", "shown"),
-    [("not-a-uuid", "str"), (" " + ID_TEXT, "str"), ("URN:UUID:" + ID_TEXT, "str"), (ID.int, "int"),
-     (None, "NoneType"), (ID.bytes, "bytes")],
+    [
+        ("not-a-uuid", "str"),
+        (" " + ID_TEXT, "str"),
+        ("URN:UUID:" + ID_TEXT, "str"),
+        (ID.int, "int"),
+        (None, "NoneType"),
+        (ID.bytes, "bytes"),
+    ],
 )
 def test_bad_id_is_rejected(cls: type, field: str, bad: object, shown: str) -> None:
     """An id that is not a UUID (or a strict UUID string) raises InvalidEvent naming field and type."""
@@ -105,8 +115,16 @@ def test_amount_in_range(value: int) -> None:
 
 @pytest.mark.parametrize(
     ("bad", "shown"),
-    [(1.5, "float 1.5"), (100.0, "float 100.0"), (-1, "int -1"), (4294967296, "int 4294967296"),
-     (True, "bool True"), (False, "bool False"), ("100", "str '100'"), (None, "NoneType None")],
+    [
+        (1.5, "float 1.5"),
+        (100.0, "float 100.0"),
+        (-1, "int -1"),
+        (4294967296, "int 4294967296"),
+        (True, "bool True"),
+        (False, "bool False"),
+        ("100", "str '100'"),
+        (None, "NoneType None"),
+    ],
 )
 def test_amount_rejected(bad: object, shown: str) -> None:
     """amount_cents must be an int in 0..=4294967295; bool, float, str and out-of-range are not."""
@@ -131,9 +149,14 @@ def test_answers_are_immutable() -> None:
     answers["q2"] = "b"
     assert event.answers == {"q1": "a"}
     for mutate in (
-        lambda m: m.__setitem__("q1", "z"), lambda m: m.__delitem__("q1"), lambda m: m.clear(),
-        lambda m: m.pop("q1"), lambda m: m.popitem(), lambda m: m.setdefault("q3", "c"),
-        lambda m: m.update(q1="z"), lambda m: m.__ior__({"q1": "z"}),
+        lambda m: m.__setitem__("q1", "z"),
+        lambda m: m.__delitem__("q1"),
+        lambda m: m.clear(),
+        lambda m: m.pop("q1"),
+        lambda m: m.popitem(),
+        lambda m: m.setdefault("q3", "c"),
+        lambda m: m.update(q1="z"),
+        lambda m: m.__ior__({"q1": "z"}),
     ):
         with pytest.raises(TypeError):
             mutate(event.answers)
@@ -157,9 +180,14 @@ def test_frozen_map_copy_and_pickle() -> None:
 
 @pytest.mark.parametrize(
     ("bad", "pattern"),
-    [([("q1", "a")], "answers must be a mapping of str to str, got list"), ({"q1": 1}, r"answers\['q1'\] must be a str, got int 1"),
-     ({1: "a"}, "answers key must be a str, got int 1"), ({"q1": None}, r"answers\[.q1.\] must be a str, got NoneType None"),
-     ({"\udc00": "a"}, "answers key contains a lone surrogate"), ({"q": "\ud800"}, r"answers\['q'\] contains a lone surrogate")],
+    [
+        ([("q1", "a")], "answers must be a mapping of str to str, got list"),
+        ({"q1": 1}, r"answers\['q1'\] must be a str, got int 1"),
+        ({1: "a"}, "answers key must be a str, got int 1"),
+        ({"q1": None}, r"answers\[.q1.\] must be a str, got NoneType None"),
+        ({"\udc00": "a"}, "answers key contains a lone surrogate"),
+        ({"q": "\ud800"}, r"answers\['q'\] contains a lone surrogate"),
+    ],
 )
 def test_answers_rejected(bad: object, pattern: str) -> None:
     """answers must be a mapping of valid str to valid str."""
@@ -193,7 +221,7 @@ class CourseRated:
 
     course_id: uuid.UUID
     stars: U32
-    comment: Optional[str]
+    comment: str | None
     score: float
     public: bool
     views: U64
@@ -202,15 +230,25 @@ class CourseRated:
     reviewers: tuple[uuid.UUID, ...]
     extra: Mapping[str, str]
     window: tuple[int, float]
-    note: Optional[U32] = None
+    note: U32 | None = None
 
 
 def course_rated(**overrides: Any) -> CourseRated:
     """A valid CourseRated."""
-    values: dict[str, Any] = dict(
-        course_id=ID, stars=5, comment=None, score=4.5, public=True, views=2**64 - 1, delta=-(2**63),
-        tags=["a", "é"], reviewers=(ID,), extra=FrozenMap({"k": "v"}), window=(1, 2.5), note=7,
-    )
+    values: dict[str, Any] = {
+        "course_id": ID,
+        "stars": 5,
+        "comment": None,
+        "score": 4.5,
+        "public": True,
+        "views": 2**64 - 1,
+        "delta": -(2**63),
+        "tags": ["a", "é"],
+        "reviewers": (ID,),
+        "extra": FrozenMap({"k": "v"}),
+        "window": (1, 2.5),
+        "note": 7,
+    }
     return CourseRated(**{**values, **overrides})
 
 
@@ -229,14 +267,17 @@ def test_custom_event_round_trips_like_builtins() -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "pattern"),
-    [({"stars": -1}, "CourseRated.stars: expected u32, got int -1"),
-     ({"views": 2**64}, "CourseRated.views: expected u64"), ({"public": 1}, "CourseRated.public: expected bool"),
-     ({"score": float("nan")}, "CourseRated.score: expected f64, got float nan"),
-     ({"tags": ["ok", 3]}, r"CourseRated.tags: \[1\]: expected str, got int 3"),
-     ({"comment": "x\ud800"}, "CourseRated.comment: a string holds a lone surrogate"),
-     ({"extra": {"k": 1}}, r"CourseRated.extra: expected Mapping\[str, str\]"),
-     ({"window": (1,)}, r"CourseRated.window: expected tuple\[i64, f64\]"),
-     ({"course_id": "not-a-uuid"}, "CourseRated.course_id: expected UUID, got str")],
+    [
+        ({"stars": -1}, "CourseRated.stars: expected u32, got int -1"),
+        ({"views": 2**64}, "CourseRated.views: expected u64"),
+        ({"public": 1}, "CourseRated.public: expected bool"),
+        ({"score": float("nan")}, "CourseRated.score: expected f64, got float nan"),
+        ({"tags": ["ok", 3]}, r"CourseRated.tags: \[1\]: expected str, got int 3"),
+        ({"comment": "x\ud800"}, "CourseRated.comment: a string holds a lone surrogate"),
+        ({"extra": {"k": 1}}, r"CourseRated.extra: expected Mapping\[str, str\]"),
+        ({"window": (1,)}, r"CourseRated.window: expected tuple\[i64, f64\]"),
+        ({"course_id": "not-a-uuid"}, "CourseRated.course_id: expected UUID, got str"),
+    ],
 )
 def test_custom_event_with_unencodable_value(overrides: dict[str, Any], pattern: str) -> None:
     """encode() of a custom event holding a value the wire cannot carry raises InvalidEvent naming the field."""
@@ -316,7 +357,9 @@ def test_builtins_registered_in_every_registry() -> None:
     names = ("LessonPublished", "QuizSubmitted", "BadgeAwarded", "PaymentProcessed")
     assert EventRegistry().names == names
     assert EventRegistry(include_builtins=False).names == ()
-    assert [event_type_name(make(cls)) for cls in (LessonPublished, QuizSubmitted, BadgeAwarded, PaymentProcessed)] == list(names)
+    assert [
+        event_type_name(make(cls)) for cls in (LessonPublished, QuizSubmitted, BadgeAwarded, PaymentProcessed)
+    ] == list(names)
 
 
 def test_event_type_name_of_unregistered() -> None:

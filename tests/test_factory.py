@@ -103,7 +103,9 @@ def test_wrong_token_raises_broker_error(make_server: Callable[..., NatsServer])
 
 
 @pytest.mark.parametrize("value", ["memory", " MEMORY "])
-def test_fallback_memory_gives_in_memory_publisher_and_error(make_server: Callable[..., NatsServer], value: str) -> None:
+def test_fallback_memory_gives_in_memory_publisher_and_error(
+    make_server: Callable[..., NatsServer], value: str
+) -> None:
     """With EDUPULSE_EVENT_BROKER_FALLBACK=memory an unreachable broker gives an InMemoryPublisher, logged as an error."""
     down = make_server(start=False)
     with LogWatcher() as logs:

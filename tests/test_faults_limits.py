@@ -22,7 +22,6 @@ from edupulse_events import (
 )
 from edupulse_events.testing import NatsServer
 
-
 # --------------------------------------------------------------------------- 5. hung broker
 
 
@@ -70,7 +69,9 @@ def test_hung_broker_deadlines_fire_and_close_returns(nats_server: NatsServer) -
 
 def test_hung_broker_core_mode_close_returns_at_its_timeout(nats_server: NatsServer) -> None:
     """In core mode a batch waiting for the PING round trip to a SIGSTOPped server does not hold close(0.5) up to attempt_timeout: close returns on time and fails it with PublisherClosed."""
-    pub = NatsPublisher.connect(nats_server.url, "core.faults", jetstream=False, delivery_timeout=10.0, retry=RetryPolicy(attempt_timeout=3.0))
+    pub = NatsPublisher.connect(
+        nats_server.url, "core.faults", jetstream=False, delivery_timeout=10.0, retry=RetryPolicy(attempt_timeout=3.0)
+    )
     try:
         pub.publish(envelope()).result(timeout=5)
         nats_server.pause()
@@ -121,7 +122,9 @@ def test_oversized_event_fails_at_publish_and_neighbours_are_stored(make_server:
     with LogWatcher() as logs, connect(server.url) as pub:
         before = envelope(1)
         first = pub.publish(before)
-        with pytest.raises(InvalidEvent, match="is 8193 bytes with headers, more than the server's max_payload of 8192 bytes"):
+        with pytest.raises(
+            InvalidEvent, match="is 8193 bytes with headers, more than the server's max_payload of 8192 bytes"
+        ):
             pub.publish(sized(8 * 1024 + 1))
         with pytest.raises(InvalidEvent, match="max_payload of 8192 bytes"):
             pub.publish(oversized(64 * 1024))
@@ -143,7 +146,10 @@ def test_oversized_event_with_limit_unknown_fails_on_its_future_only(make_server
             futures = [pub.publish(e) for e in (*neighbours[:2], big, *neighbours[2:])]
             server.start()
             assert pub.flush(timeout=15)
-            with pytest.raises(InvalidEvent, match=rf"event {big.event_id} is \d+ bytes with headers, more than the server's max_payload of 8192 bytes"):
+            with pytest.raises(
+                InvalidEvent,
+                match=rf"event {big.event_id} is \d+ bytes with headers, more than the server's max_payload of 8192 bytes",
+            ):
                 futures[2].result(timeout=0)
             good = [f for i, f in enumerate(futures) if i != 2]
             assert [f.result(timeout=0).broker_sequence for f in good] == [1, 2, 3, 4]

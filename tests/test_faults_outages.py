@@ -23,7 +23,6 @@ from edupulse_events import (
 )
 from edupulse_events.testing import NatsCluster, NatsServer
 
-
 # --------------------------------------------------------------------------- 1. crash and restart
 
 
@@ -66,7 +65,8 @@ def test_crash_and_restart_twice_loses_and_doubles_nothing(nats_server: NatsServ
 def connected_node(cluster: NatsCluster) -> int:
     """Index of the node the (only) edupulse_events client is connected to."""
     nodes = [
-        i for i, node in enumerate(cluster.nodes)
+        i
+        for i, node in enumerate(cluster.nodes)
         if any(c.get("name") == "edupulse_events" for c in (node.monitor("/connz") or {}).get("connections", []))
     ]
     assert len(nodes) == 1, nodes
@@ -200,7 +200,9 @@ def test_outage_longer_than_deadline_fails_futures_then_recovers(nats_server: Na
             assert isinstance(exc, PublishTimeout), exc
             assert "delivery deadline of 1.5 s" in str(exc)
         for f in burst_futures:
-            assert f.exception(timeout=0) is None or isinstance(f.exception(timeout=0), PublishTimeout), f.exception(timeout=0)
+            assert f.exception(timeout=0) is None or isinstance(f.exception(timeout=0), PublishTimeout), f.exception(
+                timeout=0
+            )
         burst_failed = [e for e, f in zip(burst, burst_futures) if f.exception(timeout=0) is not None]
         succeeded = [e for e, f in zip(burst, burst_futures) if f.exception(timeout=0) is None]
         assert len(succeeded) >= 100
@@ -241,7 +243,9 @@ def test_close_while_still_connecting_returns_promptly_and_leaves_no_task() -> N
     logging.getLogger("asyncio").addHandler(handler)
     try:
         for _ in range(3):
-            pub = NatsPublisher.connect(f"nats://127.0.0.1:{free_port()}", "edupulse.events", start_without_broker=True, reconnect_wait=0.05)
+            pub = NatsPublisher.connect(
+                f"nats://127.0.0.1:{free_port()}", "edupulse.events", start_without_broker=True, reconnect_wait=0.05
+            )
             futures = [pub.publish(env) for env in envelopes(2000)]
             started = time.monotonic()
             pub.close(timeout=0.2)

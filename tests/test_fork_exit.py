@@ -41,7 +41,9 @@ def stored_ids(server: NatsServer) -> list[str]:
 # --------------------------------------------------------------------------- fork
 
 
-def run_in_child(body: Callable[[], dict[str, Any]], before_wait: Callable[[], None] = lambda: None, timeout: float = 30.0) -> dict[str, Any]:
+def run_in_child(
+    body: Callable[[], dict[str, Any]], before_wait: Callable[[], None] = lambda: None, timeout: float = 30.0
+) -> dict[str, Any]:
     """Fork; the child runs ``body`` and sends back its JSON report, then ``os._exit``s (never
     pytest's teardown). The parent runs ``before_wait`` and returns the child's report."""
     read_fd, write_fd = os.pipe()
@@ -52,7 +54,7 @@ def run_in_child(body: Callable[[], dict[str, Any]], before_wait: Callable[[], N
             os.close(read_fd)
             report = body()
             code = 0 if report.get("ok") else 1
-        except BaseException:  # noqa: BLE001 - reported to the parent, never raised into pytest
+        except BaseException:
             report = {"ok": False, "error": traceback.format_exc()}
         finally:
             try:
@@ -99,8 +101,14 @@ def child_publishes(pub: NatsPublisher, envs: list[EventEnvelope]) -> Callable[[
             and not any(a.duplicate for a in acks)
             and len(threads) == 1
         )
-        return {"ok": ok, "flushed": flushed, "fresh": repr(fresh), "stats": repr(stats), "threads": threads,
-                "acks": [[a.broker_sequence, a.duplicate] for a in acks]}
+        return {
+            "ok": ok,
+            "flushed": flushed,
+            "fresh": repr(fresh),
+            "stats": repr(stats),
+            "threads": threads,
+            "acks": [[a.broker_sequence, a.duplicate] for a in acks],
+        }
 
     return body
 
@@ -163,7 +171,12 @@ class Child:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         code = PREAMBLE + textwrap.dedent(script)
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True
+            [sys.executable, "-c", code, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stdout: list[str] = []
@@ -186,7 +199,9 @@ class Child:
         try:
             return self.lines.get(timeout=timeout)
         except queue.Empty:
-            raise AssertionError(f"no output from the child within {timeout} s; stderr:\n" + "\n".join(self.stderr)) from None
+            raise AssertionError(
+                f"no output from the child within {timeout} s; stderr:\n" + "\n".join(self.stderr)
+            ) from None
 
     def send(self, text: str) -> None:
         assert self.proc.stdin is not None
@@ -250,12 +265,16 @@ def test_exit_hook_delivers_pending_events(nats_server: NatsServer, children: An
     finally:
         nats_server.resume()
     assert child.wait(30) == 0, child.log
-    assert re.search(r"publisher closed: 300 events acknowledged, 0 failed, none left undelivered", child.log), child.log
+    assert re.search(r"publisher closed: 300 events acknowledged, 0 failed, none left undelivered", child.log), (
+        child.log
+    )
     ids = stored_ids(nats_server)
     assert len(ids) == 300 and len(set(ids)) == 300
 
 
-def test_exit_with_unreachable_broker_logs_ids_not_payloads(make_server: Callable[..., NatsServer], children: Any) -> None:
+def test_exit_with_unreachable_broker_logs_ids_not_payloads(
+    make_server: Callable[..., NatsServer], children: Any
+) -> None:
     """With the broker unreachable, the process exits within about exit_timeout and logs the count and ids of the undelivered events, never their payloads."""
     down = make_server(start=False)
     secret_title = "TOP-SECRET-TITLE-7c1e0b"
@@ -278,7 +297,9 @@ def test_exit_with_unreachable_broker_logs_ids_not_payloads(make_server: Callabl
     assert child.wait(30) == 0, child.log
     took = time.monotonic() - float(exiting_at)
     assert took < 1.0 + 2.5, f"exit took {took:.2f} s with exit_timeout=1.0"
-    assert re.search(r"ERROR edupulse_events publisher closed: 0 events acknowledged, 3 failed; 3 were NOT delivered", child.log), child.log
+    assert re.search(
+        r"ERROR edupulse_events publisher closed: 0 events acknowledged, 3 failed; 3 were NOT delivered", child.log
+    ), child.log
     for event_id in ids:
         assert event_id in child.log
     assert secret_title not in child.log and secret_title not in "\n".join(child.stdout)

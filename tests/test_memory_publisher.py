@@ -137,7 +137,7 @@ def test_close_refuses_new_events_and_wakes_blocked_publisher() -> None:
     def blocked() -> None:
         try:
             pub.publish(envelope(1), timeout=30)
-        except BaseException as exc:  # noqa: BLE001 - recorded for the assertion
+        except BaseException as exc:
             errors.append(exc)
         done.set()
 
@@ -176,8 +176,17 @@ def test_context_manager_closes() -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"max_queue": 0}, {"max_queue": True}, {"max_queue": 1.5}, {"publish_timeout": 0}, {"publish_timeout": float("nan")},
-     {"subject": ""}, {"subject": "a.*"}, {"subject": "a.{user}"}, {"discard_oldest": "yes"}],
+    [
+        {"max_queue": 0},
+        {"max_queue": True},
+        {"max_queue": 1.5},
+        {"publish_timeout": 0},
+        {"publish_timeout": float("nan")},
+        {"subject": ""},
+        {"subject": "a.*"},
+        {"subject": "a.{user}"},
+        {"discard_oldest": "yes"},
+    ],
 )
 def test_bad_settings_raise_config_error(kwargs: dict) -> None:
     """Invalid settings raise ConfigError when the in-memory publisher is built."""
@@ -198,7 +207,9 @@ def test_subject_template_is_checked_per_event() -> None:
 def test_both_publishers_satisfy_event_publisher_protocol() -> None:
     """InMemoryPublisher and NatsPublisher are EventPublisher instances (runtime_checkable); other objects are not."""
     memory = InMemoryPublisher()
-    nats_pub = NatsPublisher(PublisherConfig(servers="nats://127.0.0.1:4222", subject="edupulse.events"))  # lazy: never connects
+    nats_pub = NatsPublisher(
+        PublisherConfig(servers="nats://127.0.0.1:4222", subject="edupulse.events")
+    )  # lazy: never connects
     try:
         assert isinstance(memory, EventPublisher)
         assert isinstance(nats_pub, EventPublisher)

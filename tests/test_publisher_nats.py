@@ -37,7 +37,9 @@ def connect(server: NatsServer, subject: str = "edupulse.events", **kwargs: obje
 
 def test_jetstream_ack_headers_and_body(nats_server: NatsServer) -> None:
     """A JetStream publish resolves to an ack with sequence and stream; the stored message is the encoded envelope with routing headers."""
-    env = envelope(1, tenant="Société 42", personally_identifiable=True, correlation_id="c0ffee00-dead-4bef-8bad-f00dbaadcafe")
+    env = envelope(
+        1, tenant="Société 42", personally_identifiable=True, correlation_id="c0ffee00-dead-4bef-8bad-f00dbaadcafe"
+    )
     with connect(nats_server) as pub:
         ack = pub.publish(env).result(timeout=10)
     assert ack == PublishAck(broker_sequence=1, stream=STREAM, duplicate=False)
@@ -113,7 +115,11 @@ def test_subject_template_uses_tenant_and_type(nats_server: NatsServer) -> None:
         for f in [pub.publish(e) for e in envs]:
             f.result(timeout=10)
     subjects = [m.subject for m in read_stream(nats_server.url, STREAM)]
-    assert subjects == ["edupulse.north.LessonPublished", "edupulse._.PaymentProcessed", "edupulse.a%2Eb%20c.LessonPublished"]
+    assert subjects == [
+        "edupulse.north.LessonPublished",
+        "edupulse._.PaymentProcessed",
+        "edupulse.a%2Eb%20c.LessonPublished",
+    ]
 
 
 def test_missing_stream_fails_fast_with_clear_message(nats_server: NatsServer) -> None:
@@ -150,7 +156,9 @@ def test_too_large_for_server_fails_at_publish(make_server) -> None:  # type: ig
 def test_queue_full_without_broker_then_delivered(make_server) -> None:  # type: ignore[no-untyped-def]
     """With start_without_broker, events are accepted up to the queue bound, then QueueFull; all are delivered once the server starts."""
     server = make_server(start=False)
-    pub = NatsPublisher.connect(server.url, "edupulse.events", stream=STREAM, create_stream=True, start_without_broker=True, max_queue=20)
+    pub = NatsPublisher.connect(
+        server.url, "edupulse.events", stream=STREAM, create_stream=True, start_without_broker=True, max_queue=20
+    )
     try:
         futures = [pub.publish(e, timeout=0) for e in envelopes(20)]
         with pytest.raises(QueueFull):
@@ -173,7 +181,11 @@ def test_deadline_fails_futures_with_publish_timeout(make_server) -> None:  # ty
     from edupulse_events import RetryPolicy
 
     pub = NatsPublisher.connect(
-        server.url, "edupulse.events", start_without_broker=True, delivery_timeout=0.5, retry=RetryPolicy(attempt_timeout=0.2)
+        server.url,
+        "edupulse.events",
+        start_without_broker=True,
+        delivery_timeout=0.5,
+        retry=RetryPolicy(attempt_timeout=0.2),
     )
     with pub:
         futures = [pub.publish(e) for e in envelopes(5)]
@@ -222,7 +234,9 @@ def test_many_undelivered_ids_are_all_logged_on_bounded_lines(make_server) -> No
     lines = [r.getMessage() for r in logs.records if "NOT delivered" in r.getMessage()]
     assert len(lines) == 3 and "1200 were NOT delivered (event ids 500 of 1200" in lines[0]
     assert "(event ids 1001-1200 of 1200)" in lines[2]
-    logged = [i for line in lines for i in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", line)]
+    logged = [
+        i for line in lines for i in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", line)
+    ]
     assert logged == [str(e.event_id) for e in envs]
 
 
@@ -234,7 +248,9 @@ def test_waiting_inside_done_callback_raises_instead_of_deadlock(make_server) ->
     seen: list[BaseException] = []
     called = threading.Event()
     unresolved = PublishFuture()
-    with NatsPublisher.connect(server.url, "edupulse.events", stream=STREAM, create_stream=True, start_without_broker=True) as pub:
+    with NatsPublisher.connect(
+        server.url, "edupulse.events", stream=STREAM, create_stream=True, start_without_broker=True
+    ) as pub:
 
         def callback(_f: concurrent.futures.Future) -> None:
             for wait in (lambda: unresolved.result(timeout=5), lambda: pub.flush(timeout=5)):
@@ -279,7 +295,9 @@ def test_thread_is_named_daemon_and_started_lazily(nats_server: NatsServer) -> N
     """A publisher built from a config starts no thread until the first publish; the thread is a named daemon."""
     from edupulse_events import PublisherConfig
 
-    pub = NatsPublisher(PublisherConfig(servers=nats_server.url, subject="edupulse.events", stream=STREAM, create_stream=True))
+    pub = NatsPublisher(
+        PublisherConfig(servers=nats_server.url, subject="edupulse.events", stream=STREAM, create_stream=True)
+    )
     try:
         assert not [t for t in threading.enumerate() if t.name.startswith("edupulse-publisher")]
         assert pub.publish(envelope()).result(timeout=10).broker_sequence == 1

@@ -6,7 +6,6 @@ import queue
 import sys
 import threading
 import time
-from typing import List
 
 import pytest
 
@@ -25,7 +24,7 @@ class Thing:
         return f"Thing({self.name!r})"
 
 
-def names(items: List[Thing]) -> List[object]:
+def names(items: list[Thing]) -> list[object]:
     return [item.name for item in items]
 
 
@@ -120,7 +119,7 @@ def test_many_producers_and_a_consumer_lose_and_duplicate_nothing() -> None:
     """8 threads x 500 puts through a 16-item queue: each item taken once, each producer's order kept."""
     q = BatchQueue(16, 1_000_000)
     producers, per = 8, 500
-    taken: List[Thing] = []
+    taken: list[Thing] = []
     finished = threading.Event()
 
     def produce(p: int) -> None:

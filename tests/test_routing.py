@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from typing import Optional
 
 import pytest
 
@@ -30,10 +29,17 @@ def expected_headers(env: EventEnvelope, type_name: str) -> bytes:
     "causation, correlation, tenant, pii",
     list(itertools.product([None, CAUSE], [None, CORRELATION], [None, "school-1", "Société 42", ""], [False, True])),
 )
-def test_headers_carry_the_envelopes_ids_tenant_and_flag(causation: Optional[uuid.UUID], correlation: Optional[uuid.UUID], tenant: Optional[str], pii: bool) -> None:
+def test_headers_carry_the_envelopes_ids_tenant_and_flag(
+    causation: uuid.UUID | None, correlation: uuid.UUID | None, tenant: str | None, pii: bool
+) -> None:
     """Every combination of optional ids, tenant and GDPR flag gives exactly the documented header block."""
-    for data in (LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"), QuizSubmitted(uuid.uuid4(), uuid.uuid4(), {"q": "a"})):
-        env = EventEnvelope.new(data, causation_id=causation, correlation_id=correlation, tenant_id=tenant, personally_identifiable=pii)
+    for data in (
+        LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"),
+        QuizSubmitted(uuid.uuid4(), uuid.uuid4(), {"q": "a"}),
+    ):
+        env = EventEnvelope.new(
+            data, causation_id=causation, correlation_id=correlation, tenant_id=tenant, personally_identifiable=pii
+        )
         type_name = type(data).__name__
         item = Router("edupulse.events").prepare(env, 0.0, None)
         assert item.headers == Router.headers(env, encode(env), type_name) == expected_headers(env, type_name)

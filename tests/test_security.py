@@ -158,7 +158,11 @@ def test_tls_url_to_plain_server_is_refused(make_server: Callable[..., NatsServe
     """A tls:// URL (or a tls= context) never falls back to plain text: a server without TLS is refused before the credentials are sent."""
     server = make_server(token=TOKEN)
     tls_url = server.url.replace("nats://", "tls://")
-    for url, kwargs in ((tls_url, {}), (tls_url, {"tls": client_context(ca)}), (server.url, {"tls": client_context(ca)})):
+    for url, kwargs in (
+        (tls_url, {}),
+        (tls_url, {"tls": client_context(ca)}),
+        (server.url, {"tls": client_context(ca)}),
+    ):
         err, elapsed = failed_connect(url, auth_token=TOKEN, connect_timeout=5.0, **kwargs)
         assert "does not offer TLS" in str(err) and elapsed < 2.5
 
@@ -205,7 +209,11 @@ def test_secrets_never_in_logs_reprs_or_errors(make_server: Callable[..., NatsSe
             look(pub)
             look(pub.config)
             look(pub.stats())
-    look(PublisherConfig(servers=[url_with_password, url_with_token], subject=SUBJECT, auth_token=TOKEN, password=PASSWORD, user=USER))
+    look(
+        PublisherConfig(
+            servers=[url_with_password, url_with_token], subject=SUBJECT, auth_token=TOKEN, password=PASSWORD, user=USER
+        )
+    )
     look_error(token_server.url, auth_token=f"x{TOKEN}")
     look_error(f"nats://{USER}:{PASSWORD}x@127.0.0.1:{user_server.port}")
     look_error(f"nats://{USER}:{PASSWORD}@127.0.0.1:{down.port}")

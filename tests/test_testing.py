@@ -405,8 +405,7 @@ def test_cluster_survives_killing_the_stream_leader(nats_cluster: NatsCluster) -
     assert not nats_cluster.node(leader).running
 
     async def publish_after_failover() -> tuple[int, int]:
-        nc = await connect(nats_cluster.urls, allow_reconnect=True, max_reconnect_attempts=5,
-                           reconnect_time_wait=0.1)
+        nc = await connect(nats_cluster.urls, allow_reconnect=True, max_reconnect_attempts=5, reconnect_time_wait=0.1)
         try:
             js = nc.jetstream()
             deadline = time.monotonic() + 20
@@ -414,8 +413,7 @@ def test_cluster_survives_killing_the_stream_leader(nats_cluster: NatsCluster) -
                 try:
                     ack = await js.publish("ha.2", b"after", timeout=1)
                     break
-                except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
-                        nats.js.errors.APIError):
+                except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.js.errors.APIError):
                     # no leader yet: "no responders" (NoStreamResponseError) or a 503 API error
                     if time.monotonic() > deadline:
                         raise

@@ -9,8 +9,8 @@ import pytest
 from helpers import LogWatcher, envelope, envelopes, read_stream
 
 from edupulse_events import BrokerError, NatsPublisher, RetryPolicy
-from edupulse_events._nats import broker_error
 from edupulse_events._delivery import _decide, _retrying, backoff
+from edupulse_events._nats import broker_error
 from edupulse_events.testing import NatsServer
 
 
@@ -38,9 +38,12 @@ def test_only_transient_failures_are_retried() -> None:
 
 def test_retry_after_lost_ack_reuses_msg_id(nats_server: NatsServer) -> None:
     """An attempt whose ack does not come (server paused) is retried with the same Nats-Msg-Id: stored once."""
-    with LogWatcher() as logs, NatsPublisher.connect(
-        nats_server.url, "edupulse.events", stream="S", create_stream=True, retry=RetryPolicy(attempt_timeout=0.3)
-    ) as pub:
+    with (
+        LogWatcher() as logs,
+        NatsPublisher.connect(
+            nats_server.url, "edupulse.events", stream="S", create_stream=True, retry=RetryPolicy(attempt_timeout=0.3)
+        ) as pub,
+    ):
         nats_server.pause()
         try:
             future = pub.publish(envelope())
@@ -100,13 +103,18 @@ def test_connection_closed_by_nats_py_is_rebuilt(nats_server: NatsServer) -> Non
     """When nats-py closes its client for good after a server -ERR, the publisher builds a new connection and keeps delivering."""
     import asyncio
 
-    with LogWatcher() as logs, NatsPublisher.connect(nats_server.url, "edupulse.events", stream="S", create_stream=True) as pub:
+    with (
+        LogWatcher() as logs,
+        NatsPublisher.connect(nats_server.url, "edupulse.events", stream="S", create_stream=True) as pub,
+    ):
         assert pub.publish(envelope(1)).result(timeout=10).broker_sequence == 1
         worker = pub._worker
         assert worker is not None
         old = worker.transport
         # What the parser does on "-ERR 'Unknown Protocol Operation'": a real nats-py code path.
-        asyncio.run_coroutine_threadsafe(old._nc._process_err("'Unknown Protocol Operation'"), worker._loop).result(timeout=5)
+        asyncio.run_coroutine_threadsafe(old._nc._process_err("'Unknown Protocol Operation'"), worker._loop).result(
+            timeout=5
+        )
         assert logs.wait_for(r"was closed by the client library", timeout=10)
         assert pub.publish(envelope(2)).result(timeout=20).broker_sequence == 2
         assert worker.transport is not old
@@ -115,7 +123,9 @@ def test_connection_closed_by_nats_py_is_rebuilt(nats_server: NatsServer) -> Non
 def test_futures_wake_waiters_of_wait_as_completed_and_result(make_server) -> None:  # type: ignore[no-untyped-def]
     """Threads blocked in concurrent.futures.wait, as_completed and result() on pending events all wake when acks settle them."""
     server = make_server(start=False)
-    with NatsPublisher.connect(server.url, "edupulse.events", stream="S", create_stream=True, start_without_broker=True) as pub:
+    with NatsPublisher.connect(
+        server.url, "edupulse.events", stream="S", create_stream=True, start_without_broker=True
+    ) as pub:
         futures = [pub.publish(e) for e in envelopes(300)]
         assert not any(f.done() for f in futures)
         outcomes: dict = {}
@@ -128,7 +138,9 @@ def test_futures_wake_waiters_of_wait_as_completed_and_result(make_server) -> No
 
         def completer() -> None:
             started.wait()
-            outcomes["as_completed"] = sorted(f.result().broker_sequence for f in concurrent.futures.as_completed(futures, timeout=30))
+            outcomes["as_completed"] = sorted(
+                f.result().broker_sequence for f in concurrent.futures.as_completed(futures, timeout=30)
+            )
 
         def blocker() -> None:
             started.wait()

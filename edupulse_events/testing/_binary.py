@@ -44,9 +44,7 @@ def nats_server_binary() -> str:
         found = shutil.which(override)
         if found:
             return found
-        raise ServerNotFound(
-            f"{BINARY_ENV_VAR}={override!r} is not an executable file; unset it or {_INSTALL_HINT}"
-        )
+        raise ServerNotFound(f"{BINARY_ENV_VAR}={override!r} is not an executable file; unset it or {_INSTALL_HINT}")
 
     # Do not resolve symlinks: a venv's python is usually a link to the base interpreter.
     candidates = [Path(sys.executable).parent / _EXE]

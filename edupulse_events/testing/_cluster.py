@@ -22,8 +22,7 @@ from ._server import NatsServer
 
 # NatsServer options NatsCluster sets itself, per node.
 _PER_NODE = frozenset(
-    {"port", "http_port", "cluster_port", "cluster_name", "routes", "server_name", "store_dir",
-     "jetstream"}
+    {"port", "http_port", "cluster_port", "cluster_name", "routes", "server_name", "store_dir", "jetstream"}
 )
 
 
@@ -74,9 +73,7 @@ class NatsCluster:
         self._nodes: list[NatsServer] = []
         try:
             for i in range(size):
-                routes = [
-                    f"nats-route://{HOST}:{p}" for j, p in enumerate(cluster_ports) if j != i
-                ]
+                routes = [f"nats-route://{HOST}:{p}" for j, p in enumerate(cluster_ports) if j != i]
                 store = None if store_root is None else Path(store_root, f"n{i + 1}")
                 self._nodes.append(
                     NatsServer(
@@ -149,9 +146,7 @@ class NatsCluster:
             if problem is None:
                 return
             if not wait(deadline):
-                tails = "\n".join(
-                    f"--- {node.server_name} log tail:\n{node._log_tail(15)}" for node in self._nodes
-                )
+                tails = "\n".join(f"--- {node.server_name} log tail:\n{node._log_tail(15)}" for node in self._nodes)
                 raise ServerError(f"cluster not ready within {timeout:g}s: {problem}\n{tails}")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -278,8 +273,7 @@ class NatsCluster:
             if not isinstance(jsz, dict):
                 return f"{node.server_name}: /jsz did not answer"
             hosted[index] = {
-                (str(acc.get("name")), str(detail.get("name"))): detail
-                for acc, detail in _stream_details(jsz)
+                (str(acc.get("name")), str(detail.get("name"))): detail for acc, detail in _stream_details(jsz)
             }
         led: set[tuple[str, str]] = set()
         for index, streams in hosted.items():

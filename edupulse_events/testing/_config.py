@@ -176,9 +176,7 @@ class ServerOptions:
             extra_config=extra_config,
         )
 
-    def render(
-        self, *, port: int, http_port: int, cluster_port: int | None, store_dir: Path | None
-    ) -> str:
+    def render(self, *, port: int, http_port: int, cluster_port: int | None, store_dir: Path | None) -> str:
         """The nats-server config file text for the ports and store actually in use."""
         lines = [
             "# written by edupulse_events.testing.NatsServer",

@@ -87,7 +87,7 @@ def accepts_clients(port: int, alive: Callable[[], bool]) -> bool:
             while b"\r\n" not in data and len(data) < 65536:
                 try:
                     chunk = sock.recv(4096)
-                except socket.timeout:
+                except TimeoutError:
                     if not alive() or time.monotonic() > deadline:
                         return False
                     continue

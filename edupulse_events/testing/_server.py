@@ -73,10 +73,22 @@ class NatsServer:
         binary: str | os.PathLike[str] | None = None,
     ) -> None:
         opts = ServerOptions.check(
-            port=port, http_port=http_port, cluster_port=cluster_port, jetstream=jetstream,
-            store_dir=store_dir, token=token, user=user, password=password, tls_cert=tls_cert,
-            tls_key=tls_key, tls_ca=tls_ca, tls_verify=tls_verify, max_payload=max_payload,
-            server_name=server_name, cluster_name=cluster_name, routes=routes,
+            port=port,
+            http_port=http_port,
+            cluster_port=cluster_port,
+            jetstream=jetstream,
+            store_dir=store_dir,
+            token=token,
+            user=user,
+            password=password,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=tls_ca,
+            tls_verify=tls_verify,
+            max_payload=max_payload,
+            server_name=server_name,
+            cluster_name=cluster_name,
+            routes=routes,
             extra_config=extra_config,
         )
         self._opts = opts
@@ -331,7 +343,10 @@ class NatsServer:
         self._config_path.write_text(self.config_text(), encoding="utf-8")
         self._paused = False
         self._state.proc, self._log_offset = spawn(
-            self._binary, self._config_path, self._log_path, cwd=self._tmpdir,
+            self._binary,
+            self._config_path,
+            self._log_path,
+            cwd=self._tmpdir,
             restart=self._started_once,
         )
 
@@ -371,9 +386,7 @@ class NatsServer:
         Only the ports the log names as taken are replaced, and only if this object chose them;
         the route port is never replaced (the other cluster nodes' routes point at it).
         """
-        taken = "\n".join(
-            line for line in self._log_tail(400).splitlines() if "address already in use" in line
-        )
+        taken = "\n".join(line for line in self._log_tail(400).splitlines() if "address already in use" in line)
         client = f"{HOST}:{self._port}" in taken
         http = f"{HOST}:{self._http_port}" in taken
         if self._cluster_port is not None and f"{HOST}:{self._cluster_port}" in taken:
