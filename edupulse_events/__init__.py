@@ -10,18 +10,23 @@ nats-server for tests and demos.
 
 from __future__ import annotations
 
+import logging
+
 from ._frozen import FrozenMap
 from .codec import Codec, decode, encode, make_converter
 from .config import PublisherConfig, RetryPolicy
 from .envelope import EventEnvelope, Timestamp
 from .errors import (
     BrokerError,
+    BrokerUnavailable,
     ConfigError,
     DeadlockError,
     DecodeError,
+    EventRejected,
     EventsError,
     InvalidEvent,
     PublisherClosed,
+    PublisherCrashed,
     PublishTimeout,
     QueueFull,
     ServerError,
@@ -42,8 +47,15 @@ from .events import (
     register_event,
 )
 from .factory import build_from_env
-from .nats_publisher import NatsPublisher, PublisherStats
-from .publisher import EventPublisher, InMemoryPublisher, PublishAck, PublishFuture
+from .futures import PublishAck, PublishFuture
+from .nats_publisher import NatsPublisher, PublisherState, PublisherStats
+from .publisher import EventPublisher, InMemoryPublisher
+
+__version__ = "0.2.0"
+
+# A library never configures logging: without this, an application that set up none would get
+# the library's warnings on stderr through Python's last-resort handler.
+logging.getLogger("edupulse_events").addHandler(logging.NullHandler())
 
 __all__ = [
     "I32",
@@ -52,6 +64,7 @@ __all__ = [
     "U64",
     "BadgeAwarded",
     "BrokerError",
+    "BrokerUnavailable",
     "Codec",
     "ConfigError",
     "DeadlockError",
@@ -59,6 +72,7 @@ __all__ = [
     "EventEnvelope",
     "EventPublisher",
     "EventRegistry",
+    "EventRejected",
     "EventsError",
     "FrozenMap",
     "InMemoryPublisher",
@@ -71,6 +85,8 @@ __all__ = [
     "PublishTimeout",
     "PublisherClosed",
     "PublisherConfig",
+    "PublisherCrashed",
+    "PublisherState",
     "PublisherStats",
     "QueueFull",
     "QuizSubmitted",

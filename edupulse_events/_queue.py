@@ -1,139 +1,173 @@
-"""The hand-off between caller threads and the publisher thread: a bounded `queue.Queue`.
+"""The hand-off between caller threads and the publisher thread: a bounded batch queue.
 
-`BatchQueue` bounds both the number of queued events and their encoded bytes, and lets the
-consumer take a whole batch under one lock acquisition (one wake-up per batch, not per
-event). A lone event larger than the byte bound is still accepted into an empty queue, so
-the byte bound can never block forever. Items must have a ``size`` attribute (bytes).
+`BatchQueue` bounds both the number of queued events and their encoded bytes, stamps each
+event's delivery deadline when it is accepted (after any wait for room, so the deadline
+never starts before the event is in), and lets the publisher thread take a whole batch
+under one lock acquisition (one wake-up per batch, not per event). A lone event larger than
+the byte bound is still accepted into an empty queue, so the byte bound can never block
+forever. Items need ``size``, ``mark`` and ``deadline`` attributes (`_routing.Item`).
 """
 
 from __future__ import annotations
 
+import collections
 import queue
+import threading
 import time
-from typing import Any
+from typing import Protocol
+
+__all__ = ["BatchQueue", "Queued"]
 
 
-class BatchQueue(queue.Queue):
-    """A `queue.Queue` bounded in items (``maxsize``) and in bytes (``maxbytes``).
+class Queued(Protocol):
+    """What the queue needs of an item."""
+
+    size: int
+    mark: int
+    deadline: float
+
+
+class BatchQueue:
+    """A FIFO bounded in items (``maxsize``) and in bytes (``maxbytes``), for one consumer.
+
+    Producers `put`; the consumer takes with `take` (a batch, never waiting: it is woken
+    explicitly), `take_expired` (the head past its deadline) and `take_all`. Deadlines are
+    ``ttl`` seconds after acceptance, stamped under the lock, so they never decrease from
+    head to tail and the head alone tells what has expired.
 
     Bytes are tracked as two running totals: each item is stamped with the total put so far
     (``item.mark``), so taking any number of items from the head updates the byte count in
-    O(1) under the lock. It also counts accepted items and puts that had to wait.
+    O(1). It also counts accepted items and puts that had to wait.
     """
 
-    def __init__(self, maxsize: int, maxbytes: int) -> None:
-        super().__init__(maxsize)
+    def __init__(self, maxsize: int, maxbytes: int, ttl: float) -> None:
+        self.maxsize = maxsize
         self.maxbytes = maxbytes
-        self.bytes_in = 0
-        self.bytes_out = 0
+        self.ttl = ttl
+        self._items: collections.deque[Queued] = collections.deque()
+        self._mutex = threading.Lock()
+        self._not_full = threading.Condition(self._mutex)
+        self._bytes_in = 0
+        self._bytes_out = 0
         #: Items ever put (the publisher's "accepted" count, kept under the same lock).
         self.accepted = 0
         #: How many put() calls had to wait for room (back-pressure was applied).
         self.blocked_puts = 0
-        #: How many put() calls wait for room now (get_batch wakes them only if any).
-        self.waiting_puts = 0
+        #: How many put() calls wait for room now (takers wake them only if any).
+        self._waiting_puts = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     @property
     def nbytes(self) -> int:
         """Encoded bytes currently queued."""
-        return self.bytes_in - self.bytes_out
+        return self._bytes_in - self._bytes_out
 
-    def _has_room(self, size: int) -> bool:
-        n = len(self.queue)
-        return n == 0 or (n < self.maxsize and self.bytes_in - self.bytes_out + size <= self.maxbytes)
-
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        """Add ``item``; wait up to ``timeout`` for room, then raise `queue.Full`."""
+    def put(self, item: Queued, timeout: float) -> None:
+        """Add ``item`` and stamp its deadline; wait up to ``timeout`` s for room (0: do not
+        wait), then raise `queue.Full`."""
         size = item.size
-        mutex = self.mutex
+        mutex = self._mutex
         if not mutex.acquire(False):
-            self._acquire(mutex)
+            _acquire(mutex)
         try:
-            n = len(self.queue)  # not self._has_room(size): inlined, this runs for every event
-            if n and (n >= self.maxsize or self.bytes_in - self.bytes_out + size > self.maxbytes):
-                self._wait_for_room(size, block, timeout)
-            self.bytes_in += size
-            item.mark = self.bytes_in
+            n = len(self._items)  # not _has_room(): inlined, this runs for every event
+            if n and (n >= self.maxsize or self._bytes_in - self._bytes_out + size > self.maxbytes):
+                self._wait_for_room(size, timeout)
+            self._bytes_in += size
+            item.mark = self._bytes_in
+            item.deadline = time.monotonic() + self.ttl
             self.accepted += 1
-            self.queue.append(item)
-            # no not_empty.notify(): the publisher thread polls with get_batch() when woken
+            self._items.append(item)
         finally:
             mutex.release()
 
-    @staticmethod
-    def _acquire(mutex: Any) -> None:
-        """Take a mutex that another thread holds, without forming a lock convoy.
+    def _has_room(self, size: int) -> bool:
+        n = len(self._items)
+        return n == 0 or (n < self.maxsize and self._bytes_in - self._bytes_out + size <= self.maxbytes)
 
-        A blocking ``acquire()`` takes the lock while this thread does not hold the GIL, then
-        waits for the GIL with the lock held; every other caller thread then blocks on the
-        lock at its next put, and from there on each put is a hand-off between threads
-        (measured: 4 caller threads spent half their CPU time switching). Taking the lock only
-        with non-blocking attempts, made while holding the GIL, and sleeping a little between
-        them (which lets the holder run) keeps it from ever being held by a waiting thread.
-        """
-        delay = 0.00005
-        while not mutex.acquire(False):
-            time.sleep(delay)
-            delay = min(delay * 2, 0.001)
-
-    def _wait_for_room(self, size: int, block: bool, timeout: float | None) -> None:
+    def _wait_for_room(self, size: int, timeout: float) -> None:
         """Called with the mutex held and no room: wait on ``not_full`` or raise `queue.Full`."""
-        if not block or (timeout is not None and timeout <= 0):
+        if timeout <= 0:
             raise queue.Full
         self.blocked_puts += 1
-        self.waiting_puts += 1
+        self._waiting_puts += 1
         try:
-            end = None if timeout is None else time.monotonic() + timeout
+            end = time.monotonic() + timeout
             while not self._has_room(size):
-                if end is None:
-                    self.not_full.wait()
-                    continue
                 remaining = end - time.monotonic()
                 if remaining <= 0.0:
                     raise queue.Full
-                self.not_full.wait(remaining)
+                self._not_full.wait(remaining)
         finally:
-            self.waiting_puts -= 1
+            self._waiting_puts -= 1
 
-    def get(self, block: bool = False, timeout: float | None = None) -> Any:
-        """The oldest item, without waiting (`queue.Empty` if none): the consumer is woken
-        explicitly and takes batches, so put() does not notify ``not_empty``."""
-        batch = self.get_batch(1)
-        if not batch:
-            raise queue.Empty
-        return batch[0]
-
-    def get_batch(self, limit: int) -> list[Any]:
-        """Take up to ``limit`` items without waiting (possibly none)."""
-        mutex = self.mutex
+    def take(self, limit: int, max_bytes: int, first_always: bool = False) -> list[Queued]:
+        """Take up to ``limit`` items and ``max_bytes`` bytes from the head, without waiting
+        (possibly none). With ``first_always`` the first item is taken even if it alone
+        exceeds ``max_bytes`` (so a lone big event can always go)."""
+        mutex = self._mutex
         if not mutex.acquire(False):
-            self._acquire(mutex)
+            _acquire(mutex)
         try:
-            q = self.queue
-            if not q:
+            q = self._items
+            if not q or limit <= 0:
                 return []
-            if limit >= len(q):
+            end = self._bytes_out + max_bytes
+            if limit >= len(q) and q[-1].mark <= end:
                 batch = list(q)
                 q.clear()
             else:
                 popleft = q.popleft
-                batch = [popleft() for _ in range(limit)]
-            self.bytes_out = batch[-1].mark
-            if self.waiting_puts:
-                self.not_full.notify_all()
+                if q[0].mark > end and not first_always:
+                    return []
+                batch = [popleft()]
+                while q and len(batch) < limit and q[0].mark <= end:
+                    batch.append(popleft())
+            self._taken(batch[-1])
             return batch
         finally:
             mutex.release()
 
-    def take_expired(self, now: float) -> list[Any]:
-        """Remove and return the items at the head whose ``deadline`` is before ``now``."""
+    def take_expired(self, now: float) -> list[Queued]:
+        """Remove and return the items whose deadline is at or before ``now`` (all at the head)."""
         out = []
-        with self.mutex:
-            q = self.queue
+        with self._mutex:
+            q = self._items
             while q and q[0].deadline <= now:
                 out.append(q.popleft())
             if out:
-                self.bytes_out = out[-1].mark
-                if self.waiting_puts:
-                    self.not_full.notify_all()
+                self._taken(out[-1])
         return out
+
+    def take_all(self) -> list[Queued]:
+        """Remove and return everything queued."""
+        with self._mutex:
+            batch = list(self._items)
+            self._items.clear()
+            if batch:
+                self._taken(batch[-1])
+            return batch
+
+    def _taken(self, last: Queued) -> None:
+        """With the mutex held: items up to ``last`` left the queue."""
+        self._bytes_out = last.mark
+        if self._waiting_puts:
+            self._not_full.notify_all()
+
+
+def _acquire(mutex: threading.Lock) -> None:
+    """Take a mutex that another thread holds, without forming a lock convoy.
+
+    A blocking ``acquire()`` takes the lock while this thread does not hold the GIL, then
+    waits for the GIL with the lock held; every other caller thread then blocks on the lock
+    at its next put, and from there on each put is a hand-off between threads (measured: 4
+    caller threads spent half their CPU time switching). Taking the lock only with
+    non-blocking attempts, made while holding the GIL, and sleeping a little between them
+    (which lets the holder run) keeps it from ever being held by a waiting thread.
+    """
+    delay = 0.00005
+    while not mutex.acquire(False):
+        time.sleep(delay)
+        delay = min(delay * 2, 0.001)

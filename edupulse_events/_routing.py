@@ -23,12 +23,12 @@ import re
 import threading
 from urllib.parse import quote
 
-from ._futures import PublishFuture
 from .codec import encode
 from .config import MAX_SUBJECT_BYTES
 from .envelope import EventEnvelope
 from .errors import InvalidEvent
 from .events import event_type_name
+from .futures import PublishFuture
 
 __all__ = ["Item", "Router", "tenant_token"]
 
@@ -53,18 +53,19 @@ class Item:
         "subject",
     )
 
-    def __init__(
-        self, future: PublishFuture, subject: bytes, headers: bytes, payload: bytes, event_id: str, deadline: float
-    ) -> None:
+    def __init__(self, future: PublishFuture, subject: bytes, headers: bytes, payload: bytes, event_id: str) -> None:
         self.future = future
         self.subject = subject
         self.headers = headers
         self.payload = payload
         self.size = len(headers) + len(payload)
         self.event_id = event_id
-        self.deadline = deadline
+        #: Delivery deadline (time.monotonic()), stamped when the queue accepts the event.
+        self.deadline = 0.0
         self.attempts = 0
         self.sent_at = 0.0
+        #: Running byte total when queued (`BatchQueue`'s O(1) byte accounting).
+        self.mark = 0
 
 
 _TOKENS: dict[str | None, str] = {}
@@ -153,7 +154,6 @@ class Router:
     def prepare(
         self,
         envelope: EventEnvelope,
-        deadline: float,
         max_payload: int | None,
         condition: threading.Condition | None = None,
     ) -> Item:
@@ -164,9 +164,10 @@ class Router:
         type_name = event_type_name(envelope.data)
         headers = self.headers(envelope, payload, type_name)
         event_id = payload[13:49].decode()  # headers() checked the layout
-        item = Item(PublishFuture(condition), self.subject(envelope, type_name), headers, payload, event_id, deadline)
+        item = Item(PublishFuture(condition), self.subject(envelope, type_name), headers, payload, event_id)
         if max_payload is not None and item.size > max_payload:
             raise InvalidEvent(
-                f"event {event_id} is {item.size} bytes with headers, more than the server's max_payload of {max_payload} bytes"
+                f"event {event_id} is {item.size} bytes with headers, "
+                f"more than the server's max_payload of {max_payload} bytes"
             )
         return item

@@ -1,13 +1,19 @@
-"""The publisher thread: its own asyncio loop, its connection, and the sending side.
+"""The publisher thread: its own asyncio loop, its connection, its drain loop and its supervision.
 
 One daemon thread per publisher runs one event loop. Caller threads only touch the
-`BatchQueue` and, when the loop is idle, wake it once (`Worker.wake`): the loop then takes
-whole batches and writes them pipelined (up to ``window`` events outstanding). What happens
-after an event is written — acks, tenacity retries with the same ``Nats-Msg-Id``, delivery
-deadlines — is `Delivery`'s (``_delivery.py``). The connection is made (or retried in the
-background), rebuilt if nats-py gives up on it, and on reconnect the events awaiting an ack
-are resent at once. Stopping delivers what it can before close()'s deadline, then fails the
-rest with `PublisherClosed`.
+`BatchQueue` and, when the loop is idle, wake it once (`Worker.wake`): the drain loop then
+takes whole batches (within the window: ``window`` events and ``window_bytes`` bytes
+outstanding) and hands them to a sender (`_sending`); outcomes are kept by `Outstanding`.
+A sweep runs every few tens of milliseconds while anything is queued or outstanding — and
+never while idle — to resend attempts that got no answer and fail events past their deadline.
+
+Supervision: every piece of work the loop runs goes through one of three doors — `_spawn`
+(tasks, all kept and cancelled or awaited at the end), `call_soon`/`call_at` (callbacks) and
+the transport's callbacks — and each catches whatever escapes and calls `_crash`. A crash
+fails everything outstanding with `PublisherCrashed` (saying why), tells the publisher (which
+fails what is queued and starts a new thread on the next ``publish()``), closes the
+connection and ends the thread. Stopping delivers what it can before ``close()``'s deadline,
+then fails the rest with `PublisherClosed`.
 """
 
 from __future__ import annotations
@@ -17,76 +23,97 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Protocol
 
-from ._delivery import Delivery, _retrying
-from ._futures import mark_worker_thread
-from ._nats import NatsTransport, broker_error, cancel_and_wait
+from ._acks import Ack
+from ._nats import NatsTransport, cancel_and_wait
+from ._outstanding import Outstanding
 from ._queue import BatchQueue
+from ._retry import Backoff
 from ._routing import Item
+from ._sending import CoreSender, JetStreamSender
 from .config import PublisherConfig
-from .errors import BrokerError, InvalidEvent
+from .errors import (
+    BrokerError,
+    BrokerUnavailable,
+    EventRejected,
+    InvalidEvent,
+    PublisherClosed,
+    PublisherCrashed,
+    PublishTimeout,
+)
+from .futures import mark_worker_thread
 
-__all__ = ["Worker"]
+__all__ = ["Worker", "WorkerOwner"]
 
 log = logging.getLogger("edupulse_events")
+_MAX_BACKLOG = 1 << 20  # bytes not yet on the socket above which the sweep resends nothing
 
 
-class Worker(Delivery):
-    """The background thread, its loop, its connection, and the sending side."""
+class WorkerOwner(Protocol):
+    """What a worker tells its publisher."""
 
-    def __init__(
-        self, config: PublisherConfig, queue: BatchQueue, on_resolved: Callable[[int, int], None], name: str
-    ) -> None:
+    def on_resolved(self, acked: int, failed: int) -> None: ...
+
+    def on_crash(self, worker: Worker, error: BrokerError) -> None: ...
+
+
+class Worker:
+    """The background thread, its loop and connection, the drain loop, the sweep, retries."""
+
+    def __init__(self, config: PublisherConfig, queue: BatchQueue, owner: WorkerOwner, name: str) -> None:
         self.config = config
         self.queue = queue
+        self.name = name
+        #: True while the drain loop sleeps for lack of work (a caller's put must wake it).
         self.idle = False
         self.max_payload: int | None = None
-        self._on_resolved = on_resolved
-        self._name = name
+        #: The error that crashed the thread (None unless it crashed).
+        self.crash: PublisherCrashed | None = None
+        self.started_at = time.monotonic()
+        #: How many batches the loop has written (one wake-up each, at most).
+        self.batches = 0
+        #: Event ids failed by a stop that ran out of time (close() logs them).
+        self.abandoned: list[str] = []
+        self._owner = owner
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
-        self._ready: concurrent.futures.Future = concurrent.futures.Future()
-        self._retrying = _retrying(config.retry)
-        self._inflight: dict[int, Item] = {}
-        self._retries: list[Item] = []
-        self._delayed: dict[Item, asyncio.TimerHandle] = {}
-        #: Events that got "no responders", by subject, waiting for the one stream check of that subject.
-        self._checking: dict[bytes, list[Item]] = {}
-        self._seq = 0
+        self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._main_task: asyncio.Task[None] | None = None
+        self.outstanding = Outstanding(self._loop, owner.on_resolved)
+        self._backoff = Backoff(config.retry)
+        self._sender = JetStreamSender(self) if config.jetstream else CoreSender(self)
+        self.transport = self._new_transport()
+        self._wake = asyncio.Event()
+        self._in_hand: Sequence[Item] = ()
         self._connected = False
         self._stopping = False
         self._stop_deadline: float | None = None
         self._aborted = False
-        self._drainer: asyncio.Future | None = None
-        self._connector: asyncio.Future | None = None
-        #: How many batches the loop has written (one wake-up each, at most).
-        self.batches = 0
-        #: Core batches written and awaiting their PONG: key -> (events, attempt timer).
-        self._core_pending: dict[int, tuple[list[Item], asyncio.TimerHandle]] = {}
-        self._core_key = 0
-        self._core_count = 0
+        self._shutting_down = False
+        self._sweep_scheduled = False
+        self._owner_told = False
         self._waiting_room = False
-        self._half_window = config.window // 2
-        self._acked = 0
-        self._failed = 0
-        self._progress_scheduled = False
         self._stream_seen: set[bytes] = set()
-        self.abandoned: list[str] = []
-        #: The most JetStream publishes that were awaiting their ack at once.
-        self.peak_in_flight = 0
+        self._half_window = config.window // 2
+        self._half_window_bytes = config.window_bytes // 2
+        self._tick = min(0.05, config.retry.attempt_timeout / 4)
 
     # ----------------------------------------------------------------- caller side
     def start(self, block: bool, timeout: float) -> None:
         """Start the thread; with ``block``, wait until connected or raise `BrokerError`."""
-        self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+        if not block:
+            self._ready.set_result(None)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
         if block:
             try:
                 self._ready.result(timeout + 1.0)
             except concurrent.futures.TimeoutError:
-                raise broker_error(
-                    f"could not connect to {self.config.redacted_servers} within {timeout} s", transient=True
+                raise BrokerUnavailable(
+                    f"could not connect to {self.config.redacted_servers} within {timeout} s"
                 ) from None
 
     def wake(self) -> None:
@@ -95,7 +122,7 @@ class Worker(Delivery):
             self.idle = False
             try:
                 self._loop.call_soon_threadsafe(self._wake.set)
-            except RuntimeError:  # loop already closed: close() fails what is left
+            except RuntimeError:  # loop already closed: close() or the crash handler fails what is left
                 pass
 
     def stop(self, timeout: float) -> bool:
@@ -115,73 +142,172 @@ class Worker(Delivery):
     def thread(self) -> threading.Thread | None:
         return self._thread
 
-    # ----------------------------------------------------------------- loop side
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # ----------------------------------------------------------------- the three doors
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task that is kept (cancelled at the end) and whose error crashes the thread."""
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._crash(task.exception())  # type: ignore[arg-type]  # checked just above
+
+    def call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop soon; an exception crashes the thread."""
+        self._loop.call_soon(self._guarded, fn, args)
+
+    def call_at(self, when: float, fn: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
+        """Run ``fn(*args)`` at ``when`` (time.monotonic()); an exception crashes the thread."""
+        return self._loop.call_at(when, self._guarded, fn, args)
+
+    def run_guarded(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run ``fn(*args)`` now; an exception crashes the thread (for callbacks of others)."""
+        self._guarded(fn, args)
+
+    def _guarded(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - supervision: nothing may escape unnoticed
+            self._crash(exc)
+
+    def _on_acks(self, acks: list[Ack]) -> None:
+        try:
+            self._sender.on_acks(acks)  # type: ignore[union-attr]  # only JetStream asks for acks
+        except BaseException as exc:  # noqa: BLE001 - supervision (called from nats-py's read loop)
+            self._crash(exc)
+
+    def _on_state(self, connected: bool) -> None:
+        self._guarded(self._state_changed, (connected,))
+
+    def _on_closed(self) -> None:
+        self._guarded(self._rebuild, ())
+
+    def _crash(self, exc: BaseException) -> None:
+        """Something escaped: fail everything with `PublisherCrashed` and end the thread."""
+        if self.crash is not None:
+            return
+        log.error("publisher thread %s crashed", self.name, exc_info=(type(exc), exc, exc.__traceback__))
+        error = PublisherCrashed(f"the publisher thread {self.name} crashed ({type(exc).__name__}: {exc})")
+        error.__cause__ = exc
+        self.crash = error
+        if not self._ready.done():
+            self._ready.set_exception(error)
+        if self._main_task is not None and not self._shutting_down:
+            self._main_task.cancel()
+
+    # ----------------------------------------------------------------- life of the thread
     def _run(self) -> None:
         mark_worker_thread()
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._main())
-        except BaseException as exc:
-            log.exception("publisher thread %s crashed", self._name)
-            if not self._ready.done():
-                self._ready.set_exception(broker_error(f"publisher thread crashed: {exc!r}", transient=False))
+        except BaseException as exc:  # noqa: BLE001 - the last line of supervision
+            self._crash(exc)
         finally:
             try:
                 self._cancel_leftovers()
             finally:
                 self._loop.close()
+                self._ended()
+
+    async def _main(self) -> None:
+        self._main_task = asyncio.current_task()  # type: ignore[assignment]  # set: we run in a task
+        try:
+            await self._connect_first()
+            await self._drain()
+        except asyncio.CancelledError:
+            if not (self._aborted or self.crash is not None):
+                raise
+        except BaseException as exc:  # noqa: BLE001 - supervision
+            self._crash(exc)
+        finally:
+            self._shutting_down = True
+            await self._shutdown()
+
+    async def _connect_first(self) -> None:
+        if self._ready.done():  # lazy start: connect (and retry) in the background
+            self._spawn(self._connect_forever())
+            return
+        try:
+            await self.transport.connect(self.config.connect_timeout)
+        except BrokerError as exc:
+            self._ready.set_exception(exc)
+            self._aborted = True
+            return
+        self._ready.set_result(None)
+
+    async def _shutdown(self) -> None:
+        """Cancel every task, settle everything outstanding, tell the publisher, close the connection."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        self._settle_everything()
+        if self._stop_deadline is None:
+            limit = 1.0
+        else:  # past close()'s deadline the connection gets a moment: a hung broker would block nats-py's close()
+            limit = max(0.1, min(1.0, self._stop_deadline - time.monotonic()))
+        await self.transport.close(limit)
+
+    def _settle_everything(self) -> None:
+        """Fail whatever is unresolved: with the crash error, or `PublisherClosed` at a stop."""
+        items = [*self.outstanding.abandon_all(), *self._in_hand]
+        self._in_hand = ()
+        crash = self.crash
+        if crash is None:
+            items += self.queue.take_all()  # close() ran out of time
+        for item in items:
+            error: BrokerError | PublisherClosed
+            if crash is not None:
+                error = PublisherCrashed(f"{crash} before event {item.event_id} was acknowledged")
+                error.__cause__ = crash.__cause__
+            else:
+                error = PublisherClosed(f"publisher closed before event {item.event_id} was acknowledged")
+            if self.outstanding.fail(item, error) and crash is None:
+                self.abandoned.append(item.event_id)
+        self.outstanding.report()
+        if crash is not None:
+            self._tell_owner(crash)
+
+    def _tell_owner(self, crash: PublisherCrashed) -> None:
+        """Once: the publisher fails what is queued (under its lock) and restarts on the next publish()."""
+        if not self._owner_told:
+            self._owner_told = True
+            self._owner.on_crash(self, crash)
+
+    def _ended(self) -> None:
+        """The thread's last act: a thread that ends without being asked to is a crash too."""
+        if self.crash is None and not self._stopping and not self._ready_failed():
+            self._crash(RuntimeError("the publisher thread ended without being stopped"))
+            self._settle_everything()
+        elif self.crash is not None:
+            self._settle_everything()
+
+    def _ready_failed(self) -> bool:
+        return self._ready.done() and self._ready.exception() is not None
 
     def _cancel_leftovers(self) -> None:
         """Cancel the client's tasks a timed-out close left behind, and let them finish, so that
-        closing the loop destroys no pending task (each would log an error and, when collected,
-        raise "Event loop is closed" inside a coroutine)."""
+        closing the loop destroys no pending task."""
         loop = self._loop
         tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
         try:
             if tasks:
-                loop.run_until_complete(
-                    asyncio.wait([asyncio.ensure_future(cancel_and_wait(task, 1.0), loop=loop) for task in tasks])
-                )
+                waits = [loop.create_task(cancel_and_wait(task, 1.0)) for task in tasks]
+                loop.run_until_complete(asyncio.wait(waits))
             loop.run_until_complete(loop.shutdown_asyncgens())
         except Exception:
-            log.debug("publisher thread %s: cleanup after close failed", self._name, exc_info=True)
+            log.debug("publisher thread %s: cleanup after close failed", self.name, exc_info=True)
 
-    async def _main(self) -> None:
-        self._wake = asyncio.Event()
-        self.transport = self._new_transport()
-        reaper = asyncio.ensure_future(self._reap())
-        try:
-            if self.config.start_without_broker or self._ready.done():
-                if not self._ready.done():
-                    self._ready.set_result(None)
-                self._connector = asyncio.ensure_future(self._connect_forever())
-            else:
-                try:
-                    await self.transport.connect(self.config.connect_timeout)
-                except BrokerError as exc:
-                    self._ready.set_exception(exc)
-                    return
-                self._ready.set_result(None)
-            self._drainer = asyncio.ensure_future(self._drain())
-            try:
-                await self._drainer
-            except asyncio.CancelledError:
-                if not self._aborted:  # cancelled from outside, not by _abort
-                    raise
-        finally:
-            for task in (reaper, self._connector):
-                if task is not None:
-                    task.cancel()
-            self._abandon_all()
-            # Past close()'s deadline the connection gets only a moment to close: with a hung
-            # broker nats-py's close() would wait on a full socket.
-            limit = 1.0 if self._stop_deadline is None else max(0.1, min(1.0, self._stop_deadline - time.monotonic()))
-            await self.transport.close(limit)
-
-    def start_lazily(self) -> None:
-        """Start without waiting; the connection is made (and retried) in the background."""
-        self._ready.set_result(None)
-        self.start(block=False, timeout=0.0)
+    def _new_transport(self) -> NatsTransport:
+        return NatsTransport(self.config, self._on_acks, self._on_state, self._on_closed)
 
     async def _connect_forever(self) -> None:
         delay = self.config.reconnect_wait
@@ -194,140 +320,210 @@ class Worker(Delivery):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def _new_transport(self) -> NatsTransport:
-        return NatsTransport(self.config, self._on_acks, self._on_state, self._on_closed)
-
-    def _on_closed(self) -> None:
+    def _rebuild(self) -> None:
         """nats-py closed the connection for good (e.g. after a server -ERR): build a new one."""
         if self._stopping:
             return
         self.transport = self._new_transport()
-        self._connector = asyncio.ensure_future(self._connect_forever())
+        self._spawn(self._connect_forever())
 
-    def _on_state(self, connected: bool) -> None:
+    def _state_changed(self, connected: bool) -> None:
         self._connected = connected
         self.max_payload = self.transport.max_payload
-        if connected and self._inflight:
-            # Reconnected: acks for attempts sent on the lost connection will not come. Send
-            # them again now rather than after attempt_timeout (the same Nats-Msg-Id, so the
-            # stream stores each event once); late acks of the old attempts are ignored.
-            log.info("reconnected: resending %d events that were awaiting an ack", len(self._inflight))
-            self._retries.extend(self._inflight.values())
-            self._inflight.clear()
         if connected:
-            for key in list(self._core_pending):  # their PONGs were lost with the connection
-                self._core_settled(key, False)
+            out = self.outstanding
+            if out.inflight and self.transport.resend_on_reconnect:
+                # Acks for attempts sent on the lost connection will not come: send them again now
+                # rather than at attempt_timeout (same Nats-Msg-Id: stored once; late acks ignored).
+                log.info("reconnected: resending %d events that were awaiting an ack", len(out.inflight))
+                out.retries.extend(out.inflight.values())
+                out.inflight.clear()
+            if isinstance(self._sender, CoreSender):
+                self._sender.abandon_pongs()
         self._wake.set()
 
     def _begin_stop(self, deadline: float) -> None:
         self._stopping = True
         self._stop_deadline = deadline
-        self._loop.call_at(deadline, self._abort)
+        self.call_at(deadline, self._abort)
         self._wake.set()
 
     def _abort(self) -> None:
         """close()'s deadline: stop sending, even if the drain waits on a stalled connection."""
         self._aborted = True
-        self._wake.set()
-        if self._drainer is not None and not self._drainer.done():
-            self._drainer.cancel()
+        if self._main_task is not None and not self._shutting_down:
+            self._main_task.cancel()
 
-    def _nothing_left(self) -> bool:
-        return not (
-            self.queue.queue or self._inflight or self._retries or self._delayed or self._checking or self._core_pending
-        )
-
+    # ----------------------------------------------------------------- the drain loop
     async def _drain(self) -> None:
-        queue, wake, window = self.queue, self._wake, self.config.window
-        jetstream = self.config.jetstream
+        queue, wake, out = self.queue, self._wake, self.outstanding
+        window, window_bytes = self.config.window, self.config.window_bytes
         while True:
             wake.clear()
-            if self._aborted or (self._stopping and self._nothing_left()):
+            if self._aborted or (self._stopping and not len(queue) and not out.count):
                 return
-            if not self._connected:
+            if len(queue) or out.count:
+                self._schedule_sweep()
+            if not self._connected:  # callers still wake it: queued events have deadlines to keep
+                self.idle = True
                 await wake.wait()
+                self.idle = False
                 continue
             # Retries go first and already hold their slots: an attempt that got no ack keeps
-            # its slot until the event resolves, so a hung or slow broker gets no more than
-            # ``window`` events, and callers feel back-pressure instead of a retry storm.
-            batch = self._retries
+            # its slot until the event resolves, so a hung or slow broker gets no more than the
+            # window, and callers feel back-pressure instead of a retry storm.
+            batch: list[Item] = out.retries
             if batch:
-                self._retries = []
-            room = window - self._outstanding() - len(batch)
+                out.retries = []
+            room = window - out.count
             if room > 0:
-                batch = batch + queue.get_batch(room) if batch else queue.get_batch(room)
+                fresh: list[Item] = queue.take(room, window_bytes - out.nbytes, not out.count)  # type: ignore[assignment]
+                if fresh:
+                    out.take(fresh)
+                    batch = batch + fresh if batch else fresh
             if not batch:
-                if room <= 0:
+                if out.count and len(queue):
                     self._waiting_room = True
                     await wake.wait()
                     continue
                 self.idle = True
-                if not queue.queue:
+                if not len(queue):
                     await wake.wait()
                 self.idle = False
                 continue
             self.batches += 1
-            if jetstream:
-                self._send_jetstream(batch)
-                await self.transport.kick()
-            else:
-                await self._send_core(batch)
+            self._in_hand = batch
+            await self._sender.send(batch)
+            self._in_hand = ()
 
-    def _too_big(self, item: Item) -> bool:
+    def room_opened(self) -> None:
+        """Wake the drain loop when it waits for window room (half free) or for the last event at close."""
+        out = self.outstanding
+        if self._waiting_room and out.count <= self._half_window and out.nbytes <= self._half_window_bytes:
+            self._waiting_room = False
+            self._wake.set()
+        elif self._stopping and not out.count:
+            self._wake.set()
+
+    # ----------------------------------------------------------------- the sweep
+    def _schedule_sweep(self) -> None:
+        if not self._sweep_scheduled:
+            self._sweep_scheduled = True
+            self.call_at(time.monotonic() + self._tick, self._sweep)
+
+    def _sweep(self) -> None:
+        """Fail what is past its deadline, wherever it waits; retry attempts that got no answer.
+        Runs while anything is queued or outstanding, and stops when nothing is."""
+        self._sweep_scheduled = False
+        now = time.monotonic()
+        out = self.outstanding
+        attempt_timeout = self.config.retry.attempt_timeout
+        # While the broker is not reading (hung), resending would only pile copies into the
+        # client's buffer: then resend only within what the buffer may still take.
+        budget = _MAX_BACKLOG - self.transport.backlog
+        late = [
+            seq
+            for seq, item in out.inflight.items()
+            if item.deadline <= now or (budget > 0 and item.sent_at + attempt_timeout <= now)
+        ]
+        no_ack = BrokerUnavailable(f"no ack within {attempt_timeout} s")
+        for seq in late:
+            item = out.inflight[seq]
+            if item.deadline <= now:
+                del out.inflight[seq]
+                out.fail(item, self._timeout(item, None))
+            elif budget > 0:
+                del out.inflight[seq]
+                budget -= item.size
+                self.failed_attempt(item, no_ack)
+        for batch, _timer in out.core.values():
+            for item in batch:
+                if item.deadline <= now and not item.future.done():
+                    out.fail(item, self._timeout(item, None))
+        expired = out.expired(now) + self.queue.take_expired(now)  # type: ignore[operator]
+        for item in expired:
+            out.fail(item, self._timeout(item, None))
+        if late or expired:
+            self._wake.set()
+        if out.count or len(self.queue):
+            self._schedule_sweep()
+
+    # ----------------------------------------------------------------- retries and outcomes
+    def failed_attempt(self, item: Item, exc: BrokerError) -> None:
+        """Retry after tenacity's backoff if the failure is transient and the deadline allows."""
+        delay = self._backoff.delay(item.attempts, exc)
+        if delay is None or self._aborted:
+            self.outstanding.fail(item, exc)
+            return
+        remaining = item.deadline - time.monotonic()
+        if remaining <= 0:
+            self.outstanding.fail(item, self._timeout(item, exc))
+            return
+        log.debug("event %s: attempt %d failed (%s); retrying in %.3f s", item.event_id, item.attempts, exc, delay)
+        self.outstanding.delayed[item] = self.call_at(
+            time.monotonic() + min(delay, remaining), self._requeue, item, exc
+        )
+
+    def _requeue(self, item: Item, exc: BrokerError) -> None:
+        self.outstanding.delayed.pop(item, None)
+        if time.monotonic() >= item.deadline:
+            self.outstanding.fail(item, self._timeout(item, exc))
+            return
+        self.outstanding.retries.append(item)
+        self._wake.set()
+
+    def _timeout(self, item: Item, last: BaseException | None) -> PublishTimeout:
+        why = f" (last error: {last})" if last is not None else ""
+        err = PublishTimeout(
+            f"event {item.event_id} was not acknowledged within its delivery deadline of "
+            f"{self.config.delivery_timeout} s after {item.attempts} attempt(s){why}"
+        )
+        err.__cause__ = last
+        return err
+
+    def too_big(self, item: Item) -> bool:
+        """Fail ``item`` if it is larger than the server's max_payload (learnt after it was queued)."""
         limit = self.max_payload
         if limit is not None and item.size > limit:
-            self._fail(
+            self.outstanding.fail(
                 item,
                 InvalidEvent(
-                    f"event {item.event_id} is {item.size} bytes with headers, more than the server's max_payload of {limit} bytes"
+                    f"event {item.event_id} is {item.size} bytes with headers, "
+                    f"more than the server's max_payload of {limit} bytes"
                 ),
             )
             return True
         return False
 
-    def _send_jetstream(self, batch: list[Item]) -> None:
-        now = time.monotonic()
-        prefix = self.transport.reply_prefix
-        inflight = self._inflight
-        commands = []
-        seq = self._seq
-        limit = self.max_payload if self.max_payload is not None else 1 << 62
-        for item in batch:
-            if item.size > limit and self._too_big(item):
-                continue
-            seq += 1
-            item.attempts += 1
-            item.sent_at = now
-            inflight[seq] = item
-            commands.append(
-                b"HPUB %s %s%d %d %d\r\n%s%s\r\n"
-                % (item.subject, prefix, seq, len(item.headers), item.size, item.headers, item.payload)
-            )
-        self._seq = seq
-        if len(inflight) > self.peak_in_flight:
-            self.peak_in_flight = len(inflight)
-        self.transport.write(commands)
+    # ----------------------------------------------------------------- "no responders"
+    def no_responders(self, item: Item) -> None:
+        """No stream answered: ask once per subject whether any captures it; park the events meanwhile."""
+        if item.subject in self._stream_seen:
+            self.failed_attempt(item, BrokerUnavailable(f"no JetStream responder for {item.subject.decode()}"))
+            return
+        waiting = self.outstanding.parked.get(item.subject)
+        if waiting is not None:  # one check per subject answers for every event waiting on it
+            waiting.append(item)
+            return
+        self.outstanding.parked[item.subject] = [item]
+        self._spawn(self._check_stream(item.subject))
 
-    async def _send_core(self, batch: list[Item]) -> None:
-        """Write a core batch and a PING, without waiting: its PONG settles the batch
-        (`_core_settled`), so several batches are in flight within the window."""
-        batch = [item for item in batch if not self._too_big(item)]
-        if not batch:
-            return
-        commands = [
-            b"HPUB %s %d %d\r\n%s%s\r\n" % (i.subject, len(i.headers), i.size, i.headers, i.payload) for i in batch
-        ]
-        for item in batch:
-            item.attempts += 1
-        try:
-            pong = await self.transport.write_then_ping(commands)
-        except BrokerError as exc:
-            for item in batch:
-                self._failed_attempt(item, exc)
-            return
-        self._core_key += 1
-        key = self._core_key
-        timer = self._loop.call_later(self.config.retry.attempt_timeout, self._core_settled, key, False)
-        self._core_pending[key] = (batch, timer)
-        self._core_count += len(batch)
-        pong.add_done_callback(lambda f, key=key: self._core_settled(key, not f.cancelled() and f.exception() is None))
+    async def _check_stream(self, subject: bytes) -> None:
+        name = subject.decode()
+        timeout = min(self.config.retry.attempt_timeout, 2.0)
+        captured = await self.transport.stream_captures(name, timeout)
+        items = self.outstanding.parked.pop(subject, [])
+        if captured:
+            self._stream_seen.add(subject)
+        for item in items:
+            if captured is False:
+                self.outstanding.fail(
+                    item,
+                    EventRejected(
+                        f"no JetStream stream captures subject {name!r}: "
+                        "create one, or pass create_stream=True with stream=<name>"
+                    ),
+                )
+            else:
+                self.failed_attempt(item, BrokerUnavailable(f"no JetStream responder for {name} (leader election?)"))
+        self._wake.set()

@@ -12,7 +12,7 @@ import math
 import os
 import re
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -51,7 +51,7 @@ def redact_url(url: str) -> str:
     return ",".join(parts)
 
 
-def _positive(name: str):
+def seconds_validator(name: str) -> Callable[[object, object, float], None]:
     def check(_inst: object, _attr: object, value: float) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number of seconds, got {type(value).__name__}")
@@ -61,7 +61,7 @@ def _positive(name: str):
     return check
 
 
-def _positive_int(name: str):
+def count_validator(name: str) -> Callable[[object, object, int], None]:
     def check(_inst: object, _attr: object, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
@@ -77,11 +77,11 @@ class RetryPolicy:
     (how long to wait for a JetStream ack or a core flush before trying again).
     """
 
-    initial: float = attrs.field(default=0.05, validator=_positive("retry.initial"))
-    maximum: float = attrs.field(default=2.0, validator=_positive("retry.maximum"))
-    multiplier: float = attrs.field(default=2.0, validator=_positive("retry.multiplier"))
+    initial: float = attrs.field(default=0.05, validator=seconds_validator("retry.initial"))
+    maximum: float = attrs.field(default=2.0, validator=seconds_validator("retry.maximum"))
+    multiplier: float = attrs.field(default=2.0, validator=seconds_validator("retry.multiplier"))
     jitter: float = attrs.field(default=0.1)
-    attempt_timeout: float = attrs.field(default=2.0, validator=_positive("retry.attempt_timeout"))
+    attempt_timeout: float = attrs.field(default=2.0, validator=seconds_validator("retry.attempt_timeout"))
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -113,7 +113,7 @@ def _servers(value: object) -> tuple[str, ...]:
     return tuple(items)
 
 
-def _check_subject(_inst: object, _attr: object, subject: str) -> None:
+def check_subject(_inst: object, _attr: object, subject: str) -> None:
     if not isinstance(subject, str) or not subject:
         raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
     names = set(_PLACEHOLDER.findall(subject))
@@ -141,32 +141,36 @@ class PublisherConfig:
     """
 
     servers: tuple[str, ...] = attrs.field(converter=_servers, repr=lambda v: repr(tuple(redact_url(s) for s in v)))
-    subject: str = attrs.field(validator=_check_subject)
+    subject: str = attrs.field(validator=check_subject)
     auth_token: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
     user: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
     password: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
     jetstream: bool = True
     #: Bound of the hand-off queue, in events and in encoded bytes (back-pressure).
-    max_queue: int = attrs.field(default=10_000, validator=_positive_int("max_queue"))
-    max_queue_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=_positive_int("max_queue_bytes"))
+    max_queue: int = attrs.field(default=10_000, validator=count_validator("max_queue"))
+    max_queue_bytes: int = attrs.field(default=64 * 1024 * 1024, validator=count_validator("max_queue_bytes"))
     #: How long publish() blocks on a full queue by default before raising QueueFull.
-    publish_timeout: float = attrs.field(default=5.0, validator=_positive("publish_timeout"))
-    #: JetStream publishes in flight at once (awaiting their ack); also the batch size.
-    window: int = attrs.field(default=256, validator=_positive_int("window"))
+    publish_timeout: float = attrs.field(default=5.0, validator=seconds_validator("publish_timeout"))
+    #: Events outstanding at once (taken from the queue: awaiting their ack, a retry, ...);
+    #: also the largest batch.
+    window: int = attrs.field(default=256, validator=count_validator("window"))
+    #: Encoded bytes outstanding at once (a lone larger event still goes, alone). Memory held for
+    #: events stays within a small multiple of max_queue_bytes + window_bytes (see the README).
+    window_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=count_validator("window_bytes"))
     #: Per-event deadline from publish() to ack; past it the future fails with PublishTimeout.
-    delivery_timeout: float = attrs.field(default=30.0, validator=_positive("delivery_timeout"))
+    delivery_timeout: float = attrs.field(default=30.0, validator=seconds_validator("delivery_timeout"))
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)
-    connect_timeout: float = attrs.field(default=5.0, validator=_positive("connect_timeout"))
-    reconnect_wait: float = attrs.field(default=0.25, validator=_positive("reconnect_wait"))
+    connect_timeout: float = attrs.field(default=5.0, validator=seconds_validator("connect_timeout"))
+    reconnect_wait: float = attrs.field(default=0.25, validator=seconds_validator("reconnect_wait"))
     #: Return from connect() without a broker and deliver once it comes up.
     start_without_broker: bool = False
     #: Create this JetStream stream (capturing the subject) when it does not exist.
     stream: str | None = None
     create_stream: bool = False
-    stream_replicas: int = attrs.field(default=1, validator=_positive_int("stream_replicas"))
+    stream_replicas: int = attrs.field(default=1, validator=count_validator("stream_replicas"))
     tls: ssl.SSLContext | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "<SSLContext>")
     #: How long the interpreter-exit hook waits for unresolved events.
-    exit_timeout: float = attrs.field(default=5.0, validator=_positive("exit_timeout"))
+    exit_timeout: float = attrs.field(default=5.0, validator=seconds_validator("exit_timeout"))
     client_name: str = "edupulse_events"
 
     def __attrs_post_init__(self) -> None:

@@ -9,13 +9,18 @@
     ├── QueueFull         (queue.Full)    publish() waited `timeout` for room and found none
     ├── PublisherClosed   (RuntimeError)  publish() after close(), or queued when close() gave up
     ├── PublishTimeout    (TimeoutError)  an event was not acknowledged before its deadline
-    ├── BrokerError       (ConnectionError) connect/auth/TLS failure, or the broker refused an event
+    ├── BrokerError       (ConnectionError) the broker could not be used for an event or a connection
+    │   ├── BrokerUnavailable                 transient: no connection, no ack in time, no leader (retried)
+    │   ├── EventRejected                     permanent: the stream refused this event (err_code says why)
+    │   └── PublisherCrashed                  the publisher thread crashed; it restarts on the next publish()
     ├── DeadlockError     (RuntimeError)  waiting on a future from the publisher's own thread
     ├── ServerError       (RuntimeError)  a .testing nats-server failed to start, or was misused
     └── ServerNotFound    (FileNotFoundError) .testing found no nats-server executable
 
 Every subclass also derives from the matching builtin, so ``except ValueError`` keeps working
-for code that does not know this library. Dependency exceptions (nats-py, cattrs, orjson) never
+for code that does not know this library. Whether retrying can help is part of the type:
+``BrokerError.retryable`` is a class attribute, True only for `BrokerUnavailable` (the
+publisher retries those itself until the delivery deadline). Dependency exceptions (nats-py, cattrs, orjson) never
 reach callers: they are mapped to one of these, with the original kept as ``__cause__``.
 Messages never contain credentials or event payloads.
 """
@@ -23,16 +28,20 @@ Messages never contain credentials or event payloads.
 from __future__ import annotations
 
 import queue
+from typing import ClassVar
 
 __all__ = [
     "BrokerError",
+    "BrokerUnavailable",
     "ConfigError",
     "DeadlockError",
     "DecodeError",
+    "EventRejected",
     "EventsError",
     "InvalidEvent",
     "PublishTimeout",
     "PublisherClosed",
+    "PublisherCrashed",
     "QueueFull",
     "ServerError",
     "ServerNotFound",
@@ -68,7 +77,37 @@ class PublishTimeout(EventsError, TimeoutError):
 
 
 class BrokerError(EventsError, ConnectionError):
-    """The broker could not be reached, refused the credentials, or rejected an event."""
+    """The broker could not be reached, refused the credentials, or did not take an event."""
+
+    #: Whether the same attempt may succeed later (the publisher retries these itself).
+    retryable: ClassVar[bool] = False
+
+
+class BrokerUnavailable(BrokerError):
+    """A transient failure: not connected, no answer in time, no stream leader for now."""
+
+    retryable: ClassVar[bool] = True
+
+
+class EventRejected(BrokerError):
+    """The broker refused this event for good (stream full, message too large, no stream...).
+
+    ``code`` and ``err_code`` are JetStream's status and error code (None where the server
+    gave none); retrying the same bytes cannot help.
+    """
+
+    def __init__(self, message: str, *, code: int | None = None, err_code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.err_code = err_code
+
+
+class PublisherCrashed(BrokerError):
+    """The publisher thread stopped on an unexpected error before this event was acknowledged.
+
+    The event may or may not have been stored (republishing the same envelope within the
+    stream's duplicate window is safe). The next ``publish()`` starts a new thread.
+    """
 
 
 class DeadlockError(EventsError, RuntimeError):

@@ -52,7 +52,7 @@ def build_from_env(environ: Mapping[str, str] | None = None, **options: Any) -> 
     try:
         return publisher.start()
     except BrokerError as exc:
-        publisher._discard()
+        publisher.close(0.0)
         if env.get(FALLBACK_ENV, "").strip().lower() == "memory":
             log.error(
                 "%s; %s=memory: falling back to an InMemoryPublisher, events will NOT reach a broker", exc, FALLBACK_ENV

@@ -2,16 +2,19 @@
 
 Caller threads validate and encode (`Router.prepare`), put the event on a bounded
 `BatchQueue` (blocking up to ``timeout`` when full: back-pressure) and get a future; the
-`Worker` thread does all network work. This module owns the publisher's life cycle: lazy
-start, `flush`, `close`, re-creation after ``fork()`` (pre-fork servers such as gunicorn),
-and closing open publishers at interpreter exit, logging what could not be delivered (count
-and event ids, never payloads).
+`Worker` thread does all network work. This module owns the publisher's life cycle — one
+explicit `PublisherState`: NEW (no thread yet), RUNNING, CRASHED (the thread died; the next
+``publish()`` starts a new one, after a backoff when it keeps crashing), CLOSED — and with it
+`flush`, `close`, re-creation after ``fork()`` (pre-fork servers such as gunicorn), and
+closing open publishers at interpreter exit, logging what could not be delivered (count and
+event ids, never payloads).
 """
 
 from __future__ import annotations
 
 import atexit
 import concurrent.futures
+import enum
 import logging
 import os
 import queue
@@ -22,21 +25,33 @@ from typing import Any
 
 import attrs
 
-from ._futures import PublishAck, _worker_state
 from ._queue import BatchQueue
-from ._routing import Router
+from ._routing import Item, Router
 from ._worker import Worker
 from .config import PublisherConfig
 from .envelope import EventEnvelope
-from .errors import DeadlockError, PublisherClosed, QueueFull
+from .errors import BrokerError, DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
+from .futures import PublishAck, in_worker_thread
 
-__all__ = ["NatsPublisher", "PublisherStats"]
+__all__ = ["NatsPublisher", "PublisherState", "PublisherStats"]
 
 log = logging.getLogger("edupulse_events")
 _live: weakref.WeakSet[NatsPublisher] = weakref.WeakSet()
 _orphans: list[Worker] = []  # a parent's workers, kept (never run) in a forked child
 _names = iter(range(1, 1 << 62))
 _IDS_PER_LINE = 500  # undelivered event ids per log line (~19 kB)
+#: A thread that crashed within this many seconds of its start counts as crashing again.
+_QUICK_CRASH = 10.0
+_MAX_RESTART_DELAY = 30.0
+
+
+class PublisherState(enum.Enum):
+    """Where a `NatsPublisher` is in its life."""
+
+    NEW = "new"  #: no publisher thread yet: it starts on start() or the first publish()
+    RUNNING = "running"  #: a publisher thread is delivering
+    CRASHED = "crashed"  #: the thread died on an unexpected error; the next publish() restarts it
+    CLOSED = "closed"  #: close() was called: nothing more is accepted
 
 
 @attrs.frozen
@@ -48,8 +63,15 @@ class PublisherStats:
     failed: int
     queued: int
     blocked_publishes: int
+    #: The most events outstanding (taken from the queue, not resolved) at once, per thread.
     peak_in_flight: int
     batches: int
+    #: Publisher threads that crashed, and how many were started again after a crash.
+    crashes: int = 0
+    restarts: int = 0
+    #: How events are written to nats-py: "fast", "public", or None before the first connection.
+    nats_path: str | None = None
+    state: str = "new"
 
 
 class NatsPublisher:
@@ -64,23 +86,30 @@ class NatsPublisher:
         if not isinstance(config, PublisherConfig):
             raise TypeError(f"NatsPublisher takes a PublisherConfig, got {type(config).__name__}")
         self._config = config
-        self._delivery_timeout = config.delivery_timeout  # read on every publish()
-        self._publish_timeout = config.publish_timeout
+        self._publish_timeout = config.publish_timeout  # read on every publish()
         self._router = Router(config.subject)
         self._name = f"edupulse-publisher-{next(_names)}"
-        self._closed = False
         self._reset()
         _live.add(self)
 
     def _reset(self) -> None:
+        """A fresh start: new queue, locks and counters (at construction, and in a forked child)."""
         cfg = self._config
-        self._queue = BatchQueue(cfg.max_queue, cfg.max_queue_bytes)
+        self._state = PublisherState.NEW
+        #: The running thread's worker; None unless RUNNING (publish() checks only this).
+        self._worker: Worker | None = None
+        self._last_worker: Worker | None = None
+        self._queue = BatchQueue(cfg.max_queue, cfg.max_queue_bytes, cfg.delivery_timeout)
+        #: Guards the state and the worker; start() also holds the start lock while it connects.
+        self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._progress = threading.Condition(threading.Lock())
         self._futures_condition = threading.Condition()  # shared by this publisher's futures
         self._resolved = self._acked = self._failed = 0
-        self._worker: Worker | None = None
-        self._pid = os.getpid()
+        self._crashes = self._restarts = self._quick_crashes = 0
+        self._restart_at = 0.0
+        self._crash: PublisherCrashed | None = None
+        self._past_batches = self._past_peak = 0
 
     @classmethod
     def connect(
@@ -106,7 +135,7 @@ class NatsPublisher:
         try:
             publisher.start()
         except BaseException:
-            publisher._discard()
+            publisher.close(0.0)
             raise
         return publisher
 
@@ -114,37 +143,64 @@ class NatsPublisher:
     def config(self) -> PublisherConfig:
         return self._config
 
+    @property
+    def state(self) -> PublisherState:
+        return self._state
+
     def start(self) -> NatsPublisher:
         """Start the publisher thread now and, unless ``start_without_broker``, wait to be connected."""
         with self._start_lock:
-            if self._worker is not None:
-                return self
+            with self._lock:
+                if self._state is PublisherState.CLOSED:
+                    raise PublisherClosed("start() on a closed NatsPublisher")
+                if self._state is PublisherState.RUNNING:
+                    return self
             worker = self._new_worker()
-            try:
+            try:  # not under self._lock: a thread crashing while it connects reports under it
                 worker.start(block=not self._config.start_without_broker, timeout=self._config.connect_timeout)
             except BaseException:
                 worker.stop(1.0)
                 raise
-            self._worker = worker
-        return self
-
-    def _discard(self) -> None:
-        """Forget a publisher whose start() failed before it accepted anything: closed, no
-        exit-hook close (and no "publisher closed" log line for a publisher that never ran)."""
-        with self._start_lock:
-            self._closed = True
-        _live.discard(self)
+            with self._lock:
+                if self._state is not PublisherState.CLOSED:
+                    self._run(worker)
+                    return self
+        worker.stop(1.0)
+        raise PublisherClosed("close() ran while start() was connecting")
 
     def _new_worker(self) -> Worker:
-        return Worker(self._config, self._queue, self._on_resolved, self._name)
+        return Worker(self._config, self._queue, self, self._name)
 
-    def _lazy_worker(self) -> Worker:
-        with self._start_lock:
-            if self._worker is None:
-                worker = self._new_worker()
-                worker.start_lazily()
-                self._worker = worker
+    def _run(self, worker: Worker) -> None:
+        """With the lock held: ``worker`` is the running thread."""
+        self._state = PublisherState.RUNNING
+        self._worker = self._last_worker = worker
+
+    def _ensure_worker(self) -> Worker:
+        """The running worker, started (or restarted after a crash) if need be; raises
+        `PublisherClosed` after close(), `PublisherCrashed` while a crashing thread backs off."""
+        with self._lock:
+            return self._ensure_worker_locked()
+
+    def _ensure_worker_locked(self) -> Worker:
+        state = self._state
+        if state is PublisherState.RUNNING and self._worker is not None:
             return self._worker
+        if state is PublisherState.CLOSED:
+            raise PublisherClosed("publish() on a closed NatsPublisher")
+        if state is PublisherState.CRASHED:
+            wait = self._restart_at - time.monotonic()
+            if wait > 0:
+                raise PublisherCrashed(
+                    f"the publisher thread crashed {self._quick_crashes} times in a row (last: {self._crash}); "
+                    f"it restarts in {wait:.1f} s, events are refused until then"
+                )
+            self._restarts += 1
+            log.warning("starting a new publisher thread %s after a crash (restart %d)", self._name, self._restarts)
+        worker = self._new_worker()
+        worker.start(block=False, timeout=0.0)
+        self._run(worker)
+        return worker
 
     def publish(
         self, envelope: EventEnvelope, *, timeout: float | None = None
@@ -152,37 +208,74 @@ class NatsPublisher:
         """Validate, encode and queue ``envelope``; return a future resolving to its `PublishAck`.
 
         Raises `InvalidEvent` (nothing queued) for bad input, `QueueFull` when the queue stayed
-        full for ``timeout`` seconds (default ``config.publish_timeout``; 0 = do not wait), and
-        `PublisherClosed` after `close()`.
+        full for ``timeout`` seconds (default ``config.publish_timeout``; 0 = do not wait),
+        `PublisherClosed` after `close()`, and `PublisherCrashed` while a publisher thread that
+        keeps crashing waits to be restarted. The event's delivery deadline
+        (``delivery_timeout``) starts when it is accepted.
         """
-        if self._closed:
-            raise PublisherClosed("publish() on a closed NatsPublisher")
-        worker = self._worker or self._lazy_worker()
-        item = self._router.prepare(
-            envelope, time.monotonic() + self._delivery_timeout, worker.max_payload, self._futures_condition
-        )
+        worker = self._worker
+        if worker is None:
+            worker = self._ensure_worker()
+        item = self._router.prepare(envelope, worker.max_payload, self._futures_condition)
         wait = self._publish_timeout if timeout is None else timeout
         try:
-            self._queue.put(item, wait > 0, wait)
+            self._queue.put(item, wait)
         except queue.Full:
+            cfg = self._config
             raise QueueFull(
-                f"publisher queue stayed full for {wait} s ({self._config.max_queue} events / {self._config.max_queue_bytes} bytes)"
+                f"publisher queue stayed full for {wait} s ({cfg.max_queue} events / {cfg.max_queue_bytes} bytes)"
             ) from None
         worker.wake()
-        if self._closed:  # close() ran while we were putting: fail what it could not see
-            self._fail_leftovers()
+        if self._worker is not worker:  # closed, crashed or forked meanwhile: the event must not be stranded
+            self._rescue()
         return item.future
 
-    def _on_resolved(self, acked: int, failed: int) -> None:
+    def _rescue(self) -> None:
+        """After a put that raced with close() or a crash: hand the queue to a running thread, or fail it."""
+        with self._lock:
+            try:
+                worker = self._ensure_worker_locked()
+            except (PublisherClosed, PublisherCrashed) as exc:
+                self._fail_leftovers(exc if isinstance(exc, PublisherCrashed) else None)
+                return
+        worker.wake()
+
+    # ----------------------------------------------------------------- the worker's reports
+    def on_resolved(self, acked: int, failed: int) -> None:
+        """Called by the publisher thread: events resolved (for flush() and stats())."""
         with self._progress:
             self._acked += acked
             self._failed += failed
             self._resolved += acked + failed
             self._progress.notify_all()
 
+    def on_crash(self, worker: Worker, error: PublisherCrashed) -> None:
+        """Called by a crashing publisher thread once it failed what it held: fail what is
+        queued and let the next publish() start a new thread (at once, or after a backoff
+        when threads keep crashing soon after their start)."""
+        with self._lock:
+            if worker is self._last_worker:
+                self._past_batches += worker.batches
+                self._past_peak = max(self._past_peak, worker.outstanding.peak)
+                self._last_worker = None
+            if self._worker is not worker:
+                return
+            self._worker = None
+            self._crashes += 1
+            self._crash = error
+            if time.monotonic() - worker.started_at < _QUICK_CRASH:
+                self._quick_crashes += 1
+            else:
+                self._quick_crashes = 1
+            delay = 0.0 if self._quick_crashes <= 1 else min(0.5 * 2 ** (self._quick_crashes - 2), _MAX_RESTART_DELAY)
+            self._restart_at = time.monotonic() + delay
+            self._state = PublisherState.CRASHED
+            self._fail_leftovers(error)
+
+    # ----------------------------------------------------------------- waiting and closing
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event accepted so far has resolved; False if ``timeout`` ran out first."""
-        if getattr(_worker_state, "active", False):
+        if in_worker_thread():
             raise DeadlockError("flush() called from a publisher's own thread would wait forever")
         with self._progress:
             target = self._queue.accepted
@@ -191,83 +284,104 @@ class NatsPublisher:
     def stats(self) -> PublisherStats:
         """A snapshot of this publisher's counters."""
         with self._progress:
-            worker = self._worker
-            peak, batches = (worker.peak_in_flight, worker.batches) if worker is not None else (0, 0)
+            worker = self._last_worker
+            batches, peak, path = self._past_batches, self._past_peak, None
+            if worker is not None:
+                batches += worker.batches
+                peak = max(peak, worker.outstanding.peak)
+                path = worker.transport.path
             return PublisherStats(
-                self._queue.accepted,
-                self._acked,
-                self._failed,
-                self._queue.qsize(),
-                self._queue.blocked_puts,
-                peak,
-                batches,
+                accepted=self._queue.accepted,
+                acknowledged=self._acked,
+                failed=self._failed,
+                queued=len(self._queue),
+                blocked_publishes=self._queue.blocked_puts,
+                peak_in_flight=peak,
+                batches=batches,
+                crashes=self._crashes,
+                restarts=self._restarts,
+                nats_path=path,
+                state=self._state.value,
             )
 
     def close(self, timeout: float | None = None) -> None:
         """Stop accepting, deliver what is queued within ``timeout`` (default: the delivery
         deadline), fail the rest with `PublisherClosed`, stop the thread. Idempotent."""
-        if getattr(_worker_state, "active", False):
+        if in_worker_thread():
             raise DeadlockError("close() called from a publisher's own thread would wait forever")
-        with self._start_lock:
-            if self._closed:
+        with self._lock:
+            if self._state is PublisherState.CLOSED:
                 return
-            self._closed = True
-            worker = self._worker
+            self._state = PublisherState.CLOSED
+            worker, self._worker = self._worker, None
+            ever_used = self._queue.accepted > 0 or worker is not None
         timeout = self._config.delivery_timeout if timeout is None else max(0.0, timeout)
         abandoned: list[str] = []
         if worker is not None:
             if not worker.stop(timeout):
                 log.error("publisher thread %s did not stop within %.1f s", self._name, timeout)
             abandoned += worker.abandoned
-        abandoned += self._fail_leftovers()
+        abandoned += self._fail_leftovers(None)
         _live.discard(self)
+        if ever_used:
+            self._log_closed(abandoned)
+
+    def _log_closed(self, abandoned: list[str]) -> None:
         stats = self.stats()
-        if abandoned:
-            first = abandoned[:_IDS_PER_LINE]
-            more = (
-                f" {len(first)} of {len(abandoned)}, the rest on the next lines" if len(abandoned) > len(first) else ""
-            )
-            log.error(
-                "publisher closed: %d events acknowledged, %d failed; %d were NOT delivered (event ids%s: %s)",
-                stats.acknowledged,
-                stats.failed,
-                len(abandoned),
-                more,
-                ", ".join(first),
-            )
-            for start in range(_IDS_PER_LINE, len(abandoned), _IDS_PER_LINE):  # lines a log pipeline keeps whole
-                chunk = abandoned[start : start + _IDS_PER_LINE]
-                log.error(
-                    "NOT delivered (event ids %d-%d of %d): %s",
-                    start + 1,
-                    start + len(chunk),
-                    len(abandoned),
-                    ", ".join(chunk),
-                )
-        else:
+        if not abandoned:
             log.info(
                 "publisher closed: %d events acknowledged, %d failed, none left undelivered",
                 stats.acknowledged,
                 stats.failed,
             )
+            return
+        first = abandoned[:_IDS_PER_LINE]
+        more = f" {len(first)} of {len(abandoned)}, the rest on the next lines" if len(abandoned) > len(first) else ""
+        log.error(
+            "publisher closed: %d events acknowledged, %d failed; %d were NOT delivered (event ids%s: %s)",
+            stats.acknowledged,
+            stats.failed,
+            len(abandoned),
+            more,
+            ", ".join(first),
+        )
+        for start in range(_IDS_PER_LINE, len(abandoned), _IDS_PER_LINE):  # lines a log pipeline keeps whole
+            chunk = abandoned[start : start + _IDS_PER_LINE]
+            log.error(
+                "NOT delivered (event ids %d-%d of %d): %s",
+                start + 1,
+                start + len(chunk),
+                len(abandoned),
+                ", ".join(chunk),
+            )
 
-    def _fail_leftovers(self) -> list[str]:
-        items = self._queue.get_batch(self._config.max_queue + 1)
+    def _fail_leftovers(self, crash: BrokerError | None) -> list[str]:
+        """Fail what is queued: with the crash's error, or `PublisherClosed`; returns their ids."""
+        items: list[Item] = self._queue.take_all()  # type: ignore[assignment]
         ids = []
         for item in items:
+            error: Exception
+            if crash is not None:
+                error = PublisherCrashed(f"{crash} before event {item.event_id} was sent")
+                error.__cause__ = crash.__cause__
+            else:
+                error = PublisherClosed(f"publisher closed before event {item.event_id} was sent")
             try:
-                item.future.set_exception(PublisherClosed(f"publisher closed before event {item.event_id} was sent"))
+                item.future.set_exception(error)
             except concurrent.futures.InvalidStateError:
                 continue
             ids.append(item.event_id)
         if ids:
-            self._on_resolved(0, len(ids))
+            self.on_resolved(0, len(ids))
         return ids
 
     def _after_fork_in_child(self) -> None:
         if self._worker is not None:
             _orphans.append(self._worker)
+        closed = self._state is PublisherState.CLOSED
         self._reset()  # new queue, locks and counters; the parent's queued events stay the parent's
+        if closed:
+            self._state = PublisherState.CLOSED
 
     def __enter__(self) -> NatsPublisher:
         return self
@@ -276,14 +390,18 @@ class NatsPublisher:
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
         mode = "jetstream" if self._config.jetstream else "core"
-        return f"<NatsPublisher {state} {mode} servers={self._config.redacted_servers!r} subject={self._config.subject!r} queued={self._queue.qsize()}>"
+        worker = self._last_worker
+        path = worker.transport.path if worker is not None else None
+        return (
+            f"<NatsPublisher {self._state.value} {mode} path={path} servers={self._config.redacted_servers!r} "
+            f"subject={self._config.subject!r} queued={len(self._queue)}>"
+        )
 
 
 def _after_fork_in_child() -> None:
     for publisher in list(_live):
-        publisher._after_fork_in_child()
+        publisher._after_fork_in_child()  # noqa: SLF001 - this module's own hook
 
 
 def _close_all_at_exit() -> None:

@@ -1,7 +1,7 @@
 """What every publisher offers: the `EventPublisher` protocol, and the `InMemoryPublisher`
-for applications' own tests. `PublishAck` and `PublishFuture` (``_futures.py``) and the
-caller-side preparation of events with their routing headers (``_routing.py``) are shared
-by every publisher and re-exported here.
+for applications' own tests. The outcome types, `PublishAck` and `PublishFuture`, live in
+:mod:`.futures`; the caller-side preparation of events with their routing headers
+(``_routing.py``) is shared by every publisher.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import queue
 import time
 from typing import Protocol, runtime_checkable
 
-from ._futures import PublishAck, PublishFuture
 from ._routing import Router
-from .config import _check_subject, _positive
+from .config import check_subject, seconds_validator
 from .envelope import EventEnvelope
 from .errors import ConfigError, PublisherClosed, QueueFull
+from .futures import PublishAck
 
-__all__ = ["EventPublisher", "InMemoryPublisher", "PublishAck", "PublishFuture"]
+__all__ = ["EventPublisher", "InMemoryPublisher"]
 
 
 @runtime_checkable
@@ -103,8 +103,8 @@ class InMemoryPublisher:
     ) -> None:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ConfigError(f"max_queue must be an int >= 1, got {max_queue!r}")
-        _positive("publish_timeout")(None, None, publish_timeout)
-        _check_subject(None, None, subject)
+        seconds_validator("publish_timeout")(None, None, publish_timeout)
+        check_subject(None, None, subject)
         if not isinstance(discard_oldest, bool):
             raise ConfigError(f"discard_oldest must be a bool, got {discard_oldest!r}")
         self._queue = _Channel(max_queue)
@@ -119,7 +119,7 @@ class InMemoryPublisher:
         ``publish_timeout``; 0 = do not wait) while the channel is full, then `QueueFull`."""
         if self._queue.closed:
             raise PublisherClosed("publish() on a closed InMemoryPublisher")
-        item = self._router.prepare(envelope, time.monotonic(), None)
+        item = self._router.prepare(envelope, None)
         wait = self._publish_timeout if timeout is None else timeout
         try:
             sequence = self._queue.put_numbered(envelope, wait, self._discard_oldest)

@@ -86,9 +86,9 @@ def large(size: int) -> EventEnvelope:
 def sized(total: int) -> EventEnvelope:
     """An envelope of exactly ``total`` bytes on the wire (routing headers + body), as max_payload counts them."""
     env = large(total)
-    pad = total - Router(SUBJECT).prepare(env, 0.0, None).size
+    pad = total - Router(SUBJECT).prepare(env, None).size
     env = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "x" * (total + pad)), tenant_id="school-1")
-    assert Router(SUBJECT).prepare(env, 0.0, None).size == total
+    assert Router(SUBJECT).prepare(env, None).size == total
     return env
 
 

@@ -252,7 +252,10 @@ def test_close_while_still_connecting_returns_promptly_and_leaves_no_task() -> N
             took = time.monotonic() - started
             assert took < 0.2 + 0.8, f"close(0.2) took {took:.2f} s"
             assert all(isinstance(f.exception(timeout=0), PublisherClosed) for f in futures)
-            assert pub._worker is not None and not pub._worker.thread.is_alive()  # type: ignore[union-attr]
+            worker = pub._last_worker  # noqa: SLF001 - the thread a closed publisher ran
+            assert worker is not None
+            assert worker.thread is not None
+            assert not worker.thread.is_alive()
         gc.collect()  # a pending task destroyed here would log "Task was destroyed but it is pending!"
     finally:
         logging.getLogger("asyncio").removeHandler(handler)

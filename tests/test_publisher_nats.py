@@ -242,7 +242,7 @@ def test_many_undelivered_ids_are_all_logged_on_bounded_lines(make_server) -> No
 
 def test_waiting_inside_done_callback_raises_instead_of_deadlock(make_server) -> None:  # type: ignore[no-untyped-def]
     """A done-callback (run on the publisher thread) that waits on an unresolved future or on flush() gets DeadlockError."""
-    from edupulse_events.publisher import PublishFuture
+    from edupulse_events import PublishFuture
 
     server = make_server(start=False)
     seen: list[BaseException] = []

@@ -100,7 +100,7 @@ def test_wrong_or_missing_token_fails_fast(make_server: Callable[..., NatsServer
     err, elapsed = failed_connect(server.url, auth_token=token, connect_timeout=5.0)
     assert "authentication failed" in str(err)
     assert elapsed < 2.5
-    assert not getattr(err, "transient", True)
+    assert not err.retryable
 
 
 # --------------------------------------------------------------------------- user / password

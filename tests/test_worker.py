@@ -8,9 +8,12 @@ import threading
 import pytest
 from helpers import LogWatcher, envelope, envelopes, read_stream
 
-from edupulse_events import BrokerError, NatsPublisher, RetryPolicy
-from edupulse_events._delivery import _decide, _retrying, backoff
-from edupulse_events._nats import broker_error
+from edupulse_events import BrokerError, BrokerUnavailable, EventRejected, NatsPublisher, RetryPolicy
+from edupulse_events._retry import Backoff
+
+
+def backoff(policy: RetryPolicy, attempt: int) -> float | None:
+    return Backoff(policy).delay(attempt, BrokerUnavailable("probe"))
 from edupulse_events.testing import NatsServer
 
 
@@ -29,11 +32,12 @@ def test_backoff_jitter_stays_within_bounds() -> None:
 
 
 def test_only_transient_failures_are_retried() -> None:
-    """tenacity's verdict: a transient BrokerError gets a wait, a permanent one or another error gets none."""
-    retrying = _retrying(RetryPolicy(jitter=0.0))
-    assert _decide(retrying, 1, broker_error("timeout", transient=True)) == pytest.approx(0.05)
-    assert _decide(retrying, 1, broker_error("no stream", transient=False)) is None
-    assert _decide(retrying, 1, ValueError("bug")) is None
+    """tenacity's verdict: a retryable BrokerError gets a wait, a permanent one or another error gets none."""
+    backoff = Backoff(RetryPolicy(jitter=0.0))
+    assert backoff.delay(1, BrokerUnavailable("timeout")) == pytest.approx(0.05)
+    assert backoff.delay(1, EventRejected("no stream")) is None
+    assert backoff.delay(1, BrokerError("bad credentials")) is None
+    assert backoff.delay(1, ValueError("bug")) is None
 
 
 def test_retry_after_lost_ack_reuses_msg_id(nats_server: NatsServer) -> None:

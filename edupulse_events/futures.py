@@ -3,21 +3,26 @@
 `PublishFuture` is a `concurrent.futures.Future` whose instances share their publisher's
 condition; `settle` resolves a run of them under one acquisition of it (the publisher thread
 calls it once per read of acks), and `new_ack` builds a `PublishAck` on that hot path.
-`mark_worker_thread` lets futures refuse to block a publisher's own thread.
+`mark_worker_thread` / `in_worker_thread` let futures and publishers refuse to block a
+publisher's own thread. A done-callback that raises (anything, even ``SystemExit``) is
+logged and never reaches the publisher thread.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
+from concurrent.futures._base import FINISHED, PENDING
 from typing import Any
 
 import attrs
 
 from .errors import DeadlockError
 
-__all__ = ["PublishAck", "PublishFuture", "mark_worker_thread", "new_ack", "settle"]
+__all__ = ["PublishAck", "PublishFuture"]
 
+log = logging.getLogger("edupulse_events")
 _worker_state = threading.local()
 
 
@@ -30,8 +35,9 @@ class PublishAck:
     duplicate: bool = False
 
 
-_FINISHED = concurrent.futures._base.FINISHED  # type: ignore[attr-defined]
-_PENDING = concurrent.futures._base.PENDING  # type: ignore[attr-defined]
+_FINISHED = FINISHED
+_PENDING = PENDING
+_RESOLVED_WITH_CALLBACKS = 2
 _new = object.__new__
 _set_sequence = PublishAck.broker_sequence.__set__  # type: ignore[attr-defined]
 _set_stream = PublishAck.stream.__set__  # type: ignore[attr-defined]
@@ -108,6 +114,46 @@ class PublishFuture(concurrent.futures.Future):
         self._wait(timeout)
         return super().exception(0)
 
+    def _invoke_callbacks(self) -> None:
+        """Run the done-callbacks, each on its own: one that raises is logged and the next runs.
+
+        Unlike `concurrent.futures.Future`, this also catches ``BaseException`` (a callback that
+        calls ``sys.exit()``): callbacks run on the publisher thread, which must go on.
+        """
+        for callback in self._done_callbacks:
+            try:
+                callback(self)
+            except BaseException:
+                log.exception("done-callback %r of an event future raised", callback)
+
+    @property
+    def condition(self) -> threading.Condition:
+        """The condition this future's waiters wait on (shared by one publisher's futures)."""
+        return self._condition
+
+    def settle_locked(self, result: Any, condition: threading.Condition) -> int | None:
+        """With ``condition`` held, resolve as ``set_result`` would but wake no one (`settle`
+        wakes them all once): 0 if already done, 1 if resolved, 2 if resolved and it has
+        done-callbacks to run; None if this future waits on another condition."""
+        if self._condition is not condition:
+            return None
+        if self._state != _PENDING:
+            return 0
+        if type(result) is tuple:
+            self._result = result[2] if type(result[2]) is int else new_ack(result[2], result[1], result[3])
+            self._stream = result[1]
+        else:
+            self._result = result
+        self._state = _FINISHED
+        if self._waiter_list:
+            for waiter in self._waiter_list:
+                waiter.add_result(self)
+        return _RESOLVED_WITH_CALLBACKS if self._callback_list else 1
+
+    def run_callbacks(self) -> None:
+        """Run the done-callbacks of a future `settle` resolved."""
+        self._invoke_callbacks()
+
     def cancel(self) -> bool:
         """Always False: an accepted event is on its way and cannot be taken back."""
         return False
@@ -132,38 +178,36 @@ def settle(futures: list[PublishFuture], results: list[Any]) -> int:
     """
     if not futures:
         return 0
-    condition = futures[0]._condition
-    done = []
+    condition = futures[0].condition
+    with_callbacks = []
+    others = []
+    count = 0
     with condition:
-        for future, result in zip(futures, results):
-            if future._condition is not condition:
-                continue
-            if future._state == _PENDING:
-                if type(result) is tuple:
-                    future._result = result[2] if type(result[2]) is int else new_ack(result[2], result[1], result[3])
-                    future._stream = result[1]
-                else:
-                    future._result = result
-                future._state = _FINISHED
-                if future._waiter_list:
-                    for waiter in future._waiter_list:
-                        waiter.add_result(future)
-                done.append(future)
-        condition.notify_all()
-    count = len(done)
-    for future, result in zip(futures, results):
-        if future._condition is not condition:
-            try:
-                future.set_result(new_ack(result[2], result[1], result[3]) if type(result) is tuple else result)
+        for future, result in zip(futures, results, strict=True):
+            outcome = future.settle_locked(result, condition)
+            if outcome:
                 count += 1
-            except concurrent.futures.InvalidStateError:
-                pass
-    for future in done:
-        if future._callback_list:
-            future._invoke_callbacks()
+                if outcome == _RESOLVED_WITH_CALLBACKS:
+                    with_callbacks.append(future)
+            elif outcome is None:
+                others.append((future, result))
+        condition.notify_all()
+    for future, result in others:
+        try:
+            future.set_result(new_ack(result[2], result[1], result[3]) if type(result) is tuple else result)
+            count += 1
+        except concurrent.futures.InvalidStateError:
+            pass
+    for future in with_callbacks:
+        future.run_callbacks()
     return count
 
 
 def mark_worker_thread() -> None:
     """Called once by each publisher thread, so its futures can refuse to block there."""
     _worker_state.active = True
+
+
+def in_worker_thread() -> bool:
+    """Whether the calling thread is a publisher thread (blocking there could never finish)."""
+    return getattr(_worker_state, "active", False) is True

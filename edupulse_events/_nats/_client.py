@@ -1,0 +1,367 @@
+"""`NatsTransport`: one nats-py connection, owned by the publisher thread's event loop.
+
+It connects (mapping every nats-py failure to a library error that says why), refuses to
+fall back to plain text when TLS was asked for, creates or checks streams, and reports the
+connection's state to the worker. Publishing and acks go through one of two paths, chosen
+at each connection: the fast path (``_fast.py``, nats-py internals, checked and probed) or
+the public path (``_public.py``, nats-py's documented API). The choice is logged once per
+process and shown in the publisher's ``stats()`` and ``repr``; setting
+``EDUPULSE_EVENTS_NATS_PATH=public`` forces the public path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import ssl
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+
+from .._acks import Ack
+from .._routing import Item
+from ..config import PublisherConfig
+from ..errors import BrokerError, BrokerUnavailable
+from ._fast import FastPath, check_internals
+from ._public import PublicPath
+
+__all__ = ["PATH_ENV", "NatsTransport", "cancel_and_wait"]
+
+log = logging.getLogger("edupulse_events")
+PATH_ENV = "EDUPULSE_EVENTS_NATS_PATH"
+_logged_paths: set[str] = set()
+
+
+class Path(Protocol):
+    """How events are written and acks read on a connection (`FastPath` or `PublicPath`)."""
+
+    name: str
+    resend_on_reconnect: bool
+
+    async def start(self, timeout: float) -> bool: ...
+
+    async def publish_js(self, items: Sequence[Item], first_seq: int) -> None: ...
+
+    async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]: ...
+
+    @property
+    def backlog(self) -> int: ...
+
+    def disconnected(self) -> None: ...
+
+
+async def cancel_and_wait(task: asyncio.Future[Any], limit: float) -> None:
+    """Cancel ``task`` and wait (at most ``limit`` seconds) until it has ended. nats-py's
+    connect loop swallows a cancellation that lands while it closes a failed attempt, and
+    then goes on connecting: cancel again until the task is done."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not task.done():
+        task.cancel()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            return
+        await asyncio.wait({task}, timeout=min(0.05, remaining))
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed attempt is not "never retrieved"
+
+
+def _describe(exc: BaseException, tls_given: bool = True) -> str:
+    """A short, credential-free description of a connection error.
+
+    ``tls_given=False`` (no ``tls=`` SSLContext in the config) adds a hint to TLS errors: the
+    server asked for TLS and only the system's CAs were trusted.
+    """
+    text = str(exc) or type(exc).__name__
+    hint = (
+        ""
+        if tls_given
+        else " (the server requires TLS and no tls= SSLContext was given: pass one that trusts the server's CA)"
+    )
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or text}{hint}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {text}{hint}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if "Authorization Violation" in text or "Authentication" in text or isinstance(exc, nats.errors.AuthorizationError):
+        return "authentication failed (Authorization Violation)"
+    if isinstance(exc, nats.errors.SecureConnWantedError):
+        return (
+            "TLS was asked for (a tls:// URL or a tls= SSLContext) but the server does not offer TLS; "
+            "refusing to connect in plain text"
+        )
+    if "secure connection" in text.lower() or isinstance(
+        exc, (nats.errors.SecureConnRequiredError, nats.errors.SecureConnFailedError)
+    ):
+        return f"TLS required/failed: {text}"
+    return text
+
+
+def _is_fatal(exc: BaseException) -> bool:
+    """Errors that retrying the connection cannot fix (bad credentials, bad certificates, no TLS)."""
+    text = str(exc)
+    return (
+        isinstance(
+            exc, (ssl.SSLCertVerificationError, nats.errors.AuthorizationError, nats.errors.SecureConnWantedError)
+        )
+        or "Authorization Violation" in text
+        or "Authentication" in text
+    )
+
+
+def _wants_tls(config: PublisherConfig, scheme: str) -> bool:
+    """Whether a connection to a server with this URL scheme must be encrypted."""
+    return scheme == "tls" or (config.tls is not None and scheme == "nats")
+
+
+def _fast_path_refusal() -> str | None:
+    """Why this process does not use the fast path (None: it does, if the probe passes)."""
+    if os.environ.get(PATH_ENV, "").strip().lower() == "public":
+        return f"{PATH_ENV}=public"
+    return check_internals()
+
+
+def _log_path(name: str, why: str | None) -> None:
+    if name in _logged_paths:
+        return
+    _logged_paths.add(name)
+    version = getattr(nats, "__version__", "?")
+    if why is None:
+        log.info("nats-py %s: publishing through the fast path", version)
+    else:
+        log.warning("nats-py %s: publishing through nats-py's public API (slower): %s", version, why)
+
+
+class NatsTransport:
+    """One nats-py connection, owned by the publisher thread's event loop."""
+
+    def __init__(
+        self,
+        config: PublisherConfig,
+        on_acks: Callable[[list[Ack]], None],
+        on_state: Callable[[bool], None],
+        on_closed: Callable[[], None],
+    ) -> None:
+        self._config = config
+        self._on_acks = on_acks
+        self._on_state = on_state
+        self._on_closed = on_closed
+        self._nc: Client = nats.NATS()
+        self._path: Path | None = None
+        self._last_error: BaseException | None = None
+        self._fatal: asyncio.Future[BaseException] | None = None
+        self.max_payload: int | None = None
+        self._closing = False
+
+    @property
+    def path(self) -> str | None:
+        """ "fast" or "public" once connected; None before."""
+        return self._path.name if self._path is not None else None
+
+    @property
+    def resend_on_reconnect(self) -> bool:
+        return self._path is not None and self._path.resend_on_reconnect
+
+    @property
+    def backlog(self) -> int:
+        """Bytes written but not yet handed to the socket (grows while the broker hangs)."""
+        return self._path.backlog if self._path is not None else 0
+
+    async def publish_js(self, items: Sequence[Item], first_seq: int) -> None:
+        """Publish ``items`` to JetStream; acks come to ``on_acks`` by sequence (from ``first_seq``)."""
+        if self._path is None:
+            raise BrokerUnavailable("not connected to the broker")
+        await self._path.publish_js(items, first_seq)
+
+    async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]:
+        """Publish ``items`` to core NATS; the returned future is done once the server read them."""
+        if self._path is None:
+            raise BrokerUnavailable("not connected to the broker")
+        return await self._path.publish_core(items)
+
+    async def connect(self, timeout: float | None) -> None:
+        """Connect (retrying servers until ``timeout``; None = forever) or raise `BrokerError`."""
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        fatal: asyncio.Future[BaseException] = loop.create_future()
+        self._fatal = fatal
+        tls_given = cfg.tls is not None
+        self._refuse_plain_text()
+
+        async def error_cb(exc: Exception) -> None:
+            self._last_error = exc
+            if _is_fatal(exc):
+                log.error("broker %s: %s", cfg.redacted_servers, _describe(exc, tls_given))
+                if not fatal.done():
+                    fatal.set_result(exc)
+            else:
+                log.debug("broker %s: %s", cfg.redacted_servers, _describe(exc, tls_given))
+
+        async def disconnected_cb() -> None:
+            if not self._closing:
+                log.warning("disconnected from broker %s", cfg.redacted_servers)
+            if self._path is not None:
+                self._path.disconnected()
+            self._on_state(False)
+
+        async def reconnected_cb() -> None:
+            self.max_payload = self._nc.max_payload
+            log.info("reconnected to broker %s", cfg.redacted_servers)
+            self._on_state(True)
+
+        async def closed_cb() -> None:
+            # nats-py gives up on a connection for good after some server errors (-ERR):
+            # tell the worker, which builds a new one, instead of timing out forever.
+            if not self._closing:
+                last = self._nc.last_error
+                why = _describe(last) if last is not None else "no error"
+                log.error("broker connection %s was closed by the client library (%s)", cfg.redacted_servers, why)
+                self._on_state(False)
+                self._on_closed()
+
+        connect = asyncio.ensure_future(
+            self._nc.connect(
+                servers=list(cfg.servers),
+                error_cb=error_cb,
+                disconnected_cb=disconnected_cb,
+                reconnected_cb=reconnected_cb,
+                closed_cb=closed_cb,
+                name=cfg.client_name,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=cfg.reconnect_wait,  # type: ignore[arg-type]  # nats-py annotates int
+                connect_timeout=min(cfg.connect_timeout, 2.0),  # type: ignore[arg-type]  # likewise
+                ping_interval=5,
+                max_outstanding_pings=2,
+                token=cfg.auth_token,
+                user=cfg.user,
+                password=cfg.password,
+                tls=cfg.tls,
+                pending_size=max(2 * 1024 * 1024, 4 * cfg.window * 1024),
+            )
+        )
+        try:
+            done, _ = await asyncio.wait({connect, fatal}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the worker is stopping: do not leave nats-py connecting
+            await cancel_and_wait(connect, 1.0)
+            raise
+        if connect not in done:
+            await cancel_and_wait(connect, 1.0)
+            await self._abandon()
+            # a fatal error (bad credentials or certificate) is the reason, even when nats-py's
+            # next attempt failed otherwise (the server may reset the connection after -ERR)
+            error = fatal.result() if fatal.done() else self._last_error
+            why = _describe(error, tls_given) if error is not None else "no answer"
+            if fatal.done():  # it came at once: no waiting to report
+                raise BrokerError(f"could not connect to {cfg.redacted_servers}: {why}") from error
+            raise BrokerUnavailable(f"could not connect to {cfg.redacted_servers} within {timeout} s: {why}") from error
+        try:
+            connect.result()
+        except Exception as exc:
+            await self._abandon()
+            raise BrokerError(f"could not connect to {cfg.redacted_servers}: {_describe(exc, tls_given)}") from exc
+        self.max_payload = self._nc.max_payload
+        try:
+            await self._choose_path()
+            if cfg.create_stream:
+                await self.ensure_stream()
+        except BrokerError:
+            await self.close(1.0)
+            raise
+        log.info("connected to broker %s", cfg.redacted_servers)
+        self._on_state(True)
+
+    async def _choose_path(self) -> None:
+        probe_timeout = min(self._config.connect_timeout, 2.0)
+        why = _fast_path_refusal()
+        try:
+            if why is None:
+                fast = FastPath(self._nc, self._on_acks)
+                if await fast.start(probe_timeout):
+                    self._path = fast
+                    _log_path(fast.name, None)
+                    return
+                why = "the fast path's probe failed"
+            public = PublicPath(self._nc, self._on_acks)
+            await public.start(probe_timeout)
+        except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
+            raise BrokerUnavailable(f"could not subscribe to the ack inbox: {exc!r}") from exc
+        self._path = public
+        _log_path(public.name, why)
+
+    def _refuse_plain_text(self) -> None:
+        """Never fall back to plain text when TLS was asked for.
+
+        nats-py upgrades to TLS only when the server's INFO says ``tls_required``: with a
+        ``tls://`` URL (or a ``tls=`` context) and a server without TLS it would silently send
+        the credentials and every event in clear. Checked on every (re)connection, before the
+        CONNECT carrying the credentials: a server that offers TLS without requiring it
+        (``allow_non_tls``) is upgraded; one without TLS is refused (a fatal `BrokerError`).
+        """
+        nc = self._nc
+        original = nc._process_info  # noqa: SLF001 - the one place nats-py reads the server's INFO
+        config = self._config
+
+        async def process_info(info: dict[str, Any], initial_connection: bool = False) -> None:
+            server = nc._current_server  # noqa: SLF001
+            if (
+                initial_connection
+                and server is not None
+                and _wants_tls(config, server.uri.scheme)
+                and not info.get("tls_required")
+            ):
+                if not info.get("tls_available"):
+                    raise nats.errors.SecureConnWantedError()
+                info["tls_required"] = True  # the same dict nats-py reads next: it upgrades
+            await original(info, initial_connection=initial_connection)
+
+        nc._process_info = process_info  # type: ignore[method-assign]  # noqa: SLF001
+
+    async def _abandon(self) -> None:
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._nc.close(), 1.0)
+        except Exception:  # noqa: BLE001 - a half-open connection may fail to close in any way
+            pass
+
+    async def stream_captures(self, subject: str, timeout: float) -> bool | None:
+        """Whether some JetStream stream captures ``subject`` (None if the server did not say)."""
+        try:
+            await self._nc.jsm(timeout=timeout).find_stream_name_by_subject(subject)
+            return True
+        except nats.js.errors.NotFoundError:
+            return False
+        except Exception:  # noqa: BLE001 - timeouts, no responders, lost connection: unknown
+            return None
+
+    async def ensure_stream(self) -> None:
+        """Create the configured stream for the subject when it does not exist."""
+        cfg = self._config
+        assert cfg.stream is not None  # PublisherConfig requires it with create_stream
+        jsm = self._nc.jsm(timeout=cfg.connect_timeout)
+        try:
+            try:
+                await jsm.stream_info(cfg.stream)
+                return
+            except nats.js.errors.NotFoundError:
+                pass
+            await jsm.add_stream(name=cfg.stream, subjects=[cfg.stream_subject], num_replicas=cfg.stream_replicas)
+            log.info("created JetStream stream %s for subject %s", cfg.stream, cfg.stream_subject)
+        except Exception as exc:
+            raise BrokerError(f"could not ensure stream {cfg.stream!r}: {exc or type(exc).__name__}") from exc
+
+    async def close(self, timeout: float) -> None:
+        """Close the connection, waiting at most ``timeout`` seconds."""
+        self._closing = True
+        try:
+            await asyncio.wait_for(self._nc.close(), timeout)
+        except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
+            transport = self._nc._transport  # noqa: SLF001
+            writer = getattr(transport, "_io_writer", None) or getattr(transport, "_writer", None)
+            if writer is not None:  # do not leave the socket to the garbage collector
+                writer.transport.abort()

@@ -1,0 +1,131 @@
+"""The publisher thread's bookkeeping of events taken from the queue and not resolved yet.
+
+An event leaves the `BatchQueue` into exactly one of these places and moves between them
+until its future resolves: in flight (a JetStream publish awaiting its ack, by publish
+sequence), in a core batch awaiting its PONG, waiting out a retry backoff (a timer), ready
+to be resent, or parked while the one stream check for its subject runs. `Outstanding`
+holds them all, counts them and their bytes (the window's two bounds), resolves futures
+(counting each transition once, reported to the publisher once per loop iteration), and
+gives everything back at once — `abandon_all` — when the thread stops or crashes.
+Everything here runs on the publisher thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ._routing import Item
+from .futures import settle
+
+__all__ = ["Outstanding"]
+
+
+class Outstanding:
+    """Events between the queue and their outcome; ``count`` and ``nbytes`` hold window slots."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_resolved: Callable[[int, int], None]) -> None:
+        self._loop = loop
+        self._on_resolved = on_resolved
+        #: JetStream publishes awaiting their ack, by publish sequence.
+        self.inflight: dict[int, Item] = {}
+        #: Core batches awaiting their PONG: key -> (events, timer that ends the attempt).
+        self.core: dict[int, tuple[list[Item], asyncio.TimerHandle]] = {}
+        #: Events waiting out a retry backoff, with the timer that requeues them.
+        self.delayed: dict[Item, asyncio.TimerHandle] = {}
+        #: Events ready to be sent again (they keep their window slots).
+        self.retries: list[Item] = []
+        #: Events that got "no responders", by subject, waiting for that subject's stream check.
+        self.parked: dict[bytes, list[Item]] = {}
+        #: Events taken from the queue and not resolved, and their bytes (headers + body).
+        self.count = 0
+        self.nbytes = 0
+        #: The most events outstanding at once.
+        self.peak = 0
+        self._acked = 0
+        self._failed = 0
+        self._report_scheduled = False
+
+    def take(self, batch: Sequence[Item]) -> None:
+        """``batch`` left the queue: it holds window slots until each event resolves."""
+        self.count += len(batch)
+        self.nbytes += sum(item.size for item in batch)
+        if self.count > self.peak:
+            self.peak = self.count
+
+    def succeed(self, items: Sequence[Item], results: Sequence[Any]) -> None:
+        """Resolve ``items`` (all pending) with ``results`` (acks; see `futures.settle`)."""
+        resolved = settle([item.future for item in items], results)
+        self.count -= resolved
+        self.nbytes -= sum(item.size for item in items)
+        self._acked += resolved
+        self._schedule_report()
+
+    def fail(self, item: Item, exc: BaseException) -> bool:
+        """Fail ``item``'s future with ``exc``; False if it had already resolved."""
+        if not _set_exception(item, exc):
+            return False
+        self.count -= 1
+        self.nbytes -= item.size
+        self._failed += 1
+        self._schedule_report()
+        return True
+
+    def expired(self, now: float) -> list[Item]:
+        """Remove and return the events past their deadline that wait for something other than
+        an ack or a PONG (a retry, a backoff, a stream check). In-flight events are the
+        sweep's; core batches keep theirs until the batch settles (their futures are failed)."""
+        out = [item for item in self.retries if item.deadline <= now]
+        if out:
+            self.retries = [item for item in self.retries if item.deadline > now]
+        for item in [item for item in self.delayed if item.deadline <= now]:
+            self.delayed.pop(item).cancel()
+            out.append(item)
+        for subject, waiting in list(self.parked.items()):
+            late = [item for item in waiting if item.deadline <= now]
+            if late:
+                out += late
+                self.parked[subject] = [item for item in waiting if item.deadline > now]
+        return out
+
+    def abandon_all(self) -> list[Item]:
+        """Remove and return every outstanding event, cancelling their timers (the caller
+        fails them: the thread is stopping or crashed)."""
+        items = list(self.inflight.values()) + self.retries + list(self.delayed)
+        for batch, timer in self.core.values():
+            timer.cancel()
+            items += batch
+        for handle in self.delayed.values():
+            handle.cancel()
+        for waiting in self.parked.values():
+            items += waiting
+        self.inflight.clear()
+        self.core.clear()
+        self.delayed.clear()
+        self.retries = []
+        self.parked.clear()
+        return items
+
+    def _schedule_report(self) -> None:
+        if not self._report_scheduled:
+            self._report_scheduled = True
+            if self._loop.is_closed():  # the thread's last act (see Worker._ended)
+                self.report()
+            else:
+                self._loop.call_soon(self.report)
+
+    def report(self) -> None:
+        """Tell the publisher how many events resolved since the last report."""
+        self._report_scheduled = False
+        acked, failed, self._acked, self._failed = self._acked, self._failed, 0, 0
+        if acked or failed:
+            self._on_resolved(acked, failed)
+
+
+def _set_exception(item: Item, exc: BaseException) -> bool:
+    future = item.future
+    if future.done():
+        return False
+    future.set_exception(exc)  # runs the done-callbacks (each isolated: see PublishFuture)
+    return True

@@ -1,0 +1,139 @@
+"""Which failures are worth retrying, and when.
+
+`refusal` turns an error the broker sent in reply to a JetStream publish into the library's
+error: `BrokerUnavailable` (transient: the publisher retries with the same ``Nats-Msg-Id``)
+or `EventRejected` (permanent: the future fails at once). The decision is by JetStream
+``err_code``, from nats-server's own error table (``server/errors.json`` and the publish
+paths in ``stream.go``, ``jetstream_cluster.go`` and ``jetstream_batching.go``, read at
+2.15; every code a publish can get back is listed below). Codes the table does not know
+fall back to their status: 429 and 503 are "try again", anything else is permanent.
+
+`Backoff` is tenacity's verdict for a failed attempt: whether to retry (a retryable error
+type) and after how long (exponential backoff with jitter).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tenacity
+
+from .config import RetryPolicy
+from .errors import BrokerError, BrokerUnavailable, EventRejected
+
+__all__ = ["JS_PUBLISH_ERRORS", "Backoff", "refusal"]
+
+#: err_code -> (nats-server's constant, transient). A transient error leaves the same bytes with
+#: the same Nats-Msg-Id a chance later (or an ack as a duplicate); retrying a permanent one cannot help.
+JS_PUBLISH_ERRORS: dict[int, tuple[str, bool]] = {
+    # any publish
+    10158: ("JSStreamDuplicateMessageConflict", True),  # 409: a copy with this id is proposed, not yet applied
+    10167: ("JSStreamTooManyRequests", True),  # 429: the stream's ingest queue was full
+    10023: ("JSInsufficientResourcesErr", True),  # 503: server store over its limit; an R>1 leader steps down
+    10063: ("JSStreamSequenceNotMatchErr", True),  # 503: clustered apply saw a sequence mismatch; resyncs
+    10163: ("JSStreamExpectedLastSeqPerSubjectNotReady", True),  # 503: temporarily unavailable
+    10077: ("JSStreamStoreFailedF", False),  # 503: discard=new limits, > 32 MiB record ("store is closed": transient)
+    10054: ("JSStreamMessageExceedsMaximumErr", False),  # larger than the stream's max_msg_size
+    10097: ("JSStreamHeaderExceedsMaximumErr", False),  # header block over 64 KiB
+    10109: ("JSStreamSealedErr", False),
+    10002: ("JSAccountResourcesExceededErr", False),  # the account's JetStream quota is full
+    10120: ("JSNoLimitsErr", False),  # no account limit for the stream's tier
+    10060: ("JSStreamNotMatchErr", False),  # Nats-Expected-* headers (never sent by this library)
+    10071: ("JSStreamWrongLastSequenceErrF", False),
+    10164: ("JSStreamWrongLastSequenceConstantErr", False),
+    10193: ("JSStreamExpectedLastSeqPerSubjectInvalid", False),
+    10070: ("JSStreamWrongLastMsgIDErrF", False),
+    10111: ("JSStreamRollupFailedF", False),
+    10165: ("JSMessageTTLInvalidErr", False),
+    10166: ("JSMessageTTLDisabledErr", False),
+    10168: ("JSMessageIncrDisabledErr", False),
+    10169: ("JSMessageIncrMissingErr", False),  # a counter stream captures the subject
+    10170: ("JSMessageIncrPayloadErr", False),
+    10171: ("JSMessageIncrInvalidErr", False),
+    10172: ("JSMessageCounterBrokenErr", False),
+    10188: ("JSMessageSchedulesDisabledErr", False),
+    10189: ("JSMessageSchedulesPatternInvalidErr", False),
+    10190: ("JSMessageSchedulesTargetInvalidErr", False),
+    10191: ("JSMessageSchedulesTTLInvalidErr", False),
+    10192: ("JSMessageSchedulesRollupInvalidErr", False),
+    10203: ("JSMessageSchedulesSourceInvalidErr", False),
+    10212: ("JSMessageSchedulesSchedulerInvalidErr", False),
+    10223: ("JSMessageSchedulesTimeZoneInvalidErr", False),
+    10227: ("JSMessageSourceHdrNotAllowedErr", False),
+    # atomic and fast batch publishing (headers and reply subjects this library never sends)
+    10174: ("JSAtomicPublishDisabledErr", False),
+    10175: ("JSAtomicPublishMissingSeqErr", False),
+    10176: ("JSAtomicPublishIncompleteBatchErr", False),
+    10177: ("JSAtomicPublishUnsupportedHeaderBatchErr", False),
+    10179: ("JSAtomicPublishInvalidBatchIDErr", False),
+    10185: ("JSRequiredApiLevelErr", False),
+    10199: ("JSAtomicPublishTooLargeBatchErrF", False),
+    10200: ("JSAtomicPublishInvalidBatchCommitErr", False),
+    10201: ("JSAtomicPublishContainsDuplicateMessageErr", False),
+    10210: ("JSAtomicPublishTooManyInflight", True),
+    10205: ("JSBatchPublishDisabledErr", False),
+    10206: ("JSBatchPublishInvalidPatternErr", False),
+    10207: ("JSBatchPublishInvalidBatchIDErr", False),
+    10208: ("JSBatchPublishUnknownBatchIDErr", False),
+    10211: ("JSBatchPublishTooManyInflight", True),
+}
+_STORE_FAILED = 10077
+_STORE_CLOSED = "store is closed"  # 10077's one transient case: the stream is being stopped
+_TRY_AGAIN = (429, 503)
+
+
+def is_transient(code: object, err_code: object, description: str) -> bool:
+    """Whether a JetStream publish error may go away if the same message is sent again."""
+    if err_code == _STORE_FAILED:
+        return description == _STORE_CLOSED
+    known = JS_PUBLISH_ERRORS.get(err_code) if isinstance(err_code, int) else None
+    if known is not None:
+        return known[1]
+    return code in _TRY_AGAIN
+
+
+def refusal(event_id: str, error: dict[str, Any]) -> BrokerError:
+    """The library's error for a JetStream error object ``{"code", "err_code", "description"}``."""
+    code, err_code = error.get("code"), error.get("err_code")
+    text = str(error.get("description", "unknown error"))
+    known = JS_PUBLISH_ERRORS.get(err_code) if isinstance(err_code, int) else None
+    name = f" {known[0]}" if known is not None else ""
+    message = f"JetStream rejected event {event_id}: {text} (code {code}, err_code {err_code}{name})"
+    if is_transient(code, err_code, text):
+        return BrokerUnavailable(message)
+    return EventRejected(
+        message,
+        code=code if isinstance(code, int) else None,
+        err_code=err_code if isinstance(err_code, int) else None,
+    )
+
+
+class Backoff:
+    """tenacity's verdict for a failed attempt: seconds to wait before the next, or None.
+
+    Only retryable errors (``BrokerError.retryable``: `BrokerUnavailable`) are retried; the
+    wait is exponential from ``policy.initial`` with up to ``policy.jitter`` s of jitter,
+    capped at ``policy.maximum``. The delivery deadline, not tenacity, stops the retries.
+    """
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._retrying = tenacity.Retrying(
+            wait=tenacity.wait_exponential(multiplier=policy.initial, max=policy.maximum, exp_base=policy.multiplier)
+            + tenacity.wait_random(0, policy.jitter),
+            retry=tenacity.retry_if_exception(_retryable),
+            stop=tenacity.stop_never,
+        )
+
+    def delay(self, attempt: int, exc: BaseException) -> float | None:
+        """The wait before retrying after failed attempt number ``attempt`` (1-based), or None."""
+        retrying = self._retrying
+        state = tenacity.RetryCallState(retrying, None, (), {})
+        state.attempt_number = attempt
+        state.set_exception((type(exc), exc, exc.__traceback__))
+        if not retrying.retry(state):
+            return None
+        return float(retrying.wait(state))
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, BrokerError) and exc.retryable
