@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nats
@@ -53,10 +54,8 @@ async def fresh_stream(url: str) -> None:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        try:
+        with contextlib.suppress(Exception):  # best effort: there may be no stream yet
             await js.delete_stream(STREAM)
-        except Exception:
-            pass
         await js.add_stream(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE)
     finally:
         await nc.close()
@@ -77,17 +76,20 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     if not sorted_values:
         return float("nan")
-    k = min(len(sorted_values) - 1, max(0, int(round(p / 100 * (len(sorted_values) - 1)))))
+    k = min(len(sorted_values) - 1, max(0, round(p / 100 * (len(sorted_values) - 1))))
     return sorted_values[k]
 
 
 def machine() -> str:
     import os
 
-    return f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, {platform.machine()}, {time.strftime('%Y-%m-%d')}"
+    return (
+        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
+        f"{platform.machine()}, {time.strftime('%Y-%m-%d')}"
+    )
 
 
-def write_json(path: str | None, payload: dict) -> None:
+def write_json(path: str | None, payload: Mapping[str, object]) -> None:
     if path:
         Path(path).write_text(json.dumps(payload, indent=2, sort_keys=True))
         print(f"wrote {path}")

@@ -23,13 +23,17 @@ import gc
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import nats
 from _common import SUBJECT, fresh_stream, headers_dict, machine, make_envelopes, stream_count, summary, write_json
 
-from edupulse_events import EventEnvelope, NatsPublisher, encode
+from edupulse_events import EventEnvelope, NatsPublisher, PublishAck, encode
 from edupulse_events.testing import NatsServer
+
+T = TypeVar("T")
 
 
 def baseline_a(url: str, envs: list[EventEnvelope]) -> float:
@@ -66,7 +70,10 @@ def baseline_c(url: str, envs: list[EventEnvelope]) -> float:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    call = lambda coro: asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def call(coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
     nc = call(nats.connect(url))
     js = nc.jetstream()
     t0 = time.perf_counter()
@@ -84,7 +91,7 @@ def library(jetstream: bool, threads: int) -> Callable[[str, list[EventEnvelope]
     def run(url: str, envs: list[EventEnvelope]) -> float:
         pub = NatsPublisher.connect(url, SUBJECT, jetstream=jetstream, max_queue=20_000)
         chunks = [envs[i::threads] for i in range(threads)]
-        results: list[list] = [[] for _ in range(threads)]
+        results: list[list[Future[PublishAck]]] = [[] for _ in range(threads)]
 
         def work(i: int) -> None:
             publish = pub.publish
@@ -164,12 +171,13 @@ def main() -> None:
     print("\nratios (per round, median (min – max)):")
     for lib, base, target in RATIOS:
         if lib in rates and base in rates:
-            per_round = [a / b for a, b in zip(rates[lib], rates[base])]
+            per_round = [a / b for a, b in zip(rates[lib], rates[base], strict=True)]  # one rate per round each
             s = summary(per_round)
             ratios[f"{lib} / {base}"] = {**s, "target": target}
             verdict = "meets" if s["median"] >= target else "BELOW"
             print(
-                f"  {lib} / {base.split()[0]}: {s['median']:.2f}x ({s['min']:.2f} – {s['max']:.2f}); target >= {target}x: {verdict}"
+                f"  {lib} / {base.split()[0]}: {s['median']:.2f}x ({s['min']:.2f} – {s['max']:.2f}); "
+                f"target >= {target}x: {verdict}"
             )
     write_json(
         args.json,

@@ -83,7 +83,9 @@ def unstructure_hook(wt: WireType) -> Callable[[Any], Any]:
         return lambda v: [elem(x) for x in v] if isinstance(v, (list, tuple)) else bad(v)
     elems = [unstructure_hook(w) for w in wt.args]
     return lambda v: (
-        [h(x) for h, x in zip(elems, v)] if isinstance(v, (list, tuple)) and len(v) == len(elems) else bad(v)
+        [h(x) for h, x in zip(elems, v)]  # noqa: B905  # lengths checked below; strict= costs on a hot path
+        if isinstance(v, (list, tuple)) and len(v) == len(elems)
+        else bad(v)
     )
 
 
@@ -162,7 +164,11 @@ def _why_unencodable(v: Any, wt: WireType) -> str | None:
             return f"expected {wt.label}, got {describe(v)}"
         inner = wt.args if kind == "fixed" else (wt.args[0],) * len(v)
         return next(
-            (f"[{i}]: {why}" for i, (x, w) in enumerate(zip(v, inner)) if (why := _why_unencodable(x, w)) is not None),
+            (
+                f"[{i}]: {why}"
+                for i, (x, w) in enumerate(zip(v, inner, strict=True))
+                if (why := _why_unencodable(x, w)) is not None
+            ),
             None,
         )
     try:

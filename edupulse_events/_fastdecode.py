@@ -111,7 +111,7 @@ def structure_hook(wt: WireType) -> Callable[..., Any]:
     def s_fixed(v: Any, _: Any = None) -> tuple[Any, ...]:
         if type(v) is not list or len(v) != len(elems):
             _reject(wt, v)
-        return tuple(h(x) for h, x in zip(elems, v))
+        return tuple(h(x) for h, x in zip(elems, v))  # noqa: B905  # lengths checked above; strict= costs here
 
     return s_fixed
 

@@ -88,7 +88,7 @@ def describe(value: Any) -> str:
     return kind
 
 
-class FrozenMap(dict):  # type: ignore[type-arg]
+class FrozenMap(dict[str, str]):
     """An immutable, hashable dict: insertion order kept, equal to any dict with the same items.
 
     It stays a real ``dict`` subclass so that orjson and ``json`` serialize it natively; every
@@ -108,7 +108,7 @@ class FrozenMap(dict):  # type: ignore[type-arg]
     def __init__(self, *args: object, **kwargs: object) -> None:
         """Filled by ``__new__``; calling ``__init__`` again does nothing."""
 
-    def __hash__(self) -> int:  # type: ignore[override]
+    def __hash__(self) -> int:  # type: ignore[override]  # dict declares __hash__ None; this one is hashable
         h = self._hash
         if h == -1:
             h = self._hash = hash(frozenset(self.items()))
@@ -117,8 +117,8 @@ class FrozenMap(dict):  # type: ignore[type-arg]
     def _immutable(self, *args: object, **kwargs: object) -> NoReturn:
         raise TypeError(f"{type(self).__name__} is immutable")
 
-    __setitem__ = __delitem__ = __ior__ = _immutable  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _immutable  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __ior__ = _immutable
+    clear = pop = popitem = setdefault = update = _immutable
 
     def __reduce__(self) -> tuple[type[FrozenMap], tuple[dict[Any, Any]]]:
         return (type(self), (dict(self),))

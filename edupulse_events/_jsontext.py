@@ -12,17 +12,17 @@ value for the decoders' messages.
 from __future__ import annotations
 
 import json
-from typing import Any, NoReturn, Union
+from typing import Any, NoReturn
 
 from ._frozen import describe, is_utf8, short_repr
 from .errors import DecodeError
 
 __all__ = ["Data", "OddObject", "jdesc", "parse"]
 
-Data = Union[bytes, bytearray, memoryview, str]  # what decode() reads: UTF-8 bytes or text
+Data = bytes | bytearray | memoryview | str  # what decode() reads: UTF-8 bytes or text
 
 
-class OddObject(dict):  # type: ignore[type-arg]
+class OddObject(dict[str, Any]):
     """A JSON object with a repeated key (``dups``; last value kept at the first position) or
     a key holding a lone surrogate escape (``bad_key``). Struct positions reject it."""
 

@@ -11,7 +11,7 @@ a payload that comes before its ``type`` tag. It decides every document the fast
 from __future__ import annotations
 
 import math
-from typing import Any, NoReturn, Optional
+from typing import Any, NoReturn
 from uuid import UUID
 
 from ._frozen import FrozenMap, is_utf8, parse_uuid, short_repr
@@ -33,8 +33,8 @@ _ENVELOPE_KEYS = (
     "data",
 )
 _ENVELOPE_IDS = tuple(
-    zip(  # the fields before created_at, with their wire types
-        _ENVELOPE_KEYS, map(wire_type, (UUID, Optional[UUID], Optional[UUID], Optional[str]))
+    zip(  # the fields before created_at (the keys run on past them), with their wire types
+        _ENVELOPE_KEYS, map(wire_type, (UUID, UUID | None, UUID | None, str | None)), strict=False
     )
 )
 _TIME_KEYS = ("secs_since_epoch", "nanos_since_epoch")
@@ -47,13 +47,13 @@ def _fail(path: str, message: str) -> NoReturn:
     raise DecodeError(f"{path}: {message}")
 
 
-def _struct(o: Any, path: str, keys: tuple[str, ...], what: str, *, closed: bool = False) -> dict[str, Any]:
+def _struct(o: object, path: str, keys: tuple[str, ...], what: str, *, closed: bool = False) -> dict[str, Any]:
     """A serde struct: an object (unknown keys ignored unless ``closed``; a repeated known key
     is an error) or an array holding exactly the fields in order (serde_json takes both)."""
     if type(o) is list:
         if len(o) != len(keys):
             _fail(path, f"{what} as an array needs exactly {len(keys)} elements, got {len(o)}")
-        return dict(zip(keys, o))
+        return dict(zip(keys, o, strict=True))
     if not isinstance(o, dict):
         _fail(path, f"expected {what} object, got {jdesc(o)}")
     if type(o) is OddObject:
@@ -118,7 +118,7 @@ def _value(v: Any, wt: WireType, path: str) -> Any:
     if kind == "fixed":
         if len(v) != len(wt.args):
             _fail(path, f"expected an array of {len(wt.args)} elements, got {len(v)}")
-        return tuple(_value(x, w, f"{path}[{i}]") for i, (x, w) in enumerate(zip(v, wt.args)))
+        return tuple(_value(x, w, f"{path}[{i}]") for i, (x, w) in enumerate(zip(v, wt.args, strict=True)))
     items = [_value(x, wt.args[0], f"{path}[{i}]") for i, x in enumerate(v)]
     return items if kind == "list" else tuple(items)
 
@@ -163,14 +163,14 @@ def slow_event(entry: EventType, o: Any, path: str) -> Any:
         return entry.cls(**kwargs)
     except InvalidEvent as exc:
         _fail(path, str(exc))
-    except Exception as exc:  # a custom event's own validator
+    except Exception as exc:  # noqa: BLE001  # a custom event's own validator may raise anything
         _fail(path, f"{entry.name} refused the payload: {type(exc).__name__}: {str(exc)[:200]}")
 
 
 def slow_timestamp(o: Any, path: str) -> Timestamp:
     """The ``SystemTime`` in parsed JSON ``o`` (at ``path``), nanoseconds past 1s carried."""
     f = _struct(o, path, _TIME_KEYS, "created_at {secs_since_epoch, nanos_since_epoch}", closed=True)
-    secs, nanos = (_field(f, key, wt, path) for key, wt in zip(_TIME_KEYS, _TIME_TYPES))
+    secs, nanos = (_field(f, key, wt, path) for key, wt in zip(_TIME_KEYS, _TIME_TYPES, strict=True))
     carry, nanos = divmod(nanos, NANOS_PER_SEC)
     secs += carry
     if secs > I64_MAX:

@@ -88,7 +88,7 @@ def _build(reg: EventRegistry) -> _Built:
         def structure_event(o: Any, _: Any = None) -> Any:
             try:
                 return fast(o)
-            except Exception:
+            except Exception:  # noqa: BLE001  # the fast path declines by raising anything
                 return slow_event(entry, o, "$")
 
         return structure_event
@@ -103,7 +103,7 @@ def _build(reg: EventRegistry) -> _Built:
     def structure_envelope(o: Any, _: Any = None) -> EventEnvelope:
         try:
             return fast_envelope(o)
-        except Exception:
+        except Exception:  # noqa: BLE001  # the fast path declines by raising anything
             pass
         try:
             return slow_envelope(o, reg)
@@ -150,7 +150,7 @@ class Codec:
                 return self._from_orjson(_loads(data), data.count(b":"))
             if type(data) is str:
                 return self._from_orjson(_loads(data), data.count(":"))
-        except Exception:
+        except Exception:  # noqa: BLE001  # orjson or the fast path declined: the general path decides
             pass
         return self._structure(parse(data), EventEnvelope)
 

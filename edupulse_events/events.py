@@ -177,7 +177,7 @@ def check_u32(value: object, where: str) -> U32:
     """Return ``value`` if it is an ``int`` in the Rust u32 range."""
     if type(value) is int and 0 <= value <= 4294967295:
         return value  # type: ignore[return-value]  # U32 is a NewType of int
-    return check_int(value, where, 0, 2**32 - 1)  # type: ignore[return-value]
+    return check_int(value, where, 0, 2**32 - 1)  # type: ignore[return-value]  # range checked: a U32
 
 
 # The built-in events validate in an explicit __init__ (typed, and naming Class.field in every
@@ -392,7 +392,7 @@ def register_event(target: Any = None, /, *, name: str | None = None, registry: 
     """
     reg = default_registry if registry is None else registry
     if isinstance(target, type):
-        return reg.register(target, name)  # type: ignore[type-var]
+        return reg.register(target, name)
     if target is not None:
         if name is not None or not isinstance(target, str):
             raise InvalidEvent(f"register_event takes a class or a name, got {describe(target)}")

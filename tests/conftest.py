@@ -29,7 +29,7 @@ def _close_all(servers: list[NatsServer]) -> None:
     for server in servers:
         try:
             server.close()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  # close the others too; the first is re-raised below
             errors.append(exc)
     if errors:
         raise errors[0]

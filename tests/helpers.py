@@ -14,18 +14,47 @@ from edupulse_events._nats import StoredMessage, read_stream
 __all__ = ["LogWatcher", "StoredMessage", "envelope", "envelopes", "read_stream"]
 
 
-def envelope(i: int = 0, tenant: str | None = "school-1", **kwargs: object) -> EventEnvelope:
+def envelope(
+    i: int = 0,
+    tenant: str | None = "school-1",
+    *,
+    correlation_id: uuid.UUID | str | None = None,
+    causation_id: uuid.UUID | str | None = None,
+    personally_identifiable: bool = False,
+) -> EventEnvelope:
     """A small valid envelope; odd ``i`` gives a PaymentProcessed, even a LessonPublished."""
     if i % 2:
         data: object = PaymentProcessed(uuid.uuid4(), uuid.uuid4(), i)
     else:
         data = LessonPublished(uuid.uuid4(), uuid.uuid4(), f"lesson {i}")
-    return EventEnvelope.new(data, tenant_id=tenant, **kwargs)  # type: ignore[arg-type]
+    return EventEnvelope.new(
+        data,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        tenant_id=tenant,
+        personally_identifiable=personally_identifiable,
+    )
 
 
-def envelopes(n: int, **kwargs: object) -> list[EventEnvelope]:
-    """``n`` distinct envelopes."""
-    return [envelope(i, **kwargs) for i in range(n)]  # type: ignore[arg-type]
+def envelopes(
+    n: int,
+    tenant: str | None = "school-1",
+    *,
+    correlation_id: uuid.UUID | str | None = None,
+    causation_id: uuid.UUID | str | None = None,
+    personally_identifiable: bool = False,
+) -> list[EventEnvelope]:
+    """``n`` distinct envelopes (the keywords as for :func:`envelope`)."""
+    return [
+        envelope(
+            i,
+            tenant,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            personally_identifiable=personally_identifiable,
+        )
+        for i in range(n)
+    ]
 
 
 class LogWatcher(logging.Handler):

@@ -15,8 +15,10 @@ def test_defaults_are_sane() -> None:
     cfg = PublisherConfig(servers="nats://127.0.0.1:4222", subject="edupulse.events")
     assert cfg.servers == ("nats://127.0.0.1:4222",)
     assert cfg.jetstream is True
-    assert cfg.max_queue == 10_000 and cfg.window == 256
-    assert 0 < cfg.publish_timeout < 60 and 0 < cfg.delivery_timeout < 600
+    assert cfg.max_queue == 10_000
+    assert cfg.window == 256
+    assert 0 < cfg.publish_timeout < 60
+    assert 0 < cfg.delivery_timeout < 600
 
 
 def test_cluster_url_list_is_split() -> None:
@@ -26,7 +28,7 @@ def test_cluster_url_list_is_split() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs, needle",
+    ("kwargs", "needle"),
     [
         ({"servers": ""}, "at least one"),
         ({"servers": "http://x:1"}, "not a NATS server URL"),
@@ -46,12 +48,12 @@ def test_cluster_url_list_is_split() -> None:
         ({"delivery_timeout": 1.0, "retry": RetryPolicy(attempt_timeout=2.0)}, "attempt_timeout"),
     ],
 )
-def test_invalid_settings_fail_at_construction(kwargs: dict, needle: str) -> None:
+def test_invalid_settings_fail_at_construction(kwargs: dict[str, object], needle: str) -> None:
     """Each invalid setting raises ConfigError (a ValueError) naming the problem."""
-    base = {"servers": "nats://127.0.0.1:4222", "subject": "s"}
+    base: dict[str, object] = {"servers": "nats://127.0.0.1:4222", "subject": "s"}
     base.update(kwargs)
     with pytest.raises(ConfigError, match=needle.replace("{", r"\{").replace("}", r"\}").replace("*", r"\*")) as info:
-        PublisherConfig(**base)
+        PublisherConfig(**base)  # type: ignore[arg-type]  # deliberately ill-typed: the runtime checks are tested
     assert isinstance(info.value, ValueError)
 
 
@@ -59,7 +61,7 @@ def test_invalid_settings_fail_at_construction(kwargs: dict, needle: str) -> Non
     "kwargs",
     [{"initial": 0}, {"maximum": 0.01, "initial": 0.1}, {"jitter": -1}, {"attempt_timeout": float("nan")}],
 )
-def test_retry_policy_is_validated(kwargs: dict) -> None:
+def test_retry_policy_is_validated(kwargs: dict[str, float]) -> None:
     """RetryPolicy rejects non-positive, inverted or non-finite values."""
     with pytest.raises(ConfigError):
         RetryPolicy(**kwargs)

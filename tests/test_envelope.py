@@ -63,7 +63,8 @@ def test_new_fills_id_and_time() -> None:
     before = time.time_ns()
     env = EventEnvelope.new(lesson())
     after = time.time_ns()
-    assert type(env.event_id) is uuid.UUID and env.event_id.version == 4
+    assert type(env.event_id) is uuid.UUID
+    assert env.event_id.version == 4
     assert before <= env.created_at.unix_nanos <= after
     assert (env.causation_id, env.correlation_id, env.tenant_id, env.personally_identifiable) == (
         None,
@@ -106,7 +107,8 @@ def test_follow_up_keeps_the_chain_correlation() -> None:
     leaf = middle.follow_up(lesson(), personally_identifiable=True)
     assert leaf.correlation_id == root.event_id
     assert leaf.causation_id == middle.event_id
-    assert leaf.tenant_id is None and leaf.personally_identifiable is True
+    assert leaf.tenant_id is None
+    assert leaf.personally_identifiable is True
 
 
 def test_envelope_accepts_strings_and_datetimes() -> None:
@@ -146,9 +148,10 @@ def test_envelope_validation(field: str, bad: object, pattern: str) -> None:
 def test_envelope_frozen_hashable_and_equal() -> None:
     """Envelopes are immutable, hashable and compare by value."""
     a, b = envelope(), envelope(tenant_id=None)
-    assert a == b and hash(a) == hash(b)
+    assert a == b
+    assert hash(a) == hash(b)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
-        a.tenant_id = "x"  # type: ignore[misc]
+        a.tenant_id = "x"  # type: ignore[misc]  # frozen: the runtime refusal is under test
 
 
 def test_event_type_property() -> None:
@@ -188,11 +191,11 @@ def test_timestamp_out_of_range(secs: Any, nanos: Any, pattern: str) -> None:
 @pytest.mark.parametrize("nanos", [0, 999_999_999])
 def test_before_epoch_rejected(nanos: int) -> None:
     """Times before 1970 (which serde cannot serialize) raise InvalidEvent however they are built."""
-    with pytest.raises(InvalidEvent, match="before 1970.*SystemTime must be later than UNIX_EPOCH"):
+    with pytest.raises(InvalidEvent, match=r"before 1970.*SystemTime must be later than UNIX_EPOCH"):
         Timestamp(-1, nanos)
-    with pytest.raises(InvalidEvent, match="before 1970.*SystemTime must be later than UNIX_EPOCH"):
+    with pytest.raises(InvalidEvent, match=r"before 1970.*SystemTime must be later than UNIX_EPOCH"):
         Timestamp.from_unix_nanos(-(10**9) + nanos)
-    with pytest.raises(InvalidEvent, match="before 1970.*SystemTime must be later than UNIX_EPOCH"):
+    with pytest.raises(InvalidEvent, match=r"before 1970.*SystemTime must be later than UNIX_EPOCH"):
         Timestamp.from_datetime(datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=timezone.utc))
 
 
@@ -209,7 +212,7 @@ def test_from_datetime_rejects_naive() -> None:
     with pytest.raises(InvalidEvent, match="naive datetime"):
         Timestamp.from_datetime(datetime(2023, 1, 1))
     with pytest.raises(InvalidEvent, match="expected a datetime"):
-        Timestamp.from_datetime("2023-01-01T00:00:00Z")  # type: ignore[arg-type]
+        Timestamp.from_datetime("2023-01-01T00:00:00Z")  # type: ignore[arg-type]  # deliberately ill-typed
 
 
 def test_to_datetime_truncates_nanos() -> None:
@@ -236,7 +239,7 @@ def test_unix_nanos_round_trip() -> None:
     with pytest.raises(InvalidEvent):
         Timestamp.from_unix_nanos((I64_MAX + 1) * 10**9)
     with pytest.raises(InvalidEvent, match="must be an int"):
-        Timestamp.from_unix_nanos(1.5)  # type: ignore[arg-type]
+        Timestamp.from_unix_nanos(1.5)  # type: ignore[arg-type]  # deliberately ill-typed
 
 
 def test_now_has_nanoseconds() -> None:

@@ -63,7 +63,7 @@ class NotRegistered:
     x: int = 1
 
 
-BAD_UUIDS = [
+BAD_UUIDS: list[object] = [
     None,
     5,
     1.5,
@@ -83,8 +83,19 @@ BAD_UUIDS = [
     str(U1).replace("7", "\uff17"),
     str(U1).replace("d", "g"),
 ]
-BAD_STRS = [None, 5, 1.5, b"text", ["a"], {"a": "b"}, "\ud800", "ok \udfff ok", "half emoji \ud83d", "\udc00\ud800"]
-BAD_MAPS = [
+BAD_STRS: list[object] = [
+    None,
+    5,
+    1.5,
+    b"text",
+    ["a"],
+    {"a": "b"},
+    "\ud800",
+    "ok \udfff ok",
+    "half emoji \ud83d",
+    "\udc00\ud800",
+]
+BAD_MAPS: list[object] = [
     None,
     "q1=a",
     [("q1", "a")],
@@ -99,7 +110,7 @@ BAD_MAPS = [
     {"q1": "\udfff"},
     {"ok": "ok", "bad": ["list"]},
 ]
-BAD_U32 = [
+BAD_U32: list[object] = [
     True,
     False,
     1.0,
@@ -117,7 +128,7 @@ BAD_U32 = [
 ]
 BAD_OPT_UUIDS = [v for v in BAD_UUIDS if v is not None]
 BAD_TENANTS = [v for v in BAD_STRS if v is not None]
-BAD_TIMES = [
+BAD_TIMES: list[object] = [
     None,
     "2024-01-01T00:00:00Z",
     1_700_000_000,
@@ -127,8 +138,8 @@ BAD_TIMES = [
     datetime.datetime(1960, 1, 1, tzinfo=datetime.timezone.utc),
     (1_700_000_000, 0),
 ]
-BAD_FLAGS = [None, 0, 1, "true", "false", "", 1.0]
-BAD_DATA = [
+BAD_FLAGS: list[object] = [None, 0, 1, "true", "false", "", 1.0]
+BAD_DATA: list[object] = [
     None,
     {"type": "LessonPublished", "payload": {}},
     "LessonPublished",
@@ -157,7 +168,7 @@ def _cases() -> Iterator[Any]:
                     name,
                     id=f"{cls.__name__}.{name}-{i}",
                 )
-    envelope_fields = {
+    envelope_fields: dict[str, list[object]] = {
         "event_id": [None, *BAD_UUIDS],
         "causation_id": BAD_OPT_UUIDS,
         "correlation_id": BAD_OPT_UUIDS,
@@ -168,10 +179,12 @@ def _cases() -> Iterator[Any]:
     }
     for name, bad_values in envelope_fields.items():
         for i, bad in enumerate(bad_values):
-            if name == "data":
-                make = lambda bad=bad: wrap(bad() if callable(bad) and not isinstance(bad, type) else bad)
-            else:
-                make = lambda name=name, bad=bad: wrap(event(LessonPublished), **{name: bad})
+
+            def make(name: str = name, bad: object = bad) -> EventEnvelope:
+                if name == "data":
+                    return wrap(bad() if callable(bad) and not isinstance(bad, type) else bad)
+                return wrap(event(LessonPublished), **{name: bad})
+
             yield pytest.param(make, name, id=f"EventEnvelope.{name}-{i}")
     timestamps = [(-1, 0), (1.5, 0), (True, 0), ("1", 0), (2**63, 0), (1, -1), (1, 10**9), (1, 0.5), (1, None)]
     for i, (secs, nanos) in enumerate(timestamps):
@@ -252,14 +265,17 @@ def publisher(server: NatsServer) -> Iterator[NatsPublisher]:
 
 
 def good_sequence(pub: NatsPublisher) -> int:
-    return pub.publish(envelope()).result(timeout=10).broker_sequence
+    sequence = pub.publish(envelope()).result(timeout=10).broker_sequence
+    assert sequence is not None  # a JetStream stream numbers every message
+    return sequence
 
 
 @pytest.mark.parametrize(("make", "named"), list(_cases()))
 def test_bad_event_raises_at_call_site_and_nothing_is_stored(
     publisher: NatsPublisher, make: Callable[[], Any], named: str
 ) -> None:
-    """A bad event raises InvalidEvent naming the problem when built or at publish(); the stream gets nothing and the next good event is acked right after the previous one."""
+    """A bad event raises InvalidEvent naming the problem when built or at publish(); the stream
+    gets nothing and the next good event is acked right after the previous one."""
     before = good_sequence(publisher)
     accepted = publisher.stats().accepted
     with pytest.raises(InvalidEvent) as info:
@@ -277,7 +293,8 @@ def test_large_but_valid_event_is_stored(publisher: NatsPublisher, server: NatsS
 
 
 def test_long_tenant_in_subject_template_is_refused(make_server: Callable[..., NatsServer]) -> None:
-    """With a {tenant} subject template, a tenant id too long for a NATS subject raises InvalidEvent at publish() instead of getting the connection closed by the server."""
+    """With a {tenant} subject template, a tenant id too long for a NATS subject raises
+    InvalidEvent at publish() instead of getting the connection closed by the server."""
     server = make_server()
     with NatsPublisher.connect(
         server.url, "hostile.{tenant}.{type}", stream=STREAM, create_stream=True, delivery_timeout=5.0
@@ -320,7 +337,8 @@ def _tampered_timestamp(secs: int, nanos: int) -> EventEnvelope:
 def test_tampered_envelope_fields_are_caught_at_publish(
     make_server: Callable[..., NatsServer], make: Callable[[], EventEnvelope]
 ) -> None:
-    """An envelope whose own fields were altered after construction (object.__setattr__) raises InvalidEvent at publish() and is not stored."""
+    """An envelope whose own fields were altered after construction (object.__setattr__) raises
+    InvalidEvent at publish() and is not stored."""
     server = make_server()
     with NatsPublisher.connect(server.url, SUBJECT, stream=STREAM, create_stream=True) as pub:
         with pytest.raises(InvalidEvent):

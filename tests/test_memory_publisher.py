@@ -27,14 +27,15 @@ from edupulse_events import (
 
 
 def test_invalid_input_raises_at_call_site_and_keeps_nothing() -> None:
-    """publish() of a non-envelope, or of an envelope the codec cannot encode, raises InvalidEvent and stores nothing."""
+    """publish() of a non-envelope, or of an envelope the codec cannot encode, raises InvalidEvent
+    and stores nothing."""
     pub = InMemoryPublisher()
     good = envelope(1)
     tampered = envelope(1)
     object.__setattr__(tampered.data, "amount_cents", 2**32)  # bypasses construction checks: the encoder catches it
     for bad in (None, "event", {"event_id": str(uuid.uuid4())}, good.data, tampered):
         with pytest.raises(InvalidEvent):
-            pub.publish(bad)  # type: ignore[arg-type]
+            pub.publish(bad)  # type: ignore[arg-type]  # deliberately not an envelope
     assert len(pub) == 0
     assert pub.publish(good).result(timeout=0) == PublishAck(1, "memory", False)
     assert pub.drain() == [good]
@@ -53,16 +54,19 @@ def test_same_encoding_checks_as_nats_publisher() -> None:
 
 
 def test_reads_back_in_order_with_sequential_acks() -> None:
-    """Envelopes come back from get() and drain() in publish order; futures are already resolved with sequence 1, 2, 3..."""
+    """Envelopes come back from get() and drain() in publish order; futures are already resolved
+    with sequence 1, 2, 3..."""
     pub = InMemoryPublisher()
     envs = envelopes(10)
     futures = [pub.publish(e) for e in envs]
     assert all(f.done() for f in futures)
     assert [f.result(timeout=0) for f in futures] == [PublishAck(i, "memory", False) for i in range(1, 11)]
-    assert len(pub) == 10 and pub.flush(timeout=0)
+    assert len(pub) == 10
+    assert pub.flush(timeout=0)
     assert pub.get(timeout=0) == envs[0]
     assert pub.drain() == envs[1:]
-    assert len(pub) == 0 and pub.drain() == []
+    assert len(pub) == 0
+    assert pub.drain() == []
     with pytest.raises(queue.Empty):
         pub.get(timeout=0.01)
 
@@ -70,7 +74,7 @@ def test_reads_back_in_order_with_sequential_acks() -> None:
 def test_sequence_matches_read_order_across_threads() -> None:
     """With 4 threads publishing at once, each ack's sequence is the envelope's position in the read order."""
     pub = InMemoryPublisher(max_queue=50)
-    acks: dict[uuid.UUID, int] = {}
+    acks: dict[uuid.UUID, int | None] = {}
     lock = threading.Lock()
     per_thread = [envelopes(100) for _ in range(4)]
 
@@ -92,7 +96,8 @@ def test_sequence_matches_read_order_across_threads() -> None:
 
 
 def test_full_channel_raises_queue_full_after_timeout() -> None:
-    """On a full channel publish() waits about `timeout` then raises QueueFull (timeout=0: at once); nothing is stored."""
+    """On a full channel publish() waits about `timeout` then raises QueueFull (timeout=0: at once);
+    nothing is stored."""
     pub = InMemoryPublisher(max_queue=2, publish_timeout=0.2)
     pub.publish(envelope(0))
     pub.publish(envelope(1))
@@ -101,7 +106,7 @@ def test_full_channel_raises_queue_full_after_timeout() -> None:
     for kwargs in ({"timeout": 0.15}, {}):  # explicit timeout, then the publish_timeout default
         start = time.monotonic()
         with pytest.raises(QueueFull):
-            pub.publish(envelope(3), **kwargs)  # type: ignore[arg-type]
+            pub.publish(envelope(3), **kwargs)
         assert 0.14 <= time.monotonic() - start < 2.0
     assert len(pub) == 2
 
@@ -115,7 +120,8 @@ def test_reader_thread_lets_blocked_publisher_through() -> None:
     publisher = threading.Thread(target=lambda: result.append(pub.publish(second, timeout=30).result(timeout=0)))
     publisher.start()
     publisher.join(0.3)
-    assert publisher.is_alive() and not result  # still blocked: the channel is full
+    assert publisher.is_alive()  # still blocked: the channel is full
+    assert not result
     taken: list[EventEnvelope] = []
     reader = threading.Thread(target=lambda: taken.append(pub.get(timeout=10)))
     reader.start()
@@ -127,7 +133,8 @@ def test_reader_thread_lets_blocked_publisher_through() -> None:
 
 
 def test_close_refuses_new_events_and_wakes_blocked_publisher() -> None:
-    """After close() publish raises PublisherClosed, a publisher blocked on the full channel is woken with it, and accepted events stay readable."""
+    """After close() publish raises PublisherClosed, a publisher blocked on the full channel is
+    woken with it, and accepted events stay readable."""
     pub = InMemoryPublisher(max_queue=1)
     first = envelope(0)
     pub.publish(first)
@@ -137,7 +144,7 @@ def test_close_refuses_new_events_and_wakes_blocked_publisher() -> None:
     def blocked() -> None:
         try:
             pub.publish(envelope(1), timeout=30)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  # record whatever wakes it; asserted below
             errors.append(exc)
         done.set()
 
@@ -147,8 +154,10 @@ def test_close_refuses_new_events_and_wakes_blocked_publisher() -> None:
     assert thread.is_alive()
     start = time.monotonic()
     pub.close()
-    assert done.wait(10) and time.monotonic() - start < 5
-    assert len(errors) == 1 and isinstance(errors[0], PublisherClosed)
+    assert done.wait(10)
+    assert time.monotonic() - start < 5
+    assert len(errors) == 1
+    assert isinstance(errors[0], PublisherClosed)
     with pytest.raises(PublisherClosed):
         pub.publish(envelope(2))
     pub.close()  # idempotent
@@ -188,14 +197,15 @@ def test_context_manager_closes() -> None:
         {"discard_oldest": "yes"},
     ],
 )
-def test_bad_settings_raise_config_error(kwargs: dict) -> None:
+def test_bad_settings_raise_config_error(kwargs: dict[str, object]) -> None:
     """Invalid settings raise ConfigError when the in-memory publisher is built."""
     with pytest.raises(ConfigError):
-        InMemoryPublisher(**kwargs)
+        InMemoryPublisher(**kwargs)  # type: ignore[arg-type]  # deliberately ill-typed: the runtime checks are tested
 
 
 def test_subject_template_is_checked_per_event() -> None:
-    """With a subject template, any tenant is routed like the real publisher does, and one too long for a NATS subject raises InvalidEvent."""
+    """With a subject template, any tenant is routed like the real publisher does, and one too
+    long for a NATS subject raises InvalidEvent."""
     pub = InMemoryPublisher(subject="edupulse.{tenant}.{type}")
     env = envelope(0, tenant="a.b c")
     assert pub.publish(env).result(timeout=0).broker_sequence == 1

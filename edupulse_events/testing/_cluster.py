@@ -146,7 +146,10 @@ class NatsCluster:
             if problem is None:
                 return
             if not wait(deadline):
-                tails = "\n".join(f"--- {node.server_name} log tail:\n{node._log_tail(15)}" for node in self._nodes)
+                tails = "\n".join(
+                    f"--- {node.server_name} log tail:\n{node._log_tail(15)}"  # noqa: SLF001  # this package's NatsServer
+                    for node in self._nodes
+                )
                 raise ServerError(f"cluster not ready within {timeout:g}s: {problem}\n{tails}")
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -155,7 +158,7 @@ class NatsCluster:
         for node in self._nodes:
             try:
                 node.stop(timeout=timeout)
-            except Exception as exc:  # pragma: no cover - keep stopping the others
+            except Exception as exc:  # noqa: BLE001  # pragma: no cover - keep stopping the others; re-raised below
                 errors.append(exc)
         if errors:
             raise errors[0]

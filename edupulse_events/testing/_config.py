@@ -209,7 +209,8 @@ class ServerOptions:
                 lines.append("  verify: true")
             lines += ["  timeout: 2", "}"]
         if self.clustered:
-            assert self.cluster_name is not None and cluster_port is not None
+            assert self.cluster_name is not None
+            assert cluster_port is not None
             lines += ["cluster {", f"  name: {_q(self.cluster_name)}", f"  listen: {_listen(cluster_port)}"]
             if self.routes:
                 lines.append("  routes: [")

@@ -10,6 +10,7 @@ collected), run at garbage collection, interpreter exit or ``close()``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -105,10 +106,8 @@ def hard_kill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL ``proc`` unless it already exited, and reap it."""
     if proc.poll() is not None:
         return
-    try:
+    with contextlib.suppress(ProcessLookupError):  # raced with exit
         proc.kill()  # SIGKILL also ends a SIGSTOPped process
-    except ProcessLookupError:  # pragma: no cover - raced with exit
-        pass
     reap(proc, 10.0)
 
 
@@ -116,10 +115,8 @@ def finalize(state: ProcState) -> None:
     """Safety net at garbage collection / interpreter exit: kill the child, remove the temp dir."""
     proc, state.proc = state.proc, None
     if proc is not None:
-        try:
+        with contextlib.suppress(Exception):  # best effort at exit: nothing may escape a finalizer
             hard_kill(proc)
-        except Exception:  # pragma: no cover - best effort at exit
-            pass
     tmpdir, state.tmpdir = state.tmpdir, None
     if tmpdir:
         shutil.rmtree(tmpdir, ignore_errors=True)
