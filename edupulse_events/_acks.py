@@ -28,7 +28,6 @@ Ack = tuple[int, str | None, int | None, bool, dict | None]
 
 log = logging.getLogger("edupulse_events")
 _CONTROL_LINE = 1  # nats.protocol.parser.AWAITING_CONTROL_LINE
-_MAX_LINE = 4096  # nats.protocol.parser.MAX_CONTROL_LINE_SIZE
 
 
 def read_ack(seq: int, body: bytes) -> Ack:
@@ -61,8 +60,11 @@ class AckReader:
     """Takes the acks for subscription ``sid`` (subjects ``prefix`` + publish sequence) out of
     the byte stream before nats-py's parser sees it; ``on_acks`` gets them in arrival order."""
 
-    def __init__(self, parser: Any, prefix: bytes, sid: int, on_acks: Callable[[list[Ack]], None]) -> None:
+    def __init__(
+        self, parser: Any, prefix: bytes, sid: int, on_acks: Callable[[list[Ack]], None], max_line: int = 4096
+    ) -> None:
         self._parser = parser
+        self._max_line = max_line  # nats.protocol.parser.MAX_CONTROL_LINE_SIZE
         self._original = parser.parse
         self._on_acks = on_acks
         head = b"MSG " + re.escape(prefix) + rb"(\d+) " + str(sid).encode() + rb" (\d+)\r\n"
@@ -136,13 +138,13 @@ class AckReader:
     def _partial(self, rest: bytes) -> bool:
         """Whether ``rest`` is the start of a message still arriving (kept for the next read)."""
         if b"\r\n" not in rest:
-            return len(rest) < _MAX_LINE
+            return len(rest) < self._max_line
         m = self._line(rest)
         return m is not None and len(rest) < m.end() + int(m[2]) + 2
 
     def _take_back(self) -> None:
         """After nats-py's parser ran: a partial control line it kept is read here next time."""
         ps = self._parser
-        if ps.state == _CONTROL_LINE and ps.buf and len(ps.buf) < _MAX_LINE:
+        if ps.state == _CONTROL_LINE and ps.buf and len(ps.buf) < self._max_line:
             self._tail = bytes(ps.buf)
             ps.buf.clear()

@@ -38,6 +38,9 @@ class Outstanding:
         self.retries: list[Item] = []
         #: Events that got "no responders", by subject, waiting for that subject's stream check.
         self.parked: dict[bytes, list[Item]] = {}
+        #: Events a step took out of the places above and has not placed or resolved yet (a
+        #: step that crashes midway leaves them here, and `abandon_all` still finds them).
+        self.hand: list[Item] = []
         #: Events taken from the queue and not resolved, and their bytes (headers + body).
         self.count = 0
         self.nbytes = 0
@@ -73,10 +76,11 @@ class Outstanding:
         return True
 
     def expired(self, now: float) -> list[Item]:
-        """Remove and return the events past their deadline that wait for something other than
-        an ack or a PONG (a retry, a backoff, a stream check). In-flight events are the
-        sweep's; core batches keep theirs until the batch settles (their futures are failed)."""
-        out = [item for item in self.retries if item.deadline <= now]
+        """Move to `hand` and return the events past their deadline that wait for something
+        other than an ack or a PONG (a retry, a backoff, a stream check). In-flight events are
+        the sweep's; core batches keep theirs until the batch settles (their futures are failed)."""
+        out = self.hand
+        out += [item for item in self.retries if item.deadline <= now]
         if out:
             self.retries = [item for item in self.retries if item.deadline > now]
         for item in [item for item in self.delayed if item.deadline <= now]:
@@ -92,7 +96,7 @@ class Outstanding:
     def abandon_all(self) -> list[Item]:
         """Remove and return every outstanding event, cancelling their timers (the caller
         fails them: the thread is stopping or crashed)."""
-        items = list(self.inflight.values()) + self.retries + list(self.delayed)
+        items = list(self.inflight.values()) + self.retries + list(self.delayed) + self.hand
         for batch, timer in self.core.values():
             timer.cancel()
             items += batch
@@ -105,6 +109,7 @@ class Outstanding:
         self.delayed.clear()
         self.retries = []
         self.parked.clear()
+        self.hand = []
         return items
 
     def _schedule_report(self) -> None:

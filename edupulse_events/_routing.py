@@ -125,8 +125,9 @@ class Router:
         subject = _FIELD.sub(lambda m: fields[m.group(1)], self._template).encode()
         if len(subject) > MAX_SUBJECT_BYTES:  # the server would drop the connection, not just this event
             raise InvalidEvent(
-                f"the subject for this event would be {len(subject)} bytes (tenant_id of {len(envelope.tenant_id or '')} "
-                f"characters), more than the {MAX_SUBJECT_BYTES} bytes a NATS subject may have"
+                f"the subject for this event would be {len(subject)} bytes "
+                f"(tenant_id of {len(envelope.tenant_id or '')} characters), "
+                f"more than the {MAX_SUBJECT_BYTES} bytes a NATS subject may have"
             )
         return subject
 

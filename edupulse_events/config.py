@@ -128,7 +128,8 @@ def check_subject(_inst: object, _attr: object, subject: str) -> None:
         raise ConfigError(f"subject {subject!r} holds a control character or a lone surrogate")
     if len(probe.encode()) > MAX_SUBJECT_BYTES:
         raise ConfigError(
-            f"subject template of {len(subject)} characters is longer than the {MAX_SUBJECT_BYTES} bytes a NATS subject may have"
+            f"subject template of {len(subject)} characters is longer than "
+            f"the {MAX_SUBJECT_BYTES} bytes a NATS subject may have"
         )
 
 
@@ -184,7 +185,8 @@ class PublisherConfig:
             raise ConfigError(f"tls must be an ssl.SSLContext, got {type(self.tls).__name__}")
         if self.retry.attempt_timeout > self.delivery_timeout:
             raise ConfigError(
-                f"retry.attempt_timeout ({self.retry.attempt_timeout}) must not exceed delivery_timeout ({self.delivery_timeout})"
+                f"retry.attempt_timeout ({self.retry.attempt_timeout}) "
+                f"must not exceed delivery_timeout ({self.delivery_timeout})"
             )
 
     @property

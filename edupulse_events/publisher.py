@@ -125,7 +125,8 @@ class InMemoryPublisher:
             sequence = self._queue.put_numbered(envelope, wait, self._discard_oldest)
         except queue.Full:
             raise QueueFull(
-                f"InMemoryPublisher stayed full for {wait} s ({self._queue.maxsize} events); read them with get() or drain()"
+                f"InMemoryPublisher stayed full for {wait} s ({self._queue.maxsize} events); "
+                "read them with get() or drain()"
             ) from None
         item.future.set_result(PublishAck(sequence, "memory", False))
         return item.future

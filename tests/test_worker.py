@@ -14,6 +14,8 @@ from edupulse_events._retry import Backoff
 
 def backoff(policy: RetryPolicy, attempt: int) -> float | None:
     return Backoff(policy).delay(attempt, BrokerUnavailable("probe"))
+
+
 from edupulse_events.testing import NatsServer
 
 

@@ -12,11 +12,14 @@ process and shown in the publisher's ``stats()`` and ``repr``; setting
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import logging
 import os
 import ssl
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import nats
 import nats.errors
@@ -242,7 +245,9 @@ class NatsTransport:
                 user=cfg.user,
                 password=cfg.password,
                 tls=cfg.tls,
-                pending_size=max(2 * 1024 * 1024, 4 * cfg.window * 1024),
+                # Room for the whole window and the sweep's resends: a publish never forces a flush
+                # (which, cancelled, kills the flusher of nats-py before 2.10).
+                pending_size=2 * cfg.window_bytes + 4 * 1024 * 1024,
             )
         )
         try:
@@ -304,30 +309,49 @@ class NatsTransport:
         (``allow_non_tls``) is upgraded; one without TLS is refused (a fatal `BrokerError`).
         """
         nc = self._nc
-        original = nc._process_info  # noqa: SLF001 - the one place nats-py reads the server's INFO
+        original = getattr(nc, "_process_info", None)  # the one place nats-py reads the server's INFO
         config = self._config
+        wants_tls = any(_wants_tls(config, urlsplit(url).scheme) for url in config.servers)
+        try:
+            params = tuple(inspect.signature(original).parameters) if original is not None else ()
+        except (TypeError, ValueError):
+            params = ()
+        if params[:2] != ("info", "initial_connection"):
+            if wants_tls:  # without the check TLS could silently be skipped: refuse instead
+                raise BrokerError(
+                    f"nats-py {getattr(nats, '__version__', '?')} reads the server's INFO differently than "
+                    "expected; refusing to connect, since TLS could not be enforced"
+                )
+            return
 
-        async def process_info(info: dict[str, Any], initial_connection: bool = False) -> None:
+        def check(info: dict[str, Any], initial_connection: bool) -> None:
             server = nc._current_server  # noqa: SLF001
-            if (
-                initial_connection
-                and server is not None
-                and _wants_tls(config, server.uri.scheme)
-                and not info.get("tls_required")
-            ):
+            wanted = initial_connection and server is not None and _wants_tls(config, server.uri.scheme)
+            if wanted and not info.get("tls_required"):
                 if not info.get("tls_available"):
                     raise nats.errors.SecureConnWantedError()
                 info["tls_required"] = True  # the same dict nats-py reads next: it upgrades
-            await original(info, initial_connection=initial_connection)
 
-        nc._process_info = process_info  # type: ignore[method-assign]  # noqa: SLF001
+        # nats-py before 2.10 calls it without await: the wrapper must be of the same kind.
+        if inspect.iscoroutinefunction(original):
+
+            async def process_info(info: dict[str, Any], initial_connection: bool = False) -> None:
+                check(info, initial_connection)
+                await original(info, initial_connection=initial_connection)
+
+            nc._process_info = process_info  # type: ignore[method-assign]  # noqa: SLF001
+        else:
+
+            def process_info_sync(info: dict[str, Any], initial_connection: bool = False) -> None:
+                check(info, initial_connection)
+                original(info, initial_connection=initial_connection)
+
+            nc._process_info = process_info_sync  # type: ignore[assignment,method-assign]  # noqa: SLF001
 
     async def _abandon(self) -> None:
         self._closing = True
-        try:
+        with contextlib.suppress(Exception):  # a half-open connection may fail to close in any way
             await asyncio.wait_for(self._nc.close(), 1.0)
-        except Exception:  # noqa: BLE001 - a half-open connection may fail to close in any way
-            pass
 
     async def stream_captures(self, subject: str, timeout: float) -> bool | None:
         """Whether some JetStream stream captures ``subject`` (None if the server did not say)."""
@@ -361,7 +385,7 @@ class NatsTransport:
         try:
             await asyncio.wait_for(self._nc.close(), timeout)
         except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
-            transport = self._nc._transport  # noqa: SLF001
+            transport = getattr(self._nc, "_transport", None)
             writer = getattr(transport, "_io_writer", None) or getattr(transport, "_writer", None)
             if writer is not None:  # do not leave the socket to the garbage collector
                 writer.transport.abort()

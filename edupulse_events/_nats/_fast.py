@@ -53,8 +53,12 @@ def check_internals() -> str | None:
         getattr(nc, "_pending_data_size", None), int
     ):
         return "Client._pending is not a list of bytes with Client._pending_data_size"
-    if not hasattr(nc, "_flush_queue"):
-        return "nats-py has no Client._flush_queue"
+    if not hasattr(nc, "_flush_queue") or not hasattr(nc, "_transport"):
+        return "nats-py has no Client._flush_queue or Client._transport"
+    # 2.10 made _process_info a coroutine and the flusher survive a cancelled flush: the client
+    # shape the fast path is built and tested against (older releases take the public path).
+    if not inspect.iscoroutinefunction(getattr(nc, "_process_info", None)):
+        return "Client._process_info is not a coroutine (nats-py before 2.10)"
     if getattr(nats_parser, "AWAITING_CONTROL_LINE", None) != 1 or getattr(nats_parser, "MAX_CONTROL_LINE_SIZE", 0) < 1:
         return "nats.protocol.parser's states differ"
     ps = getattr(nc, "_ps", None)
@@ -114,7 +118,8 @@ class FastPath:
 
         self._originals = {"_process_msg": original, "parse": nc._ps.parse, "reset": nc._ps.reset}  # noqa: SLF001
         nc._process_msg = process_msg  # type: ignore[method-assign]  # noqa: SLF001
-        self._reader = AckReader(nc._ps, self._prefix, sid, self._deliver)  # noqa: SLF001
+        parser = nc._ps  # noqa: SLF001
+        self._reader = AckReader(parser, self._prefix, sid, self._deliver, nats_parser.MAX_CONTROL_LINE_SIZE)
 
     def _deliver(self, acks: list[Ack]) -> None:
         self.on_acks(acks)
