@@ -7,6 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import nats
 import nats.js.errors
@@ -16,6 +17,7 @@ from edupulse_events import (
     EventEnvelope,
     LessonPublished,
     NatsPublisher,
+    PublishAck,
     RetryPolicy,
 )
 from edupulse_events._routing import Router
@@ -26,11 +28,11 @@ SUBJECT = "edupulse.faults"
 SHORT = {"delivery_timeout": 1.5, "retry": RetryPolicy(attempt_timeout=0.3)}
 
 
-def connect(url: str, **kwargs: object) -> NatsPublisher:
+def connect(url: str, **kwargs: Any) -> NatsPublisher:
     """A publisher on SUBJECT that creates the FAULTS stream (file storage) when missing."""
     kwargs.setdefault("stream", STREAM)
     kwargs.setdefault("create_stream", True)
-    return NatsPublisher.connect(url, SUBJECT, **kwargs)  # type: ignore[arg-type]
+    return NatsPublisher.connect(url, SUBJECT, **kwargs)
 
 
 class Progress:
@@ -41,11 +43,11 @@ class Progress:
         self.resolved = 0
         self._marks = {n: threading.Event() for n in marks}
 
-    def track(self, future: concurrent.futures.Future) -> concurrent.futures.Future:
+    def track(self, future: concurrent.futures.Future[PublishAck]) -> concurrent.futures.Future[PublishAck]:
         future.add_done_callback(self._done)
         return future
 
-    def _done(self, _future: concurrent.futures.Future) -> None:
+    def _done(self, _future: concurrent.futures.Future[PublishAck]) -> None:
         with self._lock:
             self.resolved += 1
             n = self.resolved
@@ -102,9 +104,9 @@ def publish_from_threads(
     batches: Sequence[Sequence[EventEnvelope]],
     progress: Progress | None = None,
     timeout: float | None = None,
-) -> tuple[list[threading.Thread], list[list[concurrent.futures.Future]], list[BaseException]]:
+) -> tuple[list[threading.Thread], list[list[concurrent.futures.Future[PublishAck]]], list[BaseException]]:
     """Start one thread per batch publishing it in order; returns (threads, futures per thread, errors)."""
-    futures: list[list[concurrent.futures.Future]] = [[] for _ in batches]
+    futures: list[list[concurrent.futures.Future[PublishAck]]] = [[] for _ in batches]
     errors: list[BaseException] = []
     go = threading.Barrier(len(batches))
 
@@ -114,7 +116,7 @@ def publish_from_threads(
             for env in batches[i]:
                 f = pub.publish(env, timeout=timeout)
                 futures[i].append(progress.track(f) if progress else f)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001  # any error of a caller thread is kept for the test to assert on
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,), name=f"caller-{i}") for i in range(len(batches))]

@@ -30,12 +30,14 @@ def test_configured_broker_gives_working_nats_publisher(make_server: Callable[..
         pub = build_from_env(env, stream=STREAM, create_stream=True)
     try:
         assert isinstance(pub, NatsPublisher)
-        assert pub.config.auth_token == TOKEN and pub.config.subject == SUBJECT
+        assert pub.config.auth_token == TOKEN
+        assert pub.config.subject == SUBJECT
         assert pub.publish(envelope()).result(timeout=10).broker_sequence == 1
     finally:
         pub.close(5)
     assert len(read_stream(server.url, STREAM, token=TOKEN)) == 1
-    assert "InMemoryPublisher" not in logs.text and TOKEN not in logs.text
+    assert "InMemoryPublisher" not in logs.text
+    assert TOKEN not in logs.text
 
 
 def test_reads_os_environ_by_default(make_server: Callable[..., NatsServer], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -65,7 +67,8 @@ def test_unconfigured_gives_in_memory_publisher_and_warning(env: dict[str, str],
         pub = build_from_env(env)
     assert isinstance(pub, InMemoryPublisher)
     warnings = [r for r in logs.records if r.levelname == "WARNING"]
-    assert len(warnings) == 1 and missing in warnings[0].getMessage()
+    assert len(warnings) == 1
+    assert missing in warnings[0].getMessage()
     assert "NOT reach a broker" in warnings[0].getMessage()
     env_ = envelope()
     assert pub.publish(env_).result(timeout=0).stream == "memory"
@@ -73,18 +76,19 @@ def test_unconfigured_gives_in_memory_publisher_and_warning(env: dict[str, str],
 
 
 def test_in_memory_fallback_never_blocks_an_application() -> None:
-    """The in-memory publisher an unconfigured application gets keeps the latest max_queue events and never blocks publish()."""
+    """An unconfigured application's in-memory publisher keeps the latest max_queue events, never blocking publish()."""
     pub = build_from_env({}, max_queue=50)
     assert isinstance(pub, InMemoryPublisher)
     start = time.monotonic()
     for _ in range(120):
         pub.publish(envelope(), timeout=0)
     assert time.monotonic() - start < 2.0
-    assert len(pub) == 50 and pub.discarded == 70
+    assert len(pub) == 50
+    assert pub.discarded == 70
 
 
 def test_configured_but_unreachable_raises_broker_error_fast(make_server: Callable[..., NatsServer]) -> None:
-    """A configured broker that is down raises BrokerError within the connect_timeout option; there is no silent fallback."""
+    """A configured broker that is down raises BrokerError within connect_timeout; there is no silent fallback."""
     down = make_server(start=False)
     start = time.monotonic()
     with LogWatcher() as logs, pytest.raises(BrokerError, match="could not connect"):
@@ -95,7 +99,7 @@ def test_configured_but_unreachable_raises_broker_error_fast(make_server: Callab
 
 
 def test_wrong_token_raises_broker_error(make_server: Callable[..., NatsServer]) -> None:
-    """A wrong EDUPULSE_EVENT_BROKER_TOKEN raises BrokerError saying authentication failed, without the token in the message."""
+    """A wrong EDUPULSE_EVENT_BROKER_TOKEN raises BrokerError saying authentication failed, never showing the token."""
     server = make_server(token=TOKEN)
     with pytest.raises(BrokerError, match="authentication failed") as info:
         build_from_env({URL: server.url, SUBJ: SUBJECT, TOK: "not-" + TOKEN}, connect_timeout=5.0)
@@ -106,13 +110,15 @@ def test_wrong_token_raises_broker_error(make_server: Callable[..., NatsServer])
 def test_fallback_memory_gives_in_memory_publisher_and_error(
     make_server: Callable[..., NatsServer], value: str
 ) -> None:
-    """With EDUPULSE_EVENT_BROKER_FALLBACK=memory an unreachable broker gives an InMemoryPublisher, logged as an error."""
+    """With EDUPULSE_EVENT_BROKER_FALLBACK=memory an unreachable broker gives an InMemoryPublisher, logging an error."""
     down = make_server(start=False)
     with LogWatcher() as logs:
         pub = build_from_env({URL: down.url, SUBJ: SUBJECT, FALLBACK: value}, connect_timeout=0.5)
     assert isinstance(pub, InMemoryPublisher)
     errors = [r.getMessage() for r in logs.records if r.levelname == "ERROR" and "falling back" in r.getMessage()]
-    assert len(errors) == 1 and "could not connect" in errors[0] and "NOT reach a broker" in errors[0]
+    assert len(errors) == 1
+    assert "could not connect" in errors[0]
+    assert "NOT reach a broker" in errors[0]
     assert "publisher closed" not in logs.text  # the publisher that never connected is not "closed" later either
     assert pub.publish(envelope()).result(timeout=0).broker_sequence == 1
 

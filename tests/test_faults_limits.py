@@ -4,6 +4,7 @@ against real nats-server processes (JetStream, file storage)."""
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from helpers import LogWatcher, envelope, envelopes
 from edupulse_events import (
     InvalidEvent,
     NatsPublisher,
+    PublishAck,
     PublisherClosed,
     PublishTimeout,
     QueueFull,
@@ -27,7 +29,7 @@ from edupulse_events.testing import NatsServer
 
 @pytest.mark.slow
 def test_hung_broker_deadlines_fire_and_close_returns(nats_server: NatsServer) -> None:
-    """With a SIGSTOPped server nothing deadlocks: deadlines fire, flush() and close() return within their timeouts, and publishing recovers after SIGCONT."""
+    """SIGSTOPped server: no deadlock; deadlines fire, flush()/close() keep timeouts, publishing recovers on SIGCONT."""
     survivor = connect(nats_server.url, **SHORT)
     before = set(threading.enumerate())
     doomed = connect(nats_server.url, window=64, **SHORT)
@@ -68,7 +70,7 @@ def test_hung_broker_deadlines_fire_and_close_returns(nats_server: NatsServer) -
 
 
 def test_hung_broker_core_mode_close_returns_at_its_timeout(nats_server: NatsServer) -> None:
-    """In core mode a batch waiting for the PING round trip to a SIGSTOPped server does not hold close(0.5) up to attempt_timeout: close returns on time and fails it with PublisherClosed."""
+    """Core, paused server: close(0.5) is on time, not at attempt_timeout; the PING-bound batch gets PublisherClosed."""
     pub = NatsPublisher.connect(
         nats_server.url, "core.faults", jetstream=False, delivery_timeout=10.0, retry=RetryPolicy(attempt_timeout=3.0)
     )
@@ -90,17 +92,21 @@ def test_hung_broker_core_mode_close_returns_at_its_timeout(nats_server: NatsSer
 
 @pytest.mark.slow
 def test_hung_broker_keeps_window_full_and_applies_back_pressure(nats_server: NatsServer) -> None:
-    """Attempts retried for lack of an ack keep their window slot: with a hung broker no more events leave the queue, so publish() waits and raises QueueFull; all are delivered after SIGCONT."""
+    """Hung broker: unacked retries keep their window slots, publish() raises QueueFull; all delivered after SIGCONT."""
     pub = connect(nats_server.url, window=8, max_queue=8, delivery_timeout=10.0, retry=RetryPolicy(attempt_timeout=0.2))
     try:
         pub.publish(envelope()).result(timeout=5)
         nats_server.pause()
         try:
-            accepted = []
+            accepted: list[concurrent.futures.Future[PublishAck]] = []
+
+            def publish_until_full() -> None:
+                for e in envelopes(100):
+                    accepted.append(pub.publish(e, timeout=0.2))
+
             with LogWatcher() as logs:
                 with pytest.raises(QueueFull):
-                    for e in envelopes(100):
-                        accepted.append(pub.publish(e, timeout=0.2))
+                    publish_until_full()
                 assert logs.wait_for("retrying", 5), "attempts without an ack must be retried"
             assert len(accepted) <= 8 + 8
             with pytest.raises(QueueFull):
@@ -117,7 +123,7 @@ def test_hung_broker_keeps_window_full_and_applies_back_pressure(nats_server: Na
 
 
 def test_oversized_event_fails_at_publish_and_neighbours_are_stored(make_server: Callable[..., NatsServer]) -> None:
-    """With max_payload known, an envelope one byte over it raises InvalidEvent naming max_payload at publish(); one of exactly max_payload and the events right before and after are stored."""
+    """max_payload known: 1 byte over: InvalidEvent at publish(); exactly max_payload and the neighbours are stored."""
     server = make_server(max_payload=8 * 1024)
     with LogWatcher() as logs, connect(server.url) as pub:
         before = envelope(1)
@@ -136,7 +142,7 @@ def test_oversized_event_fails_at_publish_and_neighbours_are_stored(make_server:
 
 
 def test_oversized_event_with_limit_unknown_fails_on_its_future_only(make_server: Callable[..., NatsServer]) -> None:
-    """Accepted before max_payload was known, an oversized event fails on its future with InvalidEvent; neighbours in the same batch are stored and the server never drops the connection."""
+    """Oversized, accepted before max_payload known: InvalidEvent on its future; neighbours stored, no disconnect."""
     server = make_server(max_payload=8 * 1024, start=False)
     with LogWatcher() as logs:
         pub = connect(server.url, start_without_broker=True)
@@ -148,7 +154,8 @@ def test_oversized_event_with_limit_unknown_fails_on_its_future_only(make_server
             assert pub.flush(timeout=15)
             with pytest.raises(
                 InvalidEvent,
-                match=rf"event {big.event_id} is \d+ bytes with headers, more than the server's max_payload of 8192 bytes",
+                match=rf"event {big.event_id} is \d+ bytes with headers, "
+                r"more than the server's max_payload of 8192 bytes",
             ):
                 futures[2].result(timeout=0)
             good = [f for i, f in enumerate(futures) if i != 2]
@@ -167,7 +174,7 @@ def test_oversized_event_with_limit_unknown_fails_on_its_future_only(make_server
 
 @pytest.mark.slow
 def test_many_threads_on_a_small_queue(nats_server: NatsServer) -> None:
-    """16 threads x 2,000 events through a 64-event queue: no deadlock, back-pressure applied, every event acked and stored once."""
+    """16 threads x 2,000 events, 64-event queue: no deadlock, back-pressure, each event acked and stored once."""
     batches = [envelopes(2000, tenant=f"t{t}") for t in range(16)]
     total = sum(map(len, batches))
     with connect(nats_server.url, max_queue=64) as pub:

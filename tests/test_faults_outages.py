@@ -18,6 +18,7 @@ from faults_support import SHORT, STREAM, Progress, connect, ids, join_all, publ
 from helpers import LogWatcher, envelope, envelopes
 
 from edupulse_events import (
+    PublishAck,
     PublishTimeout,
     QueueFull,
 )
@@ -28,7 +29,7 @@ from edupulse_events.testing import NatsCluster, NatsServer
 
 @pytest.mark.slow
 def test_crash_and_restart_twice_loses_and_doubles_nothing(nats_server: NatsServer) -> None:
-    """3 threads x 5,000 events survive two SIGKILL+restarts of the server: every future succeeds, the stream holds each event exactly once."""
+    """3 threads x 5,000 events survive two SIGKILL+restarts: every future succeeds, each event stored exactly once."""
     batches = [envelopes(5000, tenant=f"t{t}") for t in range(3)]
     total = sum(map(len, batches))
     marks = (total // 5, total * 3 // 5)
@@ -97,7 +98,7 @@ def move_stream_leader(cluster: NatsCluster, to: int) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("publisher_on", ["leader", "follower"])
 def test_cluster_failover_of_stream_leader(nats_cluster: NatsCluster, publisher_on: str) -> None:
-    """With an R3 stream and all three URLs, killing the stream leader while publishing (publisher connected to it, or to a follower) loses no event and stores none twice."""
+    """R3 stream: killing the leader mid-publish (publisher on it or a follower) loses no event, stores none twice."""
     pub = connect(nats_cluster.url, stream_replicas=3)
     try:
         nats_cluster.wait_ready()
@@ -137,7 +138,7 @@ def test_cluster_failover_of_stream_leader(nats_cluster: NatsCluster, publisher_
 
 
 def test_broker_down_at_start_fills_queue_then_delivers_everything(make_server: Callable[..., NatsServer]) -> None:
-    """Without a broker, publish() accepts up to max_queue, then raises QueueFull (timeout=0) or blocks; once the server starts, every accepted event is stored once."""
+    """No broker: max_queue accepted, then QueueFull (timeout=0) or blocking; once the server is up, all stored once."""
     server = make_server(start=False)
     pub = connect(server.url, start_without_broker=True, max_queue=50)
     try:
@@ -146,11 +147,11 @@ def test_broker_down_at_start_fills_queue_then_delivers_everything(make_server: 
         with pytest.raises(QueueFull):
             pub.publish(envelope(), timeout=0)
         started = time.monotonic()
-        with pytest.raises(QueueFull, match="stayed full for 0.3 s"):
+        with pytest.raises(QueueFull, match=r"stayed full for 0\.3 s"):
             pub.publish(envelope(), timeout=0.3)
         assert 0.25 <= time.monotonic() - started < 5
         late = envelope(1)
-        late_future: list[concurrent.futures.Future] = []
+        late_future: list[concurrent.futures.Future[PublishAck]] = []
         blocked = threading.Thread(target=lambda: late_future.append(pub.publish(late, timeout=60)))
         blocked.start()
         blocked.join(0.3)
@@ -175,7 +176,7 @@ def test_broker_down_at_start_fills_queue_then_delivers_everything(make_server: 
 
 @pytest.mark.slow
 def test_outage_longer_than_deadline_fails_futures_then_recovers(nats_server: NatsServer) -> None:
-    """Events not acked before their deadline fail with PublishTimeout during an outage (no hang, no false success); after restart publishing and republishing work, each event stored once."""
+    """Outage: unacked events get PublishTimeout at deadline (no hang, no false ack); republished, each stored once."""
     pub = connect(nats_server.url, **SHORT)
     try:
         warmup = envelopes(20)
@@ -203,8 +204,8 @@ def test_outage_longer_than_deadline_fails_futures_then_recovers(nats_server: Na
             assert f.exception(timeout=0) is None or isinstance(f.exception(timeout=0), PublishTimeout), f.exception(
                 timeout=0
             )
-        burst_failed = [e for e, f in zip(burst, burst_futures) if f.exception(timeout=0) is not None]
-        succeeded = [e for e, f in zip(burst, burst_futures) if f.exception(timeout=0) is None]
+        burst_failed = [e for e, f in zip(burst, burst_futures, strict=True) if f.exception(timeout=0) is not None]
+        succeeded = [e for e, f in zip(burst, burst_futures, strict=True) if f.exception(timeout=0) is None]
         assert len(succeeded) >= 100
         with LogWatcher() as logs:
             nats_server.restart()
@@ -233,7 +234,7 @@ def test_close_while_still_connecting_returns_promptly_and_leaves_no_task() -> N
     from edupulse_events import NatsPublisher, PublisherClosed
     from edupulse_events.testing import free_port
 
-    errors: list = []
+    errors: list[str] = []
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -252,7 +253,7 @@ def test_close_while_still_connecting_returns_promptly_and_leaves_no_task() -> N
             took = time.monotonic() - started
             assert took < 0.2 + 0.8, f"close(0.2) took {took:.2f} s"
             assert all(isinstance(f.exception(timeout=0), PublisherClosed) for f in futures)
-            worker = pub._last_worker  # noqa: SLF001 - the thread a closed publisher ran
+            worker = pub._last_worker  # noqa: SLF001  # the thread a closed publisher ran
             assert worker is not None
             assert worker.thread is not None
             assert not worker.thread.is_alive()

@@ -16,7 +16,7 @@ import textwrap
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ def stored_ids(server: NatsServer) -> list[str]:
 
 
 def run_in_child(
-    body: Callable[[], dict[str, Any]], before_wait: Callable[[], None] = lambda: None, timeout: float = 30.0
+    body: Callable[[], dict[str, Any]], before_wait: Callable[[], object] = lambda: None, timeout: float = 30.0
 ) -> dict[str, Any]:
     """Fork; the child runs ``body`` and sends back its JSON report, then ``os._exit``s (never
     pytest's teardown). The parent runs ``before_wait`` and returns the child's report."""
@@ -54,7 +54,7 @@ def run_in_child(
             os.close(read_fd)
             report = body()
             code = 0 if report.get("ok") else 1
-        except BaseException:
+        except BaseException:  # noqa: BLE001  # the forked child reports whatever it raised, then _exit()s
             report = {"ok": False, "error": traceback.format_exc()}
         finally:
             try:
@@ -78,9 +78,11 @@ def run_in_child(
     finally:
         os.close(read_fd)
         _, status = os.waitpid(pid, 0)
-    report = json.loads(b"".join(chunks) or b'{"ok": false, "error": "no report (child hung and was killed)"}')
-    report["exit_code"] = os.waitstatus_to_exitcode(status)
-    return report
+    result: dict[str, Any] = json.loads(
+        b"".join(chunks) or b'{"ok": false, "error": "no report (child hung and was killed)"}'
+    )
+    result["exit_code"] = os.waitstatus_to_exitcode(status)
+    return result
 
 
 def child_publishes(pub: NatsPublisher, envs: list[EventEnvelope]) -> Callable[[], dict[str, Any]]:
@@ -114,7 +116,7 @@ def child_publishes(pub: NatsPublisher, envs: list[EventEnvelope]) -> Callable[[
 
 
 def test_fork_with_events_queued_in_parent(make_server: Callable[..., NatsServer]) -> None:
-    """A child forked while the parent has events queued publishes on its own new thread and connection; the parent's queued events are delivered once, by the parent."""
+    """Forked with events queued: the child gets its own thread and connection; the parent delivers its queue once."""
     server = make_server(start=False)
     pub = NatsPublisher.connect(server.url, SUBJECT, stream=STREAM, create_stream=True, start_without_broker=True)
     try:
@@ -122,31 +124,39 @@ def test_fork_with_events_queued_in_parent(make_server: Callable[..., NatsServer
         parent_futures = [pub.publish(e) for e in parent_envs]
         assert pub.stats().queued == 5
         report = run_in_child(child_publishes(pub, child_envs), before_wait=server.start)
-        assert report["exit_code"] == 0 and report["ok"], report
+        assert report["exit_code"] == 0, report
+        assert report["ok"], report
         assert pub.flush(timeout=20)
         parent_acks = [f.result(timeout=0) for f in parent_futures]
         assert not any(a.duplicate for a in parent_acks)
         stats = pub.stats()
-        assert stats.accepted == stats.acknowledged == 5 and stats.failed == 0
+        assert stats.accepted == stats.acknowledged == 5
+        assert stats.failed == 0
     finally:
         pub.close(5)
     ids = stored_ids(server)
-    assert len(ids) == 12 and len(set(ids)) == 12
+    assert len(ids) == 12
+    assert len(set(ids)) == 12
     assert set(ids) == {str(e.event_id) for e in parent_envs + child_envs}
 
 
 def test_fork_of_connected_publisher(nats_server: NatsServer) -> None:
-    """After fork the child's publisher (used before in the parent) works on a new connection, and the parent's keeps working after the child exits."""
+    """A publisher used before fork works in the child on a new connection, and in the parent after the child exits."""
     before, child_envs, after = envelopes(3), envelopes(6), envelopes(4)
     with NatsPublisher.connect(nats_server.url, SUBJECT, stream=STREAM, create_stream=True) as pub:
         assert [pub.publish(e).result(timeout=10).broker_sequence for e in before] == [1, 2, 3]
-        parent_thread = pub._worker.thread if pub._worker else None
+        parent_worker = pub._worker  # noqa: SLF001  # the parent's running thread, to check it survives the fork
+        parent_thread = parent_worker.thread if parent_worker else None
         report = run_in_child(child_publishes(pub, child_envs))
-        assert report["exit_code"] == 0 and report["ok"], report
+        assert report["exit_code"] == 0, report
+        assert report["ok"], report
         assert sorted(seq for seq, _ in report["acks"]) == list(range(4, 10))
         assert [pub.publish(e).result(timeout=10).broker_sequence for e in after] == [10, 11, 12, 13]
-        assert pub._worker is not None and pub._worker.thread is parent_thread
-        assert pub.flush(timeout=10) and pub.stats().acknowledged == 7
+        worker = pub._worker  # noqa: SLF001  # the thread now running: still the parent's own
+        assert worker is not None
+        assert worker.thread is parent_thread
+        assert pub.flush(timeout=10)
+        assert pub.stats().acknowledged == 7
     ids = stored_ids(nats_server)
     assert ids == [str(e.event_id) for e in before + child_envs + after]
 
@@ -225,7 +235,7 @@ class Child:
 
 
 @pytest.fixture
-def children() -> Any:
+def children() -> Iterator[Callable[..., Child]]:
     """Children started by a test; any still running at teardown are killed (by pid) and reaped."""
     started: list[Child] = []
 
@@ -243,11 +253,13 @@ def children() -> Any:
             child.proc.stdin.close()
 
 
-def test_exit_hook_delivers_pending_events(nats_server: NatsServer, children: Any) -> None:
-    """A process that publishes and exits without close() has its pending events delivered by the exit hook, which logs none left undelivered."""
+def test_exit_hook_delivers_pending_events(nats_server: NatsServer, children: Callable[..., Child]) -> None:
+    """Exiting without close(): the exit hook delivers the pending events and logs none left undelivered."""
     child = children(
         """
-        pub = NatsPublisher.connect(sys.argv[1], "lifecycle.events", stream="LIFECYCLE", create_stream=True, exit_timeout=20)
+        pub = NatsPublisher.connect(
+            sys.argv[1], "lifecycle.events", stream="LIFECYCLE", create_stream=True, exit_timeout=20
+        )
         print("connected", flush=True)
         sys.stdin.readline()
         futures = [pub.publish(event(f"lesson {i}")) for i in range(int(sys.argv[2]))]
@@ -269,13 +281,14 @@ def test_exit_hook_delivers_pending_events(nats_server: NatsServer, children: An
         child.log
     )
     ids = stored_ids(nats_server)
-    assert len(ids) == 300 and len(set(ids)) == 300
+    assert len(ids) == 300
+    assert len(set(ids)) == 300
 
 
 def test_exit_with_unreachable_broker_logs_ids_not_payloads(
-    make_server: Callable[..., NatsServer], children: Any
+    make_server: Callable[..., NatsServer], children: Callable[..., Child]
 ) -> None:
-    """With the broker unreachable, the process exits within about exit_timeout and logs the count and ids of the undelivered events, never their payloads."""
+    """Broker unreachable: exits within about exit_timeout, logging undelivered events' count and ids, not payloads."""
     down = make_server(start=False)
     secret_title = "TOP-SECRET-TITLE-7c1e0b"
     child = children(
@@ -302,14 +315,17 @@ def test_exit_with_unreachable_broker_logs_ids_not_payloads(
     ), child.log
     for event_id in ids:
         assert event_id in child.log
-    assert secret_title not in child.log and secret_title not in "\n".join(child.stdout)
+    assert secret_title not in child.log
+    assert secret_title not in "\n".join(child.stdout)
 
 
-def test_sigkill_loses_only_unacknowledged_events(nats_server: NatsServer, children: Any) -> None:
-    """A process SIGKILLed while publishing loses at most what was not yet acked: every id it reported acked is in the stream, once."""
+def test_sigkill_loses_only_unacknowledged_events(nats_server: NatsServer, children: Callable[..., Child]) -> None:
+    """A process SIGKILLed mid-publish loses only unacked events: every id it reported acked is in the stream, once."""
     child = children(
         """
-        pub = NatsPublisher.connect(sys.argv[1], "lifecycle.events", stream="LIFECYCLE", create_stream=True, max_queue=2000)
+        pub = NatsPublisher.connect(
+            sys.argv[1], "lifecycle.events", stream="LIFECYCLE", create_stream=True, max_queue=2000
+        )
 
         def report(future, event_id):
             if future.exception() is None:

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
@@ -84,12 +85,12 @@ def test_duplicate_in_process_10158_is_retried_not_reported_as_rejected(nats_clu
 
 
 @pytest.mark.slow
-def test_insufficient_resources_10023_is_retried_until_the_deadline(make_server: object, tmp_path: Path) -> None:
+def test_insufficient_resources_10023_is_retried_until_the_deadline(
+    make_server: Callable[..., NatsServer], tmp_path: Path
+) -> None:
     """A full memory store answers 10023: retried (not rejected), then PublishTimeout at the deadline naming it."""
     store = tmp_path / "js"
-    server: NatsServer = make_server(  # type: ignore[operator]
-        jetstream=False, extra_config=f'jetstream {{ store_dir: "{store}", max_memory_store: 1MB }}'
-    )
+    server = make_server(jetstream=False, extra_config=f'jetstream {{ store_dir: "{store}", max_memory_store: 1MB }}')
 
     async def make_stream() -> None:
         nc = await nats.connect(server.url)

@@ -113,6 +113,7 @@ def test_rss_stays_within_a_multiple_of_the_byte_budget(
     )
     assert child.stdin is not None
     assert child.stdout is not None
+    assert child.stderr is not None
     try:
         assert child.stdout.readline().split() == ["READY"]
         nats_server.pause()

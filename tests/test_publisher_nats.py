@@ -6,6 +6,8 @@ import asyncio
 import concurrent.futures
 import re
 import threading
+from collections.abc import Callable
+from typing import Any
 
 import nats
 import pytest
@@ -27,16 +29,16 @@ from edupulse_events.testing import NatsServer
 STREAM = "EVENTS"
 
 
-def connect(server: NatsServer, subject: str = "edupulse.events", **kwargs: object) -> NatsPublisher:
+def connect(server: NatsServer, subject: str = "edupulse.events", **kwargs: Any) -> NatsPublisher:
     kwargs.setdefault("stream", STREAM)
     kwargs.setdefault("create_stream", kwargs.get("jetstream", True))
     if not kwargs["create_stream"]:
         kwargs.pop("stream")
-    return NatsPublisher.connect(server.url, subject, **kwargs)  # type: ignore[arg-type]
+    return NatsPublisher.connect(server.url, subject, **kwargs)
 
 
 def test_jetstream_ack_headers_and_body(nats_server: NatsServer) -> None:
-    """A JetStream publish resolves to an ack with sequence and stream; the stored message is the encoded envelope with routing headers."""
+    """A JetStream ack carries sequence and stream; the stored message is the encoded envelope with routing headers."""
     env = envelope(
         1, tenant="Société 42", personally_identifiable=True, correlation_id="c0ffee00-dead-4bef-8bad-f00dbaadcafe"
     )
@@ -72,14 +74,15 @@ def test_many_events_pipelined_in_order(nats_server: NatsServer) -> None:
         stats = pub.stats()
     seqs = [f.result(timeout=0).broker_sequence for f in futures]
     assert seqs == list(range(1, 3001))
-    assert stats.acknowledged == 3000 and stats.failed == 0
+    assert stats.acknowledged == 3000
+    assert stats.failed == 0
     assert 1 < stats.peak_in_flight <= 128
     stored = read_stream(nats_server.url, STREAM)
     assert [m.headers["Nats-Msg-Id"] for m in stored] == [str(e.event_id) for e in envs]
 
 
 def test_core_mode_resolves_after_server_has_the_bytes(nats_server: NatsServer) -> None:
-    """In core mode futures resolve with broker_sequence=None once the server has the messages; a subscriber gets them."""
+    """Core mode: futures resolve with broker_sequence=None once the server has the messages; a subscriber gets them."""
     received: list[bytes] = []
     ready = threading.Event()
     done = threading.Event()
@@ -123,10 +126,10 @@ def test_subject_template_uses_tenant_and_type(nats_server: NatsServer) -> None:
 
 
 def test_missing_stream_fails_fast_with_clear_message(nats_server: NatsServer) -> None:
-    """Without a stream for the subject, the future fails quickly with BrokerError naming the subject (no retry until the deadline)."""
+    """No stream for the subject: the future fails fast with BrokerError naming it (no retry until the deadline)."""
     with connect(nats_server, "nowhere.events", create_stream=False, delivery_timeout=30.0) as pub:
         future = pub.publish(envelope())
-        with pytest.raises(BrokerError, match="no JetStream stream captures subject 'nowhere.events'"):
+        with pytest.raises(BrokerError, match=r"no JetStream stream captures subject 'nowhere\.events'"):
             future.result(timeout=10)
 
 
@@ -135,26 +138,26 @@ def test_bad_input_raises_at_call_site_and_publisher_keeps_working(nats_server: 
     with connect(nats_server) as pub:
         for bad in (None, "event", {"event_id": "x"}, envelope().data):
             with pytest.raises(InvalidEvent):
-                pub.publish(bad)  # type: ignore[arg-type]
+                pub.publish(bad)  # type: ignore[arg-type]  # deliberately not an envelope
         assert pub.publish(envelope()).result(timeout=10).broker_sequence == 1
         assert pub.stats().accepted == 1
 
 
-def test_too_large_for_server_fails_at_publish(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_too_large_for_server_fails_at_publish(make_server: Callable[..., NatsServer]) -> None:
     """An envelope larger than the server's max_payload raises InvalidEvent at publish(); neighbours are stored."""
     server = make_server(max_payload=16 * 1024)
     with connect(server) as pub:
         small = [pub.publish(envelope(i)) for i in range(3)]
         big = envelope(0)
-        big = big.follow_up(type(big.data)(big.data.lesson_id, big.data.author_id, "x" * 20_000))  # type: ignore[attr-defined]
+        big = big.follow_up(type(big.data)(big.data.lesson_id, big.data.author_id, "x" * 20_000))
         with pytest.raises(InvalidEvent, match="max_payload of 16384"):
             pub.publish(big)
         small += [pub.publish(envelope(i)) for i in range(3)]
         assert [f.result(timeout=10).broker_sequence for f in small] == [1, 2, 3, 4, 5, 6]
 
 
-def test_queue_full_without_broker_then_delivered(make_server) -> None:  # type: ignore[no-untyped-def]
-    """With start_without_broker, events are accepted up to the queue bound, then QueueFull; all are delivered once the server starts."""
+def test_queue_full_without_broker_then_delivered(make_server: Callable[..., NatsServer]) -> None:
+    """start_without_broker: accepted up to the queue bound, then QueueFull; all delivered once the server starts."""
     server = make_server(start=False)
     pub = NatsPublisher.connect(
         server.url, "edupulse.events", stream=STREAM, create_stream=True, start_without_broker=True, max_queue=20
@@ -175,7 +178,7 @@ def test_queue_full_without_broker_then_delivered(make_server) -> None:  # type:
     assert len(read_stream(server.url, STREAM)) == 20
 
 
-def test_deadline_fails_futures_with_publish_timeout(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_deadline_fails_futures_with_publish_timeout(make_server: Callable[..., NatsServer]) -> None:
     """With no broker, every accepted event fails with PublishTimeout at its delivery deadline; nothing hangs."""
     server = make_server(start=False)
     from edupulse_events import RetryPolicy
@@ -207,7 +210,7 @@ def test_close_is_idempotent_and_refuses_new_events(nats_server: NatsServer) -> 
     assert not any(t.name.startswith("edupulse-publisher") and t.is_alive() for t in threading.enumerate())
 
 
-def test_close_fails_what_it_cannot_deliver(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_close_fails_what_it_cannot_deliver(make_server: Callable[..., NatsServer]) -> None:
     """close(timeout) with an unreachable broker fails queued futures with PublisherClosed and logs their ids."""
     server = make_server(start=False)
     pub = NatsPublisher.connect(server.url, "edupulse.events", start_without_broker=True)
@@ -222,7 +225,7 @@ def test_close_fails_what_it_cannot_deliver(make_server) -> None:  # type: ignor
         assert str(e.event_id) in logs.text
 
 
-def test_many_undelivered_ids_are_all_logged_on_bounded_lines(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_many_undelivered_ids_are_all_logged_on_bounded_lines(make_server: Callable[..., NatsServer]) -> None:
     """1,200 undelivered events: every id is logged, on lines of at most 500 ids (log pipelines cut long lines)."""
     server = make_server(start=False)
     pub = NatsPublisher.connect(server.url, "edupulse.events", start_without_broker=True)
@@ -232,7 +235,8 @@ def test_many_undelivered_ids_are_all_logged_on_bounded_lines(make_server) -> No
     with LogWatcher() as logs:
         pub.close(timeout=0.3)
     lines = [r.getMessage() for r in logs.records if "NOT delivered" in r.getMessage()]
-    assert len(lines) == 3 and "1200 were NOT delivered (event ids 500 of 1200" in lines[0]
+    assert len(lines) == 3
+    assert "1200 were NOT delivered (event ids 500 of 1200" in lines[0]
     assert "(event ids 1001-1200 of 1200)" in lines[2]
     logged = [
         i for line in lines for i in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", line)
@@ -240,8 +244,8 @@ def test_many_undelivered_ids_are_all_logged_on_bounded_lines(make_server) -> No
     assert logged == [str(e.event_id) for e in envs]
 
 
-def test_waiting_inside_done_callback_raises_instead_of_deadlock(make_server) -> None:  # type: ignore[no-untyped-def]
-    """A done-callback (run on the publisher thread) that waits on an unresolved future or on flush() gets DeadlockError."""
+def test_waiting_inside_done_callback_raises_instead_of_deadlock(make_server: Callable[..., NatsServer]) -> None:
+    """A done-callback (on the publisher thread) waiting on an unresolved future or on flush() gets DeadlockError."""
     from edupulse_events import PublishFuture
 
     server = make_server(start=False)
@@ -252,7 +256,7 @@ def test_waiting_inside_done_callback_raises_instead_of_deadlock(make_server) ->
         server.url, "edupulse.events", stream=STREAM, create_stream=True, start_without_broker=True
     ) as pub:
 
-        def callback(_f: concurrent.futures.Future) -> None:
+        def callback(_f: concurrent.futures.Future[PublishAck]) -> None:
             for wait in (lambda: unresolved.result(timeout=5), lambda: pub.flush(timeout=5)):
                 try:
                     wait()
@@ -279,12 +283,12 @@ def test_many_threads_keep_per_thread_order(nats_server: NatsServer) -> None:
         assert pub.stats().acknowledged == 2000
     stored = read_stream(nats_server.url, STREAM)
     order = [m.headers["Nats-Msg-Id"] for m in stored]
-    for t, envs in per_thread.items():
+    for envs in per_thread.values():
         mine = [i for i in order if i in {str(e.event_id) for e in envs}]
         assert mine == [str(e.event_id) for e in envs]
 
 
-def test_connect_refused_raises_broker_error(make_server) -> None:  # type: ignore[no-untyped-def]
+def test_connect_refused_raises_broker_error(make_server: Callable[..., NatsServer]) -> None:
     """connect() to a port with no server raises BrokerError within the connect timeout."""
     server = make_server(start=False)
     with pytest.raises(BrokerError, match="could not connect"):

@@ -6,6 +6,8 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -17,7 +19,7 @@ BIG = 1 << 40
 class Thing:
     """An item as the queue sees it: a size in bytes, a byte mark and a deadline (both stamped by put)."""
 
-    def __init__(self, name: object, size: int = 10) -> None:
+    def __init__(self, name: Any, size: int = 10) -> None:
         self.name = name
         self.size = size
         self.mark = 0
@@ -27,26 +29,26 @@ class Thing:
         return f"Thing({self.name!r})"
 
 
-def names(items: list[Thing]) -> list[object]:
+def names(items: list[Thing]) -> list[Any]:
     return [item.name for item in items]
 
 
-def take(q: BatchQueue, limit: int = 1000, max_bytes: int = BIG) -> list[Thing]:
-    return q.take(limit, max_bytes)  # type: ignore[return-value]
+def take(q: BatchQueue[Thing], limit: int = 1000, max_bytes: int = BIG) -> list[Thing]:
+    return q.take(limit, max_bytes)
 
 
-def wait_until(predicate: object, timeout: float = 10.0) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
     """Spin (no sleep) until ``predicate()`` holds; the queue offers no event to wait on."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
+        if predicate():
             return True
     return False
 
 
 def test_full_in_items_refuses_without_waiting_or_after_timeout() -> None:
     """At maxsize items, put(timeout=0) and put(timeout=...) raise queue.Full; the queue is unchanged."""
-    q = BatchQueue(2, 1_000, 30.0)
+    q: BatchQueue[Thing] = BatchQueue(2, 1_000, 30.0)
     q.put(Thing(1), 0)
     q.put(Thing(2), 0)
     with pytest.raises(queue.Full):
@@ -60,7 +62,7 @@ def test_full_in_items_refuses_without_waiting_or_after_timeout() -> None:
 
 def test_bounded_in_bytes_but_a_lone_big_item_is_accepted() -> None:
     """The byte bound refuses what would overflow it, yet an empty queue takes any one item."""
-    q = BatchQueue(100, 25, 30.0)
+    q: BatchQueue[Thing] = BatchQueue(100, 25, 30.0)
     q.put(Thing("a", 10), 0)
     q.put(Thing("b", 10), 0)
     with pytest.raises(queue.Full):
@@ -75,14 +77,14 @@ def test_bounded_in_bytes_but_a_lone_big_item_is_accepted() -> None:
 
 def test_take_stops_at_the_item_and_byte_limits_and_frees_bytes() -> None:
     """take() takes the oldest items, at most ``limit`` and ``max_bytes``; the byte count follows."""
-    q = BatchQueue(100, 10_000, 30.0)
+    q: BatchQueue[Thing] = BatchQueue(100, 10_000, 30.0)
     for i in range(7):
         q.put(Thing(i, size=i + 1), 0)
     assert names(take(q, 3)) == [0, 1, 2]
     assert q.nbytes == 4 + 5 + 6 + 7
     assert names(take(q, 10, max_bytes=9)) == [3, 4]
     assert names(take(q, 10, max_bytes=5)) == []  # 6 bytes do not fit in 5
-    assert names(q.take(10, 5, first_always=True)) == [5]  # type: ignore[arg-type]
+    assert names(q.take(10, 5, first_always=True)) == [5]
     assert names(take(q)) == [6]
     assert q.nbytes == 0
     assert take(q) == []
@@ -91,7 +93,7 @@ def test_take_stops_at_the_item_and_byte_limits_and_frees_bytes() -> None:
 
 def test_deadline_is_stamped_at_acceptance_after_any_wait() -> None:
     """An item's deadline is ttl after put() accepted it, so waiting for room never eats into it."""
-    q = BatchQueue(1, 1_000, 5.0)
+    q: BatchQueue[Thing] = BatchQueue(1, 1_000, 5.0)
     q.put(Thing("first"), 0)
     second = Thing("second")
     accepted = threading.Event()
@@ -102,7 +104,7 @@ def test_deadline_is_stamped_at_acceptance_after_any_wait() -> None:
 
     thread = threading.Thread(target=producer)
     thread.start()
-    assert wait_until(lambda: q._waiting_puts == 1)  # noqa: SLF001 - until it waits for room
+    assert wait_until(lambda: q._waiting_puts == 1)  # noqa: SLF001  # until it waits for room
     waited_from = time.monotonic()
     assert accepted.wait(0.3) is False  # still full: it keeps waiting
     assert names(take(q)) == ["first"]
@@ -113,14 +115,14 @@ def test_deadline_is_stamped_at_acceptance_after_any_wait() -> None:
 
 def test_deadlines_never_decrease_from_head_to_tail_and_expire_from_the_head() -> None:
     """Deadlines are stamped under the lock, so take_expired() finds every expired item at the head."""
-    q = BatchQueue(100, 10_000, 1.0)
+    q: BatchQueue[Thing] = BatchQueue(100, 10_000, 1.0)
     items = [Thing(i) for i in range(20)]
     for item in items:
         q.put(item, 0)
     deadlines = [item.deadline for item in items]
     assert deadlines == sorted(deadlines)
     assert q.take_expired(items[0].deadline - 0.001) == []
-    assert names(q.take_expired(items[9].deadline)) == list(range(10))  # type: ignore[arg-type]
+    assert names(q.take_expired(items[9].deadline)) == list(range(10))
     assert q.nbytes == 100
     assert names(q.take_all()) == list(range(10, 20))
     assert q.nbytes == 0
@@ -128,7 +130,7 @@ def test_deadlines_never_decrease_from_head_to_tail_and_expire_from_the_head() -
 
 def test_blocked_put_goes_in_when_a_batch_makes_room() -> None:
     """A put waiting on a full queue completes as soon as the consumer takes a batch."""
-    q = BatchQueue(1, 1_000, 30.0)
+    q: BatchQueue[Thing] = BatchQueue(1, 1_000, 30.0)
     q.put(Thing("first"), 0)
     done = threading.Event()
 
@@ -138,26 +140,26 @@ def test_blocked_put_goes_in_when_a_batch_makes_room() -> None:
 
     thread = threading.Thread(target=producer)
     thread.start()
-    assert wait_until(lambda: q._waiting_puts == 1)  # noqa: SLF001 - until it waits for room
+    assert wait_until(lambda: q._waiting_puts == 1)  # noqa: SLF001  # until it waits for room
     assert not done.is_set()
     assert names(take(q, 1)) == ["first"]
     assert done.wait(10)
     thread.join(10)
     assert names(take(q, 1)) == ["second"]
-    assert q._waiting_puts == 0  # noqa: SLF001
+    assert q._waiting_puts == 0  # noqa: SLF001  # no waiter is left counted
 
 
 def test_put_waits_for_a_mutex_held_elsewhere_then_goes_in() -> None:
     """A put that finds the mutex held (its holder lost the CPU mid-put) waits for it, then adds its item."""
-    q = BatchQueue(10, 1_000, 30.0)
-    mutex = q._mutex  # noqa: SLF001 - hold it as a preempted producer would
+    q: BatchQueue[Thing] = BatchQueue(10, 1_000, 30.0)
+    mutex = q._mutex  # noqa: SLF001  # hold it as a preempted producer would
     mutex.acquire()
     thread = threading.Thread(target=q.put, args=(Thing("x"), 30))
     try:
         thread.start()
 
         def in_waiting_path() -> bool:
-            frame = sys._current_frames().get(thread.ident or 0)  # noqa: SLF001 - stdlib introspection
+            frame = sys._current_frames().get(thread.ident or 0)  # noqa: SLF001  # stdlib introspection
             return frame is not None and frame.f_code.co_name in ("_acquire", "sleep")
 
         assert wait_until(in_waiting_path)
@@ -173,7 +175,7 @@ def test_put_waits_for_a_mutex_held_elsewhere_then_goes_in() -> None:
 
 def test_many_producers_and_a_consumer_lose_and_duplicate_nothing() -> None:
     """8 threads x 500 puts through a 16-item queue: each item taken once, each producer's order kept."""
-    q = BatchQueue(16, 1_000_000, 30.0)
+    q: BatchQueue[Thing] = BatchQueue(16, 1_000_000, 30.0)
     producers, per = 8, 500
     taken: list[Thing] = []
     finished = threading.Event()
@@ -198,7 +200,7 @@ def test_many_producers_and_a_consumer_lose_and_duplicate_nothing() -> None:
     assert len(taken) == producers * per
     assert q.accepted == producers * per
     for p in range(producers):
-        assert [i for (who, i) in names(taken) if who == p] == list(range(per))  # type: ignore[misc]
+        assert [i for (who, i) in names(taken) if who == p] == list(range(per))
     assert q.nbytes == 0
-    assert q._waiting_puts == 0  # noqa: SLF001
+    assert q._waiting_puts == 0  # noqa: SLF001  # no waiter is left counted
     assert q.blocked_puts > 0

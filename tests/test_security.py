@@ -8,12 +8,13 @@ import ssl
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import trustme
 from helpers import LogWatcher, envelope, read_stream
 
-from edupulse_events import BrokerError, NatsPublisher, PublisherConfig
+from edupulse_events import BrokerError, ConfigError, NatsPublisher, PublisherConfig
 from edupulse_events.testing import NatsServer
 
 STREAM = "SECURE"
@@ -23,12 +24,12 @@ USER = "svc-publisher"
 PASSWORD = "pw-42d8-SECRET-e0b5"
 
 
-def connect(url: str, **kwargs: object) -> NatsPublisher:
+def connect(url: str, **kwargs: Any) -> NatsPublisher:
     kwargs.setdefault("connect_timeout", 5.0)
-    return NatsPublisher.connect(url, SUBJECT, stream=STREAM, create_stream=True, **kwargs)  # type: ignore[arg-type]
+    return NatsPublisher.connect(url, SUBJECT, stream=STREAM, create_stream=True, **kwargs)
 
 
-def publish_one(pub: NatsPublisher) -> int:
+def publish_one(pub: NatsPublisher) -> int | None:
     return pub.publish(envelope()).result(timeout=10).broker_sequence
 
 
@@ -112,7 +113,8 @@ def test_user_password_in_url(make_server: Callable[..., NatsServer]) -> None:
     with connect(f"nats://{USER}:{PASSWORD}@127.0.0.1:{server.port}") as pub:
         assert publish_one(pub) == 1
     err, elapsed = failed_connect(f"nats://{USER}:not-{PASSWORD}@127.0.0.1:{server.port}")
-    assert "authentication failed" in str(err) and elapsed < 2.5
+    assert "authentication failed" in str(err)
+    assert elapsed < 2.5
 
 
 def test_user_password_in_config(make_server: Callable[..., NatsServer]) -> None:
@@ -122,7 +124,8 @@ def test_user_password_in_config(make_server: Callable[..., NatsServer]) -> None
         assert publish_one(pub) == 1
     for kwargs in ({"user": USER, "password": "nope"}, {}):
         err, elapsed = failed_connect(server.url, **kwargs)
-        assert "authentication failed" in str(err) and elapsed < 2.5
+        assert "authentication failed" in str(err)
+        assert elapsed < 2.5
 
 
 # --------------------------------------------------------------------------- TLS
@@ -134,7 +137,9 @@ def test_tls_with_trusted_ca(tls_server: NatsServer, ca: trustme.CA) -> None:
     ctx = client_context(ca)
     with connect(tls_server.url, tls=ctx) as pub:
         assert publish_one(pub) == 1
-        [conn] = tls_server.monitor("/connz")["connections"]
+        connz = tls_server.monitor("/connz")
+        assert connz is not None
+        [conn] = connz["connections"]
         assert conn.get("tls_version")
     assert len(read_stream(tls_server.url, STREAM, tls=ctx)) == 1
 
@@ -142,7 +147,8 @@ def test_tls_with_trusted_ca(tls_server: NatsServer, ca: trustme.CA) -> None:
 def test_tls_with_another_ca_fails_with_certificate_error(tls_server: NatsServer) -> None:
     """A context trusting a different CA fails fast with a BrokerError about the certificate."""
     err, elapsed = failed_connect(tls_server.url, tls=client_context(trustme.CA()), connect_timeout=5.0)
-    assert "certificate" in str(err) and "verification failed" in str(err)
+    assert "certificate" in str(err)
+    assert "verification failed" in str(err)
     assert elapsed < 2.5
 
 
@@ -150,12 +156,13 @@ def test_plain_url_to_tls_server_fails_clearly(tls_server: NatsServer) -> None:
     """nats:// without a TLS context to a TLS-required server fails fast, saying the server requires TLS."""
     plain = tls_server.url.replace("tls://", "nats://")
     err, elapsed = failed_connect(plain, connect_timeout=5.0)
-    assert "requires TLS" in str(err) and "certificate" in str(err)
+    assert "requires TLS" in str(err)
+    assert "certificate" in str(err)
     assert elapsed < 2.5
 
 
 def test_tls_url_to_plain_server_is_refused(make_server: Callable[..., NatsServer], ca: trustme.CA) -> None:
-    """A tls:// URL (or a tls= context) never falls back to plain text: a server without TLS is refused before the credentials are sent."""
+    """tls:// URL or tls= context: no plain-text fallback; a non-TLS server is refused before credentials are sent."""
     server = make_server(token=TOKEN)
     tls_url = server.url.replace("nats://", "tls://")
     for url, kwargs in (
@@ -164,7 +171,8 @@ def test_tls_url_to_plain_server_is_refused(make_server: Callable[..., NatsServe
         (server.url, {"tls": client_context(ca)}),
     ):
         err, elapsed = failed_connect(url, auth_token=TOKEN, connect_timeout=5.0, **kwargs)
-        assert "does not offer TLS" in str(err) and elapsed < 2.5
+        assert "does not offer TLS" in str(err)
+        assert elapsed < 2.5
 
 
 def test_tls_url_upgrades_when_server_allows_plain_text(
@@ -175,7 +183,9 @@ def test_tls_url_upgrades_when_server_allows_plain_text(
     server = make_server(tls_cert=cert, tls_key=key, extra_config="allow_non_tls: true")
     with connect(server.url, tls=client_context(ca)) as pub:
         assert publish_one(pub) == 1
-        [conn] = server.monitor("/connz")["connections"]
+        connz = server.monitor("/connz")
+        assert connz is not None
+        [conn] = connz["connections"]
         assert conn.get("tls_version")
 
 
@@ -183,7 +193,7 @@ def test_tls_url_upgrades_when_server_allows_plain_text(
 
 
 def test_secrets_never_in_logs_reprs_or_errors(make_server: Callable[..., NatsServer], all_logs: LogWatcher) -> None:
-    """Tokens and passwords (in URLs or the config) appear in no log record at DEBUG, no repr or str, no error or its cause chain."""
+    """Tokens and passwords (URL or config) appear in no DEBUG log record, repr, str, error or its cause chain."""
     token_server = make_server(token=TOKEN)
     user_server = make_server(user=USER, password=PASSWORD)
     down = make_server(start=False)
@@ -218,11 +228,12 @@ def test_secrets_never_in_logs_reprs_or_errors(make_server: Callable[..., NatsSe
     look_error(f"nats://{USER}:{PASSWORD}x@127.0.0.1:{user_server.port}")
     look_error(f"nats://{USER}:{PASSWORD}@127.0.0.1:{down.port}")
     look_error(down.url, auth_token=TOKEN)
-    with pytest.raises(Exception) as bad_url:
+    with pytest.raises(ConfigError) as bad_url:
         PublisherConfig(servers=f"http://{USER}:{PASSWORD}@127.0.0.1:1", subject=SUBJECT)
     shown.append("".join(traceback.format_exception(bad_url.value)))
     assert all_logs.wait_for("authentication failed")
     everything = "\n".join(shown) + "\n" + all_logs.text
-    assert "connected to broker" in everything and "***@127.0.0.1" in everything
+    assert "connected to broker" in everything
+    assert "***@127.0.0.1" in everything
     for secret in (TOKEN, PASSWORD):
         assert secret not in everything

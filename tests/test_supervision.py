@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -62,7 +63,7 @@ def crash_always(monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> Non
 
 def outcomes(futures: list[concurrent.futures.Future[Any]], timeout: float) -> collections.Counter[str]:
     """Wait (bounded) for every future; count acks and each kind of error."""
-    done, pending = concurrent.futures.wait(futures, timeout=timeout)
+    _done, pending = concurrent.futures.wait(futures, timeout=timeout)
     assert not pending, f"{len(pending)} futures unresolved after {timeout} s"
     kinds: collections.Counter[str] = collections.Counter()
     for f in futures:
@@ -108,7 +109,7 @@ def test_crash_in_a_step_resolves_every_future_and_the_next_publish_restarts(
         assert fired.is_set()
         assert kinds["PublisherCrashed"] >= 1
         assert set(kinds) <= {"acked", "PublisherCrashed"}
-        crashed = [f.exception(timeout=0) for f in hit if f.exception(timeout=0) is not None]
+        crashed = [exc for f in hit if (exc := f.exception(timeout=0)) is not None]
         assert all("crashed" in str(e) and "Injected" in str(e) for e in crashed), crashed[0]
         assert all(isinstance(e.__cause__, Injected) for e in crashed)
         assert pub.flush(timeout=5)
@@ -272,7 +273,7 @@ def test_events_parked_for_a_stream_check_meet_their_deadline(
             futures = [pub.publish(e) for e in envelopes(5)]
             assert outcomes(futures, timeout=5) == {"PublishTimeout": 5}
             assert time.monotonic() - started < 1.0 + 0.5
-            worker = pub._last_worker  # noqa: SLF001 - the check task must be kept, then cancelled
+            worker = pub._last_worker  # noqa: SLF001  # the check task must be kept, then cancelled
             assert worker is not None
             assert len(worker.supervisor.tasks) == 1
         finally:
@@ -308,7 +309,7 @@ def test_every_future_resolves_by_its_deadline(
                     i = t * 100 + n
                     try:
                         future = pub.publish(envelope(i))
-                    except Exception:  # noqa: BLE001 - QueueFull: not accepted, no deadline
+                    except Exception:  # noqa: BLE001  # QueueFull: not accepted, no deadline
                         continue
                     with lock:
                         accepted[i] = time.monotonic()
@@ -337,7 +338,7 @@ def test_library_logger_has_a_null_handler() -> None:
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
 
 
-def test_unconfigured_app_prints_no_library_warnings(tmp_path: Any) -> None:
+def test_unconfigured_app_prints_no_library_warnings(tmp_path: Path) -> None:
     """An app that never configured logging and triggers a library warning writes nothing to stderr."""
     import subprocess
     import sys
