@@ -9,15 +9,18 @@ acknowledged and read back, and the rate.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import logging
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Sequence
+from typing import TextIO
 
 from .envelope import EventEnvelope
 from .events import BadgeAwarded, LessonPublished, PaymentProcessed, QuizSubmitted
+from .futures import PublishAck
 
 STREAM = "EDUPULSE_DEMO"
 
@@ -36,7 +39,7 @@ def sample_envelope(i: int, tenant: str = "school-1") -> EventEnvelope:
     return EventEnvelope.new(data, correlation_id=uuid.uuid4(), tenant_id=tenant, personally_identifiable=kind == 3)
 
 
-def run_demo(events: int, threads: int, jetstream: bool = True, out=sys.stdout) -> int:
+def run_demo(events: int, threads: int, jetstream: bool = True, out: TextIO = sys.stdout) -> int:
     """Run the demo; return 0 when every event was acknowledged and read back exactly once."""
     from ._nats import read_stream
     from .nats_publisher import NatsPublisher
@@ -49,7 +52,7 @@ def run_demo(events: int, threads: int, jetstream: bool = True, out=sys.stdout) 
         publisher = NatsPublisher.connect(
             server.url, "edupulse.{tenant}.{type}", jetstream=jetstream, stream=STREAM, create_stream=True
         )
-        futures: list[list[object]] = [[] for _ in range(threads)]
+        futures: list[list[concurrent.futures.Future[PublishAck]]] = [[] for _ in range(threads)]
         envelopes = [
             [sample_envelope(t * per_thread + i, f"school-{t}") for i in range(per_thread)] for t in range(threads)
         ]
@@ -65,7 +68,7 @@ def run_demo(events: int, threads: int, jetstream: bool = True, out=sys.stdout) 
             w.join()
         flushed = publisher.flush(timeout=60.0)
         elapsed = time.perf_counter() - started
-        acked = sum(1 for fs in futures for f in fs if f.done() and f.exception() is None)  # type: ignore[attr-defined]
+        acked = sum(1 for fs in futures for f in fs if f.done() and f.exception() is None)
         publisher.close(timeout=10.0)
         stored = read_stream(server.url, STREAM, timeout=30.0)
     ids = {m.headers.get("Nats-Msg-Id") for m in stored}

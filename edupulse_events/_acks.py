@@ -24,7 +24,7 @@ import orjson
 __all__ = ["Ack", "AckReader"]
 
 #: (publish sequence, stream or None, stream sequence or None, duplicate, error dict or None)
-Ack = tuple[int, str | None, int | None, bool, dict | None]
+Ack = tuple[int, str | None, int | None, bool, dict[str, Any] | None]
 
 log = logging.getLogger("edupulse_events")
 _CONTROL_LINE = 1  # nats.protocol.parser.AWAITING_CONTROL_LINE

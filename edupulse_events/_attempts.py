@@ -110,7 +110,9 @@ class Attempts:
                 if item.deadline <= now and not item.future.done():
                     out.fail(item, self.timeout(item, None))
         expired = out.expired(now)  # `out.hand`: they stay findable until each is failed
-        expired += worker.queue.take_expired(now)  # type: ignore[arg-type]
+        from_queue = worker.queue.take_expired(now)
+        out.take(from_queue)  # counted in, as the drain loop does, before they are counted out
+        expired += from_queue
         for item in expired:
             out.fail(item, self.timeout(item, None))
         had_expired = bool(expired)

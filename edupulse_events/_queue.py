@@ -14,7 +14,7 @@ import collections
 import queue
 import threading
 import time
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 __all__ = ["BatchQueue", "Queued"]
 
@@ -27,7 +27,10 @@ class Queued(Protocol):
     deadline: float
 
 
-class BatchQueue:
+Q = TypeVar("Q", bound=Queued)
+
+
+class BatchQueue(Generic[Q]):
     """A FIFO bounded in items (``maxsize``) and in bytes (``maxbytes``), for one consumer.
 
     Producers `put`; the consumer takes with `take` (a batch, never waiting: it is woken
@@ -44,7 +47,7 @@ class BatchQueue:
         self.maxsize = maxsize
         self.maxbytes = maxbytes
         self.ttl = ttl
-        self._items: collections.deque[Queued] = collections.deque()
+        self._items: collections.deque[Q] = collections.deque()
         self._mutex = threading.Lock()
         self._not_full = threading.Condition(self._mutex)
         self._bytes_in = 0
@@ -64,7 +67,7 @@ class BatchQueue:
         """Encoded bytes currently queued."""
         return self._bytes_in - self._bytes_out
 
-    def put(self, item: Queued, timeout: float) -> None:
+    def put(self, item: Q, timeout: float) -> None:
         """Add ``item`` and stamp its deadline; wait up to ``timeout`` s for room (0: do not
         wait), then raise `queue.Full`."""
         size = item.size
@@ -103,7 +106,7 @@ class BatchQueue:
         finally:
             self._waiting_puts -= 1
 
-    def take(self, limit: int, max_bytes: int, first_always: bool = False) -> list[Queued]:
+    def take(self, limit: int, max_bytes: int, first_always: bool = False) -> list[Q]:
         """Take up to ``limit`` items and ``max_bytes`` bytes from the head, without waiting
         (possibly none). With ``first_always`` the first item is taken even if it alone
         exceeds ``max_bytes`` (so a lone big event can always go)."""
@@ -130,9 +133,9 @@ class BatchQueue:
         finally:
             mutex.release()
 
-    def take_expired(self, now: float) -> list[Queued]:
+    def take_expired(self, now: float) -> list[Q]:
         """Remove and return the items whose deadline is at or before ``now`` (all at the head)."""
-        out = []
+        out: list[Q] = []
         with self._mutex:
             q = self._items
             while q and q[0].deadline <= now:
@@ -141,7 +144,7 @@ class BatchQueue:
                 self._taken(out[-1])
         return out
 
-    def take_all(self) -> list[Queued]:
+    def take_all(self) -> list[Q]:
         """Remove and return everything queued."""
         with self._mutex:
             batch = list(self._items)
@@ -150,7 +153,7 @@ class BatchQueue:
                 self._taken(batch[-1])
             return batch
 
-    def _taken(self, last: Queued) -> None:
+    def _taken(self, last: Q) -> None:
         """With the mutex held: items up to ``last`` left the queue."""
         self._bytes_out = last.mark
         if self._waiting_puts:

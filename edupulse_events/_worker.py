@@ -54,13 +54,13 @@ class WorkerOwner(Protocol):
 
     def on_resolved(self, acked: int, failed: int) -> None: ...
 
-    def on_crash(self, worker: Worker, error: BrokerError) -> None: ...
+    def on_crash(self, worker: Worker, error: PublisherCrashed) -> None: ...
 
 
 class Worker:
     """The background thread, its loop and connection, the drain loop, the sweep, retries."""
 
-    def __init__(self, config: PublisherConfig, queue: BatchQueue, owner: WorkerOwner, name: str) -> None:
+    def __init__(self, config: PublisherConfig, queue: BatchQueue[Item], owner: WorkerOwner, name: str) -> None:
         self.config = config
         self.queue = queue
         self.name = name
@@ -186,7 +186,7 @@ class Worker:
                 self._ended()
 
     async def _main(self) -> None:
-        self._main_task = asyncio.current_task()  # type: ignore[assignment]  # set: we run in a task
+        self._main_task = asyncio.current_task()
         try:
             await self._connect_first()
             await self._drain()
@@ -226,7 +226,9 @@ class Worker:
         self._in_hand = ()
         crash = self.crash
         if crash is None:
-            items += self.queue.take_all()  # close() ran out of time
+            from_queue = self.queue.take_all()  # close() ran out of time
+            self.outstanding.take(from_queue)
+            items += from_queue
         for item in items:
             error: BrokerError | PublisherClosed
             if crash is not None:
@@ -342,7 +344,7 @@ class Worker:
             # window, and callers feel back-pressure instead of a retry storm.
             retries = out.retries
             room = window - out.count
-            fresh: list[Item] = queue.take(room, window_bytes - out.nbytes, not out.count) if room > 0 else []  # type: ignore[assignment]
+            fresh = queue.take(room, window_bytes - out.nbytes, not out.count) if room > 0 else []
             batch = retries + fresh if retries and fresh else retries or fresh
             if not batch:
                 if out.count and len(queue):

@@ -13,6 +13,7 @@ import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import attrs
@@ -200,7 +201,7 @@ class PublisherConfig:
         return _PLACEHOLDER.sub("*", self.subject)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> PublisherConfig:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PublisherConfig:
         """Build from ``EDUPULSE_EVENT_BROKER_URL``, ``_SUBJECT`` and ``_TOKEN``.
 
         Raises `ConfigError` when the URL or subject is missing or invalid.
@@ -211,6 +212,6 @@ class PublisherConfig:
         if not url or not subject:
             raise ConfigError(f"{ENV_PREFIX}URL and {ENV_PREFIX}SUBJECT must both be set")
         token = env.get(ENV_PREFIX + "TOKEN") or None
-        kwargs: dict = {"servers": url, "subject": subject, "auth_token": token}
+        kwargs: dict[str, Any] = {"servers": url, "subject": subject, "auth_token": token}
         kwargs.update(overrides)
         return cls(**kwargs)

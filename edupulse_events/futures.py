@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures._base import FINISHED, PENDING
 from typing import Any
 
@@ -39,9 +40,10 @@ _FINISHED = FINISHED
 _PENDING = PENDING
 _RESOLVED_WITH_CALLBACKS = 2
 _new = object.__new__
-_set_sequence = PublishAck.broker_sequence.__set__  # type: ignore[attr-defined]
-_set_stream = PublishAck.stream.__set__  # type: ignore[attr-defined]
-_set_duplicate = PublishAck.duplicate.__set__  # type: ignore[attr-defined]
+# the slots' own setters: a frozen attrs class refuses setattr, and its __init__ costs twice as much
+_set_sequence = PublishAck.__dict__["broker_sequence"].__set__
+_set_stream = PublishAck.__dict__["stream"].__set__
+_set_duplicate = PublishAck.__dict__["duplicate"].__set__
 
 
 def new_ack(broker_sequence: int | None, stream: str | None, duplicate: bool) -> PublishAck:
@@ -54,7 +56,7 @@ def new_ack(broker_sequence: int | None, stream: str | None, duplicate: bool) ->
     return ack
 
 
-class PublishFuture(concurrent.futures.Future):
+class PublishFuture(concurrent.futures.Future[Any]):
     """A `concurrent.futures.Future` for one published event; it cannot be cancelled.
 
     Speed: the futures of one publisher share one `threading.Condition` (a new Condition per
@@ -67,27 +69,27 @@ class PublishFuture(concurrent.futures.Future):
     # Class-level initial values (Future.__init__ sets them per instance): resolving a future
     # assigns its own, so a pending future costs three attribute writes less to create.
     _state = _PENDING
-    _result = None
-    _exception = None
+    _result: Any = None
+    _exception: BaseException | None = None
     # The lists of concurrent.futures.wait()/as_completed() waiters and of done-callbacks are
     # made on first use (few futures ever get either): two objects fewer per event for the
     # allocator and the garbage collector, which otherwise costs more than encoding.
-    _waiter_list: list | None = None
-    _callback_list: list | None = None
+    _waiter_list: list[Any] | None = None
+    _callback_list: list[Callable[[Any], object]] | None = None
     _stream: str | None = None
 
     def __init__(self, condition: threading.Condition | None = None) -> None:
         self._condition = condition if condition is not None else threading.Condition()
 
     @property
-    def _waiters(self) -> list:  # what Future and concurrent.futures.wait() use
+    def _waiters(self) -> list[Any]:  # type: ignore[override]  # Future keeps a list; this one is made on first use
         waiters = self._waiter_list
         if waiters is None:
             waiters = self._waiter_list = []
         return waiters
 
     @property
-    def _done_callbacks(self) -> list:  # what Future.add_done_callback() appends to
+    def _done_callbacks(self) -> list[Callable[[Any], object]]:  # what Future.add_done_callback() appends to
         callbacks = self._callback_list
         if callbacks is None:
             callbacks = self._callback_list = []
@@ -164,7 +166,7 @@ class PublishFuture(concurrent.futures.Future):
         return super().__repr__()
 
 
-def settle(futures: list[PublishFuture], results: list[Any]) -> int:
+def settle(futures: Sequence[PublishFuture], results: Sequence[Any]) -> int:
     """Resolve many futures at once, as ``set_result`` each would (waiters of
     `concurrent.futures.wait`/`as_completed`, then done-callbacks), taking their shared
     condition once and waking its waiters once. Skips futures already done; returns how many

@@ -99,7 +99,7 @@ class NatsPublisher:
         #: The running thread's worker; None unless RUNNING (publish() checks only this).
         self._worker: Worker | None = None
         self._last_worker: Worker | None = None
-        self._queue = BatchQueue(cfg.max_queue, cfg.max_queue_bytes, cfg.delivery_timeout)
+        self._queue: BatchQueue[Item] = BatchQueue(cfg.max_queue, cfg.max_queue_bytes, cfg.delivery_timeout)
         #: Guards the state and the worker; start() also holds the start lock while it connects.
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
@@ -162,7 +162,7 @@ class NatsPublisher:
                 worker.stop(1.0)
                 raise
             with self._lock:
-                if self._state is not PublisherState.CLOSED:
+                if self.state is not PublisherState.CLOSED:  # close() may have run meanwhile
                     self._run(worker)
                     return self
         worker.stop(1.0)
@@ -357,7 +357,7 @@ class NatsPublisher:
 
     def _fail_leftovers(self, crash: BrokerError | None) -> list[str]:
         """Fail what is queued: with the crash's error, or `PublisherClosed`; returns their ids."""
-        items: list[Item] = self._queue.take_all()  # type: ignore[assignment]
+        items = self._queue.take_all()
         ids = []
         for item in items:
             error: Exception

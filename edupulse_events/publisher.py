@@ -37,7 +37,7 @@ class EventPublisher(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-class _Channel(queue.Queue):
+class _Channel(queue.Queue[EventEnvelope]):
     """The `InMemoryPublisher`'s bounded queue: `put` numbers each envelope in the order it is
     stored (under the queue's lock, so sequence numbers match the read order across threads),
     can discard the oldest entry instead of waiting, and `close` wakes blocked `put` calls."""

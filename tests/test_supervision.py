@@ -78,6 +78,18 @@ def logs() -> Iterator[LogWatcher]:
         yield watcher
 
 
+def assert_books_balanced(pub: NatsPublisher) -> None:
+    """After flush(): the running thread holds no event, and its count and bytes agree (no drift)."""
+    worker = pub._last_worker  # noqa: SLF001  # the thread's bookkeeping, checked for drift
+    assert worker is not None
+    out = worker.outstanding
+    held = {"inflight": out.inflight, "core": out.core, "delayed": out.delayed, "retries": out.retries}
+    held |= {"parked": out.parked, "hand": out.hand}
+    assert not any(held.values()), held
+    assert out.count == 0
+    assert out.nbytes == 0
+
+
 def records(logs: LogWatcher, text: str, level: int) -> list[logging.LogRecord]:
     return [r for r in logs.records if text in r.getMessage() and r.levelno == level]
 
@@ -116,6 +128,7 @@ def test_crash_in_a_step_resolves_every_future_and_the_next_publish_restarts(
         later = [pub.publish(e) for e in later_envs]
         assert outcomes(later, timeout=10) == {"acked": 50}
         assert pub.flush(timeout=5)
+        assert_books_balanced(pub)
         stats = pub.stats()
         assert stats.crashes == 1
         assert stats.restarts == 1
@@ -321,6 +334,7 @@ def test_every_future_resolves_by_its_deadline(
             for th in threads:
                 th.join(30)
             assert pub.flush(timeout=10)
+            assert_books_balanced(pub)
         finally:
             nats_server.resume()
     assert len(accepted) >= 8

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import inspect
 import logging
 import os
@@ -122,6 +123,14 @@ def _wants_tls(config: PublisherConfig, scheme: str) -> bool:
     return scheme == "tls" or (config.tls is not None and scheme == "nats")
 
 
+def nats_py_version() -> str:
+    """The installed nats-py release, as its distribution says."""
+    try:
+        return importlib.metadata.version("nats-py")
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
 def _fast_path_refusal() -> str | None:
     """Why this process does not use the fast path (None: it does, if the probe passes)."""
     if os.environ.get(PATH_ENV, "").strip().lower() == "public":
@@ -133,7 +142,7 @@ def _log_path(name: str, why: str | None) -> None:
     if name in _logged_paths:
         return
     _logged_paths.add(name)
-    version = getattr(nats, "__version__", "?")
+    version = nats_py_version()
     if why is None:
         log.info("nats-py %s: publishing through the fast path", version)
     else:
@@ -154,7 +163,7 @@ class NatsTransport:
         self._on_acks = on_acks
         self._on_state = on_state
         self._on_closed = on_closed
-        self._nc: Client = nats.NATS()
+        self._nc = Client()
         self._path: Path | None = None
         self._last_error: BaseException | None = None
         self._fatal: asyncio.Future[BaseException] | None = None
@@ -251,7 +260,8 @@ class NatsTransport:
             )
         )
         try:
-            done, _ = await asyncio.wait({connect, fatal}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {connect, fatal}
+            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:  # the worker is stopping: do not leave nats-py connecting
             await cancel_and_wait(connect, 1.0)
             raise
@@ -316,10 +326,10 @@ class NatsTransport:
             params = tuple(inspect.signature(original).parameters) if original is not None else ()
         except (TypeError, ValueError):
             params = ()
-        if params[:2] != ("info", "initial_connection"):
+        if original is None or params[:2] != ("info", "initial_connection"):
             if wants_tls:  # without the check TLS could silently be skipped: refuse instead
                 raise BrokerError(
-                    f"nats-py {getattr(nats, '__version__', '?')} reads the server's INFO differently than "
+                    f"nats-py {nats_py_version()} reads the server's INFO differently than "
                     "expected; refusing to connect, since TLS could not be enforced"
                 )
             return

@@ -61,7 +61,7 @@ def check_internals() -> str | None:
         return "Client._process_info is not a coroutine (nats-py before 2.10)"
     if getattr(nats_parser, "AWAITING_CONTROL_LINE", None) != 1 or getattr(nats_parser, "MAX_CONTROL_LINE_SIZE", 0) < 1:
         return "nats.protocol.parser's states differ"
-    ps = getattr(nc, "_ps", None)
+    ps: Any = getattr(nc, "_ps", None)
     for attr in ("parse", "reset"):
         if not callable(getattr(ps, attr, None)):
             return f"the protocol parser has no {attr}()"
@@ -117,7 +117,7 @@ class FastPath:
             self.on_acks([status_ack(seq, data, headers)])
 
         self._originals = {"_process_msg": original, "parse": nc._ps.parse, "reset": nc._ps.reset}  # noqa: SLF001
-        nc._process_msg = process_msg  # type: ignore[method-assign]  # noqa: SLF001
+        nc._process_msg = process_msg  # type: ignore[method-assign,assignment]  # noqa: SLF001 - the hook
         parser = nc._ps  # noqa: SLF001
         self._reader = AckReader(parser, self._prefix, sid, self._deliver, nats_parser.MAX_CONTROL_LINE_SIZE)
 
@@ -161,8 +161,9 @@ class FastPath:
         nc = self._nc
         if "_process_msg" in self._originals:
             nc._process_msg = self._originals["_process_msg"]  # type: ignore[method-assign]  # noqa: SLF001
-            nc._ps.parse = self._originals["parse"]  # noqa: SLF001
-            nc._ps.reset = self._originals["reset"]  # noqa: SLF001
+            parser: Any = nc._ps  # noqa: SLF001 - putting nats-py's own methods back
+            parser.parse = self._originals["parse"]
+            parser.reset = self._originals["reset"]
 
     def _write(self, pieces: list[bytes]) -> None:
         nc = self._nc
