@@ -1,0 +1,70 @@
+"""The whole suite again in a fresh virtual environment with the oldest nats-py this library supports
+(2.6.0), where the fast path is refused and every publisher takes nats-py's public API.
+
+Marked ``matrix``: CI runs it (about 2 minutes); skip it locally with ``-m "not matrix"``.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+OLDEST = "2.6.0"
+
+pytestmark = pytest.mark.matrix
+
+WHICH_PATH = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, "tests")
+    from helpers import envelope
+    from edupulse_events import NatsPublisher
+    from edupulse_events.testing import NatsServer
+    with NatsServer() as server:
+        with NatsPublisher.connect(server.url, "which.path", stream="WHICH", create_stream=True) as pub:
+            pub.publish(envelope()).result(timeout=10)
+            print(pub.stats().nats_path)
+    """
+)
+
+
+def test_the_suite_passes_on_the_oldest_supported_nats_py(tmp_path: Path) -> None:
+    """On nats-py 2.6.0 (fresh venv) publishers take the public path and every other test passes."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "-e", f"{ROOT}[test]", f"nats-py=={OLDEST}"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    version = subprocess.run(
+        [python, "-c", "import importlib.metadata as m; print(m.version('nats-py'))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert version.stdout.strip() == OLDEST
+    which = subprocess.run(
+        [python, "-c", WHICH_PATH], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert which.stdout.strip().splitlines()[-1:] == ["public"], which.stdout + which.stderr
+    suite = subprocess.run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not matrix", "--ignore=tests/test_tooling.py"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert suite.returncode == 0, suite.stdout[-6000:] + suite.stderr[-3000:]
+    assert " passed" in suite.stdout.splitlines()[-1]
