@@ -107,7 +107,7 @@ class Attempts:
                 del inflight[seq]
         for batch, _timer in out.core.values():
             for item in batch:
-                if item.deadline <= now and not item.future.done():
+                if item.deadline <= now and not item.future.resolved():
                     out.fail(item, self.timeout(item, None))
         expired = out.expired(now)  # `out.hand`: they stay findable until each is failed
         from_queue = worker.queue.take_expired(now)

@@ -130,7 +130,7 @@ class Outstanding:
 
 def _set_exception(item: Item, exc: BaseException) -> bool:
     future = item.future
-    if future.done():
+    if future.resolved():
         return False
     future.set_exception(exc)  # runs the done-callbacks (each isolated: see PublishFuture)
     return True

@@ -179,7 +179,7 @@ class CoreSender:
         out.hand += batch
         del out.core[key]
         timer.cancel()
-        pending = [item for item in batch if not item.future.done()]
+        pending = [item for item in batch if not item.future.resolved()]
         if ok:
             out.succeed(pending, [_CORE_ACK] * len(pending))
         else:
@@ -200,7 +200,7 @@ class CoreSender:
         del out.core[key]
         exc = BrokerUnavailable(f"no answer from the broker within {worker.config.retry.attempt_timeout} s")
         for item in entry[0]:
-            if not item.future.done():
+            if not item.future.resolved():
                 worker.attempts.failed(item, exc)
         out.hand.clear()
         worker.room_opened()

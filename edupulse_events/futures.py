@@ -98,6 +98,11 @@ class PublishFuture(concurrent.futures.Future[Any]):
     def _finished(self) -> bool:
         return self._state == _FINISHED
 
+    def resolved(self) -> bool:
+        """`done()` without taking the shared condition: for the publisher thread, the only one
+        that resolves these futures (so it always sees its own writes)."""
+        return self._state == _FINISHED
+
     def _wait(self, timeout: float | None) -> None:
         if self._state != _FINISHED:
             if getattr(_worker_state, "active", False):
