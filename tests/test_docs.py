@@ -1,0 +1,88 @@
+"""The API reference (mkdocs.yml, docs/): it builds with zero warnings and documents every public area."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# page (its folder in the built site) -> objects it must document, by full path (the anchor id)
+PAGES = {
+    "events": [
+        "edupulse_events.events.QuizSubmitted",
+        "edupulse_events.events.EventRegistry",
+        "edupulse_events.events.register_event",
+        "edupulse_events.envelope.EventEnvelope",
+        "edupulse_events.envelope.Timestamp",
+        "edupulse_events.codec.Codec",
+        "edupulse_events.codec.decode",
+    ],
+    "publishing": [
+        "edupulse_events.nats_publisher.NatsPublisher",
+        "edupulse_events.nats_publisher.NatsPublisher.publish",
+        "edupulse_events.nats_publisher.PublisherState",
+        "edupulse_events.nats_publisher.PublisherStats",
+        "edupulse_events.futures.PublishAck",
+        "edupulse_events.futures.PublishFuture",
+        "edupulse_events.publisher.EventPublisher",
+        "edupulse_events.publisher.InMemoryPublisher",
+        "edupulse_events.factory.build_from_env",
+    ],
+    "configuration": [
+        "edupulse_events.config.PublisherConfig",
+        "edupulse_events.config.PublisherConfig.max_queue",
+        "edupulse_events.config.RetryPolicy",
+        "edupulse_events.config.redact_url",
+        "edupulse_events.config.ENV_PREFIX",
+    ],
+    "errors": [
+        "edupulse_events.errors.EventsError",
+        "edupulse_events.errors.BrokerError",
+        "edupulse_events.errors.BrokerUnavailable",
+        "edupulse_events.errors.QueueFull",
+        "edupulse_events.errors.ServerNotFound",
+    ],
+    "testing": [
+        "edupulse_events.testing.NatsServer",
+        "edupulse_events.testing.NatsCluster",
+        "edupulse_events.testing.nats_server_binary",
+        "edupulse_events.testing.free_port",
+    ],
+}
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def test_docs_build_strict_with_a_page_per_area(tmp_path: Path) -> None:
+    """`mkdocs build --strict` succeeds and gives each area a page documenting its public names, and no private ones."""
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "WARNING" not in proc.stderr, proc.stderr
+
+    index = (site / "index.html").read_text(encoding="utf-8")
+    for page, names in PAGES.items():
+        assert f'href="{page}/"' in index, f"the index does not link the {page} page"
+        html = (site / page / "index.html").read_text(encoding="utf-8")
+        ids = set(re.findall(r'id="(edupulse_events[\w.]*)"', html))
+        missing = [name for name in names if name not in ids]
+        assert not missing, f"{page}: not documented: {missing}"
+        assert all(f">{name.rsplit('.', 1)[-1]}<" in html for name in names), f"{page}: a heading lacks its name"
+        private = sorted(i for i in ids if any(_is_private(part) for part in i.split(".")))
+        assert not private, f"{page}: documents private names: {private}"
+    assert not list(site.rglob("*.py")), "the griffe extension in docs/ was copied into the site"
