@@ -17,9 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._routing import Item
+from .errors import PublisherClosed, PublisherCrashed
 from .futures import settle
 
-__all__ = ["Outstanding"]
+__all__ = ["Outstanding", "undelivered"]
 
 
 class Outstanding:
@@ -126,6 +127,15 @@ class Outstanding:
         acked, failed, self._acked, self._failed = self._acked, self._failed, 0, 0
         if acked or failed:
             self._on_resolved(acked, failed)
+
+
+def undelivered(item: Item, crash: PublisherCrashed | None, before: str) -> PublisherCrashed | PublisherClosed:
+    """The error of an event given up on ``before`` ("sent", "acknowledged"): the thread's crash, or close()."""
+    if crash is None:
+        return PublisherClosed(f"publisher closed before event {item.event_id} was {before}")
+    error = PublisherCrashed(f"{crash} before event {item.event_id} was {before}")
+    error.__cause__ = crash.__cause__
+    return error
 
 
 def _set_exception(item: Item, exc: BaseException) -> bool:

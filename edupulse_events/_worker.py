@@ -30,7 +30,7 @@ from typing import Any, Protocol
 from ._acks import Ack
 from ._attempts import Attempts
 from ._nats import NatsTransport, cancel_and_wait
-from ._outstanding import Outstanding
+from ._outstanding import Outstanding, undelivered
 from ._queue import BatchQueue
 from ._routing import Item
 from ._sending import CoreSender, JetStreamSender
@@ -39,7 +39,6 @@ from .config import PublisherConfig
 from .errors import (
     BrokerError,
     BrokerUnavailable,
-    PublisherClosed,
     PublisherCrashed,
 )
 from .futures import mark_worker_thread
@@ -230,12 +229,7 @@ class Worker:
             self.outstanding.take(from_queue)
             items += from_queue
         for item in items:
-            error: BrokerError | PublisherClosed
-            if crash is not None:
-                error = PublisherCrashed(f"{crash} before event {item.event_id} was acknowledged")
-                error.__cause__ = crash.__cause__
-            else:
-                error = PublisherClosed(f"publisher closed before event {item.event_id} was acknowledged")
+            error = undelivered(item, crash, "acknowledged")
             try:
                 if self.outstanding.fail(item, error) and crash is None:
                     self.abandoned.append(item.event_id)

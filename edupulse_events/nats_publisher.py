@@ -25,12 +25,13 @@ from typing import Any
 
 import attrs
 
+from ._outstanding import undelivered
 from ._queue import BatchQueue
 from ._routing import Item, Router
 from ._worker import Worker
 from .config import PublisherConfig
 from .envelope import EventEnvelope
-from .errors import BrokerError, DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
+from .errors import DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
 from .futures import PublishAck, in_worker_thread
 
 __all__ = ["NatsPublisher", "PublisherState", "PublisherStats"]
@@ -355,19 +356,13 @@ class NatsPublisher:
                 ", ".join(chunk),
             )
 
-    def _fail_leftovers(self, crash: BrokerError | None) -> list[str]:
+    def _fail_leftovers(self, crash: PublisherCrashed | None) -> list[str]:
         """Fail what is queued: with the crash's error, or `PublisherClosed`; returns their ids."""
         items = self._queue.take_all()
         ids = []
         for item in items:
-            error: Exception
-            if crash is not None:
-                error = PublisherCrashed(f"{crash} before event {item.event_id} was sent")
-                error.__cause__ = crash.__cause__
-            else:
-                error = PublisherClosed(f"publisher closed before event {item.event_id} was sent")
             try:
-                item.future.set_exception(error)
+                item.future.set_exception(undelivered(item, crash, "sent"))
             except concurrent.futures.InvalidStateError:
                 continue
             ids.append(item.event_id)
