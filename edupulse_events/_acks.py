@@ -8,8 +8,9 @@ in one call. Anything else — other subscriptions, PING/PONG/INFO/-ERR, acks wi
 (status 503) or in another JSON shape — goes to nats-py's own parser in the same order, so
 the connection behaves exactly as without it. A message cut across two reads is kept and
 completed by the next read (and dropped when nats-py resets the parser for a new
-connection). It replaces ``parse`` and ``reset`` on the client's parser object (nats-py
-internals, covered by the test suite; the nats-py range is pinned).
+connection). It replaces ``parse`` and ``reset`` on the client's parser object: nats-py
+internals, used only on the fast path, which checks and probes them at each connection
+(``_nats/_fast.py``).
 """
 
 from __future__ import annotations

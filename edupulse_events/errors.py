@@ -20,8 +20,9 @@
 Every subclass also derives from the matching builtin, so ``except ValueError`` keeps working
 for code that does not know this library. Whether retrying can help is part of the type:
 ``BrokerError.retryable`` is a class attribute, True only for `BrokerUnavailable` (the
-publisher retries those itself until the delivery deadline). Dependency exceptions (nats-py, cattrs, orjson) never
-reach callers: they are mapped to one of these, with the original kept as ``__cause__``.
+publisher retries those itself until the delivery deadline). Dependency exceptions (nats-py,
+cattrs, orjson) never reach callers: they are mapped to one of these, with the original kept
+as ``__cause__``.
 Messages never contain credentials or event payloads.
 """
 
