@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -77,3 +78,12 @@ def nats_cluster(nats_binary: str) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         _close_all(cluster.nodes)
+
+
+@pytest.fixture
+def no_leftover_threads() -> Iterator[None]:
+    """The test using it (its fixtures and nats-py use included) must end with no extra threads."""
+    before = set(threading.enumerate())
+    yield
+    extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+    assert not extra, f"threads left behind: {extra}"

