@@ -165,8 +165,9 @@ class CoreSender:
         self._key += 1
         key = self._key
         end = min(time.monotonic() + worker.config.retry.attempt_timeout, min(item.deadline for item in batch))
-        worker.outstanding.core[key] = (list(batch), worker.call_at(end, self.timed_out, key))
-        pong.add_done_callback(lambda f: worker.run_guarded(self.settled, key, not f.cancelled() and not f.exception()))
+        worker.outstanding.core[key] = (list(batch), worker.supervisor.call_at(end, self.timed_out, key))
+        guard = worker.supervisor.guard
+        pong.add_done_callback(lambda f: guard(self.settled, key, not f.cancelled() and not f.exception()))
 
     def settled(self, key: int, ok: bool) -> None:
         """The batch's PONG came (every event in it reached the server), or the connection went."""

@@ -24,8 +24,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Protocol
 
 from ._acks import Ack
 from ._attempts import Attempts
@@ -132,19 +132,7 @@ class Worker:
     def thread(self) -> threading.Thread | None:
         return self._thread
 
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     # ----------------------------------------------------------------- supervision
-    def call_at(self, when: float, fn: Callable[..., None], *args: Any) -> asyncio.TimerHandle:
-        """Run ``fn(*args)`` at ``when`` (time.monotonic()); an exception crashes the thread."""
-        return self.supervisor.call_at(when, fn, *args)
-
-    def run_guarded(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run ``fn(*args)`` now; an exception crashes the thread (for callbacks of others)."""
-        self.supervisor.guard(fn, *args)
-
     def _on_acks(self, acks: list[Ack]) -> None:
         try:
             self._sender.on_acks(acks)  # type: ignore[union-attr]  # only JetStream asks for acks
@@ -221,9 +209,11 @@ class Worker:
 
     def _settle_everything(self) -> None:
         """Fail whatever is unresolved: with the crash error, or `PublisherClosed` at a stop."""
+        crash = self.crash
+        if crash is not None:  # first: what done-callbacks publish from here on goes to a new thread
+            self._tell_owner(crash)
         items = [*self.outstanding.abandon_all(), *self._in_hand]
         self._in_hand = ()
-        crash = self.crash
         if crash is None:
             from_queue = self.queue.take_all()  # close() ran out of time
             self.outstanding.take(from_queue)
@@ -237,8 +227,6 @@ class Worker:
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     item.future.set_exception(error)
         self.outstanding.report()
-        if crash is not None:
-            self._tell_owner(crash)
 
     def _tell_owner(self, crash: PublisherCrashed) -> None:
         """Once: the publisher fails what is queued (under its lock) and restarts on the next publish()."""
@@ -309,7 +297,7 @@ class Worker:
     def _begin_stop(self, deadline: float) -> None:
         self._stopping = True
         self._stop_deadline = deadline
-        self.call_at(deadline, self._abort)
+        self.supervisor.call_at(deadline, self._abort)
         self._wake.set()
 
     def _abort(self) -> None:

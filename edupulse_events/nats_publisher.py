@@ -237,9 +237,11 @@ class NatsPublisher:
             try:
                 worker = self._ensure_worker_locked()
             except (PublisherClosed, PublisherCrashed) as exc:
-                self._fail_leftovers(exc if isinstance(exc, PublisherCrashed) else None)
+                crash, leftovers = (exc if isinstance(exc, PublisherCrashed) else None), self._queue.take_all()
+            else:
+                worker.wake()
                 return
-        worker.wake()
+        self._fail(leftovers, crash)  # not under the lock: done-callbacks may call publish()
 
     # ----------------------------------------------------------------- the worker's reports
     def on_resolved(self, acked: int, failed: int) -> None:
@@ -271,7 +273,8 @@ class NatsPublisher:
             delay = 0.0 if self._quick_crashes <= 1 else min(0.5 * 2 ** (self._quick_crashes - 2), _MAX_RESTART_DELAY)
             self._restart_at = time.monotonic() + delay
             self._state = PublisherState.CRASHED
-            self._fail_leftovers(error)
+            leftovers = self._queue.take_all()
+        self._fail(leftovers, error)  # not under the lock: done-callbacks may call publish()
 
     # ----------------------------------------------------------------- waiting and closing
     def flush(self, timeout: float | None = None) -> bool:
@@ -322,7 +325,7 @@ class NatsPublisher:
             if not worker.stop(timeout):
                 log.error("publisher thread %s did not stop within %.1f s", self._name, timeout)
             abandoned += worker.abandoned
-        abandoned += self._fail_leftovers(None)
+        abandoned += self._fail(self._queue.take_all(), None)
         _live.discard(self)
         if ever_used:
             self._log_closed(abandoned)
@@ -356,9 +359,8 @@ class NatsPublisher:
                 ", ".join(chunk),
             )
 
-    def _fail_leftovers(self, crash: PublisherCrashed | None) -> list[str]:
-        """Fail what is queued: with the crash's error, or `PublisherClosed`; returns their ids."""
-        items = self._queue.take_all()
+    def _fail(self, items: list[Item], crash: PublisherCrashed | None) -> list[str]:
+        """Fail events taken from the queue: with the crash's error, or `PublisherClosed`; returns their ids."""
         ids = []
         for item in items:
             try:

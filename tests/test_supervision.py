@@ -243,6 +243,34 @@ def test_done_callbacks_that_raise_do_not_crash_the_thread(
     assert len(records(logs, "done-callback", logging.ERROR)) == 100
 
 
+def test_done_callbacks_that_publish_during_a_crash_do_not_deadlock(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Futures failed by a crash run their callbacks outside the publisher's lock: a callback may publish again."""
+    republished: list[concurrent.futures.Future[Any]] = []
+    errors: list[BaseException] = []
+
+    with connect(nats_server.url, start_without_broker=True) as pub:
+
+        def again(f: concurrent.futures.Future[Any]) -> None:
+            if isinstance(f.exception(timeout=0), PublisherCrashed):
+                try:
+                    republished.append(pub.publish(envelope(), timeout=0))
+                except BaseException as exc:  # noqa: BLE001  # recorded for the assertion below
+                    errors.append(exc)
+
+        fired = crash_once(monkeypatch, JetStreamSender, "send")
+        futures = [pub.publish(e) for e in envelopes(50)]
+        for f in futures:
+            f.add_done_callback(again)
+        assert outcomes(futures, timeout=10)["PublisherCrashed"] >= 1
+        assert fired.is_set()
+        assert pub.flush(timeout=10)
+        assert not errors
+        assert republished
+        assert outcomes(republished, timeout=10) == {"acked": len(republished)}
+
+
 @pytest.mark.slow
 def test_a_thread_that_keeps_crashing_is_restarted_with_backoff(
     nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch
