@@ -39,6 +39,8 @@ __all__ = ["NatsPublisher", "PublisherState", "PublisherStats"]
 log = logging.getLogger("edupulse_events")
 _live: weakref.WeakSet[NatsPublisher] = weakref.WeakSet()
 _orphans: list[Worker] = []  # a parent's workers, kept (never run) in a forked child
+_fork_locks: dict[int, threading.Lock] = {}  # per process: made after the fork, so never inherited held
+_getpid = os.getpid
 _names = iter(range(1, 1 << 62))
 _IDS_PER_LINE = 500  # undelivered event ids per log line (~19 kB)
 #: A thread that crashed within this many seconds of its start counts as crashing again.
@@ -111,6 +113,8 @@ class NatsPublisher:
         self._restart_at = 0.0
         self._crash: PublisherCrashed | None = None
         self._past_batches = self._past_peak = 0
+        #: The process this publisher's state belongs to (a fork no hook reported leaves it stale).
+        self._pid = _getpid()
 
     @classmethod
     def connect(
@@ -180,8 +184,23 @@ class NatsPublisher:
     def _ensure_worker(self) -> Worker:
         """The running worker, started (or restarted after a crash) if need be; raises
         `PublisherClosed` after close(), `PublisherCrashed` while a crashing thread backs off."""
+        self._own_process()
         with self._lock:
             return self._ensure_worker_locked()
+
+    def _own_process(self) -> None:
+        """Start afresh in a process this publisher was forked into without a fork hook running
+        (uWSGI forks its workers without Python's at-fork hooks unless --py-call-osafterfork):
+        a new queue, thread and connection; what the parent queued stays the parent's."""
+        pid = _getpid()
+        if self._pid == pid:
+            return
+        with _fork_locks.setdefault(pid, threading.Lock()):  # request threads of the new process race here
+            if self._pid != pid:
+                log.info(
+                    "publisher %s is in a new process (pid %d) no fork hook reported: starting afresh", self._name, pid
+                )
+                self._after_fork_in_child()
 
     def _ensure_worker_locked(self) -> Worker:
         state = self._state
@@ -215,7 +234,7 @@ class NatsPublisher:
         (``delivery_timeout``) starts when it is accepted.
         """
         worker = self._worker
-        if worker is None:
+        if worker is None or self._pid != _getpid():  # not started, crashed, closed, or in a forked process
             worker = self._ensure_worker()
         item = self._router.prepare(envelope, worker.max_payload, self._futures_condition)
         wait = self._publish_timeout if timeout is None else timeout
@@ -281,12 +300,14 @@ class NatsPublisher:
         """Wait until every event accepted so far has resolved; False if ``timeout`` ran out first."""
         if in_worker_thread():
             raise DeadlockError("flush() called from a publisher's own thread would wait forever")
+        self._own_process()
         with self._progress:
             target = self._queue.accepted
             return self._progress.wait_for(lambda: self._resolved >= target, timeout)
 
     def stats(self) -> PublisherStats:
         """A snapshot of this publisher's counters."""
+        self._own_process()
         with self._progress:
             worker = self._last_worker
             batches, peak, path = self._past_batches, self._past_peak, None
@@ -313,6 +334,7 @@ class NatsPublisher:
         deadline), fail the rest with `PublisherClosed`, stop the thread. Idempotent."""
         if in_worker_thread():
             raise DeadlockError("close() called from a publisher's own thread would wait forever")
+        self._own_process()
         with self._lock:
             if self._state is PublisherState.CLOSED:
                 return
