@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from helpers import envelopes, read_stream
 
-from edupulse_events import EventEnvelope, NatsPublisher
+from edupulse_events import EventEnvelope, NatsPublisher, PublisherConfig
 from edupulse_events.testing import NatsServer
 
 STREAM = "LIFECYCLE"
@@ -134,8 +134,7 @@ def child_publishes(
     return body
 
 
-@pytest.mark.parametrize("fork", list(FORKS))
-def test_fork_with_events_queued_in_parent(make_server: Callable[..., NatsServer], fork: str) -> None:
+def test_fork_with_events_queued_in_parent(make_server: Callable[..., NatsServer]) -> None:
     """Forked with events queued: the child gets its own thread and connection; the parent delivers its queue once."""
     server = make_server(start=False)
     pub = NatsPublisher.connect(server.url, SUBJECT, stream=STREAM, create_stream=True, start_without_broker=True)
@@ -143,8 +142,7 @@ def test_fork_with_events_queued_in_parent(make_server: Callable[..., NatsServer
         parent_envs, child_envs = envelopes(5), envelopes(7)
         parent_futures = [pub.publish(e) for e in parent_envs]
         assert pub.stats().queued == 5
-        threads = 1 if fork == "os.fork" else None
-        report = run_in_child(child_publishes(pub, child_envs, threads), before_wait=server.start, fork=FORKS[fork])
+        report = run_in_child(child_publishes(pub, child_envs), before_wait=server.start)
         assert report["exit_code"] == 0, report
         assert report["ok"], report
         assert pub.flush(timeout=20)
@@ -159,6 +157,19 @@ def test_fork_with_events_queued_in_parent(make_server: Callable[..., NatsServer
     assert len(ids) == 12
     assert len(set(ids)) == 12
     assert set(ids) == {str(e.event_id) for e in parent_envs + child_envs}
+
+
+def test_fork_without_hooks_of_a_publisher_not_started_yet(nats_server: NatsServer) -> None:
+    """uWSGI's default: the master builds the publisher, forks without hooks; the worker's first publish starts it."""
+    config = PublisherConfig(servers=nats_server.url, subject=SUBJECT, stream=STREAM, create_stream=True)
+    child_envs, parent_envs = envelopes(5), envelopes(3)
+    with NatsPublisher(config) as pub:  # lazy: no thread, no connection in the "master"
+        report = run_in_child(child_publishes(pub, child_envs, threads=1), fork=hookless_fork)
+        assert report["exit_code"] == 0, report
+        assert report["ok"], report
+        assert [pub.publish(e).result(timeout=10).duplicate for e in parent_envs] == [False] * 3
+    ids = stored_ids(nats_server)
+    assert sorted(ids) == sorted(str(e.event_id) for e in child_envs + parent_envs)
 
 
 @pytest.mark.parametrize("fork", list(FORKS))
