@@ -8,11 +8,13 @@ error messages; the config's own repr never shows a token or password.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
 import ssl
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +25,8 @@ from .errors import ConfigError
 __all__ = ["ENV_PREFIX", "MAX_SUBJECT_BYTES", "PublisherConfig", "RetryPolicy", "redact_url"]
 
 ENV_PREFIX = "EDUPULSE_EVENT_BROKER_"
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
 _SCHEMES = ("nats", "tls", "ws", "wss")
 _SUBJECT_FIELDS = {"type", "tenant"}
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -147,6 +151,10 @@ class PublisherConfig:
     auth_token: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
     user: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
     password: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    #: NKey authentication: the user's seed (``SU...``; needs the ``nkeys`` extra).
+    nkey_seed: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    #: JWT authentication: a ``.creds`` file (the user's JWT and seed; needs the ``nkeys`` extra).
+    creds_file: str | None = None
     jetstream: bool = True
     #: Bound of the hand-off queue, in events and in encoded bytes (back-pressure).
     max_queue: int = attrs.field(default=10_000, validator=count_validator("max_queue"))
@@ -184,11 +192,31 @@ class PublisherConfig:
             raise ConfigError("create_stream=True needs stream=<name>")
         if self.tls is not None and not isinstance(self.tls, ssl.SSLContext):
             raise ConfigError(f"tls must be an ssl.SSLContext, got {type(self.tls).__name__}")
+        self._check_auth()
         if self.retry.attempt_timeout > self.delivery_timeout:
             raise ConfigError(
                 f"retry.attempt_timeout ({self.retry.attempt_timeout}) "
                 f"must not exceed delivery_timeout ({self.delivery_timeout})"
             )
+
+    def _check_auth(self) -> None:
+        """NKey and JWT authentication need the nkeys package and valid material."""
+        if self.nkey_seed is None and self.creds_file is None:
+            return
+        if importlib.util.find_spec("nkeys") is None:
+            raise ConfigError(
+                "NKey and JWT (.creds) authentication need the nkeys package: pip install 'edupulse_events[nkeys]'"
+            )
+        if self.nkey_seed is not None and not (isinstance(self.nkey_seed, str) and self.nkey_seed.startswith("SU")):
+            raise ConfigError("nkey_seed must be a user NKey seed (it starts with 'SU')")
+        if self.nkey_seed is not None and self.creds_file is not None:
+            raise ConfigError("give nkey_seed or creds_file, not both (a .creds file holds its own seed)")
+        if self.creds_file is not None:
+            path = Path(self.creds_file).expanduser()
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ConfigError(f"creds_file {str(path)!r} is not a readable file")
+            if "-----BEGIN NATS USER JWT-----" not in path.read_text(encoding="utf-8", errors="replace"):
+                raise ConfigError(f"creds_file {str(path)!r} holds no NATS user JWT")
 
     @property
     def redacted_servers(self) -> str:
@@ -202,16 +230,32 @@ class PublisherConfig:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> PublisherConfig:
-        """Build from ``EDUPULSE_EVENT_BROKER_URL``, ``_SUBJECT`` and ``_TOKEN``.
+        """Build from the ``EDUPULSE_EVENT_BROKER_*`` variables.
 
-        Raises `ConfigError` when the URL or subject is missing or invalid.
+        ``URL`` and ``SUBJECT`` (required); one way to authenticate: ``TOKEN``, ``NKEY_SEED``
+        (a user NKey seed) or ``CREDS`` (a ``.creds`` file); ``STREAM`` (the JetStream stream
+        that must capture the subject) and ``CREATE_STREAM`` (``1``/``true``/``yes``: create it
+        when missing). Raises `ConfigError` when a value is missing or invalid.
         """
         env = os.environ if environ is None else environ
         url = env.get(ENV_PREFIX + "URL", "").strip()
         subject = env.get(ENV_PREFIX + "SUBJECT", "").strip()
         if not url or not subject:
             raise ConfigError(f"{ENV_PREFIX}URL and {ENV_PREFIX}SUBJECT must both be set")
-        token = env.get(ENV_PREFIX + "TOKEN") or None
-        kwargs: dict[str, Any] = {"servers": url, "subject": subject, "auth_token": token}
+        kwargs: dict[str, Any] = {"servers": url, "subject": subject}
+        for field, name in (
+            ("auth_token", "TOKEN"),
+            ("nkey_seed", "NKEY_SEED"),
+            ("creds_file", "CREDS"),
+            ("stream", "STREAM"),
+        ):
+            value = env.get(ENV_PREFIX + name, "").strip()
+            if value:
+                kwargs[field] = value
+        create = env.get(ENV_PREFIX + "CREATE_STREAM", "").strip().lower()
+        if create:
+            if create not in _TRUE + _FALSE:
+                raise ConfigError(f"{ENV_PREFIX}CREATE_STREAM must be one of {_TRUE + _FALSE}, got {create!r}")
+            kwargs["create_stream"] = create in _TRUE
         kwargs.update(overrides)
         return cls(**kwargs)

@@ -50,7 +50,8 @@ def build_from_env(environ: Mapping[str, str] | None = None, **options: Any) -> 
     config = PublisherConfig.from_env(env, **options)
     publisher = NatsPublisher(config)
     try:
-        return publisher.start()
+        publisher.check()  # fails here, at build time, if publishing could not work; leaves nothing running
+        return publisher  # each process connects on its first publish() (pre-fork servers fork after import)
     except BrokerError as exc:
         publisher.close(0.0)
         if env.get(FALLBACK_ENV, "").strip().lower() == "memory":

@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from ._nats import check_broker
 from ._outstanding import undelivered
 from ._queue import BatchQueue
 from ._routing import Item, Router
@@ -172,6 +173,17 @@ class NatsPublisher:
                     return self
         worker.stop(1.0)
         raise PublisherClosed("close() ran while start() was connecting")
+
+    def check(self, timeout: float | None = None) -> None:
+        """Connect to the broker once and close again, without starting the publisher thread:
+        raises `BrokerError` saying why publishing could not work (unreachable, credentials or
+        certificate refused, no such stream, a stream that does not capture the subject).
+
+        Nothing stays behind, so a pre-fork server's master can call it at import, before it
+        forks workers that each connect on their first ``publish()``. Waits at most
+        ``timeout`` (default ``connect_timeout``).
+        """
+        check_broker(self._config, self._config.connect_timeout if timeout is None else timeout)
 
     def _new_worker(self) -> Worker:
         return Worker(self._config, self._queue, self, self._name)

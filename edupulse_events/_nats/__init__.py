@@ -8,7 +8,15 @@ ways of publishing and reading acks; ``_stream.py`` reads a stream back for test
 
 from __future__ import annotations
 
-from ._client import PATH_ENV, NatsTransport, cancel_and_wait
+from ._client import PATH_ENV, NatsTransport, cancel_and_wait, check_broker
 from ._stream import StoredMessage, read_stream, read_stream_async
 
-__all__ = ["PATH_ENV", "NatsTransport", "StoredMessage", "cancel_and_wait", "read_stream", "read_stream_async"]
+__all__ = [
+    "PATH_ENV",
+    "NatsTransport",
+    "StoredMessage",
+    "cancel_and_wait",
+    "check_broker",
+    "read_stream",
+    "read_stream_async",
+]

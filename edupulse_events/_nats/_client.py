@@ -12,19 +12,20 @@ process and shown in the publisher's ``stats()`` and ``repr``; setting
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib.metadata
 import inspect
 import logging
 import os
 import ssl
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import nats
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 
 from .._acks import Ack
@@ -33,8 +34,9 @@ from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable
 from ._fast import FastPath, check_internals
 from ._public import PublicPath
+from ._streams import ensure_stream, stream_captures
 
-__all__ = ["PATH_ENV", "NatsTransport", "cancel_and_wait"]
+__all__ = ["PATH_ENV", "NatsTransport", "cancel_and_wait", "check_broker"]
 
 log = logging.getLogger("edupulse_events")
 PATH_ENV = "EDUPULSE_EVENTS_NATS_PATH"
@@ -253,6 +255,8 @@ class NatsTransport:
                 token=cfg.auth_token,
                 user=cfg.user,
                 password=cfg.password,
+                nkeys_seed_str=cfg.nkey_seed,
+                user_credentials=cfg.creds_file,
                 tls=cfg.tls,
                 # Room for the whole window and the sweep's resends: a publish never forces a flush
                 # (which, cancelled, kills the flusher of nats-py before 2.10).
@@ -283,8 +287,8 @@ class NatsTransport:
         self.max_payload = self._nc.max_payload
         try:
             await self._choose_path()
-            if cfg.create_stream:
-                await self.ensure_stream()
+            if cfg.stream is not None:
+                await ensure_stream(self._nc, cfg)
         except BrokerError:
             await self.close(1.0)
             raise
@@ -365,29 +369,7 @@ class NatsTransport:
 
     async def stream_captures(self, subject: str, timeout: float) -> bool | None:
         """Whether some JetStream stream captures ``subject`` (None if the server did not say)."""
-        try:
-            await self._nc.jsm(timeout=timeout).find_stream_name_by_subject(subject)
-            return True
-        except nats.js.errors.NotFoundError:
-            return False
-        except Exception:  # noqa: BLE001 - timeouts, no responders, lost connection: unknown
-            return None
-
-    async def ensure_stream(self) -> None:
-        """Create the configured stream for the subject when it does not exist."""
-        cfg = self._config
-        assert cfg.stream is not None  # PublisherConfig requires it with create_stream
-        jsm = self._nc.jsm(timeout=cfg.connect_timeout)
-        try:
-            try:
-                await jsm.stream_info(cfg.stream)
-                return
-            except nats.js.errors.NotFoundError:
-                pass
-            await jsm.add_stream(name=cfg.stream, subjects=[cfg.stream_subject], num_replicas=cfg.stream_replicas)
-            log.info("created JetStream stream %s for subject %s", cfg.stream, cfg.stream_subject)
-        except Exception as exc:
-            raise BrokerError(f"could not ensure stream {cfg.stream!r}: {exc or type(exc).__name__}") from exc
+        return await stream_captures(self._nc, subject, timeout)
 
     async def close(self, timeout: float) -> None:
         """Close the connection, waiting at most ``timeout`` seconds."""
@@ -399,3 +381,30 @@ class NatsTransport:
             writer = getattr(transport, "_io_writer", None) or getattr(transport, "_writer", None)
             if writer is not None:  # do not leave the socket to the garbage collector
                 writer.transport.abort()
+
+
+def check_broker(config: PublisherConfig, timeout: float) -> None:
+    """Connect once as a publisher would (credentials, TLS, the stream), then close, from a
+    short-lived thread with its own loop: no thread or connection stays behind (so a pre-fork
+    server's master can check before it forks). Raises `BrokerError` saying why it failed."""
+    outcome: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    async def check() -> None:
+        transport = NatsTransport(config, lambda _acks: None, lambda _up: None, lambda: None)
+        await transport.connect(timeout)
+        await transport.close(1.0)
+
+    def run() -> None:
+        try:
+            asyncio.run(check())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome.set_exception(exc)
+        else:
+            outcome.set_result(None)
+
+    thread = threading.Thread(target=run, name="edupulse-broker-check", daemon=True)
+    thread.start()
+    thread.join(timeout + 5.0)
+    if not outcome.done():
+        raise BrokerUnavailable(f"could not check {config.redacted_servers} within {timeout} s")
+    outcome.result()

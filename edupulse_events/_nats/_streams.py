@@ -1,0 +1,70 @@
+"""JetStream streams as a publisher needs them: the configured one exists (or is created) and
+captures every subject the publisher writes to, and whether any stream captures a subject."""
+
+from __future__ import annotations
+
+import logging
+
+import nats.js.errors
+from nats.aio.client import Client
+
+from ..config import PublisherConfig
+from ..errors import BrokerError
+
+__all__ = ["ensure_stream", "stream_captures", "subject_covered"]
+
+log = logging.getLogger("edupulse_events")
+
+
+def subject_covered(pattern: str, subject: str) -> bool:
+    """Whether every subject matching ``subject`` (which may use ``*``) also matches the
+    stream filter ``pattern`` (``*`` one token, ``>`` the rest)."""
+    want, have = subject.split("."), pattern.split(".")
+    for i, token in enumerate(have):
+        if token == ">":
+            return len(want) > i
+        if i >= len(want):
+            return False
+        if token != "*" and token != want[i]:
+            return False
+    return len(want) == len(have)
+
+
+async def stream_captures(nc: Client, subject: str, timeout: float) -> bool | None:
+    """Whether some JetStream stream captures ``subject`` (None if the server did not say)."""
+    try:
+        await nc.jsm(timeout=timeout).find_stream_name_by_subject(subject)
+        return True
+    except nats.js.errors.NotFoundError:
+        return False
+    except Exception:  # noqa: BLE001 - timeouts, no responders, lost connection: unknown
+        return None
+
+
+async def ensure_stream(nc: Client, cfg: PublisherConfig) -> None:
+    """The configured stream exists — created (with ``create_stream``) when missing — and
+    captures the publisher's subject(s); otherwise a `BrokerError` that says which and why."""
+    assert cfg.stream is not None
+    jsm = nc.jsm(timeout=cfg.connect_timeout)
+    wanted = cfg.stream_subject
+    try:
+        try:
+            info = await jsm.stream_info(cfg.stream)
+        except nats.js.errors.NotFoundError:
+            if not cfg.create_stream:
+                raise BrokerError(
+                    f"JetStream stream {cfg.stream!r} does not exist: create it, or pass create_stream=True"
+                ) from None
+            await jsm.add_stream(name=cfg.stream, subjects=[wanted], num_replicas=cfg.stream_replicas)
+            log.info("created JetStream stream %s for subject %s", cfg.stream, wanted)
+            return
+    except BrokerError:
+        raise
+    except Exception as exc:
+        raise BrokerError(f"could not check stream {cfg.stream!r}: {exc or type(exc).__name__}") from exc
+    subjects = list(info.config.subjects or [])
+    if not any(subject_covered(pattern, wanted) for pattern in subjects):
+        raise BrokerError(
+            f"JetStream stream {cfg.stream!r} captures {subjects}, not the subject {wanted!r} this publisher "
+            "writes to: add it to the stream's subjects, or publish to a subject the stream captures"
+        )
