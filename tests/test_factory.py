@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 from helpers import LogWatcher, envelope, read_stream
 
-from edupulse_events import BrokerError, ConfigError, InMemoryPublisher, NatsPublisher, build_from_env
+from edupulse_events import BrokerError, ConfigError, InMemoryPublisher, NatsPublisher, PublisherState, build_from_env
 from edupulse_events.testing import NatsServer
 
 STREAM = "FACTORY"
@@ -139,3 +139,22 @@ def test_invalid_settings_raise_config_error(env: dict[str, str]) -> None:
     """An invalid URL or subject raises ConfigError, even with FALLBACK=memory."""
     with pytest.raises(ConfigError):
         build_from_env({**env, FALLBACK: "memory"})
+
+
+def test_checks_the_broker_then_leaves_nothing_running_until_the_first_publish(nats_server: NatsServer) -> None:
+    """build_from_env() connects once to check, then holds no thread or socket (a pre-fork master may fork);
+    the first publish() in the process connects."""
+    before = set(threading.enumerate())
+    pub = build_from_env({URL: nats_server.url, SUBJ: SUBJECT}, stream=STREAM, create_stream=True)
+    try:
+        assert isinstance(pub, NatsPublisher)
+        assert pub.state is PublisherState.NEW
+        assert set(threading.enumerate()) <= before
+        connections = nats_server.monitor("/connz")
+        assert connections is not None
+        assert connections["num_connections"] == 0  # the check's connection is closed
+        assert (nats_server.monitor("/jsz?streams=true") or {}).get("streams") == 1  # the check created it
+        assert pub.publish(envelope()).result(timeout=10).broker_sequence == 1
+        assert pub.stats().state == "running"
+    finally:
+        pub.close(5)
