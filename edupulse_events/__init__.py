@@ -31,6 +31,7 @@ from .errors import (
     QueueFull,
     ServerError,
     ServerNotFound,
+    WaitTimeout,
 )
 from .events import (
     I32,
@@ -94,6 +95,7 @@ __all__ = [
     "ServerError",
     "ServerNotFound",
     "Timestamp",
+    "WaitTimeout",
     "build_from_env",
     "decode",
     "default_registry",

@@ -9,6 +9,7 @@
     ├── QueueFull         (queue.Full)    publish() waited `timeout` for room and found none
     ├── PublisherClosed   (RuntimeError)  publish() after close(), or queued when close() gave up
     ├── PublishTimeout    (TimeoutError)  an event was not acknowledged before its deadline
+    ├── WaitTimeout       (TimeoutError)  future.result(timeout) gave up waiting; the event is still on its way
     ├── BrokerError       (ConnectionError) the broker could not be used for an event or a connection
     │   ├── BrokerUnavailable                 transient: no connection, no ack in time, no leader (retried)
     │   ├── EventRejected                     permanent: the stream refused this event (err_code says why)
@@ -46,6 +47,7 @@ __all__ = [
     "QueueFull",
     "ServerError",
     "ServerNotFound",
+    "WaitTimeout",
 ]
 
 
@@ -75,6 +77,13 @@ class PublisherClosed(EventsError, RuntimeError):
 
 class PublishTimeout(EventsError, TimeoutError):
     """The event was not acknowledged by the broker before its delivery deadline."""
+
+
+class WaitTimeout(EventsError, TimeoutError):
+    """``future.result(timeout)`` or ``.exception(timeout)`` ran out of time before the event
+    resolved. Unlike `PublishTimeout` the event has not failed: it is still on its way, and its
+    future resolves by the event's delivery deadline. (Also a `concurrent.futures.TimeoutError`,
+    which is `TimeoutError`.)"""
 
 
 class BrokerError(EventsError, ConnectionError):

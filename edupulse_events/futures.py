@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .errors import DeadlockError
+from .errors import DeadlockError, WaitTimeout
 
 __all__ = ["PublishAck", "PublishFuture"]
 
@@ -108,9 +108,18 @@ class PublishFuture(concurrent.futures.Future[Any]):
             if getattr(_worker_state, "active", False):
                 raise DeadlockError("waiting on an unresolved event from the publisher's own thread would wait forever")
             with self._condition:
-                self._condition.wait_for(self._finished, timeout)
+                if not self._condition.wait_for(self._finished, timeout):
+                    raise WaitTimeout(
+                        f"no outcome for this event within {timeout} s of waiting; it is still on its way "
+                        "(wait again, or let it go: its future resolves by its delivery deadline)"
+                    )
 
     def result(self, timeout: float | None = None) -> Any:
+        """The event's `PublishAck`, waiting up to ``timeout`` s (None: until it resolves).
+
+        Raises the event's error if it failed (`PublishTimeout`, `BrokerError`, ...), and
+        `WaitTimeout` if ``timeout`` ran out first: the event is not failed, only not resolved yet.
+        """
         self._wait(timeout)
         result = super().result(0)
         if type(result) is int:  # a stream sequence (see settle): made a PublishAck when asked for
@@ -118,6 +127,7 @@ class PublishFuture(concurrent.futures.Future[Any]):
         return result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The event's error, or None once acknowledged; `WaitTimeout` if ``timeout`` ran out first."""
         self._wait(timeout)
         return super().exception(0)
 

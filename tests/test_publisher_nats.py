@@ -22,6 +22,7 @@ from edupulse_events import (
     PublisherClosed,
     PublishTimeout,
     QueueFull,
+    WaitTimeout,
     encode,
 )
 from edupulse_events.testing import NatsServer
@@ -330,3 +331,19 @@ def test_kept_futures_do_not_keep_the_events_bytes(nats_server: NatsServer, jets
             tracemalloc.stop()
         assert all(f.exception(timeout=0) is None for f in futures)
     assert held < 2_000_000, f"{held:,} bytes still held for 200 acknowledged events of 50 kB (10 MB of bodies)"
+
+
+def test_result_timeout_raises_wait_timeout_and_the_event_still_arrives(make_server: Callable[..., NatsServer]) -> None:
+    """result(timeout) running out raises WaitTimeout (a TimeoutError, not PublishTimeout); the event still lands."""
+    server = make_server(start=False)
+    with connect(server, start_without_broker=True) as pub:
+        future = pub.publish(envelope())
+        with pytest.raises(WaitTimeout, match="still on its way") as info:
+            future.result(timeout=0.05)
+        assert isinstance(info.value, TimeoutError)
+        assert isinstance(info.value, concurrent.futures.TimeoutError)
+        assert not isinstance(info.value, PublishTimeout)
+        with pytest.raises(WaitTimeout):
+            future.exception(timeout=0.05)
+        server.start()
+        assert future.result(timeout=20).broker_sequence == 1
