@@ -49,8 +49,9 @@ from .events import (
 )
 from .factory import build_from_env
 from .futures import PublishAck, PublishFuture
-from .nats_publisher import NatsPublisher, PublisherState, PublisherStats
+from .nats_publisher import NatsPublisher, PublisherState
 from .publisher import EventPublisher, InMemoryPublisher
+from .stats import PublisherStats
 
 __version__ = "0.2.0"
 

@@ -50,6 +50,7 @@ class Attempts:
             worker.outstanding.fail(item, self.timeout(item, exc))
             return
         log.debug("event %s: attempt %d failed (%s); retrying in %.3f s", item.event_id, item.attempts, exc, delay)
+        worker.outstanding.retried += 1
         when = time.monotonic() + min(delay, remaining)
         worker.outstanding.delayed[item] = worker.supervisor.call_at(when, self._requeue, item, exc)
 

@@ -13,12 +13,16 @@ Everything here runs on the publisher thread.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._routing import Item
 from .errors import PublisherClosed, PublisherCrashed
 from .futures import settle
+
+if TYPE_CHECKING:
+    from ._otel import Telemetry
 
 __all__ = ["Outstanding", "undelivered"]
 
@@ -47,6 +51,13 @@ class Outstanding:
         self.nbytes = 0
         #: The most events outstanding at once.
         self.peak = 0
+        #: Attempts retried after a transient failure, acks that were JetStream duplicates, and
+        #: events failed by their error's type (what stats() and the metrics report).
+        self.retried = 0
+        self.duplicates = 0
+        self.failures: dict[str, int] = {}
+        #: Records acceptance-to-outcome durations while a metrics SDK is configured (`_otel`).
+        self.telemetry: Telemetry | None = None
         self._acked = 0
         self._failed = 0
         self._report_scheduled = False
@@ -65,6 +76,9 @@ class Outstanding:
         self.nbytes -= sum(item.size for item in items)
         self._acked += resolved
         self._schedule_report()
+        telemetry = self.telemetry
+        if telemetry is not None and telemetry.metering:
+            telemetry.record(items, time.monotonic())
 
     def fail(self, item: Item, exc: BaseException) -> bool:
         """Fail ``item``'s future with ``exc``; False if it had already resolved."""
@@ -73,7 +87,12 @@ class Outstanding:
         self.count -= 1
         self.nbytes -= item.size
         self._failed += 1
+        kind = type(exc).__name__
+        self.failures[kind] = self.failures.get(kind, 0) + 1
         self._schedule_report()
+        telemetry = self.telemetry
+        if telemetry is not None and telemetry.metering:
+            telemetry.record((item,), time.monotonic(), exc)
         return True
 
     def expired(self, now: float) -> list[Item]:

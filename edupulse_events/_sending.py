@@ -78,6 +78,7 @@ class JetStreamSender:
             if error is not None:
                 self._refused(item, error)
             elif ack[3]:  # a duplicate: rare, so a PublishAck now
+                out.duplicates += 1
                 items.append(item)
                 results.append(new_ack(ack[2], ack[1], True))
             else:

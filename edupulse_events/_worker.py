@@ -30,6 +30,7 @@ from typing import Protocol
 from ._acks import Ack
 from ._attempts import Attempts
 from ._nats import NatsTransport, cancel_and_wait
+from ._otel import Telemetry
 from ._outstanding import Outstanding, undelivered
 from ._queue import BatchQueue
 from ._routing import Item
@@ -59,7 +60,14 @@ class WorkerOwner(Protocol):
 class Worker:
     """The background thread, its loop and connection, the drain loop, the sweep, retries."""
 
-    def __init__(self, config: PublisherConfig, queue: BatchQueue[Item], owner: WorkerOwner, name: str) -> None:
+    def __init__(
+        self,
+        config: PublisherConfig,
+        queue: BatchQueue[Item],
+        owner: WorkerOwner,
+        name: str,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.config = config
         self.queue = queue
         self.name = name
@@ -80,6 +88,7 @@ class Worker:
         self.supervisor = Supervisor(self._loop, self._crash)
         self._main_task: asyncio.Task[None] | None = None
         self.outstanding = Outstanding(self._loop, owner.on_resolved)
+        self.outstanding.telemetry = telemetry
         self.attempts = Attempts(self)
         self._sender = JetStreamSender(self) if config.jetstream else CoreSender(self)
         self.transport = self._new_transport()

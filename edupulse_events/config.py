@@ -182,6 +182,9 @@ class PublisherConfig:
     #: How long the interpreter-exit hook waits for unresolved events.
     exit_timeout: float = attrs.field(default=5.0, validator=seconds_validator("exit_timeout"))
     client_name: str = "edupulse_events"
+    #: OpenTelemetry providers for this publisher's spans and metrics (default: the global ones).
+    tracer_provider: Any = attrs.field(default=None, repr=False)
+    meter_provider: Any = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.retry, RetryPolicy):

@@ -23,9 +23,8 @@ import time
 import weakref
 from typing import Any
 
-import attrs
-
 from ._nats import check_broker
+from ._otel import telemetry_for
 from ._outstanding import undelivered
 from ._queue import BatchQueue
 from ._routing import Item, Router
@@ -34,6 +33,7 @@ from .config import PublisherConfig
 from .envelope import EventEnvelope
 from .errors import DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
 from .futures import PublishAck, in_worker_thread
+from .stats import PublisherStats, Tally, add
 
 __all__ = ["NatsPublisher", "PublisherState", "PublisherStats"]
 
@@ -58,26 +58,6 @@ class PublisherState(enum.Enum):
     CLOSED = "closed"  #: close() was called: nothing more is accepted
 
 
-@attrs.frozen
-class PublisherStats:
-    """Counters since the publisher was created (or since fork, in a child process)."""
-
-    accepted: int
-    acknowledged: int
-    failed: int
-    queued: int
-    blocked_publishes: int
-    #: The most events outstanding (taken from the queue, not resolved) at once, per thread.
-    peak_in_flight: int
-    batches: int
-    #: Publisher threads that crashed, and how many were started again after a crash.
-    crashes: int = 0
-    restarts: int = 0
-    #: How events are written to nats-py: "fast", "public", or None before the first connection.
-    nats_path: str | None = None
-    state: str = "new"
-
-
 class NatsPublisher:
     """Publishes envelopes to NATS (JetStream by default) from any number of threads.
 
@@ -92,6 +72,7 @@ class NatsPublisher:
         self._config = config
         self._publish_timeout = config.publish_timeout  # read on every publish()
         self._router = Router(config.subject)
+        self._telemetry = telemetry_for(config, self.stats)
         self._name = f"edupulse-publisher-{next(_names)}"
         self._reset()
         _live.add(self)
@@ -113,7 +94,8 @@ class NatsPublisher:
         self._crashes = self._restarts = self._quick_crashes = 0
         self._restart_at = 0.0
         self._crash: PublisherCrashed | None = None
-        self._past_batches = self._past_peak = 0
+        self._tally = Tally()  # counters of threads that crashed
+        self._leftover_failures: dict[str, int] = {}  # queued events failed by close() or a crash
         #: The process this publisher's state belongs to (a fork no hook reported leaves it stale).
         self._pid = _getpid()
 
@@ -186,7 +168,7 @@ class NatsPublisher:
         check_broker(self._config, self._config.connect_timeout if timeout is None else timeout)
 
     def _new_worker(self) -> Worker:
-        return Worker(self._config, self._queue, self, self._name)
+        return Worker(self._config, self._queue, self, self._name, self._telemetry)
 
     def _run(self, worker: Worker) -> None:
         """With the lock held: ``worker`` is the running thread."""
@@ -249,6 +231,13 @@ class NatsPublisher:
         if worker is None or self._pid != _getpid():  # not started, crashed, closed, or in a forked process
             worker = self._ensure_worker()
         item = self._router.prepare(envelope, worker.max_payload, self._futures_condition)
+        telemetry = self._telemetry
+        if telemetry is not None:  # opentelemetry-api installed: trace if an SDK is configured
+            telemetry.countdown -= 1
+            if telemetry.countdown <= 0:
+                telemetry.recheck()
+            if telemetry.tracing:
+                telemetry.trace(item, envelope)
         wait = self._publish_timeout if timeout is None else timeout
         try:
             self._queue.put(item, wait)
@@ -289,8 +278,7 @@ class NatsPublisher:
         when threads keep crashing soon after their start)."""
         with self._lock:
             if worker is self._last_worker:
-                self._past_batches += worker.batches
-                self._past_peak = max(self._past_peak, worker.outstanding.peak)
+                self._tally.absorb(worker)
                 self._last_worker = None
             if self._worker is not worker:
                 return
@@ -322,23 +310,24 @@ class NatsPublisher:
         self._own_process()
         with self._progress:
             worker = self._last_worker
-            batches, peak, path = self._past_batches, self._past_peak, None
-            if worker is not None:
-                batches += worker.batches
-                peak = max(peak, worker.outstanding.peak)
-                path = worker.transport.path
+            tally = self._tally.with_thread(worker)
+            add(tally.failures, self._leftover_failures)
             return PublisherStats(
                 accepted=self._queue.accepted,
                 acknowledged=self._acked,
                 failed=self._failed,
                 queued=len(self._queue),
                 blocked_publishes=self._queue.blocked_puts,
-                peak_in_flight=peak,
-                batches=batches,
+                peak_in_flight=tally.peak,
+                batches=tally.batches,
                 crashes=self._crashes,
                 restarts=self._restarts,
-                nats_path=path,
+                nats_path=worker.transport.path if worker is not None else None,
                 state=self._state.value,
+                in_flight=worker.outstanding.count if worker is not None else 0,
+                retried=tally.retried,
+                duplicates=tally.duplicates,
+                failures=tally.failures,
             )
 
     def close(self, timeout: float | None = None) -> None:
@@ -397,12 +386,15 @@ class NatsPublisher:
         """Fail events taken from the queue: with the crash's error, or `PublisherClosed`; returns their ids."""
         ids = []
         for item in items:
+            error = undelivered(item, crash, "sent")
             try:
-                item.future.set_exception(undelivered(item, crash, "sent"))
+                item.future.set_exception(error)
             except concurrent.futures.InvalidStateError:
                 continue
             ids.append(item.event_id)
         if ids:
+            with self._progress:
+                add(self._leftover_failures, {type(error).__name__: len(ids)})
             self.on_resolved(0, len(ids))
         return ids
 

@@ -48,9 +48,6 @@ def hookless_fork() -> int:
     return int(ctypes.PyDLL(None).fork())
 
 
-FORKS = {"os.fork": os.fork, "fork without hooks (uWSGI)": hookless_fork}
-
-
 def run_in_child(
     body: Callable[[], dict[str, Any]],
     before_wait: Callable[[], object] = lambda: None,
@@ -98,14 +95,8 @@ def run_in_child(
     return result
 
 
-def child_publishes(
-    pub: NatsPublisher, envs: list[EventEnvelope], threads: int | None = 1
-) -> Callable[[], dict[str, Any]]:
-    """The child's work: publish ``envs``, flush, report acks and counters. ``threads``: the
-    publisher threads the child's threading module lists (None: not checked — after a fork
-    without hooks it may still list the parent's, which does not exist in the child)."""
-
-    expected_threads = threads
+def child_publishes(pub: NatsPublisher, envs: list[EventEnvelope]) -> Callable[[], dict[str, Any]]:
+    """The child's work: publish ``envs``, flush, report acks and counters."""
 
     def body() -> dict[str, Any]:
         fresh = pub.stats()
@@ -120,7 +111,7 @@ def child_publishes(
             and stats.accepted == stats.acknowledged == len(envs)
             and stats.failed == 0
             and not any(a.duplicate for a in acks)
-            and (expected_threads is None or len(threads) == expected_threads)
+            and len(threads) == 1
         )
         return {
             "ok": ok,
@@ -164,7 +155,7 @@ def test_fork_without_hooks_of_a_publisher_not_started_yet(nats_server: NatsServ
     config = PublisherConfig(servers=nats_server.url, subject=SUBJECT, stream=STREAM, create_stream=True)
     child_envs, parent_envs = envelopes(5), envelopes(3)
     with NatsPublisher(config) as pub:  # lazy: no thread, no connection in the "master"
-        report = run_in_child(child_publishes(pub, child_envs, threads=1), fork=hookless_fork)
+        report = run_in_child(child_publishes(pub, child_envs), fork=hookless_fork)
         assert report["exit_code"] == 0, report
         assert report["ok"], report
         assert [pub.publish(e).result(timeout=10).duplicate for e in parent_envs] == [False] * 3
@@ -172,16 +163,14 @@ def test_fork_without_hooks_of_a_publisher_not_started_yet(nats_server: NatsServ
     assert sorted(ids) == sorted(str(e.event_id) for e in child_envs + parent_envs)
 
 
-@pytest.mark.parametrize("fork", list(FORKS))
-def test_fork_of_connected_publisher(nats_server: NatsServer, fork: str) -> None:
+def test_fork_of_connected_publisher(nats_server: NatsServer) -> None:
     """A publisher used before fork works in the child on a new connection, and in the parent after the child exits."""
     before, child_envs, after = envelopes(3), envelopes(6), envelopes(4)
     with NatsPublisher.connect(nats_server.url, SUBJECT, stream=STREAM, create_stream=True) as pub:
         assert [pub.publish(e).result(timeout=10).broker_sequence for e in before] == [1, 2, 3]
         parent_worker = pub._worker  # noqa: SLF001  # the parent's running thread, to check it survives the fork
         parent_thread = parent_worker.thread if parent_worker else None
-        threads = 1 if fork == "os.fork" else None
-        report = run_in_child(child_publishes(pub, child_envs, threads=threads), fork=FORKS[fork])
+        report = run_in_child(child_publishes(pub, child_envs))
         assert report["exit_code"] == 0, report
         assert report["ok"], report
         assert sorted(seq for seq, _ in report["acks"]) == list(range(4, 10))

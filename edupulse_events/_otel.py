@@ -1,0 +1,169 @@
+"""OpenTelemetry tracing and metrics for `NatsPublisher`, used only where ``opentelemetry-api`` is
+installed (the ``otel`` extra) — `telemetry_for` returns None otherwise, and the publish path then
+pays one ``is None`` check.
+
+Tracing (OpenTelemetry's messaging conventions): each ``publish()`` starts a PRODUCER span
+``publish <subject template>`` in the caller's context, with ``messaging.system`` = ``nats``,
+``messaging.operation.type`` = ``send``, the destination (subject and template), the message id
+(the event id), the conversation id (the correlation id) and the body size; the W3C
+``traceparent``/``tracestate`` of that span go into the message's NATS headers, so consumers
+continue the trace; the span ends when the event's future resolves (an ack, or the error, with
+``error.type``).
+
+Metrics: observable counters and gauges read from ``stats()`` at collection time (sent,
+acknowledged, failed by ``error.type``, retried, duplicates, queue depth, in flight) — nothing
+per event — and the ``messaging.client.operation.duration`` histogram (acceptance to outcome),
+recorded by the publisher thread per resolved event while a metrics SDK is configured.
+
+With the API but no SDK configured, nothing is started or recorded: whether an SDK is there is
+looked up when the publisher is built and every `RECHECK_EVERY` publishes after.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from ._routing import Item
+    from .config import PublisherConfig
+    from .envelope import EventEnvelope
+    from .stats import PublisherStats
+
+__all__ = ["RECHECK_EVERY", "Telemetry", "telemetry_for"]
+
+#: Publishes between two looks at whether a tracing or metrics SDK has been configured.
+RECHECK_EVERY = 1024
+_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+_NO_SDK = ("ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider")
+
+
+def telemetry_for(config: PublisherConfig, stats: Callable[[], PublisherStats]) -> Telemetry | None:
+    """The publisher's telemetry, or None when opentelemetry-api is not installed."""
+    try:
+        if importlib.util.find_spec("opentelemetry") is None:
+            return None
+    except ValueError:  # imported as None: blocked on purpose
+        return None
+    return Telemetry(config, stats)
+
+
+class Telemetry:
+    """One publisher's spans, trace-context headers and metric instruments."""
+
+    def __init__(self, config: PublisherConfig, stats: Callable[[], PublisherStats]) -> None:
+        from opentelemetry import metrics, propagate, trace
+
+        from . import __version__
+
+        self._trace, self._propagate = trace, propagate
+        self._tracer_provider: Any = config.tracer_provider
+        self._meter_provider: Any = config.meter_provider
+        self._tracer = trace.get_tracer("edupulse_events", __version__, tracer_provider=self._tracer_provider)
+        meter = metrics.get_meter("edupulse_events", __version__, meter_provider=self._meter_provider)
+        self._metrics_api = metrics
+        self._stats = stats
+        self._template = config.subject
+        server = urlsplit(config.servers[0])
+        self._base: dict[str, Any] = {"messaging.system": "nats", "messaging.operation.name": "publish"}
+        self._span_attributes: dict[str, Any] = {
+            **self._base,
+            "messaging.operation.type": "send",
+            "server.address": server.hostname or "",
+            "server.port": server.port or 4222,
+        }
+        if "{" in config.subject:
+            self._span_attributes["messaging.destination.template"] = config.subject
+        self._span_name = f"publish {config.subject}"
+        self._delivery_timeout = config.delivery_timeout
+        self.duration = meter.create_histogram(
+            "messaging.client.operation.duration", unit="s", description="From publish() to the broker's answer"
+        )
+        self._observables(meter)
+        self.countdown = RECHECK_EVERY
+        self.tracing = False
+        #: Whether the publisher thread records durations (a metrics SDK is configured).
+        self.metering = False
+        self.recheck()
+
+    def _observables(self, meter: Any) -> None:
+        from opentelemetry.metrics import CallbackOptions, Observation
+
+        def reading(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def observe(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(getattr(self._stats(), field), self._base)]
+
+            return observe
+
+        def failures(_options: CallbackOptions) -> Iterable[Observation]:
+            counts: Mapping[str, int] = self._stats().failures
+            return [Observation(n, {**self._base, "error.type": kind}) for kind, n in counts.items()]
+
+        counters = (
+            ("messaging.client.sent.messages", "accepted", "Events accepted by publish()"),
+            ("edupulse.publisher.acknowledged", "acknowledged", "Events the broker acknowledged"),
+            ("edupulse.publisher.retried", "retried", "Attempts retried after a transient failure"),
+            ("edupulse.publisher.duplicates", "duplicates", "Acks that were JetStream duplicates"),
+        )
+        for name, field, description in counters:
+            meter.create_observable_counter(name, [reading(field)], unit="{message}", description=description)
+        meter.create_observable_counter(
+            "edupulse.publisher.failed", [failures], unit="{message}", description="Events failed, by error.type"
+        )
+        for name, field, description in (
+            ("edupulse.publisher.queue.depth", "queued", "Events queued, not taken by the publisher thread yet"),
+            ("edupulse.publisher.in_flight", "in_flight", "Events taken from the queue and not resolved yet"),
+        ):
+            meter.create_observable_gauge(name, [reading(field)], unit="{message}", description=description)
+
+    def recheck(self) -> None:
+        """Look again whether a tracing or metrics SDK is configured (cheap, but not per event)."""
+        self.countdown = RECHECK_EVERY
+        tracers = self._tracer_provider or self._trace.get_tracer_provider()
+        meters = self._meter_provider or self._metrics_api.get_meter_provider()
+        self.tracing = type(tracers).__name__ not in _NO_SDK
+        self.metering = type(meters).__name__ not in _NO_SDK
+
+    def trace(self, item: Item, envelope: EventEnvelope) -> None:
+        """Start ``item``'s PRODUCER span in the caller's context, put its trace context into the
+        item's NATS headers, and end it when the item's future resolves."""
+        trace = self._trace
+        attributes = {
+            **self._span_attributes,
+            "messaging.destination.name": item.subject.decode(),
+            "messaging.message.id": item.event_id,
+            "messaging.message.body.size": len(item.payload),
+        }
+        if envelope.correlation_id is not None:
+            attributes["messaging.message.conversation_id"] = str(envelope.correlation_id)
+        span = self._tracer.start_span(self._span_name, kind=trace.SpanKind.PRODUCER, attributes=attributes)
+        carrier: dict[str, str] = {}
+        self._propagate.inject(carrier, context=trace.set_span_in_context(span))
+        if carrier:
+            extra = "".join(f"{name}: {value}\r\n" for name, value in carrier.items()).encode()
+            item.headers = item.headers[:-2] + extra + b"\r\n"
+            item.size = len(item.headers) + len(item.payload)
+        item.future.add_done_callback(lambda future: _end(span, future, trace))
+
+    def record(self, items: Iterable[Item], now: float, error: BaseException | None = None) -> None:
+        """Record acceptance-to-outcome durations of resolved ``items`` (the publisher thread)."""
+        attributes = self._base if error is None else {**self._base, "error.type": type(error).__name__}
+        record, accepted = self.duration.record, self._delivery_timeout
+        for item in items:
+            record(max(0.0, now - (item.deadline - accepted)), attributes)
+
+
+def _end(span: Any, future: Any, trace: Any) -> None:
+    error = future.exception(timeout=0)
+    if error is None:
+        ack = future.result(timeout=0)
+        if ack.broker_sequence is not None:
+            span.set_attribute("edupulse.stream", ack.stream or "")
+            span.set_attribute("edupulse.stream.sequence", ack.broker_sequence)
+    else:
+        span.set_attribute("error.type", type(error).__name__)
+        span.record_exception(error)
+        span.set_status(trace.Status(trace.StatusCode.ERROR, str(error)))
+    span.end()

@@ -1,0 +1,80 @@
+"""`PublisherStats`: a snapshot of a publisher's counters, and the tally that keeps the counters of
+publisher threads that ended (after a crash) so a snapshot covers the publisher's whole life."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+__all__ = ["PublisherStats"]
+
+
+@attrs.frozen
+class PublisherStats:
+    """Counters since the publisher was created (or since fork, in a child process)."""
+
+    #: Events publish() accepted, and how they resolved so far.
+    accepted: int
+    acknowledged: int
+    failed: int
+    #: Events queued, not taken by the publisher thread yet.
+    queued: int
+    #: publish() calls that had to wait for room (back-pressure).
+    blocked_publishes: int
+    #: The most events outstanding (taken from the queue, not resolved) at once, per thread.
+    peak_in_flight: int
+    batches: int
+    #: Publisher threads that crashed, and how many were started again after a crash.
+    crashes: int = 0
+    restarts: int = 0
+    #: How events are written to nats-py: "fast", "public", or None before the first connection.
+    nats_path: str | None = None
+    state: str = "new"
+    #: Events taken from the queue and not resolved yet (in flight, waiting for a retry...).
+    in_flight: int = 0
+    #: Attempts retried after a transient failure, and acks that were JetStream duplicates.
+    retried: int = 0
+    duplicates: int = 0
+    #: Failed events by their error's type (e.g. ``{"PublishTimeout": 3}``); sums to ``failed``.
+    failures: Mapping[str, int] = attrs.field(factory=dict)
+
+
+class Tally:
+    """What publisher threads that ended contributed: added to the running thread's counters."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.peak = 0
+        self.retried = 0
+        self.duplicates = 0
+        self.failures: dict[str, int] = {}
+
+    def absorb(self, worker: Worker) -> None:
+        """Keep the counters of ``worker`` (read while its thread may still be counting)."""
+        out = worker.outstanding
+        self.batches += worker.batches
+        self.peak = max(self.peak, out.peak)
+        self.retried += out.retried
+        self.duplicates += out.duplicates
+        add(self.failures, dict(out.failures))  # a copy: the publisher thread may be adding keys
+
+    def with_thread(self, worker: Worker | None) -> Tally:
+        """These counters plus those of the running thread ``worker`` (a new `Tally`)."""
+        total = Tally()
+        total.batches, total.peak = self.batches, self.peak
+        total.retried, total.duplicates = self.retried, self.duplicates
+        add(total.failures, self.failures)
+        if worker is not None:
+            total.absorb(worker)
+        return total
+
+
+def add(into: dict[str, int], counts: Mapping[str, int]) -> None:
+    """Add ``counts`` into ``into``, key by key."""
+    for key, n in counts.items():
+        into[key] = into.get(key, 0) + n
