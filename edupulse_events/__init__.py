@@ -2,7 +2,8 @@
 and a blocking, thread-safe publisher to NATS.
 
 Public API: the four built-in events and the event registry (:mod:`.events`), the envelope
-and its nanosecond timestamp (:mod:`.envelope`), the JSON codec (:mod:`.codec`), the
+and its nanosecond timestamp (:mod:`.envelope`), the request context envelopes take their
+correlation id, tenant and cause from (:mod:`.context`), the JSON codec (:mod:`.codec`), the
 publishers (`NatsPublisher`, `InMemoryPublisher`, `build_from_env`) with their config and
 acks, and the error tree (:mod:`.errors`). `edupulse_events.testing` has an embedded
 nats-server for tests and demos.
@@ -15,6 +16,7 @@ import logging
 from ._frozen import FrozenMap
 from .codec import Codec, decode, encode, make_converter
 from .config import PublisherConfig, RetryPolicy
+from .context import INHERIT, EventContext, current_event_context, event_context
 from .envelope import EventEnvelope, Timestamp
 from .errors import (
     BrokerError,
@@ -62,6 +64,7 @@ logging.getLogger("edupulse_events").addHandler(logging.NullHandler())
 __all__ = [
     "I32",
     "I64",
+    "INHERIT",
     "U32",
     "U64",
     "BadgeAwarded",
@@ -71,6 +74,7 @@ __all__ = [
     "ConfigError",
     "DeadlockError",
     "DecodeError",
+    "EventContext",
     "EventEnvelope",
     "EventPublisher",
     "EventRegistry",
@@ -98,9 +102,11 @@ __all__ = [
     "Timestamp",
     "WaitTimeout",
     "build_from_env",
+    "current_event_context",
     "decode",
     "default_registry",
     "encode",
+    "event_context",
     "event_type_name",
     "make_converter",
     "register_event",

@@ -18,6 +18,7 @@ from uuid import UUID
 import attrs
 
 from ._frozen import describe
+from .context import INHERIT, Inherit, active_context
 from .errors import InvalidEvent
 from .events import KNOWN_EVENT_TYPES, check_str, check_uuid, event_type_name
 
@@ -163,32 +164,46 @@ class EventEnvelope:
     def new(
         cls,
         data: Any,
-        correlation_id: UUID | str | None = None,
-        causation_id: UUID | str | None = None,
-        tenant_id: str | None = None,
-        personally_identifiable: bool = False,
+        correlation_id: UUID | str | Inherit | None = INHERIT,
+        causation_id: UUID | str | Inherit | None = INHERIT,
+        tenant_id: str | Inherit | None = INHERIT,
+        personally_identifiable: bool | Inherit = INHERIT,
     ) -> EventEnvelope:
-        """A fresh envelope for ``data``: random (v4) ``event_id``, ``created_at`` now."""
+        """A fresh envelope for ``data``: random (v4) ``event_id``, ``created_at`` now.
+
+        Each of the other fields not passed comes from the active
+        :func:`~edupulse_events.context.event_context` (outside one: ``None``, and
+        ``personally_identifiable=False``); a value passed, ``None`` included, wins over it.
+        """
+        context = active_context()
         return cls(
             uuid.uuid4(),
-            causation_id,
-            correlation_id,
-            tenant_id,
+            context.causation_id if causation_id is INHERIT else causation_id,
+            context.correlation_id if correlation_id is INHERIT else correlation_id,
+            context.tenant_id if tenant_id is INHERIT else tenant_id,
             Timestamp.now(),
-            personally_identifiable,
+            context.personally_identifiable if personally_identifiable is INHERIT else personally_identifiable,
             data,
         )
 
-    def follow_up(self, data: Any, *, personally_identifiable: bool = False) -> EventEnvelope:
+    def follow_up(self, data: Any, *, personally_identifiable: bool | Inherit = INHERIT) -> EventEnvelope:
         """The envelope for an event caused by this one: same tenant, causation_id = this
-        event_id, correlation_id = this correlation_id (or this event_id when it has none)."""
+        event_id, correlation_id = this correlation_id (or this event_id when it has none).
+
+        It keeps this event's ``personally_identifiable`` flag unless told otherwise: an event
+        that follows one about a student is about that student too. Every field comes from this
+        envelope (or the arguments), none from the active
+        :func:`~edupulse_events.context.event_context`.
+        """
         correlation = self.event_id if self.correlation_id is None else self.correlation_id
         return type(self).new(
             data,
             correlation_id=correlation,
             causation_id=self.event_id,
             tenant_id=self.tenant_id,
-            personally_identifiable=personally_identifiable,
+            personally_identifiable=(
+                self.personally_identifiable if personally_identifiable is INHERIT else personally_identifiable
+            ),
         )
 
     @property

@@ -95,9 +95,20 @@ def test_follow_up_of_a_root_event() -> None:
     assert child.causation_id == parent.event_id
     assert child.correlation_id == parent.event_id
     assert child.tenant_id == "school"
-    assert child.personally_identifiable is False
+    assert child.personally_identifiable is True
     assert child.event_id not in (parent.event_id, None)
     assert child.data == PaymentProcessed(ID, OTHER, 5)
+
+
+@pytest.mark.parametrize("cause_pii", [True, False])
+def test_follow_up_keeps_the_pii_flag_unless_told(cause_pii: bool) -> None:
+    """A follow-up keeps its cause's personally_identifiable flag; an explicit flag overrides it."""
+    cause = EventEnvelope.new(lesson(), personally_identifiable=cause_pii)
+    assert cause.follow_up(lesson()).personally_identifiable is cause_pii
+    assert cause.follow_up(lesson()).follow_up(lesson()).personally_identifiable is cause_pii
+    assert cause.follow_up(lesson(), personally_identifiable=not cause_pii).personally_identifiable is not cause_pii
+    with pytest.raises(InvalidEvent, match=r"personally_identifiable must be a bool, got NoneType"):
+        cause.follow_up(lesson(), personally_identifiable=None)  # type: ignore[arg-type]  # deliberately ill-typed
 
 
 def test_follow_up_keeps_the_chain_correlation() -> None:

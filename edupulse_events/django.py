@@ -1,0 +1,88 @@
+"""`EventContextMiddleware` for Django: each request runs inside an :func:`event_context` with
+its correlation id (from the headers, as :func:`edupulse_events.wsgi.correlation_id_from_environ`
+reads them) and its tenant, so the envelopes a view creates carry both.
+
+Add ``"edupulse_events.django.EventContextMiddleware"`` to ``MIDDLEWARE``. The tenant comes from
+the optional setting ``EDUPULSE_EVENTS_TENANT``: a callable, or the dotted path of one, taking
+the ``HttpRequest`` and returning the tenant id (a str) or ``None``. Without it the tenant is
+``None``.
+
+Django is imported only when the middleware is built (importing this module needs no Django).
+Unlike the WSGI middleware, this one runs the view in the server's own context (Django keeps
+per-context state, such as its cache connections, that must outlive a request). A streaming
+response's body is generated after the middleware returns, so each step of it runs inside the
+request's event context again; a ``FileResponse`` is left as it is (reading a file runs no
+application code, and the server may send it with ``sendfile()``). Synchronous only: under
+ASGI, Django runs it in a thread, and an asynchronous streaming body is left as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import attrs
+
+from .context import EventContext, event_context
+from .wsgi import correlation_id_from_environ
+
+__all__ = ["TENANT_SETTING", "EventContextMiddleware"]
+
+#: The Django setting naming the tenant callable (or its dotted path).
+TENANT_SETTING = "EDUPULSE_EVENTS_TENANT"
+
+
+def _tenant_callable() -> Callable[[Any], str | None] | None:
+    from django.conf import settings  # type: ignore[import-untyped]  # Django ships no type hints
+    from django.core.exceptions import ImproperlyConfigured  # type: ignore[import-untyped]
+    from django.utils.module_loading import import_string  # type: ignore[import-untyped]
+
+    tenant = getattr(settings, TENANT_SETTING, None)
+    if isinstance(tenant, str):
+        tenant = import_string(tenant)
+    if tenant is not None and not callable(tenant):
+        raise ImproperlyConfigured(f"{TENANT_SETTING} must be a callable or its dotted path, got {tenant!r}")
+    return tenant
+
+
+def _steps_within(context: EventContext, content: Iterator[bytes]) -> Iterator[bytes]:
+    """``content``'s items, each produced inside ``context`` (and yielded outside it)."""
+    values = attrs.asdict(context, recurse=False)
+    while True:
+        with event_context(**values):
+            try:
+                chunk = next(content)
+            except StopIteration:
+                return
+        yield chunk
+
+
+class EventContextMiddleware:
+    """Django middleware: the request's view (and a streaming body's generation) runs inside an
+    :func:`event_context` with the request's correlation id and tenant.
+
+    The tenant callable is the application's code: what it raises (or an invalid tenant,
+    ``InvalidEvent``) fails the request. Headers that do not parse are ignored (logged at
+    debug level by :mod:`edupulse_events.wsgi`).
+    """
+
+    sync_capable = True
+    async_capable = False
+
+    def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        self.get_response = get_response
+        self.tenant = _tenant_callable()
+
+    def __call__(self, request: Any) -> Any:
+        """Handle one request inside its event context."""
+        correlation_id = correlation_id_from_environ(request.META)
+        tenant_id = None if self.tenant is None else self.tenant(request)
+        with event_context(correlation_id=correlation_id, tenant_id=tenant_id) as context:
+            response = self.get_response(request)
+        if (
+            getattr(response, "streaming", False)
+            and not getattr(response, "is_async", False)
+            and getattr(response, "file_to_stream", None) is None
+        ):
+            response.streaming_content = _steps_within(context, iter(response.streaming_content))
+        return response

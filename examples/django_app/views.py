@@ -1,0 +1,72 @@
+"""The example's view: publishes a `LessonPublished` whose correlation id and tenant come from the
+request's event context (set by `edupulse_events.django.EventContextMiddleware`).
+
+One publisher per process, from `build_from_env()` (an `InMemoryPublisher` when
+``EDUPULSE_EVENT_BROKER_URL`` is unset).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import uuid
+from typing import Any
+
+from django.http import (  # type: ignore[import-untyped]  # Django ships no type hints
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    JsonResponse,
+)
+
+from edupulse_events import EventEnvelope, EventsError, InvalidEvent, LessonPublished, build_from_env
+
+RESULT_TIMEOUT = 5.0
+
+publisher = build_from_env()
+
+
+def tenant_of(request: HttpRequest) -> str | None:
+    """The request's tenant: its ``X-Tenant-Id`` header, if any (the ``EDUPULSE_EVENTS_TENANT`` setting)."""
+    tenant = str(request.headers.get("X-Tenant-Id", "")).strip()
+    return tenant or None
+
+
+def _body(request: HttpRequest) -> dict[str, Any] | None:
+    try:
+        body = json.loads(request.body or b"{}")
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def publish_lesson(request: HttpRequest) -> HttpResponse:
+    """Publish one `LessonPublished` (JSON body: optional ``title`` and ``author_id``); answer 201 with its ids.
+
+    An API for other services, not a form: the project has no CSRF middleware.
+    """
+    if request.method != "POST":
+        return HttpResponseNotAllowed(["POST"])
+    body = _body(request)
+    if body is None:
+        return JsonResponse({"error": "the body must be a JSON object"}, status=400)
+    try:
+        lesson = LessonPublished(
+            lesson_id=uuid.uuid4(), author_id=body.get("author_id", uuid.uuid4()), title=body.get("title", "Untitled")
+        )
+        envelope = EventEnvelope.new(lesson)  # correlation id and tenant: the request's context
+    except InvalidEvent as exc:
+        return JsonResponse({"error": str(exc)}, status=400)
+    try:
+        ack = publisher.publish(envelope).result(timeout=RESULT_TIMEOUT)
+    except (EventsError, TimeoutError, concurrent.futures.TimeoutError) as exc:
+        return JsonResponse({"error": f"{type(exc).__name__}: {exc}"}, status=503)
+    return JsonResponse(
+        {
+            "event_id": str(envelope.event_id),
+            "correlation_id": None if envelope.correlation_id is None else str(envelope.correlation_id),
+            "tenant_id": envelope.tenant_id,
+            "broker_sequence": ack.broker_sequence,
+        },
+        status=201,
+    )
