@@ -35,7 +35,7 @@ from .errors import DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
 from .futures import PublishAck, in_worker_thread
 from .stats import PublisherStats, Tally, add
 
-__all__ = ["NatsPublisher", "PublisherState", "PublisherStats"]
+__all__ = ["NatsPublisher", "PublisherState"]
 
 log = logging.getLogger("edupulse_events")
 _live: weakref.WeakSet[NatsPublisher] = weakref.WeakSet()

@@ -25,7 +25,7 @@ PAGES = {
         "edupulse_events.nats_publisher.NatsPublisher",
         "edupulse_events.nats_publisher.NatsPublisher.publish",
         "edupulse_events.nats_publisher.PublisherState",
-        "edupulse_events.nats_publisher.PublisherStats",
+        "edupulse_events.stats.PublisherStats",
         "edupulse_events.futures.PublishAck",
         "edupulse_events.futures.PublishFuture",
         "edupulse_events.publisher.EventPublisher",

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import importlib.metadata
 import inspect
 import logging
 import os
@@ -127,6 +126,8 @@ def _wants_tls(config: PublisherConfig, scheme: str) -> bool:
 
 def nats_py_version() -> str:
     """The installed nats-py release, as its distribution says."""
+    import importlib.metadata  # here, not at import: it costs ~20 ms to import, and is needed once
+
     try:
         return importlib.metadata.version("nats-py")
     except importlib.metadata.PackageNotFoundError:
