@@ -22,6 +22,7 @@ looked up when the publisher is built and every `RECHECK_EVERY` publishes after.
 from __future__ import annotations
 
 import importlib.util
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -54,16 +55,8 @@ class Telemetry:
     """One publisher's spans, trace-context headers and metric instruments."""
 
     def __init__(self, config: PublisherConfig, stats: Callable[[], PublisherStats]) -> None:
-        from opentelemetry import metrics, propagate, trace
-
-        from . import __version__
-
-        self._trace, self._propagate = trace, propagate
-        self._tracer_provider: Any = config.tracer_provider
-        self._meter_provider: Any = config.meter_provider
-        self._tracer = trace.get_tracer("edupulse_events", __version__, tracer_provider=self._tracer_provider)
-        meter = metrics.get_meter("edupulse_events", __version__, meter_provider=self._meter_provider)
-        self._metrics_api = metrics
+        self._config = config
+        self._ready = False
         self._stats = stats
         self._template = config.subject
         server = urlsplit(config.servers[0])
@@ -78,10 +71,6 @@ class Telemetry:
             self._span_attributes["messaging.destination.template"] = config.subject
         self._span_name = f"publish {config.subject}"
         self._delivery_timeout = config.delivery_timeout
-        self.duration = meter.create_histogram(
-            "messaging.client.operation.duration", unit="s", description="From publish() to the broker's answer"
-        )
-        self._observables(meter)
         self.countdown = RECHECK_EVERY
         self.tracing = False
         #: Whether the publisher thread records durations (a metrics SDK is configured).
@@ -118,9 +107,36 @@ class Telemetry:
         ):
             meter.create_observable_gauge(name, [reading(field)], unit="{message}", description=description)
 
+    def _set_up(self) -> None:
+        """Get the tracer and the instruments (the first time opentelemetry is found imported)."""
+        from opentelemetry import metrics, propagate, trace
+
+        from . import __version__
+
+        config = self._config
+        self._trace, self._propagate, self._metrics_api = trace, propagate, metrics
+        self._tracer_provider: Any = config.tracer_provider
+        self._meter_provider: Any = config.meter_provider
+        self._tracer = trace.get_tracer("edupulse_events", __version__, tracer_provider=self._tracer_provider)
+        meter = metrics.get_meter("edupulse_events", __version__, meter_provider=self._meter_provider)
+        self.duration = meter.create_histogram(
+            "messaging.client.operation.duration", unit="s", description="From publish() to the broker's answer"
+        )
+        self._observables(meter)
+        self._ready = True
+
     def recheck(self) -> None:
-        """Look again whether a tracing or metrics SDK is configured (cheap, but not per event)."""
+        """Look again whether a tracing or metrics SDK is configured (cheap, but not per event).
+
+        Until the application (or its instrumentation) has imported opentelemetry, no SDK can be
+        configured: the library then does not import it either (~10 ms a process, which pre-fork
+        servers pay per worker)."""
         self.countdown = RECHECK_EVERY
+        if not self._ready:
+            given = self._config.tracer_provider is not None or self._config.meter_provider is not None
+            if not given and "opentelemetry" not in sys.modules:
+                return
+            self._set_up()
         tracers = self._tracer_provider or self._trace.get_tracer_provider()
         meters = self._meter_provider or self._metrics_api.get_meter_provider()
         self.tracing = type(tracers).__name__ not in _NO_SDK

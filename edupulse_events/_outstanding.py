@@ -13,6 +13,7 @@ Everything here runs on the publisher thread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ._routing import Item
 from .errors import PublisherClosed, PublisherCrashed
 from .futures import settle
+from .stats import FAILED_IDS_KEPT
 
 if TYPE_CHECKING:
     from ._otel import Telemetry
@@ -56,6 +58,8 @@ class Outstanding:
         self.retried = 0
         self.duplicates = 0
         self.failures: dict[str, int] = {}
+        #: Ids of the events failed most recently (for the publisher's closing log).
+        self.failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
         #: Records acceptance-to-outcome durations while a metrics SDK is configured (`_otel`).
         self.telemetry: Telemetry | None = None
         self._acked = 0
@@ -89,6 +93,7 @@ class Outstanding:
         self._failed += 1
         kind = type(exc).__name__
         self.failures[kind] = self.failures.get(kind, 0) + 1
+        self.failed_ids.append(item.event_id)
         self._schedule_report()
         telemetry = self.telemetry
         if telemetry is not None and telemetry.metering:

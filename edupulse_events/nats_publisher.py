@@ -13,16 +13,19 @@ event ids, never payloads).
 from __future__ import annotations
 
 import atexit
+import collections
 import concurrent.futures
 import enum
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 import weakref
 from typing import Any
 
+from ._closing import log_closed
 from ._nats import check_broker
 from ._otel import telemetry_for
 from ._outstanding import undelivered
@@ -31,9 +34,9 @@ from ._routing import Item, Router
 from ._worker import Worker
 from .config import PublisherConfig
 from .envelope import EventEnvelope
-from .errors import DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
+from .errors import ConfigError, DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
 from .futures import PublishAck, in_worker_thread
-from .stats import PublisherStats, Tally, add
+from .stats import FAILED_IDS_KEPT, PublisherStats, Tally, add
 
 __all__ = ["NatsPublisher", "PublisherState"]
 
@@ -43,7 +46,6 @@ _orphans: list[Worker] = []  # a parent's workers, kept (never run) in a forked 
 _fork_locks: dict[int, threading.Lock] = {}  # per process: made after the fork, so never inherited held
 _getpid = os.getpid
 _names = iter(range(1, 1 << 62))
-_IDS_PER_LINE = 500  # undelivered event ids per log line (~19 kB)
 #: A thread that crashed within this many seconds of its start counts as crashing again.
 _QUICK_CRASH = 10.0
 _MAX_RESTART_DELAY = 30.0
@@ -96,6 +98,7 @@ class NatsPublisher:
         self._crash: PublisherCrashed | None = None
         self._tally = Tally()  # counters of threads that crashed
         self._leftover_failures: dict[str, int] = {}  # queued events failed by close() or a crash
+        self._failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
         #: The process this publisher's state belongs to (a fork no hook reported leaves it stale).
         self._pid = _getpid()
 
@@ -168,6 +171,13 @@ class NatsPublisher:
         check_broker(self._config, self._config.connect_timeout if timeout is None else timeout)
 
     def _new_worker(self) -> Worker:
+        uwsgi = sys.modules.get("uwsgi")
+        if uwsgi is not None and not getattr(uwsgi, "has_threads", True):
+            raise ConfigError(
+                "uWSGI runs without Python threads, so the publisher thread would only run during requests "
+                "and fire-and-forget events would time out: start uWSGI with --enable-threads (or --threads N; "
+                "uWSGI 2.0.27 and later always enables them)"
+            )
         return Worker(self._config, self._queue, self, self._name, self._telemetry)
 
     def _run(self, worker: Worker) -> None:
@@ -212,7 +222,10 @@ class NatsPublisher:
             self._restarts += 1
             log.warning("starting a new publisher thread %s after a crash (restart %d)", self._name, self._restarts)
         worker = self._new_worker()
-        worker.start(block=False, timeout=0.0)
+        try:
+            worker.start(block=False, timeout=0.0)
+        except RuntimeError as exc:  # "can't start new thread": out of threads or memory
+            raise PublisherCrashed(f"could not start the publisher thread ({exc}); nothing was queued") from exc
         self._run(worker)
         return worker
 
@@ -351,36 +364,11 @@ class NatsPublisher:
         abandoned += self._fail(self._queue.take_all(), None)
         _live.discard(self)
         if ever_used:
-            self._log_closed(abandoned)
-
-    def _log_closed(self, abandoned: list[str]) -> None:
-        stats = self.stats()
-        if not abandoned:
-            log.info(
-                "publisher closed: %d events acknowledged, %d failed, none left undelivered",
-                stats.acknowledged,
-                stats.failed,
-            )
-            return
-        first = abandoned[:_IDS_PER_LINE]
-        more = f" {len(first)} of {len(abandoned)}, the rest on the next lines" if len(abandoned) > len(first) else ""
-        log.error(
-            "publisher closed: %d events acknowledged, %d failed; %d were NOT delivered (event ids%s: %s)",
-            stats.acknowledged,
-            stats.failed,
-            len(abandoned),
-            more,
-            ", ".join(first),
-        )
-        for start in range(_IDS_PER_LINE, len(abandoned), _IDS_PER_LINE):  # lines a log pipeline keeps whole
-            chunk = abandoned[start : start + _IDS_PER_LINE]
-            log.error(
-                "NOT delivered (event ids %d-%d of %d): %s",
-                start + 1,
-                start + len(chunk),
-                len(abandoned),
-                ", ".join(chunk),
-            )
+            last = self._last_worker
+            failed_before = [*self._failed_ids, *self._tally.failed_ids]
+            if last is not None:
+                failed_before += list(last.outstanding.failed_ids)  # one C call: not mutated mid-copy
+            log_closed(self.stats(), abandoned, failed_before)
 
     def _fail(self, items: list[Item], crash: PublisherCrashed | None) -> list[str]:
         """Fail events taken from the queue: with the crash's error, or `PublisherClosed`; returns their ids."""
@@ -395,6 +383,7 @@ class NatsPublisher:
         if ids:
             with self._progress:
                 add(self._leftover_failures, {type(error).__name__: len(ids)})
+                self._failed_ids.extend(ids)
             self.on_resolved(0, len(ids))
         return ids
 

@@ -3,6 +3,7 @@ publisher threads that ended (after a crash) so a snapshot covers the publisher'
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -12,6 +13,9 @@ if TYPE_CHECKING:
     from ._worker import Worker
 
 __all__ = ["PublisherStats"]
+
+#: Ids of failed events a publisher keeps for its closing log (the most recent ones).
+FAILED_IDS_KEPT = 10_000
 
 
 @attrs.frozen
@@ -53,6 +57,8 @@ class Tally:
         self.retried = 0
         self.duplicates = 0
         self.failures: dict[str, int] = {}
+        #: Ids of the events these threads failed, the most recent `FAILED_IDS_KEPT` (for the closing log).
+        self.failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
 
     def absorb(self, worker: Worker) -> None:
         """Keep the counters of ``worker`` (read while its thread may still be counting)."""
@@ -62,9 +68,10 @@ class Tally:
         self.retried += out.retried
         self.duplicates += out.duplicates
         add(self.failures, dict(out.failures))  # a copy: the publisher thread may be adding keys
+        self.failed_ids.extend(list(out.failed_ids))  # one C call: no list mutated mid-copy
 
     def with_thread(self, worker: Worker | None) -> Tally:
-        """These counters plus those of the running thread ``worker`` (a new `Tally`)."""
+        """These counters plus those of the running thread ``worker`` (a new `Tally`, without ids)."""
         total = Tally()
         total.batches, total.peak = self.batches, self.peak
         total.retried, total.duplicates = self.retried, self.duplicates

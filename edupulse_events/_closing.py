@@ -1,0 +1,58 @@
+"""What a publisher says when it closes: how many events it delivered, and the ids (never the
+payloads) of every event it did not — those close() gave up on, and those that failed earlier
+(a deadline, a refusal, a crash), which fire-and-forget callers never looked at. Ids go 500 to a
+line, so log pipelines keep each line whole."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from .stats import PublisherStats
+
+__all__ = ["log_closed"]
+
+log = logging.getLogger("edupulse_events")
+IDS_PER_LINE = 500
+
+
+def log_closed(stats: PublisherStats, abandoned: list[str], failed_before: Iterable[str]) -> None:
+    """Log the closing summary; ``abandoned``: failed by close() itself; ``failed_before``: the
+    ids of events that failed earlier (possibly including ``abandoned`` ones, left out here)."""
+    given_up = set(abandoned)
+    earlier = [event_id for event_id in failed_before if event_id not in given_up]
+    if not abandoned and not earlier:
+        log.info(
+            "publisher closed: %d events acknowledged, %d failed, none left undelivered",
+            stats.acknowledged,
+            stats.failed,
+        )
+        return
+    if abandoned:
+        _log_ids(
+            f"publisher closed: {stats.acknowledged} events acknowledged, {stats.failed} failed; "
+            f"{len(abandoned)} were NOT delivered (event ids{_more(abandoned)}: {{ids}})",
+            "NOT delivered (event ids {first}-{last} of {total}): {ids}",
+            abandoned,
+        )
+    else:
+        log.error("publisher closed: %d events acknowledged, %d failed", stats.acknowledged, stats.failed)
+    if earlier:
+        counted = "" if stats.failed - len(abandoned) <= len(earlier) else f" (the last {len(earlier)})"
+        _log_ids(
+            f"{len(earlier)} events failed before close{counted} and were NOT delivered "
+            f"(event ids{_more(earlier)}: {{ids}})",
+            "failed before close (event ids {first}-{last} of {total}): {ids}",
+            earlier,
+        )
+
+
+def _more(ids: list[str]) -> str:
+    return f" {IDS_PER_LINE} of {len(ids)}, the rest on the next lines" if len(ids) > IDS_PER_LINE else ""
+
+
+def _log_ids(first_line: str, next_lines: str, ids: list[str]) -> None:
+    log.error(first_line.replace("{ids}", ", ".join(ids[:IDS_PER_LINE])))
+    for start in range(IDS_PER_LINE, len(ids), IDS_PER_LINE):
+        chunk = ids[start : start + IDS_PER_LINE]
+        log.error(next_lines.format(first=start + 1, last=start + len(chunk), total=len(ids), ids=", ".join(chunk)))
