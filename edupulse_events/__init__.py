@@ -33,6 +33,8 @@ from .errors import (
     QueueFull,
     ServerError,
     ServerNotFound,
+    SpoolError,
+    SpoolFull,
     WaitTimeout,
 )
 from .events import (
@@ -99,6 +101,8 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ServerNotFound",
+    "SpoolError",
+    "SpoolFull",
     "Timestamp",
     "WaitTimeout",
     "build_from_env",

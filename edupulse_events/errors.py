@@ -7,6 +7,7 @@
     ├── DecodeError       (ValueError)    bytes the Rust service would reject
     ├── ConfigError       (ValueError)    a publisher setting that cannot work
     ├── QueueFull         (queue.Full)    publish() waited `timeout` for room and found none
+    │   └── SpoolFull                         the local spool is at spool_max_bytes or its disk is full
     ├── PublisherClosed   (RuntimeError)  publish() after close(), or queued when close() gave up
     ├── PublishTimeout    (TimeoutError)  an event was not acknowledged before its deadline
     ├── WaitTimeout       (TimeoutError)  future.result(timeout) gave up waiting; the event is still on its way
@@ -16,7 +17,8 @@
     │   └── PublisherCrashed                  the publisher thread crashed; it restarts on the next publish()
     ├── DeadlockError     (RuntimeError)  waiting on a future from the publisher's own thread
     ├── ServerError       (RuntimeError)  a .testing nats-server failed to start, or was misused
-    └── ServerNotFound    (FileNotFoundError) .testing found no nats-server executable
+    ├── ServerNotFound    (FileNotFoundError) .testing found no nats-server executable
+    └── SpoolError        (OSError)       a spool file could not be used (corrupt, foreign, unwritable)
 
 Every subclass also derives from the matching builtin, so ``except ValueError`` keeps working
 for code that does not know this library. Whether retrying can help is part of the type:
@@ -47,6 +49,8 @@ __all__ = [
     "QueueFull",
     "ServerError",
     "ServerNotFound",
+    "SpoolError",
+    "SpoolFull",
     "WaitTimeout",
 ]
 
@@ -69,6 +73,10 @@ class ConfigError(EventsError, ValueError):
 
 class QueueFull(EventsError, queue.Full):
     """The publisher's bounded queue stayed full for the whole ``timeout`` of ``publish()``."""
+
+
+class SpoolFull(QueueFull):
+    """The spool reached spool_max_bytes, or its disk is full: the event was not accepted (nothing written)."""
 
 
 class PublisherClosed(EventsError, RuntimeError):
@@ -130,3 +138,7 @@ class ServerError(EventsError, RuntimeError):
 
 class ServerNotFound(EventsError, FileNotFoundError):
     """No nats-server executable was found; the message says how to install one."""
+
+
+class SpoolError(EventsError, OSError):
+    """A spool file could not be used (corrupt, foreign, unwritable)."""
