@@ -19,12 +19,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._routing import Item
+from ._spooling import DELETE_DELAY
 from .errors import PublisherClosed, PublisherCrashed
 from .futures import settle
 from .stats import FAILED_IDS_KEPT
 
 if TYPE_CHECKING:
     from ._otel import Telemetry
+    from ._spooling import Spooling
 
 __all__ = ["Outstanding", "undelivered"]
 
@@ -32,7 +34,7 @@ __all__ = ["Outstanding", "undelivered"]
 class Outstanding:
     """Events between the queue and their outcome; ``count`` and ``nbytes`` hold window slots."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_resolved: Callable[[int, int], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, on_resolved: Callable[[int, int, int], None]) -> None:
         self._loop = loop
         self._on_resolved = on_resolved
         #: JetStream publishes awaiting their ack, by publish sequence.
@@ -62,8 +64,15 @@ class Outstanding:
         self.failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
         #: Records acceptance-to-outcome durations while a metrics SDK is configured (`_otel`).
         self.telemetry: Telemetry | None = None
+        #: The spool (`PublisherConfig.spool_dir`): events failing for a transient reason go there.
+        self.spooling: Spooling | None = None
+        self._keep: list[tuple[Item, BaseException]] = []
+        self._delete_timer: asyncio.TimerHandle | None = None
+        #: Schedules a timer (the worker gives its supervisor's, so what a timer raises is a crash).
+        self.call_at: Callable[..., asyncio.TimerHandle] = loop.call_at
         self._acked = 0
         self._failed = 0
+        self._kept = 0
         self._report_scheduled = False
 
     def take(self, batch: Sequence[Item]) -> None:
@@ -78,14 +87,24 @@ class Outstanding:
         resolved = settle([item.future for item in items], results)
         self.count -= resolved
         self.nbytes -= sum(item.size for item in items)
-        self._acked += resolved
+        spooling = self.spooling
+        self._acked += resolved if spooling is None else resolved - spooling.acked(items)
         self._schedule_report()
         telemetry = self.telemetry
         if telemetry is not None and telemetry.metering:
             telemetry.record(items, time.monotonic())
 
     def fail(self, item: Item, exc: BaseException) -> bool:
-        """Fail ``item``'s future with ``exc``; False if it had already resolved."""
+        """Fail ``item``'s future with ``exc``; False if it had already resolved, or if the spool
+        takes it instead (a transient error, resolved as spooled once written: see `report`)."""
+        if self.spooling is not None and (item.replay or self.spooling.keeps(item, exc)):
+            if item.future.resolved():
+                return False
+            self.count -= 1
+            self.nbytes -= item.size
+            self._keep.append((item, exc))
+            self._schedule_report()
+            return False
         if not _set_exception(item, exc):
             return False
         self.count -= 1
@@ -148,9 +167,35 @@ class Outstanding:
     def report(self) -> None:
         """Tell the publisher how many events resolved since the last report."""
         self._report_scheduled = False
-        acked, failed, self._acked, self._failed = self._acked, self._failed, 0, 0
-        if acked or failed:
-            self._on_resolved(acked, failed)
+        spooling = self.spooling
+        if spooling is not None:
+            self._to_spool(spooling)
+        acked, failed, kept = self._acked, self._failed, self._kept
+        self._acked = self._failed = self._kept = 0
+        if acked or failed or kept:
+            self._on_resolved(acked, failed, kept)
+
+    def _delete_late(self, spooling: Spooling) -> None:
+        self._delete_timer = None
+        spooling.flush()
+
+    def _to_spool(self, spooling: Spooling) -> None:
+        """Write the events `fail` handed to the spool; fail those it could not keep. Rows of
+        acknowledged events are deleted in batches (a timer deletes the last ones)."""
+        closing = self._loop.is_closed()
+        if spooling.flush(force=closing) and self._delete_timer is None and not closing:
+            self._delete_timer = self.call_at(self._loop.time() + DELETE_DELAY, self._delete_late, spooling)
+        if not self._keep:
+            return
+        pairs, self._keep = self._keep, []
+        rest, kept = spooling.keep(pairs)
+        self._kept += kept
+        for item, exc in rest:
+            if _set_exception(item, exc):
+                self._failed += 1
+                kind = type(exc).__name__
+                self.failures[kind] = self.failures.get(kind, 0) + 1
+                self.failed_ids.append(item.event_id)
 
 
 def undelivered(item: Item, crash: PublisherCrashed | None, before: str) -> PublisherCrashed | PublisherClosed:

@@ -48,8 +48,10 @@ class Item:
         "headers",
         "mark",
         "payload",
+        "replay",
         "sent_at",
         "size",
+        "spool_id",
         "subject",
     )
 
@@ -66,6 +68,9 @@ class Item:
         self.sent_at = 0.0
         #: Running byte total when queued (`BatchQueue`'s O(1) byte accounting).
         self.mark = 0
+        #: Its row in the spool (0: not on disk), and whether it came from there (no caller waits).
+        self.spool_id = 0
+        self.replay = False
 
 
 _TOKENS: dict[str | None, str] = {}

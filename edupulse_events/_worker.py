@@ -35,6 +35,7 @@ from ._outstanding import Outstanding, undelivered
 from ._queue import BatchQueue
 from ._routing import Item
 from ._sending import CoreSender, JetStreamSender
+from ._spooling import Spooling
 from ._supervisor import Supervisor
 from .config import PublisherConfig
 from .errors import (
@@ -52,7 +53,7 @@ log = logging.getLogger("edupulse_events")
 class WorkerOwner(Protocol):
     """What a worker tells its publisher."""
 
-    def on_resolved(self, acked: int, failed: int) -> None: ...
+    def on_resolved(self, acked: int, failed: int, spooled: int = 0) -> None: ...
 
     def on_crash(self, worker: Worker, error: PublisherCrashed) -> None: ...
 
@@ -67,6 +68,7 @@ class Worker:
         owner: WorkerOwner,
         name: str,
         telemetry: Telemetry | None = None,
+        spooling: Spooling | None = None,
     ) -> None:
         self.config = config
         self.queue = queue
@@ -89,6 +91,12 @@ class Worker:
         self._main_task: asyncio.Task[None] | None = None
         self.outstanding = Outstanding(self._loop, owner.on_resolved)
         self.outstanding.telemetry = telemetry
+        self.outstanding.spooling = self.spooling = spooling
+        self.outstanding.call_at = self.supervisor.call_at
+        #: Write-ahead spooling: callers release the GIL on every commit, so a woken loop would take
+        #: events one or two at a time (a wake-up, a write and an ack run each); it waits this long
+        #: for a batch instead (those events are on disk already, their acks come 1 ms later).
+        self._gather = 0.001 if spooling is not None and spooling.write_ahead else 0.0
         self.attempts = Attempts(self)
         self._sender = JetStreamSender(self) if config.jetstream else CoreSender(self)
         self.transport = self._new_transport()
@@ -136,6 +144,11 @@ class Worker:
             self._loop.call_soon_threadsafe(self._begin_stop, deadline)
         thread.join(max(0.0, deadline - time.monotonic()) + 2.0)
         return not thread.is_alive()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (read by publish() in overflow mode)."""
+        return self._connected
 
     @property
     def thread(self) -> threading.Thread | None:
@@ -291,6 +304,8 @@ class Worker:
     def _state_changed(self, connected: bool) -> None:
         self._connected = connected
         self.max_payload = self.transport.max_payload
+        if connected and self.spooling is not None:
+            self.spooling.adopt()  # a process that died meanwhile left events to deliver
         if connected:
             out = self.outstanding
             if out.inflight and self.transport.resend_on_reconnect:
@@ -336,15 +351,22 @@ class Worker:
             retries = out.retries
             room = window - out.count
             fresh = queue.take(room, window_bytes - out.nbytes, not out.count) if room > 0 else []
+            spooling = self.spooling
+            if spooling is not None and spooling.replay_pending and not retries and not self._stopping:
+                spare = min(room - len(fresh), self._half_window or 1)  # new events first: never starved
+                if spare > 0:
+                    fresh = [*fresh, *spooling.claim(spare)]
             batch = retries + fresh if retries and fresh else retries or fresh
             if not batch:
-                if out.count and len(queue):
+                if out.count and (len(queue) or (spooling is not None and spooling.replay_pending)):
                     self._waiting_room = True
                     await wake.wait()
                     continue
                 self.idle = True
                 if not len(queue):
                     await wake.wait()
+                    if self._gather:  # let a batch gather (see __init__)
+                        await asyncio.sleep(self._gather)
                 self.idle = False
                 continue
             self._in_hand = batch  # held by the loop from here to the sender: a crash fails them too

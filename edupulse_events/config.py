@@ -22,12 +22,13 @@ import attrs
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "MAX_SUBJECT_BYTES", "PublisherConfig", "RetryPolicy", "redact_url"]
+__all__ = ["ENV_PREFIX", "MAX_SUBJECT_BYTES", "SPOOL_MODES", "PublisherConfig", "RetryPolicy", "redact_url"]
 
 ENV_PREFIX = "EDUPULSE_EVENT_BROKER_"
 _TRUE = ("1", "true", "yes")
 _FALSE = ("0", "false", "no")
 _SCHEMES = ("nats", "tls", "ws", "wss")
+SPOOL_MODES = ("write-ahead", "overflow")
 _SUBJECT_FIELDS = {"type", "tenant"}
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _STREAM_NAME = re.compile(r"^[^\s.*>/\\]+$")
@@ -182,6 +183,16 @@ class PublisherConfig:
     #: How long the interpreter-exit hook waits for unresolved events.
     exit_timeout: float = attrs.field(default=5.0, validator=seconds_validator("exit_timeout"))
     client_name: str = "edupulse_events"
+    #: A directory for the durable spool (None: no spool). See `spool_mode` and the README.
+    spool_dir: str | None = None
+    #: ``"write-ahead"``: every event is on disk before publish() returns, removed once
+    #: acknowledged. ``"overflow"``: on disk only where it would fail or be dropped otherwise
+    #: (queue full while the broker is away, deadline passed, close() or exit with it undelivered).
+    spool_mode: str = "write-ahead"
+    #: Bound of the spool's event bytes (beyond it publish() raises `SpoolFull`).
+    spool_max_bytes: int = attrs.field(default=1 << 30, validator=count_validator("spool_max_bytes"))
+    #: fsync every commit: survive power loss, not only a killed process (much slower).
+    spool_fsync: bool = False
     #: OpenTelemetry providers for this publisher's spans and metrics (default: the global ones).
     tracer_provider: Any = attrs.field(default=None, repr=False)
     meter_provider: Any = attrs.field(default=None, repr=False)
@@ -196,11 +207,24 @@ class PublisherConfig:
         if self.tls is not None and not isinstance(self.tls, ssl.SSLContext):
             raise ConfigError(f"tls must be an ssl.SSLContext, got {type(self.tls).__name__}")
         self._check_auth()
+        self._check_spool()
         if self.retry.attempt_timeout > self.delivery_timeout:
             raise ConfigError(
                 f"retry.attempt_timeout ({self.retry.attempt_timeout}) "
                 f"must not exceed delivery_timeout ({self.delivery_timeout})"
             )
+
+    def _check_spool(self) -> None:
+        """The spool directory must exist and be writable now (not at the first publish)."""
+        if self.spool_mode not in SPOOL_MODES:
+            raise ConfigError(f"spool_mode must be one of {SPOOL_MODES}, got {self.spool_mode!r}")
+        if self.spool_dir is None:
+            return
+        path = Path(self.spool_dir).expanduser()
+        if not path.is_dir():
+            raise ConfigError(f"spool_dir {str(path)!r} is not a directory (create it first)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"spool_dir {str(path)!r} is not writable by this process")
 
     def _check_auth(self) -> None:
         """NKey and JWT authentication need the nkeys package and valid material."""
@@ -238,7 +262,8 @@ class PublisherConfig:
         ``URL`` and ``SUBJECT`` (required); one way to authenticate: ``TOKEN``, ``NKEY_SEED``
         (a user NKey seed) or ``CREDS`` (a ``.creds`` file); ``STREAM`` (the JetStream stream
         that must capture the subject) and ``CREATE_STREAM`` (``1``/``true``/``yes``: create it
-        when missing). Raises `ConfigError` when a value is missing or invalid.
+        when missing); ``SPOOL`` (a spool directory) and ``SPOOL_MODE`` (``write-ahead`` or
+        ``overflow``). Raises `ConfigError` when a value is missing or invalid.
         """
         env = os.environ if environ is None else environ
         url = env.get(ENV_PREFIX + "URL", "").strip()
@@ -251,6 +276,8 @@ class PublisherConfig:
             ("nkey_seed", "NKEY_SEED"),
             ("creds_file", "CREDS"),
             ("stream", "STREAM"),
+            ("spool_dir", "SPOOL"),
+            ("spool_mode", "SPOOL_MODE"),
         ):
             value = env.get(ENV_PREFIX + name, "").strip()
             if value:

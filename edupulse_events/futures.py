@@ -29,11 +29,17 @@ _worker_state = threading.local()
 
 @attrs.frozen(slots=True)
 class PublishAck:
-    """The broker's receipt for one event. Core NATS has no sequence: ``broker_sequence=None``."""
+    """The broker's receipt for one event. Core NATS has no sequence: ``broker_sequence=None``.
+
+    ``spooled=True`` (with a spool configured): not acknowledged yet, but safe in the local spool
+    (the broker was away past the delivery deadline, or the publisher closed); it is delivered
+    when a publisher on the same spool directory reaches the broker.
+    """
 
     broker_sequence: int | None
     stream: str | None
     duplicate: bool = False
+    spooled: bool = False
 
 
 _FINISHED = FINISHED
@@ -44,6 +50,7 @@ _new = object.__new__
 _set_sequence = PublishAck.__dict__["broker_sequence"].__set__
 _set_stream = PublishAck.__dict__["stream"].__set__
 _set_duplicate = PublishAck.__dict__["duplicate"].__set__
+_set_spooled = PublishAck.__dict__["spooled"].__set__
 
 
 def new_ack(broker_sequence: int | None, stream: str | None, duplicate: bool) -> PublishAck:
@@ -53,6 +60,7 @@ def new_ack(broker_sequence: int | None, stream: str | None, duplicate: bool) ->
     _set_sequence(ack, broker_sequence)
     _set_stream(ack, stream)
     _set_duplicate(ack, duplicate)
+    _set_spooled(ack, False)
     return ack
 
 

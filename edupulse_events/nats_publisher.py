@@ -31,6 +31,7 @@ from ._otel import telemetry_for
 from ._outstanding import undelivered
 from ._queue import BatchQueue
 from ._routing import Item, Router
+from ._spooling import Spooling
 from ._worker import Worker
 from .config import PublisherConfig
 from .envelope import EventEnvelope
@@ -101,6 +102,9 @@ class NatsPublisher:
         self._failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
         #: The process this publisher's state belongs to (a fork no hook reported leaves it stale).
         self._pid = _getpid()
+        #: The durable spool (`PublisherConfig.spool_dir`), opened by this process's first worker.
+        self._spooling: Spooling | None = None
+        self._spooled = 0
 
     @classmethod
     def connect(
@@ -178,7 +182,9 @@ class NatsPublisher:
                 "and fire-and-forget events would time out: start uWSGI with --enable-threads (or --threads N; "
                 "uWSGI 2.0.27 and later always enables them)"
             )
-        return Worker(self._config, self._queue, self, self._name, self._telemetry)
+        if self._config.spool_dir is not None and self._spooling is None:
+            self._spooling = Spooling(self._config, self._futures_condition)  # adopts dead processes' files
+        return Worker(self._config, self._queue, self, self._name, self._telemetry, self._spooling)
 
     def _run(self, worker: Worker) -> None:
         """With the lock held: ``worker`` is the running thread."""
@@ -252,9 +258,22 @@ class NatsPublisher:
             if telemetry.tracing:
                 telemetry.trace(item, envelope)
         wait = self._publish_timeout if timeout is None else timeout
+        spooling = self._spooling
+        if spooling is not None:
+            if spooling.write_ahead:
+                spooling.accept(item)  # on disk before publish() returns (SpoolFull: nothing queued)
+            elif not worker.connected:
+                wait = 0.0  # overflow: while the broker is away, a full queue spills to disk at once
         try:
             self._queue.put(item, wait)
         except queue.Full:
+            if spooling is not None:
+                if not spooling.write_ahead:
+                    spooling.overflow(item)
+                    with self._progress:
+                        self._spooled += 1
+                    return item.future
+                spooling.unaccept(item)
             cfg = self._config
             raise QueueFull(
                 f"publisher queue stayed full for {wait} s ({cfg.max_queue} events / {cfg.max_queue_bytes} bytes)"
@@ -277,12 +296,13 @@ class NatsPublisher:
         self._fail(leftovers, crash)  # not under the lock: done-callbacks may call publish()
 
     # ----------------------------------------------------------------- the worker's reports
-    def on_resolved(self, acked: int, failed: int) -> None:
+    def on_resolved(self, acked: int, failed: int, spooled: int = 0) -> None:
         """Called by the publisher thread: events resolved (for flush() and stats())."""
         with self._progress:
             self._acked += acked
             self._failed += failed
-            self._resolved += acked + failed
+            self._spooled += spooled
+            self._resolved += acked + failed + spooled
             self._progress.notify_all()
 
     def on_crash(self, worker: Worker, error: PublisherCrashed) -> None:
@@ -318,11 +338,20 @@ class NatsPublisher:
             target = self._queue.accepted
             return self._progress.wait_for(lambda: self._resolved >= target, timeout)
 
+    def drain_spool(self, timeout: float | None = None) -> bool:
+        """With a spool: wait until it holds no event (this process's, and those adopted from
+        processes that died, all delivered); False if ``timeout`` ran out. True without a spool."""
+        if in_worker_thread():
+            raise DeadlockError("drain_spool() called from a publisher's own thread would wait forever")
+        self._ensure_worker()  # a publisher that never published opens the spool and adopts now
+        spooling = self._spooling
+        return True if spooling is None else spooling.wait_empty(timeout)
+
     def stats(self) -> PublisherStats:
         """A snapshot of this publisher's counters."""
         self._own_process()
         with self._progress:
-            worker = self._last_worker
+            worker, spooling = self._last_worker, self._spooling
             tally = self._tally.with_thread(worker)
             add(tally.failures, self._leftover_failures)
             return PublisherStats(
@@ -341,6 +370,9 @@ class NatsPublisher:
                 retried=tally.retried,
                 duplicates=tally.duplicates,
                 failures=tally.failures,
+                spooled=self._spooled,
+                replayed=spooling.replayed if spooling is not None else 0,
+                spool_events=spooling.pending if spooling is not None else 0,
             )
 
     def close(self, timeout: float | None = None) -> None:
@@ -363,6 +395,12 @@ class NatsPublisher:
             abandoned += worker.abandoned
         abandoned += self._fail(self._queue.take_all(), None)
         _live.discard(self)
+        spooling = self._spooling
+        if spooling is not None:
+            spooling.close()  # its file stays if it holds events: the next publisher on the directory adopts it
+            left, path = spooling.store.count, spooling.store.path
+            if left:
+                log.warning("%d events wait in the spool %s: the next publisher there sends them", left, path)
         if ever_used:
             last = self._last_worker
             failed_before = [*self._failed_ids, *self._tally.failed_ids]
@@ -371,10 +409,15 @@ class NatsPublisher:
             log_closed(self.stats(), abandoned, failed_before)
 
     def _fail(self, items: list[Item], crash: PublisherCrashed | None) -> list[str]:
-        """Fail events taken from the queue: with the crash's error, or `PublisherClosed`; returns their ids."""
+        """Fail events taken from the queue: with the crash's error, or `PublisherClosed` (a spool
+        keeps them instead); returns the ids of those failed."""
+        pairs: list[tuple[Item, BaseException]] = [(item, undelivered(item, crash, "sent")) for item in items]
+        if self._spooling is not None and pairs:
+            pairs, kept = self._spooling.keep(pairs)
+            if kept:
+                self.on_resolved(0, 0, kept)
         ids = []
-        for item in items:
-            error = undelivered(item, crash, "sent")
+        for item, error in pairs:
             try:
                 item.future.set_exception(error)
             except concurrent.futures.InvalidStateError:
@@ -390,6 +433,8 @@ class NatsPublisher:
     def _after_fork_in_child(self) -> None:
         if self._worker is not None:
             _orphans.append(self._worker)
+        if self._spooling is not None:
+            self._spooling.store.forget()  # the parent's file: this process opens its own
         closed = self._state is PublisherState.CLOSED
         self._reset()  # new queue, locks and counters; the parent's queued events stay the parent's
         if closed:

@@ -46,6 +46,11 @@ class PublisherStats:
     duplicates: int = 0
     #: Failed events by their error's type (e.g. ``{"PublishTimeout": 3}``); sums to ``failed``.
     failures: Mapping[str, int] = attrs.field(factory=dict)
+    #: With a spool: events resolved as spooled (``PublishAck.spooled``: on disk, not delivered
+    #: yet), spooled events delivered by this publisher (its own and adopted ones), events on disk now.
+    spooled: int = 0
+    replayed: int = 0
+    spool_events: int = 0
 
 
 class Tally:

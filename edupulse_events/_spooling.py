@@ -1,0 +1,250 @@
+"""The publisher's side of the durable spool (`PublisherConfig.spool_dir`): when events go to
+disk, how their futures resolve, and how spooled events come back. The files themselves
+(SQLite in WAL mode, one database per process, adoption of dead processes' databases) are
+`_spool`'s.
+
+- write-ahead: `accept` writes each event (group commit across caller threads) before
+  publish() queues it, so an event whose publish() returned survives a killed process;
+  acknowledged events' rows are deleted (`acked`, batched once per loop iteration).
+- overflow: `overflow` writes an event the queue has no room for (while the broker is away),
+  instead of raising `QueueFull`.
+- both: `keep` takes events that would fail with a transient error (deadline passed while the
+  broker was away, close() or exit, a crash): write-ahead parks their rows, overflow writes
+  them; their futures resolve with `SPOOLED` (``PublishAck(spooled=True)``). Permanent
+  refusals still fail (and their rows go). `claim` turns parked rows, and rows adopted from
+  processes that died, into items sent again with the same ``Nats-Msg-Id``, oldest first.
+
+Replayed items belong to no caller: their futures are private, they count in ``replayed``,
+never in ``acknowledged``/``failed`` (so flush() keeps counting this publisher's own events).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ._routing import Item
+from .config import PublisherConfig
+from .errors import BrokerUnavailable, PublisherClosed, PublisherCrashed, PublishTimeout, SpoolError, SpoolFull
+from .futures import PublishAck, PublishFuture
+
+if TYPE_CHECKING:
+    from ._spool import Spool
+
+__all__ = ["DELETE_DELAY", "SPOOLED", "Spooling"]
+
+log = logging.getLogger("edupulse_events")
+
+#: The result of a future whose event waits in the spool.
+SPOOLED = PublishAck(None, None, False, True)
+#: Errors that mean "not delivered yet", not "never deliverable": those events are kept.
+_TRANSIENT = (PublishTimeout, PublisherClosed, PublisherCrashed, BrokerUnavailable)
+#: Rows of acknowledged events are deleted this many at once, or after this many seconds (a kill
+#: before that replays them: JetStream stores them once, as their Nats-Msg-Id is the same).
+DELETE_BATCH = 4096
+DELETE_DELAY = 0.2
+#: JetStream's default duplicate window: a replay older than this may be stored twice.
+DUPLICATE_WINDOW = 120.0
+
+Pair = tuple[Item, BaseException]
+
+
+class Spooling:
+    """One process's spool, as one publisher uses it."""
+
+    def __init__(self, config: PublisherConfig, condition: threading.Condition) -> None:
+        assert config.spool_dir is not None
+        from ._spool import Spool  # sqlite3 is imported only by publishers that spool
+
+        self.write_ahead = config.spool_mode == "write-ahead"
+        self.store: Spool = Spool(config.spool_dir, max_bytes=config.spool_max_bytes, fsync=config.spool_fsync)
+        self._condition = condition
+        self._delivery_timeout = config.delivery_timeout
+        self._lock = threading.Lock()
+        #: Events resolved as spooled, replayed events acknowledged, replays past the duplicate
+        #: window, replays the broker refused for good (their rows deleted, logged).
+        self.kept = 0
+        self.replayed = 0
+        self.late = 0
+        self.dropped = 0
+        #: Rows may be waiting to be replayed (cleared when a claim finds fewer than it asked).
+        self.replay_pending = False
+        self._to_delete: list[int] = []
+        self._to_delete_bytes = 0
+        self._next_delete = 0.0
+        self._emptied = threading.Condition()
+        self.adopt()
+
+    # ----------------------------------------------------------------- caller threads
+    def accept(self, item: Item) -> None:
+        """write-ahead: put ``item`` on disk (returns once committed); `SpoolFull` if it does not fit."""
+        item.spool_id = self.store.append(item.subject, item.headers, item.payload, item.event_id, time.time())
+
+    def unaccept(self, item: Item) -> None:
+        """write-ahead: publish() refused ``item`` after all (the queue stayed full): remove its row."""
+        self.store.delete((item.spool_id,), item.size)
+        item.spool_id = 0
+
+    def overflow(self, item: Item) -> None:
+        """overflow: the queue has no room: put ``item`` on disk and resolve its future as spooled."""
+        ids = self.store.append_many([_row(item)], parked=True)
+        if not ids:
+            raise SpoolFull(f"the spool {self.store.path} is full ({self.store.max_bytes} bytes)")
+        self.replay_pending = True
+        with self._lock:
+            self.kept += 1
+        item.future.set_result(SPOOLED)
+
+    # ----------------------------------------------------------------- publisher thread (and close())
+    @staticmethod
+    def keeps(item: Item, exc: BaseException) -> bool:
+        """Whether an event failing with ``exc`` goes to the spool instead (replays always go back)."""
+        return isinstance(exc, _TRANSIENT)
+
+    def keep(self, pairs: Sequence[Pair]) -> tuple[list[Pair], int]:
+        """Keep on disk the events of ``pairs`` whose error is transient and resolve their futures
+        as spooled; returns the pairs to fail as before (permanent errors, or no room on disk) and
+        how many futures it resolved."""
+        kept: list[Item] = []
+        rest: list[Pair] = []
+        for item, exc in pairs:
+            if self.keeps(item, exc):
+                kept.append(item)
+            elif item.replay:
+                self._drop(item, exc)
+            else:
+                if item.spool_id:
+                    self._forget(item)
+                rest.append((item, exc))
+        on_disk = [item for item in kept if item.spool_id]
+        new = [item for item in kept if not item.spool_id]
+        try:
+            if on_disk:
+                self.store.park([item.spool_id for item in on_disk])
+            written = self.store.append_many([_row(item) for item in new], parked=True) if new else []
+        except SpoolError as exc:
+            log.error("could not keep %d events in the spool: %s", len(kept), exc)
+            return rest + [(item, error) for item, error in pairs if item in kept and not item.replay], 0
+        for item, spool_id in zip(new, written, strict=False):
+            item.spool_id = spool_id
+        if len(written) < len(new):
+            log.error("the spool %s is full: %d events could not be kept", self.store.path, len(new) - len(written))
+        unkept = {id(item) for item in new[len(written) :]}
+        rest += [(item, exc) for item, exc in pairs if id(item) in unkept]
+        if kept:
+            self.replay_pending = True
+        resolved = 0
+        for item in kept:
+            if id(item) in unkept or item.replay:
+                continue
+            if not item.future.resolved():
+                item.future.set_result(SPOOLED)
+                resolved += 1
+        with self._lock:
+            self.kept += resolved
+        return rest, resolved
+
+    def acked(self, items: Sequence[Item]) -> int:
+        """Events acknowledged: their rows go (at the next `flush`); returns how many were replays."""
+        replays = 0
+        delete = self._to_delete
+        nbytes = 0
+        for item in items:
+            if item.spool_id:
+                delete.append(item.spool_id)
+                nbytes += item.size
+                if item.replay:
+                    replays += 1
+        self._to_delete_bytes += nbytes
+        if replays:
+            with self._lock:
+                self.replayed += replays
+        return replays
+
+    def flush(self, force: bool = True) -> bool:
+        """Delete the rows of events acknowledged since the last flush (one transaction); unless
+        ``force``, only once `DELETE_BATCH` rows or `DELETE_DELAY` seconds have gathered (a delete
+        per ack run would double the spool's cost). Returns whether rows are left to delete."""
+        if not force and len(self._to_delete) < DELETE_BATCH and time.monotonic() < self._next_delete:
+            return bool(self._to_delete)
+        self._next_delete = time.monotonic() + DELETE_DELAY
+        if self._to_delete:
+            ids, nbytes, self._to_delete, self._to_delete_bytes = self._to_delete, self._to_delete_bytes, [], 0
+            try:
+                self.store.delete(ids, nbytes)
+            except SpoolError:  # left on disk: replayed later, stored once (same Nats-Msg-Id)
+                log.exception("could not delete %d acknowledged events from the spool", len(ids))
+            if not self.store.count:
+                with self._emptied:
+                    self._emptied.notify_all()
+        return False
+
+    @property
+    def pending(self) -> int:
+        """Events in the spool not acknowledged yet (rows of acknowledged ones are deleted in batches)."""
+        return max(0, self.store.count - len(self._to_delete))
+
+    def wait_empty(self, timeout: float | None) -> bool:
+        """Wait until the spool holds no event; False if ``timeout`` ran out first."""
+        with self._emptied:
+            return self._emptied.wait_for(lambda: not self.store.count, timeout)
+
+    def claim(self, limit: int) -> list[Item]:
+        """Up to ``limit`` spooled events to send again (oldest first), as items with private futures."""
+        rows = self.store.claim_parked(limit)
+        if len(rows) < limit:
+            self.replay_pending = False
+        if not rows:
+            return []
+        now, wall = time.monotonic(), time.time()
+        items = []
+        late = 0
+        for row in rows:
+            item = Item(PublishFuture(self._condition), row.subject, row.headers, row.payload, row.event_id)
+            item.spool_id = row.id
+            item.replay = True
+            item.deadline = now + self._delivery_timeout
+            items.append(item)
+            if wall - row.accepted > DUPLICATE_WINDOW:
+                late += 1
+        if late:
+            with self._lock:
+                self.late += late
+            log.warning(
+                "replaying %d spooled events older than JetStream's duplicate window (%.0f s): "
+                "any of them that reached the stream before may be stored twice",
+                late,
+                DUPLICATE_WINDOW,
+            )
+        log.info("replaying %d spooled events from %s", len(items), self.store.path)
+        return items
+
+    def adopt(self) -> None:
+        """Take over the spool files of processes that died (their events are replayed from ours)."""
+        try:
+            if self.store.adopt_orphans() or self.store.parked_count():
+                self.replay_pending = True
+        except SpoolError:
+            log.exception("could not adopt spool files in %s", self.store.path.parent)
+
+    def close(self) -> None:
+        self.flush()
+        self.store.close()
+
+    def _forget(self, item: Item) -> None:
+        """``item``'s row goes at the next `flush` (acknowledged, or refused for good)."""
+        self._to_delete.append(item.spool_id)
+        self._to_delete_bytes += item.size
+
+    def _drop(self, item: Item, exc: BaseException) -> None:
+        self._forget(item)
+        with self._lock:
+            self.dropped += 1
+        log.error("spooled event %s was refused for good and is dropped from the spool: %s", item.event_id, exc)
+
+
+def _row(item: Item) -> tuple[bytes, bytes, bytes, str, float]:
+    return (item.subject, item.headers, item.payload, item.event_id, time.time())
