@@ -9,20 +9,22 @@ gone (closed with rows left, killed, crashed) another `Spool` in the directory t
 and adopts the rows (`Spool.adopt_orphans`, `_spool_files` has the steps): exactly once, as the
 lock decides, and never a file that fails its checks (that one is moved aside, not deleted).
 
-Writes: one connection in autocommit mode with explicit ``BEGIN IMMEDIATE``/``COMMIT``, used by
-caller threads and the publisher thread under one lock (``_db``). `Spool.append` returns an id
-only once its row is committed, with group commit: the first thread that finds no commit
-running takes every pending row into one transaction (the leader); threads arriving meanwhile
-wait on a condition for the outcome of the next batch, whose leader is one of them. A thread
-appending alone pays one commit per row (~20 µs); 8 threads at once share ~4-7 rows per commit
-(a leader that saw company yields the CPU once before taking the batch, letting the threads it
-just woke join it).
+Writes: one connection in autocommit mode, used by caller threads and the publisher thread under
+one lock (``_db``), holding its database in exclusive locking mode (no other process reads a
+live spool; that saves the shared-memory locking of every commit). A lone row is one INSERT, its
+own transaction; batches use ``BEGIN IMMEDIATE``/``COMMIT``. `Spool.append` returns an id only
+once its row is committed, with group commit: the first thread that finds no commit running
+takes every pending row into one transaction (the leader); threads arriving meanwhile wait on a
+condition for the outcome of the next batch, whose leader is one of them. A thread appending
+alone pays one commit per row (~11 µs here); 8 threads at once share ~4-7 rows per commit (a
+leader that saw company yields the CPU once before taking the batch, letting the threads it
+just woke join it). Deletes of acknowledged rows go by runs of consecutive ids.
 
-Durability: WAL with ``synchronous=NORMAL`` writes each commit to the ``-wal`` file without
-fsync, which survives the process being killed but not an OS crash or power loss;
-``fsync=True`` (``synchronous=FULL``) syncs every commit and survives those too. ``max_bytes``
-bounds headers + payload of the rows held; a full disk (``SQLITE_FULL``) is reported as the
-same `SpoolFull`, with the batch rolled back.
+Durability: WAL with ``synchronous=OFF`` hands each commit to the OS (the ``-wal`` file) without
+fsync: it survives the process being killed, not an OS crash or power loss (which may also leave
+the file corrupt: the next adopter moves it aside); ``fsync=True`` (``synchronous=FULL``) syncs
+every commit and survives those too. ``max_bytes`` bounds headers + payload of the rows held; a
+full disk (``SQLITE_FULL``) is reported as the same `SpoolFull`, with the batch rolled back.
 """
 
 from __future__ import annotations
@@ -65,6 +67,8 @@ Row = tuple[bytes, bytes, bytes, str, float]  # subject, headers, payload, event
 INSERT = "INSERT INTO events (id, subject, headers, payload, event_id, accepted, parked) VALUES (?, ?, ?, ?, ?, ?, ?)"
 SIZE = "coalesce(sum(length(headers) + length(payload)), 0)"
 CHUNK = 500  # ids per IN (...) list, well under SQLite's bound on variables
+
+DELETE_RUN = "DELETE FROM events WHERE id BETWEEN ? AND ?"
 
 #: What fork()ed children gave up on (`Spool.forget`): kept so garbage collection never closes it.
 _abandoned: list[object] = []
@@ -121,10 +125,16 @@ class Spool:
         self._conn: sqlite3.Connection | None = None
         try:
             self._conn = conn = connect(self.path, "rwc")
+            # One process writes each file: holding its lock for good (and, set before WAL is
+            # entered, the WAL index in the process's own memory, no -shm) makes a commit ~40 %
+            # cheaper. Nobody else reads a live spool (`spool_files` reports it as in use).
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
                 raise sqlite3.OperationalError(f"journal_mode is {mode!r}, WAL is needed")
-            conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+            # OFF: a commit is handed to the OS (it survives the process being killed) and no
+            # checkpoint ever stalls a publish() on fsync; FULL: synced (it survives power loss)
+            conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'OFF'}")
             self._run(conn, lambda: [conn.execute(statement) for statement in SCHEMA])
         except (sqlite3.Error, SpoolError) as exc:
             if self._conn is not None:
@@ -170,8 +180,15 @@ class Spool:
     def _insert(self, conn: sqlite3.Connection, rows: Sequence[Row], parked: int) -> int:
         """Write ``rows`` in one transaction (holding ``_db``); returns the first id."""
         first = self._next_id
-        if len(rows) == 1:
-            self._run(conn, lambda: conn.execute(INSERT, (first, *rows[0], parked)))
+        if len(rows) == 1:  # one statement is its own transaction: no BEGIN/COMMIT round trips
+            try:
+                conn.execute(INSERT, (first, *rows[0], parked))
+            except sqlite3.Error as exc:
+                if is_full(exc):
+                    raise self._full("database or disk is full") from exc
+                raise SpoolError(f"spool {self.path}: {type(exc).__name__}: {exc}") from exc
+            with self._state:
+                self.transactions += 1
         else:
             self._run(conn, lambda: conn.executemany(INSERT, [(first + i, *row, parked) for i, row in enumerate(rows)]))
         self._next_id = first + len(rows)
@@ -268,13 +285,28 @@ class Spool:
             results.extend(conn.execute(sql.format(",".join("?" * len(chunk))), chunk).fetchall())
         return results
 
-    def delete(self, ids: Iterable[int]) -> None:
-        """Delete these rows (acknowledged events) in one transaction; unknown ids are ignored."""
-        unique = list(dict.fromkeys(ids))
+    def delete(self, ids: Iterable[int], nbytes: int | None = None) -> None:
+        """Delete these rows (acknowledged events) in one transaction; unknown ids are ignored.
+
+        ``nbytes``: the rows' headers + payload bytes, when the caller knows them (the publisher
+        does): the rows are then deleted by runs of consecutive ids (acks mostly come in order:
+        usually one statement) without reading their sizes first."""
+        unique = sorted(set(ids))
         if not unique:
             return
         with self._db:
             conn = self._connection()
+            if nbytes is not None:
+                runs = _runs(unique)
+
+                def by_runs() -> int:
+                    return sum(conn.execute(DELETE_RUN, run).rowcount for run in runs)
+
+                deleted = self._run(conn, by_runs) if len(runs) > 1 else _single(self, conn, runs[0])
+                with self._state:
+                    self.count -= deleted
+                    self.nbytes -= nbytes if deleted == len(unique) else min(nbytes, self.nbytes)
+                return
 
             def work() -> list[tuple[int, int]]:
                 sums = self._over(conn, f"SELECT count(*), {SIZE} FROM events WHERE id IN ({{}})", unique)
@@ -414,3 +446,27 @@ class Spool:
         if not self._forgotten:
             self._forgotten = True
             _abandoned.append((self._conn, self._lock_fd))
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int]]:
+    """Sorted ids as runs of consecutive ids: ``[(first, last), ...]``."""
+    runs = []
+    start = prev = ids[0]
+    for i in ids[1:]:
+        if i != prev + 1:
+            runs.append((start, prev))
+            start = i
+        prev = i
+    runs.append((start, prev))
+    return runs
+
+
+def _single(spool: Spool, conn: sqlite3.Connection, run: tuple[int, int]) -> int:
+    """One DELETE as its own transaction; returns the rows deleted."""
+    try:
+        deleted = conn.execute(DELETE_RUN, run).rowcount
+    except sqlite3.Error as exc:
+        raise SpoolError(f"spool {spool.path}: {type(exc).__name__}: {exc}") from exc
+    with spool._state:  # noqa: SLF001 - this module's own class
+        spool.transactions += 1
+    return int(deleted)

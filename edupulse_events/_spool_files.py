@@ -97,9 +97,10 @@ class SpoolFileInfo:
 
     path: Path
     owner_alive: bool
-    count: int
-    nbytes: int
-    parked: int
+    #: None while the owner lives: it holds its database exclusively.
+    count: int | None
+    nbytes: int | None
+    parked: int | None
     oldest: float | None
     newest: float | None
     error: str | None
@@ -281,7 +282,10 @@ def spool_files(directory: str | os.PathLike[str]) -> list[SpoolFileInfo]:
     infos = []
     for db in orphan_dbs(Path(directory)):
         alive = _owner_alive(db)
-        stats: tuple[int, int, int, float | None, float | None] = (0, 0, 0, None, None)
+        if alive:  # its owner holds the database exclusively: nothing to read until it is gone
+            infos.append(SpoolFileInfo(db, True, None, None, None, None, None, error=None))
+            continue
+        stats: tuple[int | None, int | None, int | None, float | None, float | None] = (0, 0, 0, None, None)
         try:
             conn = connect(db, "ro")
         except sqlite3.Error as exc:

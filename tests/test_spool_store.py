@@ -45,11 +45,19 @@ def row(i: int, size: int = 40) -> Row:
     return SUBJECT, b"h" * 10, b"p" * (size - 10), f"ev-{i}", 1000.0 + i
 
 
-def stored(db: Path) -> list[tuple[int, str, int]]:
-    """(id, event_id, parked) of every row, read through a fresh connection."""
+def stored(db: Path | Spool) -> list[tuple[int, str, int]]:
+    """(id, event_id, parked) of every row: of a closed file through a fresh connection, of a live
+    spool through its own (it holds its database exclusively)."""
+    query = "SELECT id, event_id, parked FROM events ORDER BY id"
+    if isinstance(db, Spool) and db._conn is None:  # noqa: SLF001 - closed: read its file
+        db = db.path
+    if isinstance(db, Spool):
+        with db._db:  # noqa: SLF001 - reading what the spool committed
+            assert db._conn is not None  # noqa: SLF001
+            return db._conn.execute(query).fetchall()  # noqa: SLF001
     conn = sqlite3.connect(db)
     try:
-        return conn.execute("SELECT id, event_id, parked FROM events ORDER BY id").fetchall()
+        return conn.execute(query).fetchall()
     finally:
         conn.close()
 
@@ -158,7 +166,7 @@ def test_append_returns_ids_committed_and_visible_to_another_connection(
     spool = spools(tmp_path)
     ids = [spool.append(*row(i)) for i in range(5)]
     assert ids == sorted(set(ids))
-    assert stored(spool.path) == [(id_, f"ev-{i}", 0) for i, id_ in enumerate(ids)]
+    assert stored(spool) == [(id_, f"ev-{i}", 0) for i, id_ in enumerate(ids)]
     assert (spool.count, spool.nbytes, spool.transactions) == (5, 200, 5)
     assert spool.path.name.startswith(f"spool-{os.getpid()}-")
     assert spool.path.with_suffix(".lock").exists()
@@ -177,7 +185,7 @@ def test_delete_park_and_claim_parked_keep_count_and_bytes(tmp_path: Path) -> No
 
     spool.delete([ids[0], ids[3], ids[3], 999])  # a repeated and an unknown id are ignored
     assert (spool.count, spool.nbytes) == (4, 41 + 42 + 44 + 45)
-    assert [event_id for _, event_id, _ in stored(spool.path)] == ["ev-1", "ev-2", "ev-4", "ev-5"]
+    assert [event_id for _, event_id, _ in stored(spool)] == ["ev-1", "ev-2", "ev-4", "ev-5"]
     spool.delete(ids)
     assert (spool.count, spool.nbytes) == (0, 0)
     spool.close()
@@ -196,7 +204,7 @@ def test_close_is_idempotent_and_later_calls_fail(tmp_path: Path) -> None:
         spool.delete([1])
     with pytest.raises(SpoolError, match="closed"):
         spool.claim_parked(1)
-    assert stored(spool.path) == [(1, "ev-1", 0)]
+    assert stored(spool) == [(1, "ev-1", 0)]
     assert not lock_held_elsewhere(spool.path.with_suffix(".lock"))
 
 
@@ -221,7 +229,7 @@ def test_group_commit_puts_concurrent_appends_in_shared_transactions(
     assert len(set(ids)) == 4000
     for n in range(8):
         assert results[n] == sorted(results[n])  # a thread's rows keep its order
-    rows = stored(spool.path)
+    rows = stored(spool)
     assert sorted(id_ for id_, _, _ in rows) == sorted(ids)
     assert len({event_id for _, event_id, _ in rows}) == 4000
     assert (spool.count, spool.nbytes) == (4000, 4000 * 40)
@@ -252,7 +260,7 @@ while True:
 
     spool = spools(tmp_path)
     adopted = spool.adopt_orphans()
-    counts = collections.Counter(event_id for _, event_id, _ in stored(spool.path))
+    counts = collections.Counter(event_id for _, event_id, _ in stored(spool))
     assert adopted == sum(counts.values()) >= len(printed)
     assert all(counts[event_id] == 1 for event_id in printed), "a printed event is missing or doubled"
     assert max(counts.values()) == 1
@@ -270,7 +278,7 @@ def test_spool_full_at_max_bytes_writes_nothing_and_recovers(tmp_path: Path, spo
         spool.append(*row(3))
     assert isinstance(caught.value, QueueFull)
     assert str(spool.path) in str(caught.value)
-    assert (spool.count, spool.nbytes, len(stored(spool.path))) == (2, 80, 2)
+    assert (spool.count, spool.nbytes, len(stored(spool))) == (2, 80, 2)
 
     spool.delete([first])
     assert spool.append(*row(3, size=60)) > second
@@ -279,7 +287,7 @@ def test_spool_full_at_max_bytes_writes_nothing_and_recovers(tmp_path: Path, spo
     # append_many writes the rows that fit, in order, and stops at the first that does not
     ids = spool.append_many([row(4, size=20), row(5, size=30), row(6, size=10)], parked=True)
     assert len(ids) == 1
-    assert stored(spool.path)[-1] == (ids[0], "ev-4", 1)
+    assert stored(spool)[-1] == (ids[0], "ev-4", 1)
     assert (spool.count, spool.nbytes) == (2, 80)
 
 
@@ -311,7 +319,7 @@ def test_disk_full_fails_the_whole_batch_and_recovers(tmp_path: Path, spools: Ca
         thread.join()
     assert [type(outcome) for outcome in outcomes] == [SpoolFull] * 4
     assert spool.append_many([big, big], parked=False) == []
-    assert [event_id for _, event_id, _ in stored(spool.path)] == ["ev-0"]
+    assert [event_id for _, event_id, _ in stored(spool)] == ["ev-0"]
     assert (spool.count, spool.nbytes) == (1, 40)
 
     conn.execute("PRAGMA max_page_count = 1000000")
@@ -348,7 +356,7 @@ def test_unsound_files_are_moved_aside_and_adoption_goes_on(
     assert any(str(corrupt) in e and "not a database" in e for e in errors)
     assert any(str(foreign) in e and "not an edupulse spool" in e for e in errors)
     assert f"7 events adopted from {good}" in caplog.messages
-    assert [(e, p) for _, e, p in stored(spool.path)] == [(f"ev-{i}", 1) for i in range(7)]
+    assert [(e, p) for _, e, p in stored(spool)] == [(f"ev-{i}", 1) for i in range(7)]
     assert (spool.count, spool.nbytes, spool.parked_count()) == (7, 280, 7)
     assert spool.adopt_orphans() == 0  # the moved-aside files are left alone
 
@@ -403,7 +411,7 @@ spool.close()
         theirs = Path(hear(proc))
         assert spool.adopt_orphans() == 0
         info = {i.path: i for i in spool_files(tmp_path)}[theirs]
-        assert (info.owner_alive, info.count, info.error) == (True, 5, None)
+        assert (info.owner_alive, info.count, info.error) == (True, None, None)  # held exclusively
         assert purge(tmp_path) == 0
         assert theirs.exists()
         say(proc, "exit")
@@ -411,7 +419,7 @@ spool.close()
     finally:
         ended(proc)
     assert spool.adopt_orphans() == 5
-    assert sorted(e for _, e, _ in stored(spool.path)) == [f"live-{i}" for i in range(5)]
+    assert sorted(e for _, e, _ in stored(spool)) == [f"live-{i}" for i in range(5)]
 
 
 def test_two_processes_adopting_at_once_take_each_orphan_once(tmp_path: Path) -> None:
@@ -499,7 +507,7 @@ def test_spool_files_and_purge_leave_live_spools_alone(tmp_path: Path, spools: C
 
     infos = {info.path: info for info in spool_files(tmp_path)}
     assert set(infos) == {live.path, gone.path, corrupt}
-    assert (infos[live.path].owner_alive, infos[live.path].count, infos[live.path].error) == (True, 2, None)
+    assert (infos[live.path].owner_alive, infos[live.path].count, infos[live.path].error) == (True, None, None)
     info = infos[gone.path]
     assert (info.owner_alive, info.count, info.nbytes, info.parked) == (False, 3, 150, 1)
     assert (info.oldest, info.newest, info.error) == (1010.0, 1012.0, None)
