@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from .stats import PublisherStats
+
+if TYPE_CHECKING:
+    from ._spooling import Spooling
 
 __all__ = ["log_closed"]
 
@@ -16,9 +20,18 @@ log = logging.getLogger("edupulse_events")
 IDS_PER_LINE = 500
 
 
-def log_closed(stats: PublisherStats, abandoned: list[str], failed_before: Iterable[str]) -> None:
+def log_closed(
+    stats: PublisherStats, abandoned: list[str], failed_before: Iterable[str], spooling: Spooling | None = None
+) -> None:
     """Log the closing summary; ``abandoned``: failed by close() itself; ``failed_before``: the
-    ids of events that failed earlier (possibly including ``abandoned`` ones, left out here)."""
+    ids of events that failed earlier (possibly including ``abandoned`` ones, left out here);
+    ``spooling``: the spool (closed), whose events left on disk the next publisher there sends."""
+    if spooling is not None and spooling.store.count:
+        log.warning(
+            "%d events wait in the spool %s: the next publisher there sends them",
+            spooling.store.count,
+            spooling.store.path,
+        )
     given_up = set(abandoned)
     earlier = [event_id for event_id in failed_before if event_id not in given_up]
     if not abandoned and not earlier:

@@ -42,14 +42,10 @@ import attrs
 from ._spool_files import (
     SCHEMA,
     SpoolFileInfo,
-    claim,
     connect,
     create_locked,
     is_full,
     lock_path,
-    move_aside,
-    orphan_dbs,
-    problem,
     purge,
     release,
     remove,
@@ -356,60 +352,11 @@ class Spool:
 
     def adopt_orphans(self) -> int:
         """Move into this spool, parked, the rows of every other spool file in the directory whose owner
-        is gone; unsound files are moved aside (``*.corrupt-<UTC time>``) and logged. Returns rows adopted."""
-        with self._db:
-            self._connection()  # not after close() or forget()
-        adopted = 0
-        for db in orphan_dbs(self.directory):
-            if db == self.path or (fd := claim(db)) is None:
-                continue
-            try:
-                adopted += self._adopt(db)
-            finally:
-                release(fd, lock_path(db), delete=not db.exists())
-        return adopted
+        is gone; unsound files are moved aside (``*.corrupt-<UTC time>``) and logged. Returns rows adopted
+        (`_spool_adopt` has the steps)."""
+        from ._spool_adopt import adopt_orphans
 
-    def _adopt(self, db: Path) -> int:
-        """Adopt one orphan whose lock this process holds."""
-        why = problem(db)
-        if why is not None:
-            log.error("spool file %s is not usable (%s): moved aside to %s", db, why, move_aside(db))
-            return 0
-        with self._db:
-            conn = self._connection()
-            try:
-                conn.execute("ATTACH DATABASE ? AS orphan", (f"{db.resolve().as_uri()}?mode=rw",))
-            except sqlite3.Error as exc:
-                raise SpoolError(f"spool {self.path}: {type(exc).__name__}: {exc}") from exc
-            try:
-                count, nbytes, low, high = self._run(conn, lambda: self._copy(conn))
-            except SpoolFull as exc:
-                log.error("could not adopt %s: %s (the file stays for a later adoption)", db, exc)
-                return 0
-            finally:
-                conn.execute("DETACH DATABASE orphan")
-            self._next_id += high - low + 1 if count else 0
-            with self._state:
-                self.count += count
-                self.nbytes += nbytes
-                over = self.nbytes > self.max_bytes
-        remove(db)
-        log.info("%d events adopted from %s", count, db)
-        if over:
-            log.warning("spool %s is over spool_max_bytes=%d after adoption", self.path, self.max_bytes)
-        return int(count)
-
-    def _copy(self, conn: sqlite3.Connection) -> tuple[int, int, int, int]:
-        """Copy orphan.events into main.events, parked, ids kept in order after ours; (rows, bytes, min id, max id)."""
-        count, nbytes, low, high = conn.execute(
-            f"SELECT count(*), {SIZE}, min(id), max(id) FROM orphan.events"
-        ).fetchone()
-        conn.execute(
-            "INSERT INTO main.events (id, event_id, subject, headers, payload, accepted, parked)"
-            " SELECT id - ? + ?, event_id, subject, headers, payload, accepted, 1 FROM orphan.events ORDER BY id",
-            (low or 0, self._next_id),
-        )
-        return count, nbytes, low or 0, high or 0
+        return adopt_orphans(self)
 
     def close(self) -> None:
         """Commit what is pending and close. With no rows left the files go; otherwise they stay, and with

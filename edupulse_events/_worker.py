@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -38,16 +39,24 @@ from ._sending import CoreSender, JetStreamSender
 from ._spooling import Spooling
 from ._supervisor import Supervisor
 from .config import PublisherConfig
-from .errors import (
-    BrokerError,
-    BrokerUnavailable,
-    PublisherCrashed,
-)
+from .errors import BrokerError, BrokerUnavailable, ConfigError, PublisherCrashed
 from .futures import mark_worker_thread
 
-__all__ = ["Worker", "WorkerOwner"]
+__all__ = ["Worker", "WorkerOwner", "refuse_threadless_uwsgi"]
 
 log = logging.getLogger("edupulse_events")
+
+
+def refuse_threadless_uwsgi() -> None:
+    """Under a uWSGI that runs no Python threads the publisher thread would only run during
+    requests, so fire-and-forget events would time out: `ConfigError` saying which flag fixes it."""
+    uwsgi = sys.modules.get("uwsgi")
+    if uwsgi is not None and not getattr(uwsgi, "has_threads", True):
+        raise ConfigError(
+            "uWSGI runs without Python threads, so the publisher thread would only run during requests "
+            "and fire-and-forget events would time out: start uWSGI with --enable-threads (or --threads N; "
+            "uWSGI 2.0.27 and later always enables them)"
+        )
 
 
 class WorkerOwner(Protocol):

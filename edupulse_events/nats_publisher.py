@@ -15,11 +15,9 @@ from __future__ import annotations
 import atexit
 import collections
 import concurrent.futures
-import enum
 import logging
 import os
 import queue
-import sys
 import threading
 import time
 import weakref
@@ -32,12 +30,12 @@ from ._outstanding import undelivered
 from ._queue import BatchQueue
 from ._routing import Item, Router
 from ._spooling import Spooling
-from ._worker import Worker
+from ._worker import Worker, refuse_threadless_uwsgi
 from .config import PublisherConfig
 from .envelope import EventEnvelope
-from .errors import ConfigError, DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
+from .errors import DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
 from .futures import PublishAck, in_worker_thread
-from .stats import FAILED_IDS_KEPT, PublisherStats, Tally, add
+from .stats import FAILED_IDS_KEPT, PublisherState, PublisherStats, Tally, add
 
 __all__ = ["NatsPublisher", "PublisherState"]
 
@@ -50,15 +48,6 @@ _names = iter(range(1, 1 << 62))
 #: A thread that crashed within this many seconds of its start counts as crashing again.
 _QUICK_CRASH = 10.0
 _MAX_RESTART_DELAY = 30.0
-
-
-class PublisherState(enum.Enum):
-    """Where a `NatsPublisher` is in its life."""
-
-    NEW = "new"  #: no publisher thread yet: it starts on start() or the first publish()
-    RUNNING = "running"  #: a publisher thread is delivering
-    CRASHED = "crashed"  #: the thread died on an unexpected error; the next publish() restarts it
-    CLOSED = "closed"  #: close() was called: nothing more is accepted
 
 
 class NatsPublisher:
@@ -104,7 +93,6 @@ class NatsPublisher:
         self._pid = _getpid()
         #: The durable spool (`PublisherConfig.spool_dir`), opened by this process's first worker.
         self._spooling: Spooling | None = None
-        self._spooled = 0
 
     @classmethod
     def connect(
@@ -175,13 +163,7 @@ class NatsPublisher:
         check_broker(self._config, self._config.connect_timeout if timeout is None else timeout)
 
     def _new_worker(self) -> Worker:
-        uwsgi = sys.modules.get("uwsgi")
-        if uwsgi is not None and not getattr(uwsgi, "has_threads", True):
-            raise ConfigError(
-                "uWSGI runs without Python threads, so the publisher thread would only run during requests "
-                "and fire-and-forget events would time out: start uWSGI with --enable-threads (or --threads N; "
-                "uWSGI 2.0.27 and later always enables them)"
-            )
+        refuse_threadless_uwsgi()
         if self._config.spool_dir is not None and self._spooling is None:
             self._spooling = Spooling(self._config, self._futures_condition)  # adopts dead processes' files
         return Worker(self._config, self._queue, self, self._name, self._telemetry, self._spooling)
@@ -269,9 +251,7 @@ class NatsPublisher:
         except queue.Full:
             if spooling is not None:
                 if not spooling.write_ahead:
-                    spooling.overflow(item)
-                    with self._progress:
-                        self._spooled += 1
+                    spooling.overflow(item)  # resolved now: never counted as accepted by the queue
                     return item.future
                 spooling.unaccept(item)
             cfg = self._config
@@ -301,7 +281,6 @@ class NatsPublisher:
         with self._progress:
             self._acked += acked
             self._failed += failed
-            self._spooled += spooled
             self._resolved += acked + failed + spooled
             self._progress.notify_all()
 
@@ -370,7 +349,7 @@ class NatsPublisher:
                 retried=tally.retried,
                 duplicates=tally.duplicates,
                 failures=tally.failures,
-                spooled=self._spooled,
+                spooled=spooling.kept if spooling is not None else 0,
                 replayed=spooling.replayed if spooling is not None else 0,
                 spool_events=spooling.pending if spooling is not None else 0,
             )
@@ -395,18 +374,14 @@ class NatsPublisher:
             abandoned += worker.abandoned
         abandoned += self._fail(self._queue.take_all(), None)
         _live.discard(self)
-        spooling = self._spooling
-        if spooling is not None:
-            spooling.close()  # its file stays if it holds events: the next publisher on the directory adopts it
-            left, path = spooling.store.count, spooling.store.path
-            if left:
-                log.warning("%d events wait in the spool %s: the next publisher there sends them", left, path)
+        if self._spooling is not None:
+            self._spooling.close()  # its file stays if it holds events: the next publisher there adopts it
         if ever_used:
             last = self._last_worker
             failed_before = [*self._failed_ids, *self._tally.failed_ids]
             if last is not None:
                 failed_before += list(last.outstanding.failed_ids)  # one C call: not mutated mid-copy
-            log_closed(self.stats(), abandoned, failed_before)
+            log_closed(self.stats(), abandoned, failed_before, self._spooling)
 
     def _fail(self, items: list[Item], crash: PublisherCrashed | None) -> list[str]:
         """Fail events taken from the queue: with the crash's error, or `PublisherClosed` (a spool

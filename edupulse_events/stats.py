@@ -4,6 +4,7 @@ publisher threads that ended (after a crash) so a snapshot covers the publisher'
 from __future__ import annotations
 
 import collections
+import enum
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
@@ -12,10 +13,19 @@ import attrs
 if TYPE_CHECKING:
     from ._worker import Worker
 
-__all__ = ["PublisherStats"]
+__all__ = ["PublisherState", "PublisherStats"]
 
 #: Ids of failed events a publisher keeps for its closing log (the most recent ones).
 FAILED_IDS_KEPT = 10_000
+
+
+class PublisherState(enum.Enum):
+    """Where a `NatsPublisher` is in its life (`PublisherStats.state` holds its value)."""
+
+    NEW = "new"  #: no publisher thread yet: it starts on start() or the first publish()
+    RUNNING = "running"  #: a publisher thread is delivering
+    CRASHED = "crashed"  #: the thread died on an unexpected error; the next publish() restarts it
+    CLOSED = "closed"  #: close() was called: nothing more is accepted
 
 
 @attrs.frozen

@@ -24,7 +24,7 @@ PAGES = {
     "publishing": [
         "edupulse_events.nats_publisher.NatsPublisher",
         "edupulse_events.nats_publisher.NatsPublisher.publish",
-        "edupulse_events.nats_publisher.PublisherState",
+        "edupulse_events.stats.PublisherState",
         "edupulse_events.stats.PublisherStats",
         "edupulse_events.futures.PublishAck",
         "edupulse_events.futures.PublishFuture",
