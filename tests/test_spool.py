@@ -10,9 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import LogWatcher, envelope, read_stream
@@ -25,6 +27,7 @@ from edupulse_events import (
     RetryPolicy,
     SpoolFull,
 )
+from edupulse_events._sending import JetStreamSender
 from edupulse_events.testing import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -234,3 +237,32 @@ def test_spool_settings_are_checked_at_construction(tmp_path: Path) -> None:
         }
     )
     assert (config.spool_dir, config.spool_mode) == (str(tmp_path), "overflow")
+
+
+def test_a_crash_of_the_publisher_thread_keeps_its_events_in_the_spool(
+    nats_server: NatsServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A crash while sending: what the thread held resolves as spooled (not PublisherCrashed); all stored once."""
+    original = JetStreamSender.send
+    fired = threading.Event()
+
+    async def send_then_crash(self: JetStreamSender, batch: Any) -> None:
+        if not fired.is_set() and len(batch) > 10:
+            fired.set()
+            raise RuntimeError("injected into JetStreamSender.send")
+        await original(self, batch)
+
+    monkeypatch.setattr(JetStreamSender, "send", send_then_crash)
+    with publisher(nats_server, tmp_path) as pub:
+        envs = [envelope() for _ in range(2000)]
+        futures = [pub.publish(env, timeout=30.0) for env in envs]
+        _, pending = concurrent.futures.wait(futures, timeout=30.0)
+        assert not pending
+        assert fired.is_set()
+        acks = [f.result(0) for f in futures]  # none raised
+        assert any(ack.spooled for ack in acks), "the crash kept nothing: the test proves nothing"
+        assert pub.stats().crashes == 1
+        pub.publish(envelope()).result(10.0)  # a new thread, which replays the kept events
+        assert pub.drain_spool(30.0), pub.stats()
+    stored = stored_ids(nats_server)
+    assert [str(env.event_id) for env in envs if stored[str(env.event_id)] != 1] == []
