@@ -352,6 +352,7 @@ class NatsPublisher:
                 spooled=spooling.kept if spooling is not None else 0,
                 replayed=spooling.replayed if spooling is not None else 0,
                 spool_events=spooling.pending if spooling is not None else 0,
+                replayed_late=spooling.late if spooling is not None else 0,
             )
 
     def close(self, timeout: float | None = None) -> None:

@@ -61,6 +61,9 @@ class PublisherStats:
     spooled: int = 0
     replayed: int = 0
     spool_events: int = 0
+    #: Replays of events older than JetStream's default duplicate window (2 min): these may be
+    #: stored twice if an earlier attempt reached the stream (each batch is logged as a warning).
+    replayed_late: int = 0
 
 
 class Tally:
