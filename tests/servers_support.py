@@ -1,6 +1,7 @@
 """The machinery behind `test_servers.py` (and `benchmarks/bench_recycle.py`): the example WSGI
 app under a real gunicorn or uWSGI subprocess (own process group, stopped by its own pid, ready
-when its workers say so), concurrent HTTP clients, and reading the stream back."""
+when its workers say so), concurrent HTTP clients, a worker killed mid-load, reading the stream
+back and the spool directory after the server is gone."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from edupulse_events import PublisherConfig
+from edupulse_events._spool_files import spool_files
 from edupulse_events.testing import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,10 +224,16 @@ def publish_once(port: int, wait: bool) -> Reply:
 
 @dataclass
 class Load:
-    """What a run of requests got back, and when."""
+    """What a run of requests got back, and when (`drive` adds each reply as it comes, under ``lock``)."""
 
     replies: list[Reply] = field(default_factory=list)
     seconds: float = 0.0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def since(self, start: int) -> list[Reply]:
+        """The replies from the ``start``-th on, as they are now (safe while `drive` runs)."""
+        with self.lock:
+            return self.replies[start:]
 
     @property
     def ok(self) -> list[Reply]:
@@ -236,25 +245,31 @@ class Load:
 
 
 def drive(
-    port: int, n: int, *, wait: bool, clients: int = CLIENTS, at: tuple[int, Callable[[], object]] | None = None
+    port: int,
+    n: int,
+    *,
+    wait: bool,
+    clients: int = CLIENTS,
+    at: tuple[int, Callable[[], object]] | None = None,
+    load: Load | None = None,
 ) -> Load:
-    """``n`` requests from ``clients`` threads; ``at=(i, action)`` runs ``action`` once, just before request ``i``."""
+    """``n`` requests from ``clients`` threads; ``at=(i, action)`` runs ``action`` once, just before
+    request ``i`` (in that client's thread: the others go on). Replies go to ``load`` (a new one by
+    default) as they come, so an action can watch them."""
     counter = itertools.count()
-    load = Load()
-    lock = threading.Lock()
+    load = Load() if load is None else load
     errors: list[BaseException] = []
 
     def client() -> None:
-        mine: list[Reply] = []
         try:
             while (i := next(counter)) < n:
                 if at is not None and i == at[0]:
                     at[1]()
-                mine.append(publish_once(port, wait))
+                reply = publish_once(port, wait)
+                with load.lock:
+                    load.replies.append(reply)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
             errors.append(exc)
-        with lock:
-            load.replies.extend(mine)
 
     started = time.monotonic()
     threads = [threading.Thread(target=client, name=f"client-{k}") for k in range(clients)]
@@ -266,6 +281,72 @@ def drive(
     if errors:
         raise errors[0]
     return load
+
+
+#: How many events a worker's publisher has sent and not seen acknowledged at most (the example
+#: app sets no window). Sent ones may reach the broker even from a killed process (from the
+#: kernel's socket buffers); the rest of what it accepted is in its memory only.
+WINDOW = PublisherConfig(servers="nats://127.0.0.1:4222", subject=SUBJECT).window
+
+
+@dataclass
+class KillWorker:
+    """A `drive` ``at`` action: SIGKILL a worker (by its pid, from ``X-Worker-Pid``) while its
+    fire-and-forget events certainly live in its memory only, then see its replacement serve.
+
+    It pauses the broker (nothing is acknowledged) and goes on sending fire-and-forget requests,
+    as the other clients do, until one worker (the first to answer after the pause) has answered
+    ``WINDOW + beyond`` of them with a 2xx, so at least ``beyond`` of its events were never sent;
+    SIGKILLs that worker, resumes the broker, and sends requests until a worker born after the
+    kill has answered ``replacement`` of them (however few requests the other clients have left).
+    Its requests count in ``load`` like the others'.
+    """
+
+    port: int
+    nats: NatsServer
+    load: Load
+    beyond: int = 50
+    replacement: int = 20
+    timeout: float = 30.0
+    pid: int | None = None
+    #: The victim's 2xx answers while the broker was paused; how many replies ``load`` held at the kill.
+    accepted: int = 0
+    killed_at: int = 0
+
+    def __call__(self) -> None:
+        with self.load.lock:
+            start = len(self.load.replies)
+        self.nats.pause()
+        try:
+            self._send_until(start, self._victim_full, "the worker answering after the pause")
+            assert self.pid is not None
+            os.kill(self.pid, signal.SIGKILL)
+            with self.load.lock:
+                self.killed_at = len(self.load.replies)
+        finally:
+            self.nats.resume()
+        before = {r.pid for r in self.load.since(0)[: self.killed_at]}
+        self._send_until(
+            self.killed_at,
+            lambda replies: sum(1 for r in replies if r.ok and r.pid not in before) >= self.replacement,
+            f"a worker started after the kill of {self.pid}",
+        )
+
+    def _victim_full(self, replies: list[Reply]) -> bool:
+        if self.pid is None:
+            self.pid = next((r.pid for r in replies if r.ok), None)
+        self.accepted = sum(1 for r in replies if r.ok and r.pid == self.pid)
+        return self.pid is not None and self.accepted >= WINDOW + self.beyond
+
+    def _send_until(self, start: int, done: Callable[[list[Reply]], bool], who: str) -> None:
+        """Send fire-and-forget requests until ``done(replies since start)``, for ``timeout`` s at most."""
+        deadline = time.monotonic() + self.timeout
+        while not done(self.load.since(start)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not enough requests answered by {who} within {self.timeout} s")
+            reply = publish_once(self.port, wait=False)
+            with self.load.lock:
+                self.load.replies.append(reply)
 
 
 # --------------------------------------------------------------------------- the stream
@@ -293,6 +374,17 @@ def wait_stored(nats: NatsServer, count: int, timeout: float = DELIVERY_LAG) -> 
     return time.monotonic() - started
 
 
+def spool_leftovers(directory: Path) -> list[str]:
+    """The spool files in ``directory`` that still hold events (or are in use, or unreadable), one
+    line each; [] when no event is left on disk. Only once no process uses the directory."""
+    return [
+        f"{info.path.name}: {'in use by a live process' if info.owner_alive else f'{info.count} events'}"
+        + (f" ({info.error})" if info.error else "")
+        for info in spool_files(directory)
+        if info.owner_alive or info.error or info.count
+    ]
+
+
 # --------------------------------------------------------------------------- server command lines
 
 
@@ -302,6 +394,15 @@ UWSGI_ACCEPTING = (rf"(?m)^{UWSGI_ACCEPTING_LINE}$", 4)
 UWSGI_APPS = (r"WSGI app \d+ \(mountpoint='[^']*'\) ready in", 4)  # --lazy-apps: one per worker
 #: a worker that reached --max-requests; the master then respawns it
 UWSGI_RECYCLED, UWSGI_RESPAWNED = r"\.\.\.The work of process \d+ is done", r"Respawned uWSGI worker \d+"
+
+
+SPOOL_VARIABLE = "EDUPULSE_EVENT_BROKER_SPOOL"
+#: gunicorn's line for a worker it reaped after a SIGKILL (``{pid}``: the worker's)
+GUNICORN_KILLED = r"Worker \(pid:{pid}\) was sent SIGKILL"
+#: a publisher's line for a dead process's spool file it took over (``{pid}``: the dead one's)
+SPOOL_ADOPTED = r"\[(\d+)\] edupulse_events INFO (\d+) events adopted from \S*/spool-{pid}-\w+\.db"
+#: a publisher's line when it closed with events still in its spool file
+SPOOL_LEFT = r"\[(\d+)\] edupulse_events WARNING (\d+) events wait in the spool (\S+)"
 
 
 def server_env(nats: NatsServer) -> dict[str, str]:

@@ -3,7 +3,8 @@
 gunicorn and uWSGI run as subprocesses on 127.0.0.1 (each in its own process group, stopped by
 its own pid), concurrent HTTP clients publish through them, and the stream is read back: every
 2xx answer's event is stored exactly once, through worker recycling, reloads and graceful stops,
-for views that wait for the ack (201) and fire-and-forget ones (202).
+for views that wait for the ack (201) and fire-and-forget ones (202), and through a SIGKILLed
+worker when the publishers spool to disk (without a spool that worker's events are lost: the control).
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ import re
 import signal
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Mapping
 from pathlib import Path
 
 import pytest
 from helpers import read_stream
 from servers_support import (
+    CLIENTS,
     DELIVERY_LAG,
+    GUNICORN_KILLED,
     GUNICORN_WORKERS,
     HAVE_GUNICORN,
     REQUESTS,
+    SPOOL_ADOPTED,
+    SPOOL_LEFT,
+    SPOOL_VARIABLE,
     STOP_TIMEOUT,
     STREAM,
     UWSGI,
@@ -30,12 +36,15 @@ from servers_support import (
     UWSGI_APPS,
     UWSGI_RECYCLED,
     UWSGI_RESPAWNED,
+    WINDOW,
+    KillWorker,
     Load,
     Serve,
     WsgiServer,
     drive,
     gunicorn_argv,
     server_env,
+    spool_leftovers,
     stored_count,
     uwsgi_argv,
     wait_stored,
@@ -54,6 +63,12 @@ needs_gunicorn = pytest.mark.skipif(
 needs_uwsgi = pytest.mark.skipif(
     UWSGI is None, reason="uwsgi is not installed (pip install -e '.[test]' builds it; it needs a C compiler)"
 )
+
+
+def missing_events(nats: NatsServer, load: Load) -> list[str]:
+    """The event ids of 2xx answers that the stream does not hold."""
+    stored = {m.headers.get("Nats-Msg-Id", "") for m in read_stream(nats.url, STREAM, timeout=30.0)}
+    return [r.event_id or "" for r in load.ok if r.event_id not in stored]
 
 
 def check_stream(nats: NatsServer, load: Load, *, every_request_ok: bool) -> None:
@@ -78,11 +93,12 @@ def check_stream(nats: NatsServer, load: Load, *, every_request_ok: bool) -> Non
 
 @pytest.fixture
 def serve(nats_server: NatsServer, tmp_path: Path) -> Iterator[Serve]:
-    """Factory: ``serve("gunicorn" | "uwsgi", *options)`` starts the example app under that server
-    (ready: every worker spawned, ``/health`` answers); every server is stopped at teardown."""
+    """Factory: ``serve("gunicorn" | "uwsgi", *options, env={...})`` starts the example app under that
+    server (``env``: variables added to its environment; ready: every worker spawned, ``/health``
+    answers); every server is stopped at teardown."""
     servers: list[WsgiServer] = []
 
-    def start(kind: str, *options: str) -> WsgiServer:
+    def start(kind: str, *options: str, env: Mapping[str, str] | None = None) -> WsgiServer:
         port = free_port()
         if kind == "gunicorn":
             argv, ready = gunicorn_argv(port, *options), [GUNICORN_WORKERS]
@@ -93,7 +109,7 @@ def serve(nats_server: NatsServer, tmp_path: Path) -> Iterator[Serve]:
             if "--lazy-apps" in options:
                 ready.append(UWSGI_APPS)
         log = tmp_path / f"{kind}-{len(servers)}.log"
-        server = WsgiServer(argv, server_env(nats_server), port, log, ready, fifo)
+        server = WsgiServer(argv, {**server_env(nats_server), **(env or {})}, port, log, ready, fifo)
         servers.append(server)
         return server.start()
 
@@ -104,25 +120,26 @@ def serve(nats_server: NatsServer, tmp_path: Path) -> Iterator[Serve]:
             server.stop()
 
 
-def assert_publishers_closed(server: WsgiServer, load: Load) -> None:
-    """Each worker that served a request closed its publisher at exit, every event acknowledged."""
+def assert_publishers_closed(server: WsgiServer, load: Load, killed: Collection[int] = ()) -> None:
+    """Each worker that served a request (but the ``killed`` ones) closed its publisher at exit,
+    every event acknowledged."""
     log = server.log_text()
     closed = re.findall(
         r"\[(\d+)\] edupulse_events \w+ publisher closed: \d+ events acknowledged, 0 failed, none left", log
     )
-    assert load.pids <= {int(pid) for pid in closed}, log
+    assert load.pids - set(killed) <= {int(pid) for pid in closed}, log
 
 
-def stop_cleanly(server: WsgiServer, load: Load) -> None:
-    """A graceful stop: the master exits 0, each worker's exit hook closed its publisher with every
-    event acknowledged, and the library logged no error."""
+def stop_cleanly(server: WsgiServer, load: Load, killed: Collection[int] = ()) -> None:
+    """A graceful stop: the master exits 0, each worker's exit hook (but those of the ``killed``
+    ones) closed its publisher with every event acknowledged, and the library logged no error."""
     server.begin_graceful_stop()
     code = server.wait_exit(STOP_TIMEOUT)
     log = server.log_text()
     assert code == 0, f"exit code {code}:\n{log}"
     problems = [line for line in log.splitlines() if re.search(r"edupulse_events (ERROR|CRITICAL)|Traceback", line)]
     assert not problems, "\n".join(problems) + "\n" + log
-    assert_publishers_closed(server, load)
+    assert_publishers_closed(server, load, killed)
 
 
 def run_steady(server: WsgiServer, nats: NatsServer, wait: bool, n: int = REQUESTS) -> Load:
@@ -190,6 +207,65 @@ def test_gunicorn_sigterm_during_load_stores_every_answered_event(
     assert REQUESTS // 3 < len(load.ok) < REQUESTS, f"the stop did not land during the load: {len(load.ok)} 2xx"
     assert_publishers_closed(server, load)
     check_stream(nats_server, load, every_request_ok=False)
+
+
+#: A third of the way in, the kill's pause takes ~WINDOW + 50 of the victim's requests (~1,200 in
+#: all): some load is left after it.
+KILL_REQUESTS = 3 * REQUESTS
+LEFT_IN_SPOOL = (
+    "events were left on disk after the graceful stop: a worker (the replacement that adopted the killed "
+    "worker's file?) exited without delivering spooled events; they wait for the next start in that directory"
+)
+
+
+def run_with_killed_worker(
+    serve: Serve, nats: NatsServer, env: Mapping[str, str] | None = None
+) -> tuple[WsgiServer, KillWorker]:
+    """gunicorn, 4 sync workers, fire-and-forget load; a third of the way in one worker is SIGKILLed
+    with events in its memory only (`KillWorker`), gunicorn respawns it and the load goes on (the
+    replacement serves requests); then a graceful stop. Returns the server and the kill (``kill.load``:
+    the replies)."""
+    server = serve("gunicorn", env=env)
+    kill = KillWorker(server.port, nats, Load())
+    load = drive(server.port, KILL_REQUESTS, wait=False, at=(KILL_REQUESTS // 3, kill), load=kill.load)
+    assert kill.pid is not None
+    killed = GUNICORN_KILLED.format(pid=kill.pid)
+    server.wait_log(lambda: server.log_count(killed) == 1, f"gunicorn reaping the SIGKILLed worker {kill.pid}")
+    assert server.log_count(GUNICORN_WORKERS[0]) == 5, f"one worker booted in place of {kill.pid}"
+    stop_cleanly(server, load, killed={kill.pid})
+    return server, kill
+
+
+@needs_gunicorn
+def test_gunicorn_sigkilled_worker_with_spool_loses_nothing(
+    serve: Serve, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """With a spool, a worker SIGKILLed mid-load: its replacement adopts its file; every 2xx stored once, none left."""
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    server, kill = run_with_killed_worker(serve, nats_server, {SPOOL_VARIABLE: str(spool)})
+    server_log = server.log_text()
+    left_on_exit = re.findall(SPOOL_LEFT, server_log)
+    leftovers = spool_leftovers(spool)
+    assert not left_on_exit, f"{LEFT_IN_SPOOL}: {left_on_exit}\n{server_log}"
+    assert not leftovers, f"{LEFT_IN_SPOOL}: {leftovers}\n{server_log}"
+    adopted = re.findall(SPOOL_ADOPTED.format(pid=kill.pid), server_log)
+    assert len(adopted) == 1, f"the killed worker's spool file was adopted {len(adopted)} times:\n{server_log}"
+    # answered while nothing could be acknowledged (but the few requests already running at the pause)
+    assert int(adopted[0][1]) >= kill.accepted - CLIENTS, (
+        f"{adopted[0][1]} events adopted; the worker had answered {kill.accepted} with the broker paused"
+    )
+    check_stream(nats_server, kill.load, every_request_ok=False)
+
+
+@needs_gunicorn
+def test_gunicorn_sigkilled_worker_without_spool_loses_events(serve: Serve, nats_server: NatsServer) -> None:
+    """Control for the spool test: without a spool, the same SIGKILL loses the worker's fire-and-forget events."""
+    _, kill = run_with_killed_worker(serve, nats_server)
+    missing = missing_events(nats_server, kill.load)
+    assert missing, f"no 2xx event is missing after a SIGKILL with {kill.accepted - WINDOW}+ events in memory"
+    victims = {r.event_id for r in kill.load.ok if r.pid == kill.pid}
+    assert set(missing) <= victims, f"events of live workers are missing: {sorted(set(missing) - victims)[:10]}"
 
 
 # --------------------------------------------------------------------------- uWSGI
