@@ -26,15 +26,21 @@ def log_closed(
     """Log the closing summary; ``abandoned``: failed by close() itself; ``failed_before``: the
     ids of events that failed earlier (possibly including ``abandoned`` ones, left out here);
     ``spooling``: the spool (closed), whose events left on disk the next publisher there sends."""
-    if spooling is not None and spooling.store.count:
-        log.warning(
-            "%d events wait in the spool %s: the next publisher there sends them",
-            spooling.store.count,
-            spooling.store.path,
-        )
+    waiting = spooling.store.count if spooling is not None else 0
     given_up = set(abandoned)
     earlier = [event_id for event_id in failed_before if event_id not in given_up]
-    if not abandoned and not earlier:
+    if waiting and spooling is not None:
+        log.warning(
+            "publisher closed: %d events acknowledged, %d failed; %d wait in the spool %s (the next publisher "
+            "there sends them)",
+            stats.acknowledged,
+            stats.failed,
+            waiting,
+            spooling.store.path,
+        )
+        if not abandoned and not earlier:
+            return
+    elif not abandoned and not earlier:
         log.info(
             "publisher closed: %d events acknowledged, %d failed, none left undelivered",
             stats.acknowledged,

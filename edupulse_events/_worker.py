@@ -345,7 +345,7 @@ class Worker:
         window, window_bytes = self.config.window, self.config.window_bytes
         while True:
             wake.clear()
-            if self.aborted or (self._stopping and not len(queue) and not out.count):
+            if self.aborted or (self._stopping and not len(queue) and not out.count and not self._replaying()):
                 return
             if len(queue) or out.count:
                 self.attempts.schedule_sweep()
@@ -361,7 +361,7 @@ class Worker:
             room = window - out.count
             fresh = queue.take(room, window_bytes - out.nbytes, not out.count) if room > 0 else []
             spooling = self.spooling
-            if spooling is not None and spooling.replay_pending and not retries and not self._stopping:
+            if spooling is not None and spooling.replay_pending and not retries:
                 spare = min(room - len(fresh), self._half_window or 1)  # new events first: never starved
                 if spare > 0:
                     fresh = [*fresh, *spooling.claim(spare)]
@@ -384,6 +384,12 @@ class Worker:
             self.batches += 1
             await self._sender.send(batch)
             self._in_hand = ()
+
+    def _replaying(self) -> bool:
+        """Spooled events (own or adopted) wait to be sent and the broker is up: a stop delivers
+        them too, within close()'s deadline (with the broker away they are safe where they are)."""
+        spooling = self.spooling
+        return spooling is not None and spooling.replay_pending and self._connected
 
     def wake_loop(self) -> None:
         """On the loop: let the drain loop look again (retries ready, room, a state change)."""

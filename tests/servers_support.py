@@ -402,7 +402,7 @@ GUNICORN_KILLED = r"Worker \(pid:{pid}\) was sent SIGKILL"
 #: a publisher's line for a dead process's spool file it took over (``{pid}``: the dead one's)
 SPOOL_ADOPTED = r"\[(\d+)\] edupulse_events INFO (\d+) events adopted from \S*/spool-{pid}-\w+\.db"
 #: a publisher's line when it closed with events still in its spool file
-SPOOL_LEFT = r"\[(\d+)\] edupulse_events WARNING (\d+) events wait in the spool (\S+)"
+SPOOL_LEFT = r"\[(\d+)\] edupulse_events WARNING publisher closed: .*?(\d+) wait in the spool (\S+)"
 
 
 def server_env(nats: NatsServer) -> dict[str, str]:
