@@ -218,7 +218,7 @@ def _purge(args: argparse.Namespace) -> int:
             return 0
     from ._spool_files import purge
 
-    deleted = purge(directory)
+    deleted = purge(directory, only={info.path for info in orphans})  # what was confirmed, nothing newer
     gone = [info.path.name for info in orphans if not info.path.exists()]
     print(f"deleted {_n(deleted, 'event')} in {_n(len(gone), 'file')}: {', '.join(gone) or '-'}")
     return 0

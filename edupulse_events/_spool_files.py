@@ -28,6 +28,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 import attrs
@@ -303,11 +304,14 @@ def spool_files(directory: str | os.PathLike[str]) -> list[SpoolFileInfo]:
     return infos
 
 
-def purge(directory: str | os.PathLike[str]) -> int:
-    """Delete the spool files whose owner is gone (taking their lock first); returns the events deleted."""
+def purge(directory: str | os.PathLike[str], only: Collection[Path] | None = None) -> int:
+    """Delete the spool files whose owner is gone (taking their lock first); returns the events deleted.
+    ``only``: delete none but these (what a user confirmed; a process that died since is left alone)."""
     root = Path(directory)
     deleted = 0
     for db in orphan_dbs(root):
+        if only is not None and db not in only:
+            continue
         fd = claim(db)
         if fd is None:
             continue
