@@ -307,7 +307,9 @@ class Worker:
         """nats-py closed the connection for good (e.g. after a server -ERR): build a new one."""
         if self._stopping:
             return
+        verified = self.transport.stream_verified
         self.transport = self._new_transport()
+        self.transport.stream_verified = verified
         self.supervisor.spawn(self._connect_forever())
 
     def _state_changed(self, connected: bool) -> None:

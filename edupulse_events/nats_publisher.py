@@ -66,6 +66,7 @@ class NatsPublisher:
         self._router = Router(config.subject)
         self._telemetry = telemetry_for(config, self.stats)
         self._name = f"edupulse-publisher-{next(_names)}"
+        self._stream_verified = False  # check() or a thread found the stream: later connections skip it
         self._reset()
         _live.add(self)
 
@@ -154,19 +155,22 @@ class NatsPublisher:
     def check(self, timeout: float | None = None) -> None:
         """Connect to the broker once and close again, without starting the publisher thread:
         raises `BrokerError` saying why publishing could not work (unreachable, credentials or
-        certificate refused, no such stream, a stream that does not capture the subject).
-
-        Nothing stays behind, so a pre-fork server's master can call it at import, before it
-        forks workers that each connect on their first ``publish()``. Waits at most
-        ``timeout`` (default ``connect_timeout``).
-        """
+        certificate refused, no such stream, a stream that does not capture the subject). Nothing
+        stays behind, so a pre-fork server's master can call it at import, before it forks
+        workers that each connect on their first ``publish()``. Waits at most ``timeout``
+        (default ``connect_timeout``); the stream is not asked again by this publisher's threads."""
         check_broker(self._config, self._config.connect_timeout if timeout is None else timeout)
+        self._stream_verified = True
 
     def _new_worker(self) -> Worker:
         refuse_threadless_uwsgi()
         if self._config.spool_dir is not None and self._spooling is None:
             self._spooling = Spooling(self._config, self._futures_condition)  # adopts dead processes' files
-        return Worker(self._config, self._queue, self, self._name, self._telemetry, self._spooling)
+        worker = Worker(self._config, self._queue, self, self._name, self._telemetry, self._spooling)
+        last = self._last_worker
+        if self._stream_verified or (last is not None and last.transport.stream_verified):
+            worker.transport.stream_verified = self._stream_verified = True
+        return worker
 
     def _run(self, worker: Worker) -> None:
         """With the lock held: ``worker`` is the running thread."""
@@ -378,10 +382,7 @@ class NatsPublisher:
         if self._spooling is not None:
             self._spooling.close()  # its file stays if it holds events: the next publisher there adopts it
         if ever_used:
-            last = self._last_worker
-            failed_before = [*self._failed_ids, *self._tally.failed_ids]
-            if last is not None:
-                failed_before += list(last.outstanding.failed_ids)  # one C call: not mutated mid-copy
+            failed_before = self._tally.failed_before(self._failed_ids, self._last_worker)
             log_closed(self.stats(), abandoned, failed_before, self._spooling)
 
     def _fail(self, items: list[Item], crash: PublisherCrashed | None) -> list[str]:

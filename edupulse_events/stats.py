@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import collections
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 import attrs
@@ -87,6 +87,13 @@ class Tally:
         self.duplicates += out.duplicates
         add(self.failures, dict(out.failures))  # a copy: the publisher thread may be adding keys
         self.failed_ids.extend(list(out.failed_ids))  # one C call: no list mutated mid-copy
+
+    def failed_before(self, own: Iterable[str], worker: Worker | None) -> list[str]:
+        """Ids of failed events: ``own`` (the publisher's), these threads', the running one's."""
+        ids = [*own, *self.failed_ids]
+        if worker is not None:
+            ids += list(worker.outstanding.failed_ids)  # one C call: not mutated mid-copy
+        return ids
 
     def with_thread(self, worker: Worker | None) -> Tally:
         """These counters plus those of the running thread ``worker`` (a new `Tally`, without ids)."""

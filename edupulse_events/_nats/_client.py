@@ -172,6 +172,13 @@ class NatsTransport:
         self._fatal: asyncio.Future[BaseException] | None = None
         self.max_payload: int | None = None
         self._closing = False
+        #: The configured stream was found (or made) capturing the subject: by this connection, or
+        #: by an earlier one of the same publisher (its check(), a thread before a crash, the
+        #: process it was forked from). Not asked again: one request less per pre-fork worker; a
+        #: stream that went missing since is found by the first publish ("no responders").
+        self.stream_verified = False
+        #: Only check what a publisher needs (`check_broker`): no ack inbox, no path probe.
+        self.check_only = False
 
     @property
     def path(self) -> str | None:
@@ -287,9 +294,11 @@ class NatsTransport:
             raise BrokerError(f"could not connect to {cfg.redacted_servers}: {_describe(exc, tls_given)}") from exc
         self.max_payload = self._nc.max_payload
         try:
-            await self._choose_path()
-            if cfg.stream is not None:
+            if not self.check_only:
+                await self._choose_path()
+            if cfg.stream is not None and not self.stream_verified:
                 await ensure_stream(self._nc, cfg)
+                self.stream_verified = True
         except BrokerError:
             await self.close(1.0)
             raise
@@ -392,6 +401,7 @@ def check_broker(config: PublisherConfig, timeout: float) -> None:
 
     async def check() -> None:
         transport = NatsTransport(config, lambda _acks: None, lambda _up: None, lambda: None)
+        transport.check_only = True
         await transport.connect(timeout)
         await transport.close(1.0)
 
