@@ -10,7 +10,7 @@ import pytest
 from helpers import envelope
 from nats.js.api import StreamConfig
 
-from edupulse_events import BrokerError, NatsPublisher
+from edupulse_events import BrokerError, EventRejected, NatsPublisher, PublisherConfig
 from edupulse_events._nats._streams import subject_covered
 from edupulse_events.testing import NatsServer
 
@@ -65,3 +65,27 @@ def test_templated_subject_is_covered_by_a_wildcard_stream(nats_server: NatsServ
     add_stream(nats_server.url, "ALL", ["edupulse.>"])
     with NatsPublisher.connect(nats_server.url, "edupulse.{tenant}.{type}", stream="ALL") as pub:
         assert pub.publish(envelope()).result(timeout=10).stream == "ALL"
+
+
+def delete_stream(url: str, name: str) -> None:
+    async def delete() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().delete_stream(name)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
+def test_a_stream_deleted_after_check_fails_the_first_publish_not_silently(nats_server: NatsServer) -> None:
+    """check() found the stream, so the thread's connect does not ask again; deleted since: publish fails, says why."""
+    add_stream(nats_server.url, "GONE", ["edupulse.events"])
+    pub = NatsPublisher(PublisherConfig(servers=nats_server.url, subject="edupulse.events", stream="GONE"))
+    try:
+        pub.check()
+        delete_stream(nats_server.url, "GONE")
+        with pytest.raises(EventRejected, match="no JetStream stream captures subject"):
+            pub.publish(envelope()).result(timeout=10)
+    finally:
+        pub.close(5.0)
