@@ -156,7 +156,11 @@ def _buffered(v: Any, path: str, depth: int) -> None:
 
 
 def slow_event(entry: EventType, o: Any, path: str) -> Any:
-    """The ``entry`` event in parsed JSON ``o`` (at ``path``), as serde reads it."""
+    """The ``entry`` event in parsed JSON ``o`` (at ``path``), as serde reads it. Not from an array:
+    the payload is the content of an adjacently tagged enum's struct variant, which serde refuses
+    as a sequence (unlike a plain struct: the envelope, ``data``, ``created_at``)."""
+    if type(o) is list:
+        _fail(path, "invalid type: sequence, expected struct variant")
     f = _struct(o, path, tuple(fs.name for fs in entry.fields), entry.name)
     kwargs = {fs.alias: _field(f, fs.name, fs.wire, path) for fs in entry.fields}
     try:

@@ -225,6 +225,20 @@ REJECTED: list[tuple[str, str, str]] = [
         ),
         "$.data.payload['x']: number out of range",
     ),
+    (
+        "payload as an array (serde: a struct variant is never read from a sequence)",
+        sub(PAYLOAD, '["' + U + '","00000000-0000-0000-0000-000000000000",100]'),
+        "$.data.payload: invalid type: sequence, expected struct variant",
+    ),
+    (
+        "payload as an array inside data as an array",
+        sub(
+            '{"type":"PaymentProcessed","payload":' + PAYLOAD + "}",
+            '["PaymentProcessed",["' + U + '","00000000-0000-0000-0000-000000000000",100]]',
+        ),
+        "$.data.payload: invalid type: sequence, expected struct variant",
+    ),
+    ("empty payload array", sub(PAYLOAD, "[]"), "$.data.payload: invalid type: sequence, expected struct variant"),
     ("top level null", "null", "$: expected EventEnvelope object, got null"),
     ("top level string", '"x"', "$: expected EventEnvelope object, got string 'x'"),
     ("envelope array too short", "[]", "$: EventEnvelope as an array needs exactly 7 elements, got 0"),
