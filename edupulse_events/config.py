@@ -183,6 +183,10 @@ class PublisherConfig:
     #: How long the interpreter-exit hook waits for unresolved events.
     exit_timeout: float = attrs.field(default=5.0, validator=seconds_validator("exit_timeout"))
     client_name: str = "edupulse_events"
+    #: CloudEvents binary-mode headers beside every body (``ce-id``, ``ce-type``, ...; see
+    #: `_cloudevents`), with ``ce-source`` = ``cloudevents_source``.
+    cloudevents: bool = False
+    cloudevents_source: str = "urn:edupulse:events"
     #: A directory for the durable spool (None: no spool). See `spool_mode` and the README.
     spool_dir: str | None = None
     #: ``"write-ahead"``: every event is on disk before publish() returns, removed once
@@ -208,6 +212,10 @@ class PublisherConfig:
             raise ConfigError(f"tls must be an ssl.SSLContext, got {type(self.tls).__name__}")
         self._check_auth()
         self._check_spool()
+        if self.cloudevents:
+            from ._cloudevents import check_source
+
+            check_source(self.cloudevents_source)
         if self.retry.attempt_timeout > self.delivery_timeout:
             raise ConfigError(
                 f"retry.attempt_timeout ({self.retry.attempt_timeout}) "

@@ -24,11 +24,12 @@ import weakref
 from typing import Any
 
 from ._closing import log_closed
+from ._cloudevents import router_for
 from ._nats import check_broker
 from ._otel import telemetry_for
 from ._outstanding import undelivered
 from ._queue import BatchQueue
-from ._routing import Item, Router
+from ._routing import Item
 from ._spooling import Spooling
 from ._worker import Worker, refuse_threadless_uwsgi
 from .config import PublisherConfig
@@ -63,7 +64,7 @@ class NatsPublisher:
             raise TypeError(f"NatsPublisher takes a PublisherConfig, got {type(config).__name__}")
         self._config = config
         self._publish_timeout = config.publish_timeout  # read on every publish()
-        self._router = Router(config.subject)
+        self._router = router_for(config)
         self._telemetry = telemetry_for(config, self.stats)
         self._name = f"edupulse-publisher-{next(_names)}"
         self._stream_verified = False  # check() or a thread found the stream: later connections skip it
@@ -327,8 +328,7 @@ class NatsPublisher:
         if in_worker_thread():
             raise DeadlockError("drain_spool() called from a publisher's own thread would wait forever")
         self._ensure_worker()  # a publisher that never published opens the spool and adopts now
-        spooling = self._spooling
-        return True if spooling is None else spooling.wait_empty(timeout)
+        return True if self._spooling is None else self._spooling.wait_empty(timeout)
 
     def stats(self) -> PublisherStats:
         """A snapshot of this publisher's counters."""

@@ -1,0 +1,104 @@
+"""CloudEvents on the wire (`PublisherConfig.cloudevents`): the binary content mode's headers
+beside every body, so CloudEvents consumers read our messages unchanged (NATS headers carry the
+attributes as the HTTP binding does: ``ce-`` names, values percent-encoded where not plain).
+
+==========================  ============================================================
+``ce-specversion``          ``1.0``
+``ce-id``                   the event_id
+``ce-source``               ``cloudevents_source`` (a URI-reference; default ``urn:edupulse:events``)
+``ce-type``                 the event type name, as the wire's ``data.type`` (``LessonPublished``)
+``ce-time``                 ``created_at`` in RFC 3339, UTC, with its nanoseconds
+``ce-subject``              the NATS subject the event is published to (percent-encoded)
+``ce-tenantid``             the tenant id (absent when None)
+``ce-correlationid``        the correlation id (absent when None)
+``ce-causationid``          the causation id (absent when None)
+``ce-personallyidentifiable``  ``true`` / ``false``
+``content-type``            ``application/json`` (the body is the envelope as ever)
+==========================  ============================================================
+
+`CloudEventsRouter` adds them; publishers without the option use the plain `Router` and pay
+nothing for it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import threading
+from urllib.parse import quote
+
+from ._routing import Item, Router, tenant_token
+from .config import PublisherConfig
+from .envelope import EventEnvelope
+from .errors import ConfigError, InvalidEvent
+from .events import event_type_name
+
+__all__ = ["DEFAULT_SOURCE", "CloudEventsRouter", "check_source", "router_for"]
+
+DEFAULT_SOURCE = "urn:edupulse:events"
+_SOURCE = re.compile(r"[!-~]+")  # printable ASCII, no spaces: a URI-reference fits in one header line
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def check_source(source: str) -> None:
+    """`ConfigError` unless ``source`` can be a ``ce-source`` header (a non-empty URI-reference)."""
+    if not isinstance(source, str) or not _SOURCE.fullmatch(source):
+        raise ConfigError(f"cloudevents_source must be a non-empty URI-reference without spaces, got {source!r}")
+
+
+def router_for(config: PublisherConfig) -> Router:
+    """The plain `Router`, or a `CloudEventsRouter` when ``config.cloudevents``."""
+    if config.cloudevents:
+        return CloudEventsRouter(config.subject, config.cloudevents_source)
+    return Router(config.subject)
+
+
+def _time(secs: int, nanos: int) -> str:
+    stamp = _EPOCH + datetime.timedelta(seconds=secs)
+    return f"{stamp:%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
+
+
+def _id(value: object) -> str:
+    return quote(str(value), safe="-:.")
+
+
+class CloudEventsRouter(Router):
+    """A `Router` whose header blocks also carry the CloudEvents attributes."""
+
+    def __init__(self, subject_template: str, source: str) -> None:
+        super().__init__(subject_template)
+        check_source(source)
+        self._source = source.encode()
+
+    def prepare(
+        self,
+        envelope: EventEnvelope,
+        max_payload: int | None,
+        condition: threading.Condition | None = None,
+    ) -> Item:
+        item = super().prepare(envelope, max_payload, condition)
+        lines = [
+            b"ce-specversion: 1.0",
+            b"ce-id: " + item.event_id.encode(),
+            b"ce-source: " + self._source,
+            b"ce-type: " + event_type_name(envelope.data).encode(),
+            b"ce-time: " + _time(envelope.created_at.secs, envelope.created_at.nanos).encode(),
+            b"ce-subject: " + _id(item.subject.decode()).encode(),  # its % too: consumers percent-decode
+        ]
+        if envelope.tenant_id is not None:
+            lines.append(b"ce-tenantid: " + tenant_token(envelope.tenant_id).encode())
+        if envelope.correlation_id is not None:
+            lines.append(b"ce-correlationid: " + _id(envelope.correlation_id).encode())
+        if envelope.causation_id is not None:
+            lines.append(b"ce-causationid: " + _id(envelope.causation_id).encode())
+        lines.append(b"ce-personallyidentifiable: " + (b"true" if envelope.personally_identifiable else b"false"))
+        lines.append(b"content-type: application/json")
+        extra = b"\r\n".join(lines) + b"\r\n\r\n"
+        item.headers = item.headers[:-2] + extra  # the block ends with its blank line
+        item.size = len(item.headers) + len(item.payload)
+        if max_payload is not None and item.size > max_payload:
+            raise InvalidEvent(
+                f"event {item.event_id} is {item.size} bytes with headers, "
+                f"more than the server's max_payload of {max_payload} bytes"
+            )
+        return item
