@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
-    import servers_support as servers
+    import servers_support as clients
+    import wsgi_servers as servers
     from _common import machine, write_json
 
     from edupulse_events.testing import NatsServer, free_port
@@ -64,7 +65,7 @@ def main() -> None:
                         server.start()
                         try:
                             started = time.perf_counter()
-                            load = servers.drive(port, args.requests, wait=True)
+                            load = clients.drive(port, args.requests, wait=True)
                             elapsed = time.perf_counter() - started
                         finally:
                             server.stop()

@@ -1,14 +1,16 @@
-"""Shared fixtures: real nats-server processes from edupulse_events.testing, always cleaned up."""
+"""Shared fixtures: real nats-server processes from edupulse_events.testing, and spool factories; all cleaned up."""
 
 from __future__ import annotations
 
 import os
 import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edupulse_events._spool import Spool
 from edupulse_events.testing import NatsCluster, NatsServer, nats_server_binary
 
 
@@ -87,3 +89,17 @@ def no_leftover_threads() -> Iterator[None]:
     yield
     extra = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert not extra, f"threads left behind: {extra}"
+
+
+@pytest.fixture
+def spools() -> Iterator[Callable[..., Spool]]:
+    """Factory: ``spools(directory, max_bytes=1 GiB)``; every spool is closed at teardown (rows left stay)."""
+    made: list[Spool] = []
+
+    def factory(directory: Path, max_bytes: int = 1 << 30) -> Spool:
+        made.append(Spool(directory, max_bytes=max_bytes))
+        return made[-1]
+
+    yield factory
+    for spool in made:
+        spool.close()
