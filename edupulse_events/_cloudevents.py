@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import datetime
 import re
-import threading
 from urllib.parse import quote
 
-from ._routing import Item, Router, tenant_token
+from ._routing import Router, tenant_token
 from .config import PublisherConfig
 from .envelope import EventEnvelope
-from .errors import ConfigError, InvalidEvent
-from .events import event_type_name
+from .errors import ConfigError
 
 __all__ = ["DEFAULT_SOURCE", "CloudEventsRouter", "check_source", "router_for"]
 
@@ -70,20 +68,17 @@ class CloudEventsRouter(Router):
         check_source(source)
         self._source = source.encode()
 
-    def prepare(
-        self,
-        envelope: EventEnvelope,
-        max_payload: int | None,
-        condition: threading.Condition | None = None,
-    ) -> Item:
-        item = super().prepare(envelope, max_payload, condition)
+    def headers(self, envelope: EventEnvelope, payload: bytes, type_name: str) -> bytes:
+        """`Router.headers`, then the CloudEvents attributes (`Router.prepare` checks the size)."""
+        block = super().headers(envelope, payload, type_name)
         lines = [
             b"ce-specversion: 1.0",
-            b"ce-id: " + item.event_id.encode(),
+            b"ce-id: " + payload[13:49],  # the event_id (Router.headers checked the layout)
             b"ce-source: " + self._source,
-            b"ce-type: " + event_type_name(envelope.data).encode(),
+            b"ce-type: " + type_name.encode(),
             b"ce-time: " + _time(envelope.created_at.secs, envelope.created_at.nanos).encode(),
-            b"ce-subject: " + _id(item.subject.decode()).encode(),  # its % too: consumers percent-decode
+            # its % too: consumers percent-decode
+            b"ce-subject: " + _id(self.subject(envelope, type_name).decode()).encode(),
         ]
         if envelope.tenant_id is not None:
             lines.append(b"ce-tenantid: " + tenant_token(envelope.tenant_id).encode())
@@ -93,12 +88,4 @@ class CloudEventsRouter(Router):
             lines.append(b"ce-causationid: " + _id(envelope.causation_id).encode())
         lines.append(b"ce-personallyidentifiable: " + (b"true" if envelope.personally_identifiable else b"false"))
         lines.append(b"content-type: application/json")
-        extra = b"\r\n".join(lines) + b"\r\n\r\n"
-        item.headers = item.headers[:-2] + extra  # the block ends with its blank line
-        item.size = len(item.headers) + len(item.payload)
-        if max_payload is not None and item.size > max_payload:
-            raise InvalidEvent(
-                f"event {item.event_id} is {item.size} bytes with headers, "
-                f"more than the server's max_payload of {max_payload} bytes"
-            )
-        return item
+        return block[:-2] + b"\r\n".join(lines) + b"\r\n\r\n"  # the block ends with its blank line

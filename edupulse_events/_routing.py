@@ -136,8 +136,7 @@ class Router:
             )
         return subject
 
-    @staticmethod
-    def headers(envelope: EventEnvelope, payload: bytes, type_name: str) -> bytes:
+    def headers(self, envelope: EventEnvelope, payload: bytes, type_name: str) -> bytes:
         """The header block for ``envelope``, whose encoded body ``payload`` begins
         ``{"event_id":"…","causation_id":null|"…","correlation_id":null|"…"``: the ids are
         copied from there."""

@@ -41,8 +41,9 @@ def test_headers_carry_the_envelopes_ids_tenant_and_flag(
             data, causation_id=causation, correlation_id=correlation, tenant_id=tenant, personally_identifiable=pii
         )
         type_name = type(data).__name__
-        item = Router("edupulse.events").prepare(env, None)
-        assert item.headers == Router.headers(env, encode(env), type_name) == expected_headers(env, type_name)
+        router = Router("edupulse.events")
+        item = router.prepare(env, None)
+        assert item.headers == router.headers(env, encode(env), type_name) == expected_headers(env, type_name)
         assert item.event_id == str(env.event_id)
         assert item.payload == encode(env)
         assert item.size == len(item.headers) + len(item.payload)
