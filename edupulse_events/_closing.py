@@ -1,23 +1,49 @@
-"""What a publisher says when it closes: how many events it delivered, and the ids (never the
+"""What a publisher does with what it still holds when it closes or its thread crashes
+(`fail_taken`), and what it says when it closes: how many events it delivered, and the ids (never the
 payloads) of every event it did not — those close() gave up on, and those that failed earlier
 (a deadline, a refusal, a crash), which fire-and-forget callers never looked at. Ids go 500 to a
 line, so log pipelines keep each line whole."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ._outstanding import undelivered
+from .errors import PublisherCrashed
 from .stats import PublisherStats
 
 if TYPE_CHECKING:
+    from ._routing import Item
     from ._spooling import Spooling
 
-__all__ = ["log_closed"]
+__all__ = ["fail_taken", "log_closed"]
 
 log = logging.getLogger("edupulse_events")
 IDS_PER_LINE = 500
+
+
+def fail_taken(
+    items: Iterable[Item], crash: PublisherCrashed | None, spooling: Spooling | None
+) -> tuple[list[str], str, int]:
+    """Fail events a publisher took back from its queue (at close() or after a crash): with the
+    crash's error, or `PublisherClosed`; a spool keeps the transient ones instead. Returns the
+    ids failed, their error's class name, and how many the spool kept."""
+    pairs: list[tuple[Item, BaseException]] = [(item, undelivered(item, crash, "sent")) for item in items]
+    kept = 0
+    if spooling is not None and pairs:
+        pairs, kept = spooling.keep(pairs)
+    ids, name = [], ""
+    for item, error in pairs:
+        try:
+            item.future.set_exception(error)
+        except concurrent.futures.InvalidStateError:
+            continue
+        ids.append(item.event_id)
+        name = type(error).__name__
+    return ids, name, kept
 
 
 def log_closed(

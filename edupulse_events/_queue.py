@@ -14,6 +14,7 @@ import collections
 import queue
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["BatchQueue", "Queued"]
@@ -83,6 +84,49 @@ class BatchQueue(Generic[Q]):
             item.deadline = time.monotonic() + self.ttl
             self.accepted += 1
             self._items.append(item)
+        finally:
+            mutex.release()
+
+    def put_many(self, items: Sequence[Q], timeout: float, wake: Callable[[], None]) -> int:
+        """Add ``items`` in order under as few lock acquisitions as room allows (one, when they
+        fit), waiting for room up to ``timeout`` s in all; returns how many were added (all of
+        them, or the ones before the wait ran out: the rest were not). ``wake`` (the taker's
+        wake-up) is called before each wait, so that what was added already is taken."""
+        mutex = self._mutex
+        if not mutex.acquire(False):
+            _acquire(mutex)
+        try:
+            q, n, done = self._items, len(items), 0
+            end = time.monotonic() + timeout
+            while done < n:
+                room = self.maxsize - len(q)
+                bytes_room = self.maxbytes - (self._bytes_in - self._bytes_out)
+                batch_end = done
+                # (the first into an empty queue goes whatever its size, as in put())
+                while (
+                    batch_end < n and room > 0 and (items[batch_end].size <= bytes_room or not (q or batch_end > done))
+                ):
+                    bytes_room -= items[batch_end].size
+                    room -= 1
+                    batch_end += 1
+                if batch_end == done:  # no room: wait for the taker, within what is left of timeout
+                    wake()
+                    try:
+                        self._wait_for_room(items[done].size, end - time.monotonic())
+                    except queue.Full:
+                        return done
+                    continue
+                deadline = time.monotonic() + self.ttl
+                total = self._bytes_in
+                for item in items[done:batch_end]:
+                    total += item.size
+                    item.mark = total
+                    item.deadline = deadline
+                self._bytes_in = total
+                self.accepted += batch_end - done
+                q.extend(items[done:batch_end])
+                done = batch_end
+            return n
         finally:
             mutex.release()
 

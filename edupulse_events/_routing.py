@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections.abc import Iterable
 from urllib.parse import quote
 
 from .codec import encode
@@ -176,3 +177,21 @@ class Router:
                 f"more than the server's max_payload of {max_payload} bytes"
             )
         return item
+
+    def prepare_many(
+        self,
+        envelopes: Iterable[EventEnvelope],
+        max_payload: int | None,
+        condition: threading.Condition | None = None,
+    ) -> list[Item]:
+        """`prepare` every envelope, in order; the first bad one raises `InvalidEvent` naming its
+        index (``envelopes[i]: ...``), and then none is prepared for queueing."""
+        prepare = self.prepare
+        items: list[Item] = []
+        append = items.append
+        try:
+            for envelope in envelopes:
+                append(prepare(envelope, max_payload, condition))
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"envelopes[{len(items)}]: {exc}") from exc
+        return items

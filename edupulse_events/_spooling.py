@@ -83,6 +83,37 @@ class Spooling:
         """write-ahead: put ``item`` on disk (returns once committed); `SpoolFull` if it does not fit."""
         item.spool_id = self.store.append(item.subject, item.headers, item.payload, item.event_id, time.time())
 
+    def accept_many(self, items: Sequence[Item]) -> None:
+        """write-ahead, `publish_many`: put ``items`` on disk in one transaction; `SpoolFull`
+        (nothing left written) if they do not all fit."""
+        ids = self.store.append_many([_row(item) for item in items], parked=False)
+        if len(ids) < len(items):
+            if ids:
+                self.store.delete(ids, sum(item.size for item in items[: len(ids)]))
+            raise SpoolFull(
+                f"the spool {self.store.path} has no room for these {len(items)} events ({self.store.max_bytes} bytes)"
+            )
+        for item, spool_id in zip(items, ids, strict=True):
+            item.spool_id = spool_id
+
+    def refused(self, items: Sequence[Item], queued: int) -> bool:
+        """`publish_many` queued only the first ``queued`` of ``items``. Overflow: put the rest on
+        disk, resolved as spooled (True; `SpoolFull` with the ``futures`` accepted if the disk has
+        no room for all). Write-ahead: remove the rest's rows (False: the caller raises `QueueFull`)."""
+        rest = items[queued:]
+        if self.write_ahead:
+            self.store.delete([item.spool_id for item in rest], sum(item.size for item in rest))
+            for item in rest:
+                item.spool_id = 0
+            return False
+        for index, item in enumerate(rest, queued):
+            try:
+                self.overflow(item)
+            except SpoolFull as exc:
+                exc.futures = [item.future for item in items[:index]]
+                raise
+        return True
+
     def unaccept(self, item: Item) -> None:
         """write-ahead: publish() refused ``item`` after all (the queue stayed full): remove its row."""
         self.store.delete((item.spool_id,), item.size)

@@ -32,7 +32,7 @@ Messages never contain credentials or event payloads.
 from __future__ import annotations
 
 import queue
-from typing import ClassVar
+from typing import Any, ClassVar
 
 __all__ = [
     "BrokerError",
@@ -72,7 +72,23 @@ class ConfigError(EventsError, ValueError):
 
 
 class QueueFull(EventsError, queue.Full):
-    """The publisher's bounded queue stayed full for the whole ``timeout`` of ``publish()``."""
+    """The publisher's bounded queue stayed full for the whole ``timeout`` of ``publish()``.
+
+    From ``publish_many()``: ``futures`` holds the futures of the envelopes queued before the
+    time ran out (the first ``len(futures)`` of the batch, delivered as usual); the rest were not.
+    """
+
+    futures: list[Any] = []  # noqa: RUF012 - read-only default; publish_many() sets its own
+
+    @classmethod
+    def partial(cls, futures: list[Any], total: int, timeout: float) -> QueueFull:
+        """publish_many(): the queue stayed full for ``timeout`` s after the first ``len(futures)`` of ``total``."""
+        error = cls(
+            f"publisher queue stayed full for {timeout} s: {len(futures)} of {total} events queued "
+            "(their futures are in this error's .futures), the rest not"
+        )
+        error.futures = futures
+        return error
 
 
 class SpoolFull(QueueFull):

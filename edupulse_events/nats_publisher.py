@@ -12,23 +12,22 @@ event ids, never payloads).
 
 from __future__ import annotations
 
-import atexit
 import collections
 import concurrent.futures
 import logging
 import os
 import queue
 import threading
-import time
-import weakref
+from collections.abc import Iterable
 from typing import Any
 
-from ._closing import log_closed
+from ._closing import fail_taken, log_closed
 from ._cloudevents import router_for
 from ._nats import check_broker
 from ._otel import telemetry_for
-from ._outstanding import undelivered
+from ._processes import keep_orphan, own_process, track, untrack
 from ._queue import BatchQueue
+from ._restarts import Restarts
 from ._routing import Item
 from ._spooling import Spooling
 from ._worker import Worker, refuse_threadless_uwsgi
@@ -41,14 +40,8 @@ from .stats import FAILED_IDS_KEPT, PublisherState, PublisherStats, Tally, add
 __all__ = ["NatsPublisher", "PublisherState"]
 
 log = logging.getLogger("edupulse_events")
-_live: weakref.WeakSet[NatsPublisher] = weakref.WeakSet()
-_orphans: list[Worker] = []  # a parent's workers, kept (never run) in a forked child
-_fork_locks: dict[int, threading.Lock] = {}  # per process: made after the fork, so never inherited held
 _getpid = os.getpid
 _names = iter(range(1, 1 << 62))
-#: A thread that crashed within this many seconds of its start counts as crashing again.
-_QUICK_CRASH = 10.0
-_MAX_RESTART_DELAY = 30.0
 
 
 class NatsPublisher:
@@ -69,7 +62,7 @@ class NatsPublisher:
         self._name = f"edupulse-publisher-{next(_names)}"
         self._stream_verified = False  # check() or a thread found the stream: later connections skip it
         self._reset()
-        _live.add(self)
+        track(self)
 
     def _reset(self) -> None:
         """A fresh start: new queue, locks and counters (at construction, and in a forked child)."""
@@ -85,9 +78,7 @@ class NatsPublisher:
         self._progress = threading.Condition(threading.Lock())
         self._futures_condition = threading.Condition()  # shared by this publisher's futures
         self._resolved = self._acked = self._failed = 0
-        self._crashes = self._restarts = self._quick_crashes = 0
-        self._restart_at = 0.0
-        self._crash: PublisherCrashed | None = None
+        self._restarts = Restarts()
         self._tally = Tally()  # counters of threads that crashed
         self._leftover_failures: dict[str, int] = {}  # queued events failed by close() or a crash
         self._failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
@@ -189,15 +180,8 @@ class NatsPublisher:
         """Start afresh in a process this publisher was forked into without a fork hook running
         (uWSGI forks its workers without Python's at-fork hooks unless --py-call-osafterfork):
         a new queue, thread and connection; what the parent queued stays the parent's."""
-        pid = _getpid()
-        if self._pid == pid:
-            return
-        with _fork_locks.setdefault(pid, threading.Lock()):  # request threads of the new process race here
-            if self._pid != pid:
-                log.info(
-                    "publisher %s is in a new process (pid %d) no fork hook reported: starting afresh", self._name, pid
-                )
-                self._after_fork_in_child()
+        if self._pid != _getpid():
+            own_process(self, self._name)
 
     def _ensure_worker_locked(self) -> Worker:
         state = self._state
@@ -206,14 +190,8 @@ class NatsPublisher:
         if state is PublisherState.CLOSED:
             raise PublisherClosed("publish() on a closed NatsPublisher")
         if state is PublisherState.CRASHED:
-            wait = self._restart_at - time.monotonic()
-            if wait > 0:
-                raise PublisherCrashed(
-                    f"the publisher thread crashed {self._quick_crashes} times in a row (last: {self._crash}); "
-                    f"it restarts in {wait:.1f} s, events are refused until then"
-                )
-            self._restarts += 1
-            log.warning("starting a new publisher thread %s after a crash (restart %d)", self._name, self._restarts)
+            number = self._restarts.restart()  # or PublisherCrashed: backing off
+            log.warning("starting a new publisher thread %s after a crash (restart %d)", self._name, number)
         worker = self._new_worker()
         try:
             worker.start(block=False, timeout=0.0)
@@ -268,6 +246,46 @@ class NatsPublisher:
             self._rescue()
         return item.future
 
+    def publish_many(
+        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None
+    ) -> list[concurrent.futures.Future[PublishAck]]:
+        """`publish` for a batch, in order: one future per envelope, at a fraction of the cost.
+
+        Every envelope is validated and encoded first: the first bad one raises `InvalidEvent`
+        naming its index (``envelopes[3]: ...``) and nothing is queued. Then they are queued
+        under one lock acquisition and one wake-up of the publisher thread when they fit,
+        waiting for room (up to ``timeout``, default ``config.publish_timeout``, in all) when they
+        do not. If the time runs out, `QueueFull` is raised and its ``futures`` are those of the
+        envelopes queued before (a prefix of the batch, delivered as usual); the rest were not.
+        """
+        worker = self._worker
+        if worker is None or self._pid != _getpid():
+            worker = self._ensure_worker()
+        envelopes = envelopes if isinstance(envelopes, list) else list(envelopes)
+        items = self._router.prepare_many(envelopes, worker.max_payload, self._futures_condition)
+        telemetry = self._telemetry
+        if telemetry is not None:
+            telemetry.countdown -= len(items)
+            if telemetry.countdown <= 0:
+                telemetry.recheck()
+            if telemetry.tracing:
+                for item, envelope in zip(items, envelopes, strict=True):
+                    telemetry.trace(item, envelope)
+        wait = self._publish_timeout if timeout is None else timeout
+        spooling = self._spooling
+        if spooling is not None:
+            if spooling.write_ahead:
+                spooling.accept_many(items)  # SpoolFull: nothing written, nothing queued
+            elif not worker.connected:
+                wait = 0.0
+        queued = self._queue.put_many(items, wait, worker.wake) if items else 0
+        worker.wake()
+        if self._worker is not worker:
+            self._rescue()
+        if queued < len(items) and (spooling is None or not spooling.refused(items, queued)):
+            raise QueueFull.partial([item.future for item in items[:queued]], len(items), wait)
+        return [item.future for item in items]
+
     def _rescue(self) -> None:
         """After a put that raced with close() or a crash: hand the queue to a running thread, or fail it."""
         with self._lock:
@@ -300,14 +318,7 @@ class NatsPublisher:
             if self._worker is not worker:
                 return
             self._worker = None
-            self._crashes += 1
-            self._crash = error
-            if time.monotonic() - worker.started_at < _QUICK_CRASH:
-                self._quick_crashes += 1
-            else:
-                self._quick_crashes = 1
-            delay = 0.0 if self._quick_crashes <= 1 else min(0.5 * 2 ** (self._quick_crashes - 2), _MAX_RESTART_DELAY)
-            self._restart_at = time.monotonic() + delay
+            self._restarts.crashed(error, worker.started_at)
             self._state = PublisherState.CRASHED
             leftovers = self._queue.take_all()
         self._fail(leftovers, error)  # not under the lock: done-callbacks may call publish()
@@ -345,8 +356,8 @@ class NatsPublisher:
                 blocked_publishes=self._queue.blocked_puts,
                 peak_in_flight=tally.peak,
                 batches=tally.batches,
-                crashes=self._crashes,
-                restarts=self._restarts,
+                crashes=self._restarts.crashes,
+                restarts=self._restarts.restarts,
                 nats_path=worker.transport.path if worker is not None else None,
                 state=self._state.value,
                 in_flight=worker.outstanding.count if worker is not None else 0,
@@ -378,7 +389,7 @@ class NatsPublisher:
                 log.error("publisher thread %s did not stop within %.1f s", self._name, timeout)
             abandoned += worker.abandoned
         abandoned += self._fail(self._queue.take_all(), None)
-        _live.discard(self)
+        untrack(self)
         if self._spooling is not None:
             self._spooling.close()  # its file stays if it holds events: the next publisher there adopts it
         if ever_used:
@@ -388,28 +399,29 @@ class NatsPublisher:
     def _fail(self, items: list[Item], crash: PublisherCrashed | None) -> list[str]:
         """Fail events taken from the queue: with the crash's error, or `PublisherClosed` (a spool
         keeps them instead); returns the ids of those failed."""
-        pairs: list[tuple[Item, BaseException]] = [(item, undelivered(item, crash, "sent")) for item in items]
-        if self._spooling is not None and pairs:
-            pairs, kept = self._spooling.keep(pairs)
-            if kept:
-                self.on_resolved(0, 0, kept)
-        ids = []
-        for item, error in pairs:
-            try:
-                item.future.set_exception(error)
-            except concurrent.futures.InvalidStateError:
-                continue
-            ids.append(item.event_id)
+        ids, error_name, kept = fail_taken(items, crash, self._spooling)
+        if kept:
+            self.on_resolved(0, 0, kept)
         if ids:
             with self._progress:
-                add(self._leftover_failures, {type(error).__name__: len(ids)})
+                add(self._leftover_failures, {error_name: len(ids)})
                 self._failed_ids.extend(ids)
             self.on_resolved(0, len(ids))
         return ids
 
-    def _after_fork_in_child(self) -> None:
+    @property
+    def pid(self) -> int:
+        """The process this publisher's state belongs to."""
+        return self._pid
+
+    @property
+    def exit_timeout(self) -> float:
+        return self._config.exit_timeout
+
+    def on_fork(self) -> None:
+        """In a forked child (`_processes`): start afresh, as a new publisher that keeps its config."""
         if self._worker is not None:
-            _orphans.append(self._worker)
+            keep_orphan(self._worker)
         if self._spooling is not None:
             self._spooling.store.forget()  # the parent's file: this process opens its own
         closed = self._state is PublisherState.CLOSED
@@ -431,20 +443,3 @@ class NatsPublisher:
             f"<NatsPublisher {self._state.value} {mode} path={path} servers={self._config.redacted_servers!r} "
             f"subject={self._config.subject!r} queued={len(self._queue)}>"
         )
-
-
-def _after_fork_in_child() -> None:
-    for publisher in list(_live):
-        publisher._after_fork_in_child()  # noqa: SLF001 - this module's own hook
-
-
-def _close_all_at_exit() -> None:
-    for publisher in list(_live):
-        try:
-            publisher.close(publisher.config.exit_timeout)
-        except Exception:
-            log.exception("closing %r at exit failed", publisher)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-atexit.register(_close_all_at_exit)

@@ -204,3 +204,50 @@ def test_many_producers_and_a_consumer_lose_and_duplicate_nothing() -> None:
     assert q.nbytes == 0
     assert q._waiting_puts == 0  # noqa: SLF001  # no waiter is left counted
     assert q.blocked_puts > 0
+
+
+def test_put_many_takes_what_fits_in_one_go_and_stamps_marks_and_deadlines() -> None:
+    """put_many of items that fit adds them all, in order, with running byte marks and one deadline."""
+    q: BatchQueue[Thing] = BatchQueue(10, 1000, 30.0)
+    q.put(Thing("a", 5), 0)
+    items = [Thing(i, 10) for i in range(4)]
+    assert q.put_many(items, 0, lambda: None) == 4
+    assert [i.mark for i in items] == [15, 25, 35, 45]
+    assert len({i.deadline for i in items}) == 1
+    assert items[0].deadline >= time.monotonic() + 29
+    assert (len(q), q.nbytes, q.accepted) == (5, 45, 5)
+    assert names(take(q)) == ["a", 0, 1, 2, 3]
+
+
+def test_put_many_stops_at_the_bounds_and_returns_how_many_went_in() -> None:
+    """Without waiting, put_many stops at the first item over the item or byte bound; a lone big item
+    still goes into an empty queue, as with put()."""
+    woken: list[int] = []
+    q: BatchQueue[Thing] = BatchQueue(3, 100, 30.0)
+    assert q.put_many([Thing(i) for i in range(5)], 0, lambda: woken.append(1)) == 3
+    assert woken == [1]  # the taker is woken before the (here: zero) wait for room
+    take(q)
+    assert q.put_many([Thing("x", 60), Thing("y", 60)], 0, lambda: None) == 1
+    take(q)
+    assert q.put_many([Thing("huge", 500), Thing("z", 1)], 0, lambda: None) == 1
+    assert names(take(q)) == ["huge"]
+
+
+def test_put_many_waits_for_room_as_the_taker_drains() -> None:
+    """put_many of 50 items into a queue of 5 completes while another thread takes batches."""
+    q: BatchQueue[Thing] = BatchQueue(5, BIG, 30.0)
+    taken: list[Thing] = []
+    done = threading.Event()
+
+    def taker() -> None:
+        while not done.is_set() or len(q):
+            taken.extend(q.take(2, BIG))
+
+    thread = threading.Thread(target=taker)
+    thread.start()
+    try:
+        assert q.put_many([Thing(i) for i in range(50)], 10.0, lambda: None) == 50
+    finally:
+        done.set()
+        thread.join(10)
+    assert names(taken) == list(range(50))
