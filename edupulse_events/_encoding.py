@@ -18,7 +18,7 @@ import cattrs
 import orjson
 from cattrs.gen import make_dict_unstructure_fn
 
-from ._frozen import FrozenMap, describe, is_utf8, make_uuid, parse_uuid
+from ._frozen import FrozenMap, describe, is_str_map, is_utf8, make_uuid, parse_uuid
 from .envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, Timestamp
 from .errors import InvalidEvent
 from .events import EventRegistry, WireType
@@ -68,6 +68,8 @@ def unstructure_hook(wt: WireType) -> Callable[[Any], Any]:
     if kind == "map":
 
         def u_map(v: Any) -> Any:
+            if is_str_map(v):  # checked when the event was made, and immutable since
+                return v
             if type(v) is FrozenMap or isinstance(v, Mapping):  # what events hold, then any mapping
                 try:
                     "".join(v), "".join(v.values())  # TypeError unless every key and value is a str

@@ -13,7 +13,17 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
 from uuid import UUID, SafeUUID
 
-__all__ = ["FrozenMap", "describe", "is_utf8", "make_uuid", "parse_uuid", "short_repr", "surrogate_index"]
+__all__ = [
+    "FrozenMap",
+    "describe",
+    "is_str_map",
+    "is_utf8",
+    "make_uuid",
+    "mark_str_map",
+    "parse_uuid",
+    "short_repr",
+    "surrogate_index",
+]
 
 _HEX = "[0-9a-fA-F]"
 _HYPHENATED = f"{_HEX}{{8}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{4}}-{_HEX}{{12}}"
@@ -96,13 +106,17 @@ class FrozenMap(dict[str, str]):
     hashable (events only store ``str -> str``).
     """
 
-    __slots__ = ("_hash",)
+    __slots__ = ("_hash", "_strs")
     _hash: int
+    #: Set by `mark_str_map` once every key and value was checked to be a str: the map is
+    #: immutable, so encoding it need not check again.
+    _strs: bool
 
     def __new__(cls, items: Mapping[Any, Any] | Iterable[tuple[Any, Any]] = (), /) -> FrozenMap:
         self = dict.__new__(cls)
         dict.update(self, items)
         self._hash = -1
+        self._strs = False
         return self
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -131,3 +145,14 @@ class FrozenMap(dict[str, str]):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> FrozenMap:
         return self
+
+
+def mark_str_map(value: FrozenMap) -> FrozenMap:
+    """Record that every key and value of ``value`` is a str (the caller checked); returns it."""
+    value._strs = True  # noqa: SLF001 - this module's own class
+    return value
+
+
+def is_str_map(value: object) -> bool:
+    """Whether ``value`` is a `FrozenMap` that `mark_str_map` vouched for."""
+    return type(value) is FrozenMap and value._strs  # noqa: SLF001 - this module's own class

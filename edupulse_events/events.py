@@ -27,7 +27,16 @@ from uuid import UUID
 
 import attrs
 
-from ._frozen import FrozenMap, describe, is_utf8, make_uuid, parse_uuid, short_repr, surrogate_index
+from ._frozen import (
+    FrozenMap,
+    describe,
+    is_utf8,
+    make_uuid,
+    mark_str_map,
+    parse_uuid,
+    short_repr,
+    surrogate_index,
+)
 from .errors import InvalidEvent
 
 __all__ = [
@@ -158,9 +167,9 @@ def check_str_map(value: object, where: str) -> FrozenMap:
     except TypeError:
         text = "\ud800"  # not all str: take the slow path below, which names the culprit
     if text.isascii() or is_utf8(text):
-        return value if type(value) is FrozenMap else FrozenMap(value)
-    return FrozenMap(
-        {check_str(k, f"{where} key"): check_str(v, f"{where}[{short_repr(k)}]") for k, v in value.items()}
+        return mark_str_map(value if type(value) is FrozenMap else FrozenMap(value))
+    return mark_str_map(
+        FrozenMap({check_str(k, f"{where} key"): check_str(v, f"{where}[{short_repr(k)}]") for k, v in value.items()})
     )
 
 
