@@ -16,7 +16,8 @@ envelope's ``event_id`` (the stored message's ``Nats-Msg-Id``).
 
 Environment: ``EDUPULSE_EVENT_BROKER_URL`` and ``EDUPULSE_EVENT_BROKER_SUBJECT`` (read by
 `build_from_env`), ``EDUPULSE_EXAMPLE_STREAM`` (the JetStream stream ensured at start,
-created if missing; default ``EDUPULSE_EXAMPLE``), and ``EDUPULSE_EXAMPLE_NO_PUBLISH=1``
+created if missing; default ``EDUPULSE_EXAMPLE``), ``EDUPULSE_EXAMPLE_WINDOW`` (the publisher's
+``window``, default the library's: the tests that kill a worker use a small one), and ``EDUPULSE_EXAMPLE_NO_PUBLISH=1``
 (build each envelope but publish nothing: the baseline for measuring what publishing costs).
 The ``edupulse_events`` log goes to stderr at INFO, with the pid.
 """
@@ -29,7 +30,7 @@ import os
 import sys
 import uuid
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
 from edupulse_events import EventEnvelope, EventPublisher, EventsError, LessonPublished, build_from_env
@@ -41,6 +42,9 @@ TENANT = "school-42"
 RESULT_TIMEOUT = 5.0
 NO_PUBLISH = os.environ.get("EDUPULSE_EXAMPLE_NO_PUBLISH", "").strip() == "1"
 STREAM = os.environ.get("EDUPULSE_EXAMPLE_STREAM", "").strip() or "EDUPULSE_EXAMPLE"
+WINDOW: dict[str, Any] = (
+    {"window": int(os.environ["EDUPULSE_EXAMPLE_WINDOW"])} if os.environ.get("EDUPULSE_EXAMPLE_WINDOW") else {}
+)
 
 
 def _log_to_stderr() -> None:
@@ -53,7 +57,7 @@ def _log_to_stderr() -> None:
 
 
 _log_to_stderr()
-publisher: EventPublisher | None = None if NO_PUBLISH else build_from_env(stream=STREAM, create_stream=True)
+publisher: EventPublisher | None = None if NO_PUBLISH else build_from_env(stream=STREAM, create_stream=True, **WINDOW)
 
 
 def _answer(

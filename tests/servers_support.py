@@ -14,9 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wsgi_servers import HOST, STREAM, SUBJECT, poll
+from wsgi_servers import HOST, STREAM, WINDOW, poll
 
-from edupulse_events import PublisherConfig
 from edupulse_events._spool_files import spool_files
 from edupulse_events.testing import NatsServer
 
@@ -123,12 +122,6 @@ def drive(
     if errors:
         raise errors[0]
     return load
-
-
-#: How many events a worker's publisher has sent and not seen acknowledged at most (the example
-#: app sets no window). Sent ones may reach the broker even from a killed process (from the
-#: kernel's socket buffers); the rest of what it accepted is in its memory only.
-WINDOW = PublisherConfig(servers="nats://127.0.0.1:4222", subject=SUBJECT).window
 
 
 @dataclass

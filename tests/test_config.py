@@ -16,7 +16,7 @@ def test_defaults_are_sane() -> None:
     assert cfg.servers == ("nats://127.0.0.1:4222",)
     assert cfg.jetstream is True
     assert cfg.max_queue == 10_000
-    assert cfg.window == 256
+    assert cfg.window == 4096
     assert 0 < cfg.publish_timeout < 60
     assert 0 < cfg.delivery_timeout < 600
 

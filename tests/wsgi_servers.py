@@ -27,6 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 STREAM = "EXAMPLE"
 SUBJECT = "edupulse.{tenant}.{type}"
+#: The example app's publisher window (EDUPULSE_EXAMPLE_WINDOW): how many events a worker has sent
+#: and not seen acknowledged at most. Sent ones may reach the broker even from a killed process
+#: (from the kernel's socket buffers); the rest of what it accepted is in its memory only. Small, so
+#: that filling a worker's memory past it (`servers_support.KillWorker`) takes a few hundred requests.
+WINDOW = 256
 HOST = "127.0.0.1"
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
@@ -194,6 +199,7 @@ def server_env(nats: NatsServer) -> dict[str, str]:
         EDUPULSE_EVENT_BROKER_URL=nats.url,
         EDUPULSE_EVENT_BROKER_SUBJECT=SUBJECT,
         EDUPULSE_EXAMPLE_STREAM=STREAM,
+        EDUPULSE_EXAMPLE_WINDOW=str(WINDOW),
         PYTHONPATH=os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]),
         PYTHONUNBUFFERED="1",
     )
