@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from typing import NamedTuple
+from datetime import datetime, timezone
+from typing import Any, NamedTuple
 
 import attrs
 import nats.errors
@@ -64,11 +64,18 @@ class StartAt(NamedTuple):
         return nats.js.api.ConsumerConfig(
             deliver_policy=deliver,
             opt_start_seq=self.sequence,
-            opt_start_time=self.time if self.sequence is None else None,
+            # RFC 3339 text: nats-py before 2.7 sends the field as given (a datetime would not
+            # serialize); later ones pass a str through unchanged
+            opt_start_time=_rfc3339(self.time) if self.sequence is None and self.time is not None else None,
             ack_policy=nats.js.api.AckPolicy.NONE,
             inactive_threshold=60.0,
             mem_storage=True,
         )
+
+
+def _rfc3339(moment: datetime) -> Any:
+    """``moment`` as the UTC RFC 3339 text nats-server reads (typed Any: nats-py declares a datetime)."""
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 Fetch = Callable[[float], Awaitable[list[Msg]]]
