@@ -11,8 +11,9 @@ rotating), the same publisher publishing N typical ~440-byte envelopes and flush
   overflow       spool configured, broker up: nothing goes to disk (should match "none")
   write-ahead+fsync  synchronous=FULL, survives power loss (N/10 events: an fsync per commit)
 
-each with 1 caller thread, and none / write-ahead with 4 (group commit: one transaction for
-the publishes that arrive together). Prints msgs/s as median (min - max), each scenario's ratio
+each with 1 caller thread, none / write-ahead with 4 (group commit: one transaction for
+the publishes that arrive together), and none / write-ahead through ``publish_many()`` in
+batches of 1,000 (one transaction per batch). Prints msgs/s as median (min - max), each scenario's ratio
 to "none" with as many threads, round by round, and publish()'s own latency (p50/p99, one
 thread) with and without the write-ahead spool.
 """
@@ -37,7 +38,7 @@ from edupulse_events.testing import NatsServer
 Scenario = Callable[[str, list[EventEnvelope], list[float]], float]
 
 
-def scenario(threads: int, **spool: Any) -> Scenario:
+def scenario(threads: int, batch: int = 0, **spool: Any) -> Scenario:
     def run(url: str, envs: list[EventEnvelope], latencies: list[float]) -> float:
         with tempfile.TemporaryDirectory(prefix="bench-spool-") as directory:
             options = {"spool_dir": directory, **spool} if spool else {}
@@ -47,7 +48,10 @@ def scenario(threads: int, **spool: Any) -> Scenario:
 
             def work(i: int) -> None:
                 publish, clock, out = pub.publish, time.perf_counter, results[i]
-                if threads == 1:  # publish()'s own latency, one caller
+                if batch:
+                    for start in range(0, len(chunks[i]), batch):
+                        out += pub.publish_many(chunks[i][start : start + batch])
+                elif threads == 1:  # publish()'s own latency, one caller
                     for env in chunks[i]:
                         t = clock()
                         out.append(publish(env))
@@ -83,12 +87,15 @@ SCENARIOS: dict[str, tuple[Scenario, int]] = {  # scenario, events divisor
     "write-ahead+fsync, 1 thread": (scenario(1, spool_mode="write-ahead", spool_fsync=True), 10),
     "none, 4 threads": (scenario(4), 1),
     "write-ahead, 4 threads": (scenario(4, spool_mode="write-ahead"), 1),
+    "none, publish_many": (scenario(1, 1000), 1),
+    "write-ahead, publish_many": (scenario(1, 1000, spool_mode="write-ahead"), 1),
 }
 RATIOS = [
     ("write-ahead, 1 thread", "none, 1 thread", 0.4),
     ("overflow, 1 thread", "none, 1 thread", None),
     ("write-ahead+fsync, 1 thread", "none, 1 thread", None),
     ("write-ahead, 4 threads", "none, 4 threads", 0.4),
+    ("write-ahead, publish_many", "none, publish_many", 0.7),
 ]
 
 
