@@ -20,10 +20,13 @@ PAGES = {
         "edupulse_events.envelope.Timestamp",
         "edupulse_events.codec.Codec",
         "edupulse_events.codec.decode",
+        "edupulse_events.schema.json_schema",
+        "edupulse_events.schema.asyncapi",
     ],
     "publishing": [
         "edupulse_events.nats_publisher.NatsPublisher",
         "edupulse_events.nats_publisher.NatsPublisher.publish",
+        "edupulse_events.nats_publisher.NatsPublisher.publish_many",
         "edupulse_events.stats.PublisherState",
         "edupulse_events.stats.PublisherStats",
         "edupulse_events.futures.PublishAck",
