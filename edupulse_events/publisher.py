@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import queue
 import time
+from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from ._routing import Router
@@ -27,6 +28,10 @@ class EventPublisher(Protocol):
     def publish(
         self, envelope: EventEnvelope, *, timeout: float | None = None
     ) -> concurrent.futures.Future[PublishAck]: ...
+
+    def publish_many(
+        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None
+    ) -> list[concurrent.futures.Future[PublishAck]]: ...
 
     def flush(self, timeout: float | None = None) -> bool: ...
 
@@ -130,6 +135,27 @@ class InMemoryPublisher:
             ) from None
         item.future.set_result(PublishAck(sequence, "memory", False))
         return item.future
+
+    def publish_many(
+        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None
+    ) -> list[concurrent.futures.Future[PublishAck]]:
+        """`publish` for a batch, in order, as `NatsPublisher.publish_many` does: every envelope
+        validated and encoded first (`InvalidEvent` naming the index; nothing kept), then kept
+        one by one within ``timeout`` in all; `QueueFull` (with the ``futures`` of those kept)
+        if the channel stayed full."""
+        if self._queue.closed:
+            raise PublisherClosed("publish_many() on a closed InMemoryPublisher")
+        envelopes = envelopes if isinstance(envelopes, list) else list(envelopes)
+        items = self._router.prepare_many(envelopes, None)
+        wait = self._publish_timeout if timeout is None else timeout
+        end = time.monotonic() + wait
+        for index, (envelope, item) in enumerate(zip(envelopes, items, strict=True)):
+            try:
+                sequence = self._queue.put_numbered(envelope, max(0.0, end - time.monotonic()), self._discard_oldest)
+            except queue.Full:
+                raise QueueFull.partial([i.future for i in items[:index]], len(items), wait) from None
+            item.future.set_result(PublishAck(sequence, "memory", False))
+        return [item.future for item in items]
 
     def get(self, timeout: float | None = 5.0) -> EventEnvelope:
         """The oldest accepted envelope not read yet; `queue.Empty` after ``timeout``."""

@@ -228,3 +228,18 @@ def test_both_publishers_satisfy_event_publisher_protocol() -> None:
     finally:
         nats_pub.close(0)
         memory.close()
+
+
+def test_publish_many_keeps_a_batch_in_order_or_names_the_bad_index() -> None:
+    """publish_many() keeps a batch in order with sequential acks; a bad item raises InvalidEvent naming its
+    index and keeps nothing; a full channel raises QueueFull carrying the futures of those kept."""
+    pub = InMemoryPublisher(max_queue=5)
+    batch = envelopes(3)
+    assert [f.result(timeout=0).broker_sequence for f in pub.publish_many(iter(batch))] == [1, 2, 3]
+    with pytest.raises(InvalidEvent, match=r"^envelopes\[1\]: "):
+        pub.publish_many([envelope(3), None])  # type: ignore[list-item]  # deliberately not an envelope
+    assert pub.drain() == batch
+    with pytest.raises(QueueFull, match="5 of 7 events queued") as caught:
+        pub.publish_many(envelopes(7), timeout=0)
+    assert [f.result(timeout=0).broker_sequence for f in caught.value.futures] == [4, 5, 6, 7, 8]
+    assert len(pub) == 5
