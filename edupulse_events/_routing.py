@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
 from .codec import encode
@@ -35,7 +35,9 @@ __all__ = ["Item", "Router", "tenant_token"]
 
 _PLAIN = re.compile(r"[A-Za-z0-9\-]+")
 _FIELD = re.compile(r"\{(type|tenant)\}")
-_CACHE_LIMIT = 4096  # tenants repeat: small, hot caches, emptied when they reach this size
+_CACHE_LIMIT = 4096
+#: `prepare_many` calls its ``pause`` after this many envelopes (~1.5 ms of encoding).
+PAUSE_EVERY = 256  # tenants repeat: small, hot caches, emptied when they reach this size
 
 
 class Item:
@@ -187,15 +189,19 @@ class Router:
         envelopes: Iterable[EventEnvelope],
         max_payload: int | None,
         condition: threading.Condition | None = None,
+        pause: Callable[[], object] | None = None,
     ) -> list[Item]:
         """`prepare` every envelope, in order; the first bad one raises `InvalidEvent` naming its
-        index (``envelopes[i]: ...``), and then none is prepared for queueing."""
+        index (``envelopes[i]: ...``), and then none is prepared for queueing. ``pause`` is
+        called after every `PAUSE_EVERY` envelopes (see `Worker.hand_over`)."""
         prepare = self.prepare
         items: list[Item] = []
         append = items.append
         try:
             for envelope in envelopes:
                 append(prepare(envelope, max_payload, condition))
+                if pause is not None and not len(items) % PAUSE_EVERY:
+                    pause()
         except InvalidEvent as exc:
             raise InvalidEvent(f"envelopes[{len(items)}]: {exc}") from exc
         return items

@@ -45,6 +45,7 @@ from .futures import mark_worker_thread
 __all__ = ["Worker", "WorkerOwner", "refuse_threadless_uwsgi"]
 
 log = logging.getLogger("edupulse_events")
+_sleep = time.sleep
 
 
 def refuse_threadless_uwsgi() -> None:
@@ -135,6 +136,16 @@ class Worker:
                 raise BrokerUnavailable(
                     f"could not connect to {self.config.redacted_servers} within {timeout} s"
                 ) from None
+
+    def hand_over(self) -> None:
+        """Called by a caller thread in the middle of long CPU-bound work (`publish_many`'s
+        encoding): while events are in flight, give up the GIL for a moment. This thread releases
+        the GIL at every poll of its sockets and, while a caller keeps it busy, gets it back only
+        at Python's switch interval (5 ms): acks wait and the broker runs dry. Measured, JetStream
+        ``publish_many`` of 1,000 on 2 cores: +10-17 % events/s (every 256 envelopes; more often,
+        or sleeping longer, measured no better; ``publish()``'s own loop gained nothing from it)."""
+        if self.outstanding.count:
+            _sleep(0)
 
     def wake(self) -> None:
         """Called by a caller thread after a put: wake the loop if it sleeps for lack of work."""

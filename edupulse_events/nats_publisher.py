@@ -262,7 +262,7 @@ class NatsPublisher:
         if worker is None or self._pid != _getpid():
             worker = self._ensure_worker()
         envelopes = envelopes if isinstance(envelopes, list) else list(envelopes)
-        items = self._router.prepare_many(envelopes, worker.max_payload, self._futures_condition)
+        items = self._router.prepare_many(envelopes, worker.max_payload, self._futures_condition, worker.hand_over)
         telemetry = self._telemetry
         if telemetry is not None:
             telemetry.countdown -= len(items)

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from edupulse_events import EventEnvelope, LessonPublished, QuizSubmitted, encode
-from edupulse_events._routing import Router, tenant_token
+from edupulse_events._routing import PAUSE_EVERY, Router, tenant_token
 
 CAUSE = uuid.UUID("11111111-2222-4333-8444-555555555555")
 CORRELATION = uuid.UUID("c0ffee00-dead-4bef-8bad-f00dbaadcafe")
@@ -56,3 +56,13 @@ def test_subject_template_fills_type_and_tenant_token() -> None:
     assert router.prepare(env, None).subject == b"edupulse.Soci%C3%A9t%C3%A9%2042%2Ea.LessonPublished"
     none = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"))
     assert router.prepare(none, None).subject == b"edupulse._.LessonPublished"
+
+
+def test_prepare_many_pauses_after_every_so_many_envelopes() -> None:
+    """prepare_many calls its pause hook after every PAUSE_EVERY envelopes (where publish_many lets the
+    publisher thread run), and prepares every envelope in order."""
+    envs = [EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), str(i))) for i in range(2 * PAUSE_EVERY + 5)]
+    pauses: list[None] = []
+    items = Router("edupulse.{type}").prepare_many(envs, None, pause=lambda: pauses.append(None))
+    assert len(pauses) == 2
+    assert [item.payload for item in items] == [encode(e) for e in envs]
