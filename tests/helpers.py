@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import threading
 import uuid
@@ -96,3 +97,10 @@ class LogWatcher(logging.Handler):
 def iter_ids(messages: list[StoredMessage]) -> Iterator[str]:
     """The Nats-Msg-Id of each stored message."""
     return (m.headers.get("Nats-Msg-Id", "") for m in messages)
+
+
+def broker_env(**broker: str) -> dict[str, str]:
+    """This environment without EDUPULSE_EVENT_BROKER_* variables, plus ``broker`` (URL=..., ...)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDUPULSE_EVENT_BROKER_")}
+    env.update({f"EDUPULSE_EVENT_BROKER_{name}": value for name, value in broker.items()})
+    return env

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import envelope, read_stream
+from helpers import broker_env, envelope, read_stream
 
 from edupulse_events import decode, encode
 from edupulse_events.testing import NatsServer
@@ -26,13 +26,6 @@ SUBJECT = "edupulse.{tenant}.{type}"
 SUMMARY = re.compile(
     r"read (\d+), published (\d+), acknowledged (\d+), failed (\d+), skipped (\d+) in [\d.]+ s \([\d,]+ events/s\)"
 )
-
-
-def broker_env(**broker: str) -> dict[str, str]:
-    """This environment without EDUPULSE_EVENT_BROKER_* variables, plus ``broker`` (URL=..., ...)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDUPULSE_EVENT_BROKER_")}
-    env.update({f"EDUPULSE_EVENT_BROKER_{name}": value for name, value in broker.items()})
-    return env
 
 
 OLD_NATS_PY = "publishing through nats-py's public API"

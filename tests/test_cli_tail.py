@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import nats
 import pytest
-from helpers import envelope
+from helpers import broker_env, envelope
 
 from edupulse_events import EventEnvelope, decode, encode
 from edupulse_events.testing import NatsServer
@@ -25,13 +24,6 @@ SUBJECT = "edupulse.{tenant}.{type}"
 LINE = re.compile(
     r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (?P<type>\w+) (?P<tenant>\S+) (?P<id>[0-9a-f-]{36}) (?P<payload>\{.*)"
 )
-
-
-def broker_env(**broker: str) -> dict[str, str]:
-    """This environment without EDUPULSE_EVENT_BROKER_* variables, plus ``broker`` (URL=..., ...)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDUPULSE_EVENT_BROKER_")}
-    env.update({f"EDUPULSE_EVENT_BROKER_{name}": value for name, value in broker.items()})
-    return env
 
 
 def cli(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
