@@ -257,6 +257,7 @@ class NatsPublisher:
         waiting for room (up to ``timeout``, default ``config.publish_timeout``, in all) when they
         do not. If the time runs out, `QueueFull` is raised and its ``futures`` are those of the
         envelopes queued before (a prefix of the batch, delivered as usual); the rest were not.
+        The whole batch is held encoded before it is queued: send batches of thousands, not millions.
         """
         worker = self._worker
         if worker is None or self._pid != _getpid():
