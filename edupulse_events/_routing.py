@@ -35,9 +35,9 @@ __all__ = ["Item", "Router", "tenant_token"]
 
 _PLAIN = re.compile(r"[A-Za-z0-9\-]+")
 _FIELD = re.compile(r"\{(type|tenant)\}")
-_CACHE_LIMIT = 4096
+_CACHE_LIMIT = 4096  # tenants repeat: small, hot caches, emptied when they reach this size
 #: `prepare_many` calls its ``pause`` after this many envelopes (~1.5 ms of encoding).
-PAUSE_EVERY = 256  # tenants repeat: small, hot caches, emptied when they reach this size
+PAUSE_EVERY = 256
 
 
 class Item:

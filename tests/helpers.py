@@ -5,14 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
+import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 
 from edupulse_events import EventEnvelope, LessonPublished, PaymentProcessed
 from edupulse_events._nats import StoredMessage, read_stream
 
-__all__ = ["LogWatcher", "StoredMessage", "envelope", "envelopes", "read_stream"]
+__all__ = ["LogWatcher", "StoredMessage", "broker_env", "envelope", "envelopes", "read_stream", "run_cli"]
 
 
 def envelope(
@@ -104,3 +107,22 @@ def broker_env(**broker: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDUPULSE_EVENT_BROKER_")}
     env.update({f"EDUPULSE_EVENT_BROKER_{name}": value for name, value in broker.items()})
     return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, str] | None = None, stdin: str = "", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m edupulse_events ARGS`` in a subprocess (``env``: its whole environment; None: this
+    one without EDUPULSE_EVENT_BROKER_* variables); whatever happens, it prints no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "edupulse_events", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=broker_env() if env is None else dict(env),
+        cwd=cwd,
+    )
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    return proc

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from helpers import envelope
+from helpers import envelope, run_cli
 
 from edupulse_events import QuizSubmitted, encode
 from edupulse_events._cli_common import progress_bar
@@ -24,17 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "edupulse_events", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-    )
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    return proc
+    return run_cli(*args, cwd=ROOT)
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import broker_env, envelope, read_stream
+from helpers import broker_env, envelope, read_stream, run_cli
 
 from edupulse_events import decode, encode
 from edupulse_events.testing import NatsServer
@@ -34,17 +34,7 @@ OLD_NATS_PY = "publishing through nats-py's public API"
 def publish(
     *args: str, env: dict[str, str], stdin: str = "", cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "edupulse_events", "publish", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-        cwd=cwd,
-    )
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    proc = run_cli("publish", *args, env=env, stdin=stdin, cwd=cwd)
     # the one warning nats-py before 2.10 adds (the slower public path: tests/test_nats_py_matrix.py)
     proc.stderr = "".join(line for line in proc.stderr.splitlines(keepends=True) if OLD_NATS_PY not in line)
     return proc

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import read_stream
+from helpers import broker_env, read_stream, run_cli
 
 from edupulse_events.testing import NatsServer
 
@@ -66,23 +66,8 @@ def end(proc: subprocess.Popen[str]) -> None:
     proc.wait(10.0)
 
 
-def clean_env(**broker: str) -> dict[str, str]:
-    """This environment without EDUPULSE_EVENT_BROKER_* variables, plus ``broker`` (URL=..., ...)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDUPULSE_EVENT_BROKER_")}
-    env.update({f"EDUPULSE_EVENT_BROKER_{name}": value for name, value in broker.items()})
-    return env
-
-
 def cli(*args: str, stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "edupulse_events", "spool", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=clean_env() if env is None else env,
-    )
+    return run_cli("spool", *args, stdin=stdin, env=env)
 
 
 def orphans(
@@ -212,7 +197,7 @@ def test_replay_from_the_environment_leaves_a_live_owners_file_alone(
     """replay with EDUPULSE_EVENT_BROKER_* settings: the orphan is delivered, the live owner's file is untouched."""
     [(db, ids)] = orphans(spool, [12], nats_server.url, stream=STREAM, broker_away=nats_server.stop)
     nats_server.start()
-    env = clean_env(URL=nats_server.url, SUBJECT=SUBJECT, STREAM=STREAM)
+    env = broker_env(URL=nats_server.url, SUBJECT=SUBJECT, STREAM=STREAM)
     proc = cli("replay", str(spool), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"to {nats_server.url}" in proc.stdout

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import nats
 import pytest
-from helpers import broker_env, envelope
+from helpers import broker_env, envelope, run_cli
 
 from edupulse_events import EventEnvelope, decode, encode
 from edupulse_events.testing import NatsServer
@@ -27,17 +27,7 @@ LINE = re.compile(
 
 
 def cli(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "edupulse_events", *args],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
-    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
-    return proc
+    return run_cli(*args, env=env, stdin=stdin)
 
 
 @pytest.fixture

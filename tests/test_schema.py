@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ import attrs
 import jsonschema  # type: ignore[import-untyped]  # no py.typed; its validators are Any here
 import pytest
 from codec_support import BASE, CREATED, GOLDEN, WIRE, U
+from helpers import run_cli
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from referencing import Registry, Resource
@@ -372,8 +372,7 @@ def test_asyncapi_refuses_what_the_publisher_refuses() -> None:
 def cli(*args: str, cwd: Path = ROOT, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m edupulse_events *args`` (without the subject variable unless in ``env``)."""
     environ = {k: v for k, v in os.environ.items() if k != "EDUPULSE_EVENT_BROKER_SUBJECT"} | dict(env or {})
-    command = [sys.executable, "-m", "edupulse_events", *args]
-    return subprocess.run(command, cwd=cwd, env=environ, capture_output=True, text=True, timeout=60, check=False)
+    return run_cli(*args, cwd=cwd, env=environ)
 
 
 def test_cli_jsonschema_prints_the_schema() -> None:
