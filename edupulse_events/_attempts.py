@@ -33,7 +33,7 @@ class Attempts:
 
     def __init__(self, worker: Worker) -> None:
         self._worker = worker
-        self._backoff = Backoff(worker.config.retry)
+        self._backoff: Backoff | None = None  # built at the first failure: most workers never fail
         self._attempt_timeout = worker.config.retry.attempt_timeout
         self._tick = min(0.05, self._attempt_timeout / 4)
         self._sweep_scheduled = False
@@ -41,6 +41,8 @@ class Attempts:
     def failed(self, item: Item, exc: BrokerError) -> None:
         """Retry after tenacity's backoff if the failure is transient and the deadline allows."""
         worker = self._worker
+        if self._backoff is None:
+            self._backoff = Backoff(worker.config.retry)
         delay = self._backoff.delay(item.attempts, exc)
         if delay is None or worker.aborted:
             worker.outstanding.fail(item, exc)

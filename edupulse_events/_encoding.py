@@ -112,9 +112,13 @@ def format_f64(value: float) -> str:
     return f"{sign}{digits[0]}{rest}e{point - 1}"
 
 
-def make_unstructure_envelope(conv: cattrs.Converter, reg: EventRegistry) -> Callable[[EventEnvelope], dict[str, Any]]:
+def make_unstructure_envelope(
+    conv: cattrs.Converter, reg: EventRegistry
+) -> tuple[Callable[[EventEnvelope], dict[str, Any]], Callable[[], int]]:
     """The envelope hook: ``EventEnvelope`` -> the JSON-ready dict (UUIDs still ``UUID``s),
-    with ``reg``'s events unstructured by cattrs-generated functions over ``conv``'s hooks."""
+    with ``reg``'s events unstructured by cattrs-generated functions over ``conv``'s hooks,
+    each built at its type's first encode; and ``warm()``, which builds those not built yet
+    (returns how many)."""
     encoders: dict[type, tuple[str, Callable[[Any], Any]]] = {}
 
     def encoder_for(cls: type) -> tuple[str, Callable[[Any], Any]]:
@@ -153,7 +157,13 @@ def make_unstructure_envelope(conv: cattrs.Converter, reg: EventRegistry) -> Cal
             "data": {"type": name, "payload": payload(data)},
         }
 
-    return unstructure_envelope
+    def warm() -> int:
+        missing = [entry.cls for entry in reg if entry.cls not in encoders]
+        for cls in missing:
+            encoder_for(cls)
+        return len(missing)
+
+    return unstructure_envelope, warm
 
 
 def _why_unencodable(v: Any, wt: WireType) -> str | None:

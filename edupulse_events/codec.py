@@ -58,6 +58,7 @@ class _Built(NamedTuple):
     structure: Callable[[Any, Any], EventEnvelope]  # the converter's EventEnvelope hooks
     unstructure: Callable[[EventEnvelope], dict[str, Any]]
     from_orjson: Callable[[Any, int], EventEnvelope]  # the fast path for orjson's documents
+    warm: Callable[[], int]
 
 
 def _build(reg: EventRegistry) -> _Built:
@@ -112,10 +113,10 @@ def _build(reg: EventRegistry) -> _Built:
         except Exception as exc:  # a bug here must still surface as a DecodeError
             raise DecodeError(f"$: cannot decode the envelope ({type(exc).__name__})") from exc
 
-    unstructure_envelope = make_unstructure_envelope(conv, reg)
+    unstructure_envelope, warm = make_unstructure_envelope(conv, reg)
     conv.register_structure_hook(EventEnvelope, structure_envelope)
     conv.register_unstructure_hook(EventEnvelope, unstructure_envelope)
-    return _Built(conv, structure_envelope, unstructure_envelope, fast_envelope)
+    return _Built(conv, structure_envelope, unstructure_envelope, fast_envelope, warm)
 
 
 _dumps = orjson.dumps
@@ -131,7 +132,7 @@ class Codec:
 
     def __init__(self, registry: EventRegistry | None = None) -> None:
         self.registry = default_registry if registry is None else registry
-        self.converter, self._structure, self._unstructure, self._from_orjson = _build(self.registry)
+        self.converter, self._structure, self._unstructure, self._from_orjson, self._warm = _build(self.registry)
 
     def encode(self, envelope: EventEnvelope) -> bytes:
         """The envelope as the JSON bytes serde writes; ``InvalidEvent`` if it cannot be sent."""
@@ -139,6 +140,13 @@ class Codec:
             return _dumps(self._unstructure(envelope))
         except Exception as exc:
             raise encode_error(envelope, exc, self.registry) from exc
+
+    def warm(self) -> int:
+        """Build now the encoders of the event types registered so far (returns how many were
+        missing). Each is otherwise built at its type's first encode: ~0.2 ms, up to ~1 ms in a
+        newly forked worker. Publishers call it on the default codec before a ``fork()``, so
+        that a pre-fork server's workers inherit the encoders instead of each building them."""
+        return self._warm()
 
     def decode(self, data: Data) -> EventEnvelope:
         """The envelope in ``data`` (UTF-8 bytes or str); ``DecodeError`` where serde would refuse.
@@ -183,6 +191,11 @@ _DEFAULT = Codec()
 def encode(envelope: EventEnvelope) -> bytes:
     """Encode with the default registry: the JSON bytes serde writes for this envelope."""
     return _DEFAULT.encode(envelope)
+
+
+def warm() -> int:
+    """`Codec.warm` for the default registry: build the encoders of its event types now."""
+    return _DEFAULT.warm()
 
 
 def decode(data: Data) -> EventEnvelope:

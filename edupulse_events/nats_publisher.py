@@ -25,7 +25,7 @@ from ._closing import fail_taken, log_closed
 from ._cloudevents import router_for
 from ._nats import check_broker
 from ._otel import telemetry_for
-from ._processes import keep_orphan, own_process, track, untrack
+from ._processes import keep_orphan, own_process, prepare_uwsgi_workers, track, untrack
 from ._queue import BatchQueue
 from ._restarts import Restarts
 from ._routing import Item
@@ -149,10 +149,11 @@ class NatsPublisher:
         raises `BrokerError` saying why publishing could not work (unreachable, credentials or
         certificate refused, no such stream, a stream that does not capture the subject). Nothing
         stays behind, so a pre-fork server's master can call it at import, before it forks
-        workers that each connect on their first ``publish()``. Waits at most ``timeout``
-        (default ``connect_timeout``); the stream is not asked again by this publisher's threads."""
+        workers that each connect on their first ``publish()`` (a uWSGI master readies them too).
+        Waits at most ``timeout`` (default ``connect_timeout``); the stream is not asked again."""
         check_broker(self._config, self._config.connect_timeout if timeout is None else timeout)
         self._stream_verified = True
+        prepare_uwsgi_workers()
 
     def _new_worker(self) -> Worker:
         refuse_threadless_uwsgi()

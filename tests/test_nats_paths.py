@@ -15,9 +15,9 @@ from helpers import LogWatcher, envelope, envelopes
 from nats.aio.client import Client
 
 from edupulse_events import BrokerError, EventRejected, NatsPublisher
-from edupulse_events._nats import PATH_ENV
-from edupulse_events._nats import _client as nats_client
+from edupulse_events._nats import PATH_ENV, _paths
 from edupulse_events._nats._fast import FastPath, check_internals
+from edupulse_events._nats._paths import nats_py_version
 from edupulse_events.testing import NatsServer
 
 NATS_PY = tuple(int(p) for p in importlib.metadata.version("nats-py").split(".")[:2])
@@ -32,7 +32,7 @@ def public_path(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def path_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[LogWatcher]:
     """Logs, with the once-per-process record of the path choice forgotten."""
-    monkeypatch.setattr(nats_client, "_logged_paths", set())
+    monkeypatch.setattr(_paths, "_logged_paths", set())
     with LogWatcher() as logs:
         yield logs
 
@@ -42,14 +42,15 @@ def path_of(pub: NatsPublisher) -> str | None:
 
 
 @pytest.mark.skipif(NATS_PY < (2, 10), reason="the fast path is built for nats-py 2.10 and later")
-def test_newest_nats_py_takes_the_fast_path_and_logs_it_once(nats_server: NatsServer, path_logs: LogWatcher) -> None:
-    """With the nats-py this suite installs, publishers take the fast path, show it in stats and repr, log it once."""
+def test_newest_nats_py_takes_the_fast_path_and_logs_it(nats_server: NatsServer, path_logs: LogWatcher) -> None:
+    """With the nats-py this suite installs, publishers take the fast path and show it in stats, repr and logs."""
     with connect(nats_server.url) as one, connect(nats_server.url) as two:
         assert one.publish(envelope()).result(timeout=10).broker_sequence == 1
         assert path_of(one) == "fast"
         assert path_of(two) == "fast"
         assert "path=fast" in repr(one)
-    assert path_logs.text.count("publishing through the fast path") == 1
+    assert path_logs.text.count(f"(nats-py {nats_py_version()}, fast path)") == 2
+    assert "public API" not in path_logs.text
 
 
 def test_public_path_publishes_acks_and_dedups(

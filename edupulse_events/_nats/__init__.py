@@ -8,7 +8,8 @@ ways of publishing and reading acks; ``_stream.py`` reads a stream back for test
 
 from __future__ import annotations
 
-from ._client import PATH_ENV, NatsTransport, cancel_and_wait, check_broker
+from ._client import NatsTransport, cancel_and_wait, check_broker
+from ._paths import PATH_ENV, prepare_process
 from ._stream import StoredMessage, read_stream, read_stream_async
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "StoredMessage",
     "cancel_and_wait",
     "check_broker",
+    "prepare_process",
     "read_stream",
     "read_stream_async",
 ]

@@ -4,9 +4,8 @@ It connects (mapping every nats-py failure to a library error that says why), re
 fall back to plain text when TLS was asked for, creates or checks streams, and reports the
 connection's state to the worker. Publishing and acks go through one of two paths, chosen
 at each connection: the fast path (``_fast.py``, nats-py internals, checked and probed) or
-the public path (``_public.py``, nats-py's documented API). The choice is logged once per
-process and shown in the publisher's ``stats()`` and ``repr``; setting
-``EDUPULSE_EVENTS_NATS_PATH=public`` forces the public path.
+the public path (``_public.py``, nats-py's documented API); ``_paths.py`` decides which and
+says so. The path is named in each connection's log line, the publisher's ``stats()`` and ``repr``.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
-import os
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -24,7 +22,6 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import nats
-import nats.aio.client
 import nats.errors
 from nats.aio.client import Client
 
@@ -32,15 +29,14 @@ from .._acks import Ack
 from .._routing import Item
 from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable
-from ._fast import FastPath, check_internals
+from ._fast import FastPath
+from ._paths import fast_path_refusal, log_public_path, nats_py_version
 from ._public import PublicPath
 from ._streams import ensure_stream, stream_captures
 
-__all__ = ["PATH_ENV", "NatsTransport", "cancel_and_wait", "check_broker"]
+__all__ = ["NatsTransport", "cancel_and_wait", "check_broker"]
 
 log = logging.getLogger("edupulse_events")
-PATH_ENV = "EDUPULSE_EVENTS_NATS_PATH"
-_logged_paths: set[str] = set()
 
 
 class Path(Protocol):
@@ -125,37 +121,19 @@ def _wants_tls(config: PublisherConfig, scheme: str) -> bool:
     return scheme == "tls" or (config.tls is not None and scheme == "nats")
 
 
-def nats_py_version() -> str:
-    """The installed nats-py release: as nats-py says it (read once at its import), else as its
-    distribution says. Asking the distribution scans sys.path's metadata (~2 ms), which every
-    pre-fork worker would pay on its first connection."""
-    said = getattr(nats.aio.client, "__version__", None)
-    if isinstance(said, str) and said[:1].isdigit() and said != "0.0.0":
-        return said
-    import importlib.metadata  # here, not at import: it costs ~20 ms to import, and is needed once
-
-    try:
-        return importlib.metadata.version("nats-py")
-    except importlib.metadata.PackageNotFoundError:
-        return "?"
+_signatures: dict[Any, tuple[str, ...]] = {}
 
 
-def _fast_path_refusal() -> str | None:
-    """Why this process does not use the fast path (None: it does, if the probe passes)."""
-    if os.environ.get(PATH_ENV, "").strip().lower() == "public":
-        return f"{PATH_ENV}=public"
-    return check_internals()
-
-
-def _log_path(name: str, why: str | None) -> None:
-    if name in _logged_paths:
-        return
-    _logged_paths.add(name)
-    version = nats_py_version()
-    if why is None:
-        log.info("nats-py %s: publishing through the fast path", version)
-    else:
-        log.warning("nats-py %s: publishing through nats-py's public API (slower): %s", version, why)
+def _parameters(method: Any) -> tuple[str, ...]:
+    """The parameter names of a (bound) method, read once per function: inspecting a signature
+    costs each pre-fork worker ~0.1 ms on its first connection."""
+    key = getattr(method, "__func__", method)
+    if key not in _signatures:
+        try:
+            _signatures[key] = tuple(inspect.signature(method).parameters)
+        except (TypeError, ValueError):
+            _signatures[key] = ()
+    return _signatures[key]
 
 
 class NatsTransport:
@@ -313,18 +291,21 @@ class NatsTransport:
         except BrokerError:
             await self.close(1.0)
             raise
-        log.info("connected to broker %s", cfg.redacted_servers)
+        if self._path is None:  # a check
+            log.info("connected to broker %s", cfg.redacted_servers)
+        else:  # one line: each costs a pre-fork worker ~0.1-0.3 ms on its first connection
+            path = "fast path" if self._path.name == "fast" else "nats-py's public API"
+            log.info("connected to broker %s (nats-py %s, %s)", cfg.redacted_servers, nats_py_version(), path)
         self._on_state(True)
 
     async def _choose_path(self) -> None:
         probe_timeout = min(self._config.connect_timeout, 2.0)
-        why = _fast_path_refusal()
+        why = fast_path_refusal()
         try:
             if why is None:
                 fast = FastPath(self._nc, self._on_acks)
                 if await fast.start(probe_timeout):
                     self._path = fast
-                    _log_path(fast.name, None)
                     return
                 why = "the fast path's probe failed"
             public = PublicPath(self._nc, self._on_acks)
@@ -332,7 +313,7 @@ class NatsTransport:
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
             raise BrokerUnavailable(f"could not subscribe to the ack inbox: {exc!r}") from exc
         self._path = public
-        _log_path(public.name, why)
+        log_public_path(why)
 
     def _refuse_plain_text(self) -> None:
         """Never fall back to plain text when TLS was asked for.
@@ -347,10 +328,7 @@ class NatsTransport:
         original = getattr(nc, "_process_info", None)  # the one place nats-py reads the server's INFO
         config = self._config
         wants_tls = any(_wants_tls(config, urlsplit(url).scheme) for url in config.servers)
-        try:
-            params = tuple(inspect.signature(original).parameters) if original is not None else ()
-        except (TypeError, ValueError):
-            params = ()
+        params = _parameters(original) if original is not None else ()
         if original is None or params[:2] != ("info", "initial_connection"):
             if wants_tls:  # without the check TLS could silently be skipped: refuse instead
                 raise BrokerError(

@@ -25,25 +25,40 @@ import nats.errors
 from nats.aio.client import Client
 from nats.protocol import parser as nats_parser
 
-from .._acks import Ack, AckReader, read_ack
+from .._acks import Ack, AckReader, ack_matchers, read_ack
 from .._routing import Item
 from ..errors import BrokerUnavailable
 
-__all__ = ["FastPath", "check_internals"]
+__all__ = ["FastPath", "check_internals", "prepare_acks"]
 
 log = logging.getLogger("edupulse_events")
 _PROBE = b'{"stream":"probe","seq":0}'
 
 
+_WANTED: dict[str, tuple[str, ...]] = {
+    "_process_msg": ("sid", "subject", "reply", "data", "headers"),
+    "_flush_pending": ("force_flush",),
+    "_send_ping": ("future",),
+}
+_checked: dict[tuple[Any, ...], str | None] = {}
+
+
 def check_internals() -> str | None:
-    """Why the fast path cannot be used with the installed nats-py (None: it can)."""
+    """Why the fast path cannot be used with the installed nats-py (None: it can). The answer
+    is kept for as long as the client and parser classes keep the same methods: each pre-fork
+    worker inherits it instead of inspecting them again on its first connection (~0.3 ms)."""
+    key = tuple(vars(Client).get(name) for name in (*_WANTED, "_process_info", "__init__")) + tuple(
+        vars(nats_parser.Parser).get(name) for name in ("parse", "reset", "__init__")
+    )
+    if key not in _checked:
+        _checked.clear()
+        _checked[key] = _check_internals()
+    return _checked[key]
+
+
+def _check_internals() -> str | None:
     nc = Client()
-    wanted: dict[str, tuple[str, ...]] = {
-        "_process_msg": ("sid", "subject", "reply", "data", "headers"),
-        "_flush_pending": ("force_flush",),
-        "_send_ping": ("future",),
-    }
-    for name, params in wanted.items():
+    for name, params in _WANTED.items():
         method = getattr(nc, name, None)
         if method is None or not inspect.iscoroutinefunction(method):
             return f"nats-py has no coroutine Client.{name}"
@@ -70,6 +85,12 @@ def check_internals() -> str | None:
     if not hasattr(ps, "state"):
         return "the protocol parser keeps no state"
     return None
+
+
+def prepare_acks() -> None:
+    """Compile the matchers a first connection's ack inbox needs: it is the connection's first
+    subscription (sid 1) once the stream was checked (by `check()`, or before a fork)."""
+    ack_matchers(1)
 
 
 class FastPath:
@@ -119,7 +140,7 @@ class FastPath:
         self._originals = {"_process_msg": original, "parse": nc._ps.parse, "reset": nc._ps.reset}  # noqa: SLF001
         nc._process_msg = process_msg  # type: ignore[method-assign,assignment]  # noqa: SLF001 - the hook
         parser = nc._ps  # noqa: SLF001
-        self._reader = AckReader(parser, self._prefix, sid, self._deliver, nats_parser.MAX_CONTROL_LINE_SIZE)
+        self._reader = AckReader(parser, sid, self._deliver, nats_parser.MAX_CONTROL_LINE_SIZE)
 
     def _deliver(self, acks: list[Ack]) -> None:
         self.on_acks(acks)
