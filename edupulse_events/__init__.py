@@ -57,7 +57,7 @@ from .nats_publisher import NatsPublisher, PublisherState
 from .publisher import EventPublisher, InMemoryPublisher
 from .stats import PublisherStats
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 # A library never configures logging: without this, an application that set up none would get
 # the library's warnings on stderr through Python's last-resort handler.
