@@ -32,6 +32,7 @@ SPOOL_MODES = ("write-ahead", "overflow")
 _SUBJECT_FIELDS = {"type", "tenant"}
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 _STREAM_NAME = re.compile(r"^[^\s.*>/\\]+$")
+_INBOX_PREFIX = re.compile(r"[!-)+-\-/-=?-~]+(\.[!-)+-\-/-=?-~]+)*\Z")  # printable ASCII but '*', '.', '>'
 #: Longest subject published: nats-server's default max_control_line (4096 bytes) must hold
 #: "HPUB <subject> <ack inbox> <header bytes> <total bytes>"; past it the server closes the
 #: connection (nats-py then gives up on it), so longer subjects are refused at the call site.
@@ -119,6 +120,12 @@ def _servers(value: object) -> tuple[str, ...]:
     return tuple(items)
 
 
+def check_inbox_prefix(_inst: object, _attr: object, prefix: object) -> None:
+    """An inbox prefix is a NATS subject without wildcards (the inbox's own tokens follow it)."""
+    if not isinstance(prefix, str) or not _INBOX_PREFIX.match(prefix):
+        raise ConfigError(f"inbox_prefix must be dot-separated subject tokens without wildcards, got {prefix!r}")
+
+
 def check_subject(_inst: object, _attr: object, subject: str) -> None:
     if not isinstance(subject, str) or not subject:
         raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
@@ -186,6 +193,11 @@ class PublisherConfig:
     #: How long the interpreter-exit hook waits for unresolved events.
     exit_timeout: float = attrs.field(default=5.0, validator=seconds_validator("exit_timeout"))
     client_name: str = "edupulse_events"
+    #: The subject prefix of the ack inbox (nats-py's ``_INBOX`` by default). Any client that
+    #: sees an event sees its reply subject: give the publisher a prefix of its own and deny
+    #: every other user ``publish`` on ``<prefix>.>`` to make forged acks impossible (README,
+    #: Security).
+    inbox_prefix: str = attrs.field(default="_INBOX", validator=check_inbox_prefix)
     #: CloudEvents binary-mode headers beside every body (``ce-id``, ``ce-type``, ...; see
     #: `_cloudevents`), with ``ce-source`` = ``cloudevents_source``.
     cloudevents: bool = False
@@ -273,8 +285,8 @@ class PublisherConfig:
         ``URL`` and ``SUBJECT`` (required); one way to authenticate: ``TOKEN``, ``NKEY_SEED``
         (a user NKey seed) or ``CREDS`` (a ``.creds`` file); ``STREAM`` (the JetStream stream
         that must capture the subject) and ``CREATE_STREAM`` (``1``/``true``/``yes``: create it
-        when missing); ``SPOOL`` (a spool directory) and ``SPOOL_MODE`` (``write-ahead`` or
-        ``overflow``). Raises `ConfigError` when a value is missing or invalid.
+        when missing); ``INBOX_PREFIX`` (the ack inbox's subject prefix); ``SPOOL`` (a spool
+        directory) and ``SPOOL_MODE`` (``write-ahead`` or ``overflow``). Raises `ConfigError` when a value is missing or invalid.
         """
         env = os.environ if environ is None else environ
         url = env.get(ENV_PREFIX + "URL", "").strip()
@@ -287,6 +299,7 @@ class PublisherConfig:
             ("nkey_seed", "NKEY_SEED"),
             ("creds_file", "CREDS"),
             ("stream", "STREAM"),
+            ("inbox_prefix", "INBOX_PREFIX"),
             ("spool_dir", "SPOOL"),
             ("spool_mode", "SPOOL_MODE"),
         ):

@@ -243,6 +243,7 @@ class NatsTransport:
                 reconnected_cb=reconnected_cb,
                 closed_cb=closed_cb,
                 name=cfg.client_name,
+                inbox_prefix=cfg.inbox_prefix,
                 allow_reconnect=True,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=cfg.reconnect_wait,  # type: ignore[arg-type]  # nats-py annotates int
@@ -304,12 +305,12 @@ class NatsTransport:
         why = fast_path_refusal()
         try:
             if why is None:
-                fast = FastPath(self._nc, self._on_acks)
+                fast = FastPath(self._nc, self._on_acks, self._config.stream)
                 if await fast.start(probe_timeout):
                     self._path = fast
                     return
                 why = "the fast path's probe failed"
-            public = PublicPath(self._nc, self._on_acks)
+            public = PublicPath(self._nc, self._on_acks, self._config.stream)
             await public.start(probe_timeout)
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
             raise BrokerUnavailable(f"could not subscribe to the ack inbox: {exc!r}") from exc

@@ -25,14 +25,13 @@ import nats.errors
 from nats.aio.client import Client
 from nats.protocol import parser as nats_parser
 
-from .._acks import Ack, AckReader, ack_matchers, read_ack
+from .._acks import Ack, AckReader, ack_matchers, ignored, read_ack, valid_status
 from .._routing import Item
 from ..errors import BrokerUnavailable
 
 __all__ = ["FastPath", "check_internals", "prepare_acks"]
 
 log = logging.getLogger("edupulse_events")
-_PROBE = b'{"stream":"probe","seq":0}'
 
 
 _WANTED: dict[str, tuple[str, ...]] = {
@@ -101,9 +100,11 @@ class FastPath:
     #: awaited an ack is resent at once on the new one.
     resend_on_reconnect = True
 
-    def __init__(self, nc: Client, on_acks: Callable[[list[Ack]], None]) -> None:
+    def __init__(self, nc: Client, on_acks: Callable[[list[Ack]], None], stream: str | None = None) -> None:
         self._nc = nc
         self.on_acks = on_acks
+        #: The stream whose acks count (None: any stream's); see `read_ack`.
+        self._stream = stream
         self._prefix = b""
         self._reader: AckReader | None = None
         self._originals: dict[str, Any] = {}
@@ -131,16 +132,17 @@ class FastPath:
             if sid_ != sid:
                 await original(sid_, subject, reply, data, headers)
                 return
-            try:
-                seq = int(subject[start:])
-            except ValueError:
+            token = subject[start:]  # a publish sequence, unless a stranger chose the subject
+            ack = status_ack(int(token), data, headers, self._stream) if _is_seq(token) else None
+            if ack is None:
+                ignored(token, data)
                 return
-            self.on_acks([status_ack(seq, data, headers)])
+            self.on_acks([ack])
 
         self._originals = {"_process_msg": original, "parse": nc._ps.parse, "reset": nc._ps.reset}  # noqa: SLF001
         nc._process_msg = process_msg  # type: ignore[method-assign,assignment]  # noqa: SLF001 - the hook
         parser = nc._ps  # noqa: SLF001
-        self._reader = AckReader(parser, sid, self._deliver, nats_parser.MAX_CONTROL_LINE_SIZE)
+        self._reader = AckReader(parser, sid, self._deliver, nats_parser.MAX_CONTROL_LINE_SIZE, self._stream)
 
     def _deliver(self, acks: list[Ack]) -> None:
         self.on_acks(acks)
@@ -152,10 +154,12 @@ class FastPath:
         seen: asyncio.Future[None] = loop.create_future()
         count = 0
         target = self.on_acks
+        name = self._stream or "probe"
+        body = b'{"stream":"%s","seq":1}' % name.encode()  # publish sequence 0 is never an event's
 
         def on_probe(acks: list[Ack]) -> None:
             nonlocal count
-            count += sum(1 for ack in acks if ack[0] == 0 and ack[1] == "probe")
+            count += sum(1 for ack in acks if ack[0] == 0 and ack[1] == name)
             if count >= 2 and not seen.done():
                 seen.set_result(None)
 
@@ -165,8 +169,8 @@ class FastPath:
         try:
             self._write(
                 [
-                    b"PUB %s %d\r\n%s\r\n" % (subject, len(_PROBE), _PROBE),
-                    b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, len(header), len(header) + len(_PROBE), header, _PROBE),
+                    b"PUB %s %d\r\n%s\r\n" % (subject, len(body), body),
+                    b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, len(header), len(header) + len(body), header, body),
                 ]
             )
             await self._kick()
@@ -258,9 +262,15 @@ class FastPath:
         nc._pending_data_size = 0  # noqa: SLF001
 
 
-def status_ack(seq: int, data: bytes, headers: bytes | None) -> Ack:
+def _is_seq(token: bytes) -> bool:
+    """Whether a subject's last token can be a publish sequence (ASCII digits, at most 19)."""
+    return 0 < len(token) < 20 and token.isdigit()
+
+
+def status_ack(seq: int, data: bytes, headers: bytes | None, stream: str | None = None) -> Ack | None:
     """An ack that came with headers: "NATS/1.0 503" alone is "no responders"; a status with a
-    JSON body (429 and 10167) is that body's error."""
+    JSON body (429 and 10167) is that body's error. None: neither (see `read_ack`)."""
     if headers and headers[8:9] == b" " and not data:
-        return (seq, None, None, False, {"status": headers[9:12].decode("ascii", "replace")})
-    return read_ack(seq, data)
+        status = headers[9:12].decode("ascii", "replace")
+        return (seq, None, None, False, {"status": status}) if valid_status(status) else None
+    return read_ack(seq, data, stream)

@@ -6,19 +6,22 @@ body, reply=…, headers=…)``; acks arrive on one wildcard inbox subscription 
 callback, and are handed on a loop iteration's worth at a time. A core batch is confirmed by
 a marker message published after it to that same inbox: the server handles one
 connection's messages in order, so when the marker comes back everything before it was read
-(a PING through ``flush()`` could overtake commands still in the client's buffer).
+(a PING through ``flush()`` could overtake commands still in the client's buffer). The
+inbox is checked as on the fast path (`_acks.read_ack`): malformed acks are ignored, and a
+marker counts only with the random body it was sent with.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable, Sequence
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from .._acks import Ack, read_ack
+from .._acks import Ack, ignored, read_ack, valid_status
 from .._routing import Item
 from ..errors import BrokerUnavailable
 
@@ -45,12 +48,14 @@ class PublicPath:
     #: events lost with the old socket are resent when their attempt times out.
     resend_on_reconnect = False
 
-    def __init__(self, nc: Client, on_acks: Callable[[list[Ack]], None]) -> None:
+    def __init__(self, nc: Client, on_acks: Callable[[list[Ack]], None], stream: str | None = None) -> None:
         self._nc = nc
         self.on_acks = on_acks
+        self._stream = stream
         self._prefix = ""
         self._acks: list[Ack] = []
-        self._markers: dict[int, asyncio.Future[None]] = {}
+        #: Core batches awaiting their marker: key -> (future, the marker's random body).
+        self._markers: dict[str, tuple[asyncio.Future[None], bytes]] = {}
         self._key = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -63,20 +68,27 @@ class PublicPath:
     async def _on_msg(self, msg: Msg) -> None:
         token = msg.subject[len(self._prefix) :]
         if token.startswith(_MARKER):
-            marker = self._markers.pop(int(token[1:]), None)
-            if marker is not None and not marker.done():
-                marker.set_result(None)
+            entry = self._markers.get(token[1:])
+            if entry is None or msg.data != entry[1]:
+                ignored(token.encode(), msg.data)
+                return
+            del self._markers[token[1:]]
+            if not entry[0].done():
+                entry[0].set_result(None)
             return
-        try:
-            seq = int(token)
-        except ValueError:
+        if not (0 < len(token) < 20 and token.isascii() and token.isdigit()):
+            ignored(token.encode(), msg.data)
             return
-        headers = msg.headers or {}
-        status = headers.get("Status")
+        seq = int(token)
+        status = (msg.headers or {}).get("Status")
+        ack: Ack | None
         if status is not None and not msg.data:
-            ack: Ack = (seq, None, None, False, {"status": status})
+            ack = (seq, None, None, False, {"status": status}) if valid_status(status) else None
         else:
-            ack = read_ack(seq, msg.data)
+            ack = read_ack(seq, msg.data, self._stream)
+        if ack is None:
+            ignored(seq, msg.data)
+            return
         if not self._acks:
             assert self._loop is not None
             self._loop.call_soon(self._hand_on)
@@ -101,14 +113,16 @@ class PublicPath:
         if not nc.is_connected:
             raise BrokerUnavailable("not connected to the broker")
         self._key += 1
+        key = str(self._key)
         marker: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._markers[self._key] = marker
+        body = os.urandom(8).hex().encode()  # a stranger who knows the inbox cannot guess it
+        self._markers[key] = (marker, body)
         try:
             for item in items:
                 await nc.publish(item.subject.decode(), item.payload, headers=header_dict(item.headers))
-            await nc.publish(f"{self._prefix}{_MARKER}{self._key}", b"")
+            await nc.publish(f"{self._prefix}{_MARKER}{key}", body)
         except (nats.errors.Error, OSError) as exc:
-            self._markers.pop(self._key, None)
+            self._markers.pop(key, None)
             raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc
         return marker
 
@@ -119,7 +133,7 @@ class PublicPath:
     def disconnected(self) -> None:
         """Markers of batches on the lost connection may never come back: the sender's timer
         or the reconnect settles those batches, so forget them."""
-        for marker in self._markers.values():
+        for marker, _body in self._markers.values():
             if not marker.done():
                 marker.set_exception(BrokerUnavailable("the connection to the broker was lost"))
                 marker.exception()  # retrieved: the sender reads it from its done-callback
