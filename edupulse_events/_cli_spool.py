@@ -5,14 +5,20 @@ only registers them with `add_spool_commands`. The spool files themselves are `_
 (what each holds, whose it is, deleting orphans) and delivering them is `NatsPublisher`'s:
 ``replay`` is a publisher on the directory that adopts the orphaned files and drains its spool.
 
+Special files: ``inspect`` and ``purge`` never open a spool name that is not a regular file (a
+FIFO, a symlink: listed with the reason, left alone), so they end on any directory; both warn
+when a publisher would refuse the directory (`_spool_files.check_directory`), and ``replay``,
+being a publisher, refuses it (exit 2).
+
 Exit codes: 0 done; 1 replay left events undelivered or the broker failed; 2 bad usage (DIR
-is not a directory, the broker settings are missing or invalid).
+is not a directory or not one to trust, the broker settings are missing or invalid).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
@@ -148,8 +154,22 @@ def _inspect(args: argparse.Namespace) -> int:
     )
     aside = _moved_aside(directory)
     if aside:
-        print(f"moved aside as unusable (never replayed or purged; check by hand): {', '.join(aside)}")
+        print("moved aside as unusable (never replayed or purged; check by hand):")
+        for name, why in aside:
+            print(f"  {name}: {why or 'no reason recorded'}")
+    _warn_untrusted(args, directory)
     return 0
+
+
+def _warn_untrusted(args: argparse.Namespace, directory: Path) -> None:
+    """Say on stderr if a publisher would refuse ``directory`` (not ours, or others may write in it)."""
+    from ._spool_files import check_directory
+    from .errors import ConfigError
+
+    try:
+        check_directory(directory)
+    except ConfigError as exc:
+        print(f"edupulse-events spool {args.spool_command}: warning: {exc}", file=sys.stderr)
 
 
 def _as_json(info: SpoolFileInfo, now: float) -> dict[str, object]:
@@ -170,9 +190,12 @@ def _as_json(info: SpoolFileInfo, now: float) -> dict[str, object]:
     }
 
 
-def _moved_aside(directory: Path) -> list[str]:
-    """Spool files an adopter found unusable and renamed ``*.db.corrupt-<UTC time>`` (kept, never replayed)."""
-    return sorted(p.name for p in directory.glob("spool-*.db.corrupt-*"))
+def _moved_aside(directory: Path) -> list[tuple[str, str | None]]:
+    """Spool files an adopter found unusable and renamed ``*.db.corrupt-<UTC time>`` (kept, never replayed),
+    each with the reason written beside it."""
+    from ._spool_files import moved_aside
+
+    return moved_aside(directory)
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -205,8 +228,12 @@ def _purge(args: argparse.Namespace) -> int:
     from ._spool_files import purge
 
     deleted = purge(directory, only={info.path for info in orphans})  # what was confirmed, nothing newer
-    gone = [info.path.name for info in orphans if not info.path.exists()]
+    gone = [info.path.name for info in orphans if not os.path.lexists(info.path)]
     print(f"deleted {plural(deleted, 'event')} in {plural(len(gone), 'file')}: {', '.join(gone) or '-'}")
+    odd = [info for info in orphans if os.path.lexists(info.path) and info.count is None]
+    for info in odd:
+        print(f"  left alone: {info.path.name}: {info.error}")
+    _warn_untrusted(args, directory)
     return 0
 
 
@@ -231,19 +258,24 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"edupulse-events spool replay: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(f"replaying orphaned spool files in {directory} to {config.redacted_servers}")
-    aside = set(_moved_aside(directory))
+    aside = {name for name, _ in _moved_aside(directory)}
     publisher = NatsPublisher(config)
-    drained = False
+    drained = refused = False
     try:
         publisher.check()  # an unreachable broker: say so before touching any spool file
         publisher.start()  # opens this process's spool, which adopts the orphaned files
         drained = publisher.drain_spool(args.timeout)
+    except ConfigError as exc:  # the directory is not to be trusted (`_spool_files.check_directory`)
+        refused = True
+        print(f"edupulse-events spool replay: {redact(str(exc), config)}", file=sys.stderr)
     except (EventsError, OSError) as exc:
         print(f"edupulse-events spool replay: {redact(str(exc) or type(exc).__name__, config)}", file=sys.stderr)
     except KeyboardInterrupt:
         print("edupulse-events spool replay: interrupted", file=sys.stderr)
     finally:
         publisher.close(5.0)  # what is left stays on disk, in a file the next publisher adopts
+    if refused:
+        return 2
     infos = _files(directory)
     left = [info for info in infos if not info.owner_alive]
     remaining = sum(info.count or 0 for info in left)
@@ -255,7 +287,9 @@ def _replay(args: argparse.Namespace) -> int:
         + (f"; {bad} unreadable" if bad else "")
         + (f"; {live} in use by a live owner (it delivers its own)" if live else "")
     )
-    unusable = sorted(set(_moved_aside(directory)) - aside)
+    unusable = [(name, why) for name, why in _moved_aside(directory) if name not in aside]
     if unusable:
-        print(f"moved aside as unusable (not replayed; check by hand): {', '.join(unusable)}")
+        print("moved aside as unusable (not replayed; check by hand):")
+        for name, why in unusable:
+            print(f"  {name}: {why or 'no reason recorded'}")
     return 0 if drained and remaining == 0 and not bad and not unusable else 1

@@ -9,6 +9,11 @@ gone (closed with rows left, killed, crashed) another `Spool` in the directory t
 and adopts the rows (`Spool.adopt_orphans`, `_spool_files` has the steps): exactly once, as the
 lock decides, and never a file that fails its checks (that one is moved aside, not deleted).
 
+Trust: the directory must be this uid's and writable by nobody else (`ConfigError` when a
+`Spool` opens, `_spool_files.check_directory`); the files are created ``0600`` and never through
+a symlink. Adopted rows pass `Spool.check` (the publisher's: the subject fits its subject
+template, the headers are the routing headers it writes) or their whole file is moved aside.
+
 Writes: one connection in autocommit mode, used by caller threads and the publisher thread under
 one lock (``_db``), holding its database in exclusive locking mode (no other process reads a
 live spool; that saves the shared-memory locking of every commit). A lone row is one INSERT, its
@@ -42,6 +47,7 @@ import attrs
 from ._spool_files import (
     SCHEMA,
     SpoolFileInfo,
+    check_directory,
     connect,
     create_locked,
     is_full,
@@ -59,6 +65,8 @@ log = logging.getLogger("edupulse_events")
 T = TypeVar("T")
 
 Row = tuple[bytes, bytes, bytes, str, float]  # subject, headers, payload, event_id, accepted
+#: (event_id, subject, headers) -> why that row must not be published, or None (`Spool.check`).
+RowCheck = Callable[[str, bytes, bytes], "str | None"]
 
 INSERT = "INSERT INTO events (id, subject, headers, payload, event_id, accepted, parked) VALUES (?, ?, ?, ?, ?, ?, ?)"
 SIZE = "coalesce(sum(length(headers) + length(payload)), 0)"
@@ -98,9 +106,20 @@ class _Batch:
 class Spool:
     """One process's spool database in a directory."""
 
-    def __init__(self, directory: str | os.PathLike[str], *, max_bytes: int, fsync: bool = False) -> None:
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        max_bytes: int,
+        fsync: bool = False,
+        check: RowCheck | None = None,
+    ) -> None:
         self.directory = Path(directory)
+        check_directory(self.directory)  # ConfigError: not ours, or others may write in it
         self.max_bytes = max_bytes
+        #: Why an adopted row must not be published (None: it may), given its event_id, subject and
+        #: headers; a file with such a row is moved aside whole. None here: every sound row is adopted.
+        self.check = check
         self.count = 0  # rows held
         self.nbytes = 0  # sum of len(headers) + len(payload) of the rows held
         self.transactions = 0  # commits made
@@ -120,6 +139,9 @@ class Spool:
             raise SpoolError(f"cannot create a spool in {self.directory}: {exc.strerror or exc}") from exc
         self._conn: sqlite3.Connection | None = None
         try:
+            # created here, 0600 and never through a symlink (SQLite would make it 0644); SQLite gives
+            # the -wal the same mode: event bodies may hold personal data
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             self._conn = conn = connect(self.path, "rwc")
             # One process writes each file: holding its lock for good (and, set before WAL is
             # entered, the WAL index in the process's own memory, no -shm) makes a commit ~40 %
@@ -132,7 +154,7 @@ class Spool:
             # checkpoint ever stalls a publish() on fsync; FULL: synced (it survives power loss)
             conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'OFF'}")
             self._run(conn, lambda: [conn.execute(statement) for statement in SCHEMA])
-        except (sqlite3.Error, SpoolError) as exc:
+        except (sqlite3.Error, SpoolError, OSError) as exc:
             if self._conn is not None:
                 self._conn.close()
             remove(self.path)

@@ -1,13 +1,16 @@
 """Adoption: a live `Spool` takes over the spool files of processes that are gone.
 
 For every other ``spool-*.db`` in the directory whose ``.lock`` this process can lock now (its
-owner is dead: POSIX locks die with their process), the file is checked (`_spool_files.problem`:
-SQLite's quick_check, the format and the columns); an unsound one is moved aside, never deleted,
-and logged. A sound one is attached and its rows copied, parked (to be replayed) and in order,
-after this spool's own ids, in one transaction; then its files go, the lock last. The lock makes
-it exactly once, even when several processes adopt at the same time; a process killed between
-the copy and the delete leaves the orphan to be adopted again (at least once: the same
-``Nats-Msg-Id``, so JetStream stores it once within its duplicate window).
+owner is dead: POSIX locks die with their process), the file is checked read-only
+(`_spool_files.problem`: regular files only, SQLite's quick_check, the format and the columns,
+then every row: the column types and `Spool.check`, the publisher's subject template and
+routing headers); an unsound one — a single bad row is enough: a file someone planted or
+altered is not trusted in part — is moved aside, never deleted, with the reason logged and
+written beside it. A sound one is attached and its rows copied, parked (to be replayed) and in
+order, after this spool's own ids, in one transaction. Then its files go, the lock last. The
+lock makes it exactly once, even when several processes adopt at the same time; a process
+killed between the copy and the delete leaves the orphan to be adopted again (at least once:
+the same ``Nats-Msg-Id``, so JetStream stores it once within its duplicate window).
 """
 
 from __future__ import annotations
@@ -46,9 +49,9 @@ def adopt_orphans(spool: Spool) -> int:
 
 def _adopt(spool: Spool, db: Path) -> int:
     """Adopt one orphan whose lock this process holds."""
-    why = problem(db)
+    why = problem(db, spool.check)  # read-only: a refused file is moved aside exactly as it was found
     if why is not None:
-        log.error("spool file %s is not usable (%s): moved aside to %s", db, why, move_aside(db))
+        log.error("spool file %s is not usable (%s): moved aside to %s", db, why, move_aside(db, why))
         return 0
     with spool._db:  # noqa: SLF001
         conn = spool._connection()  # noqa: SLF001

@@ -8,6 +8,16 @@ abandoned once it is `YOUNG` seconds old. Whoever takes a lock checks that the p
 the inode it locked (a finishing adopter deletes the ``.lock`` last, while holding it), so
 exactly one process ever acts on a spool file.
 
+Trust: the directory is a trust boundary. `check_directory` (run when a `_spool.Spool` opens)
+wants it owned by this process's effective uid and writable by nobody else (no group or other
+write bit, so a sticky ``/tmp``-style directory is refused too): then only this uid (or root) can
+plant files in it. Still, every file here is opened without following symlinks and without
+blocking (``O_NOFOLLOW | O_NONBLOCK``, then checked to be a regular file), and a ``.db`` whose
+files are not all regular files (`irregular`) is never handed to SQLite: a symlink or a FIFO
+planted in the directory can neither make this process create or open a file elsewhere nor
+hang it. Suspect files are only ever opened read-only (`problem`), so what is moved aside is
+byte for byte what was found; `move_aside` writes the reason beside it (``*.why``).
+
 POSIX locks belong to a process, not to a file descriptor: the process's lock would not stop
 its own second ``lockf``, and closing *any* descriptor of the file drops it. So this process
 never opens a lock file it holds or is taking: `held` names them (per pid, as a forked child
@@ -26,12 +36,15 @@ import fcntl
 import os
 import secrets
 import sqlite3
+import stat
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import attrs
+
+from .errors import ConfigError
 
 __all__ = [
     "COLUMNS",
@@ -39,14 +52,17 @@ __all__ = [
     "SCHEMA",
     "YOUNG",
     "SpoolFileInfo",
+    "check_directory",
     "claim",
     "claim_lock",
     "connect",
     "create_locked",
     "held",
+    "irregular",
     "is_full",
     "lock_path",
     "move_aside",
+    "moved_aside",
     "orphan_dbs",
     "problem",
     "purge",
@@ -75,8 +91,22 @@ SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     f"INSERT OR IGNORE INTO meta (key, value) VALUES ('format', '{FORMAT}')",
 )
+#: Rows whose columns do not hold what a spool writes (SQLite keeps any type in any column).
+_MISTYPED = (
+    "SELECT id FROM events WHERE typeof(subject) != 'blob' OR typeof(headers) != 'blob'"
+    " OR typeof(payload) != 'blob' OR typeof(event_id) != 'text' OR typeof(accepted) NOT IN ('real', 'integer')"
+    " ORDER BY id LIMIT 1"
+)
 #: A ``.db`` with no ``.lock`` younger than this (seconds) may still be being created.
 YOUNG = 5.0
+#: Flags of every os.open of a file in the directory: a planted symlink is refused (ELOOP), a
+#: FIFO opens at once instead of waiting for a writer (and is then refused as not regular).
+_SAFE = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: The side files of a ``.db`` SQLite may open, and the reason file `move_aside` writes.
+SIDE_FILES = ("-wal", "-shm")
+WHY = ".why"
+#: At most this much of a reason file is read back (`moved_aside`).
+_WHY_BYTES = 4096
 
 #: Lock files this process holds or is taking now -> the pid that does (a fork()ed child, whose
 #: pid differs, holds none of them).
@@ -111,6 +141,71 @@ def lock_path(db: Path) -> Path:
     return db.with_suffix(".lock")
 
 
+def check_directory(directory: Path) -> None:
+    """`ConfigError` unless ``directory`` is owned by this process's effective uid and has no group or
+    other write bit. A missing or non-directory path passes: opening the spool reports it."""
+    try:
+        st = os.stat(directory)  # a symlink to the directory is followed: its target must be ours
+    except OSError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    euid = os.geteuid()
+    if st.st_uid != euid:
+        raise ConfigError(
+            f"spool_dir {str(directory)!r} is owned by uid {st.st_uid}, not by this process's uid {euid}: "
+            "whoever owns it can plant spool files that would be published with this application's credentials; "
+            "use a directory of this user's own"
+        )
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(
+            f"spool_dir {str(directory)!r} has mode {stat.S_IMODE(st.st_mode):04o}: writable by its group or by "
+            "other users, who could plant spool files that would be published with this application's credentials "
+            "(and read its events); use a directory of its own with no group/other write bit (chmod go-w, e.g. 0700)"
+        )
+
+
+def irregular(db: Path) -> str | None:
+    """Why ``db`` must not be handed to SQLite (it, a side file or its lock is a symlink, a FIFO, ...),
+    or None: each of them is a regular file or absent. Reads nothing but the directory entries."""
+    for path in (db, *(db.with_name(db.name + suffix) for suffix in SIDE_FILES), lock_path(db)):
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            if path == db:
+                return f"{path.name} is gone"
+            continue
+        if not stat.S_ISREG(mode):
+            return f"{path.name} is not a regular file ({_kind(mode)}): never opened"
+    return None
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISLNK, "a symlink"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return f"mode {mode:o}"
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """``os.open`` without following a symlink or blocking on a FIFO; OSError (EINVAL) unless a regular file."""
+    fd = os.open(path, flags | _SAFE, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path.name} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def connect(db: Path, mode: str) -> sqlite3.Connection:
     """A connection in autocommit mode (explicit BEGIN/COMMIT) through a ``file:`` URI (``mode``: ro, rw, rwc)."""
     uri = f"{db.resolve().as_uri()}?mode={mode}"
@@ -139,7 +234,7 @@ def claim_lock(lock: Path, *, create: bool = False) -> int | None:
         held[key] = pid
     fd = -1
     try:
-        fd = os.open(lock, os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0), 0o600)
+        fd = _open_regular(lock, os.O_RDWR | (os.O_CREAT if create else 0))
         if _lock_now(fd, fcntl.LOCK_EX):
             try:
                 if os.path.samestat(os.fstat(fd), os.stat(lock)):
@@ -148,6 +243,11 @@ def claim_lock(lock: Path, *, create: bool = False) -> int | None:
                 pass  # an adopter finished with it and deleted it
     except FileNotFoundError:
         pass
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EINVAL, errno.ENXIO, errno.EISDIR):
+            release(fd, lock)
+            raise
+        # a symlink (ELOOP) or not a regular file: planted, never ours to lock or create through
     except BaseException:
         release(fd, lock)
         raise
@@ -172,7 +272,7 @@ def create_locked(directory: Path) -> tuple[int, Path]:
     while True:
         lock = directory / f"spool-{os.getpid()}-{secrets.token_hex(4)}.lock"
         try:
-            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            os.close(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _SAFE, 0o600))
         except FileExistsError:
             continue
         fd = claim_lock(lock)  # None: purge() found it without a .db and took it first; try another name
@@ -184,15 +284,15 @@ def claim(db: Path) -> int | None:
     """The locked descriptor of ``db``'s lock file if its owner is gone (None if alive, busy or too young)."""
     lock = lock_path(db)
     create = False
-    if not lock.exists():
+    if not os.path.lexists(lock):  # a dangling symlink is there: never create its target
         try:
-            create = time.time() - db.stat().st_mtime >= YOUNG
+            create = time.time() - os.lstat(db).st_mtime >= YOUNG
         except FileNotFoundError:
             return None
         if not create:
             return None
     fd = claim_lock(lock, create=create)
-    if fd is not None and not db.exists():
+    if fd is not None and not os.path.lexists(db):
         release(fd, lock, delete=True)  # adopted or purged meanwhile; the lock file is a leftover
         return None
     return fd
@@ -209,16 +309,37 @@ def is_full(exc: BaseException) -> bool:
     return (code is not None and code & 0xFF == 13) or "database or disk is full" in str(exc)
 
 
-def problem(db: Path, mode: str = "rw") -> str | None:
-    """Why ``db`` is not a sound spool (corrupt, not SQLite, foreign schema), or None if it is one."""
+def problem(db: Path, check: Callable[[str, bytes, bytes], str | None] | None = None) -> str | None:
+    """Why ``db`` is not a sound spool (not a regular file, corrupt, not SQLite, foreign schema, a row whose
+    columns do not hold what a spool writes, or one that ``check`` refuses), or None if it is one.
+    Read-only: a suspect file (or its -wal) is never written to, so what is moved aside is what was found."""
+    why = irregular(db)
+    if why is not None:
+        return why
     try:
-        conn = connect(db, mode)
+        conn = connect(db, "ro")
     except sqlite3.Error as exc:
         return f"{type(exc).__name__}: {exc}"
     try:
-        return _problem(conn)
+        return _problem(conn) or _row_problem(conn, check)
+    except sqlite3.Error as exc:
+        return f"{type(exc).__name__}: {exc}"
     finally:
         conn.close()
+
+
+def _row_problem(conn: sqlite3.Connection, check: Callable[[str, bytes, bytes], str | None] | None) -> str | None:
+    bad = conn.execute(_MISTYPED).fetchone()
+    if bad is not None:
+        return f"row {bad[0]}: a column does not hold the type a spool writes"
+    if check is not None:
+        for row_id, event_id, subject, headers in conn.execute(
+            "SELECT id, event_id, subject, headers FROM events ORDER BY id"
+        ):
+            why = check(event_id, subject, headers)
+            if why is not None:
+                return f"row {row_id} (event {event_id[:64]!r}) must not be published: {why}"
+    return None
 
 
 def _problem(conn: sqlite3.Connection) -> str | None:
@@ -240,14 +361,45 @@ def _problem(conn: sqlite3.Connection) -> str | None:
     return None
 
 
-def move_aside(db: Path) -> Path:
-    """Rename ``db`` and its side files to ``<name>.corrupt-<UTC time>`` (never deleted); returns the new .db path."""
+def move_aside(db: Path, why: str) -> Path:
+    """Rename ``db`` and its side files to ``<name>.corrupt-<UTC time>`` (never deleted) and write ``why``
+    beside them (``<name>.corrupt-<UTC time>.why``, for ``spool inspect``); returns the new .db path."""
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for suffix in ("-wal", "-shm", ""):
+    for suffix in (*SIDE_FILES, ""):
         path = db.with_name(db.name + suffix)
-        if path.exists():
+        if os.path.lexists(path):
             path.rename(path.with_name(f"{path.name}.corrupt-{stamp}"))
-    return db.with_name(f"{db.name}.corrupt-{stamp}")
+    aside = db.with_name(f"{db.name}.corrupt-{stamp}")
+    try:
+        fd = os.open(aside.with_name(aside.name + WHY), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _SAFE, 0o600)
+        try:
+            os.write(fd, why.encode("utf-8", "backslashreplace")[:_WHY_BYTES] + b"\n")
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # the error log says it too
+    return aside
+
+
+def moved_aside(directory: Path) -> list[tuple[str, str | None]]:
+    """Spool files moved aside as unusable (``spool-*.db.corrupt-<UTC time>``), each with its reason if
+    one was written; read without following symlinks or blocking, at most `_WHY_BYTES` each."""
+    found = []
+    for path in sorted(directory.glob("spool-*.db.corrupt-*")):
+        if path.name.endswith(WHY):
+            continue
+        why: str | None = None
+        try:
+            fd = _open_regular(path.with_name(path.name + WHY), os.O_RDONLY)
+        except OSError:
+            pass
+        else:
+            try:
+                why = " ".join(os.read(fd, _WHY_BYTES).decode("utf-8", "backslashreplace").split()) or None
+            finally:
+                os.close(fd)
+        found.append((path.name, why))
+    return found
 
 
 def remove(db: Path) -> None:
@@ -261,8 +413,8 @@ def _owner_alive(db: Path) -> bool:
     if held.get(str(lock)) == os.getpid():
         return True  # never open it: closing our descriptor would drop our own lock
     try:
-        fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
+        fd = _open_regular(lock, os.O_RDONLY)
+    except OSError:  # none, or not a regular file (`spool_files` checks `irregular` first)
         return False
     try:
         return not _lock_now(fd, fcntl.LOCK_SH)
@@ -282,6 +434,10 @@ def spool_files(directory: str | os.PathLike[str]) -> list[SpoolFileInfo]:
     """Every spool file in ``directory`` with its owner's liveness and contents; reads only."""
     infos = []
     for db in orphan_dbs(Path(directory)):
+        odd = irregular(db)
+        if odd is not None:  # never opened: it could hang the reader or lead outside the directory
+            infos.append(SpoolFileInfo(db, False, None, None, None, None, None, error=odd))
+            continue
         alive = _owner_alive(db)
         if alive:  # its owner holds the database exclusively: nothing to read until it is gone
             infos.append(SpoolFileInfo(db, True, None, None, None, None, None, error=None))
@@ -310,14 +466,14 @@ def purge(directory: str | os.PathLike[str], only: Collection[Path] | None = Non
     root = Path(directory)
     deleted = 0
     for db in orphan_dbs(root):
-        if only is not None and db not in only:
-            continue
+        if (only is not None and db not in only) or irregular(db) is not None:
+            continue  # not a spool's files: left for a person to look at (`spool_files` says why)
         fd = claim(db)
         if fd is None:
             continue
         try:
             try:
-                conn = connect(db, "rw")
+                conn = connect(db, "ro")
                 try:
                     deleted += conn.execute("SELECT count(*) FROM events").fetchone()[0]
                 finally:

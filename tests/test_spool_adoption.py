@@ -54,8 +54,10 @@ def test_unsound_files_are_moved_aside_and_adoption_goes_on(
 
     spool = spools(tmp_path)
     assert spool.adopt_orphans() == 7
-    aside = sorted(p.name.split(".corrupt-")[0] for p in tmp_path.glob("*.corrupt-*"))
+    aside = sorted(p.name.split(".corrupt-")[0] for p in tmp_path.glob("*.corrupt-*") if p.suffix != ".why")
     assert aside == ["spool-1-deadbeef.db", "spool-2-cafebabe.db"]
+    whys = sorted(p.read_text() for p in tmp_path.glob("*.corrupt-*.why"))  # the reasons, beside them
+    assert [w.split(":")[0] for w in whys] == ["DatabaseError", "not an edupulse spool"]
     assert [p for p in (corrupt, foreign, good) if p.exists() or p.with_suffix(".lock").exists()] == []
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 2
