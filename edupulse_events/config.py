@@ -286,7 +286,8 @@ class PublisherConfig:
         (a user NKey seed) or ``CREDS`` (a ``.creds`` file); ``STREAM`` (the JetStream stream
         that must capture the subject) and ``CREATE_STREAM`` (``1``/``true``/``yes``: create it
         when missing); ``INBOX_PREFIX`` (the ack inbox's subject prefix); ``SPOOL`` (a spool
-        directory) and ``SPOOL_MODE`` (``write-ahead`` or ``overflow``). Raises `ConfigError` when a value is missing or invalid.
+        directory) and ``SPOOL_MODE`` (``write-ahead`` or ``overflow``). Raises `ConfigError` when a
+        value is missing or invalid.
         """
         env = os.environ if environ is None else environ
         url = env.get(ENV_PREFIX + "URL", "").strip()

@@ -4,8 +4,10 @@ event resolves only with its real ack (or at its deadline), on both nats-py path
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import random
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import nats
 import nats.errors
@@ -18,7 +20,6 @@ from nats.aio.client import Client
 from edupulse_events import EventEnvelope, NatsPublisher, PublishAck, PublisherState, RetryPolicy
 from edupulse_events._acks import Ack, AckReader, ack_matchers, ignored
 from edupulse_events._nats import PATH_ENV
-from edupulse_events.futures import PublishFuture
 from edupulse_events.testing import NatsServer
 
 STREAM = "FORGE"
@@ -34,7 +35,7 @@ def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
     return str(request.param)
 
 
-def publisher(url: str, **kwargs: object) -> NatsPublisher:
+def publisher(url: str, **kwargs: Any) -> NatsPublisher:
     """A JetStream publisher that retries an unanswered attempt after 0.4 s."""
     kwargs.setdefault("stream", STREAM)
     kwargs.setdefault("create_stream", True)
@@ -44,18 +45,20 @@ def publisher(url: str, **kwargs: object) -> NatsPublisher:
 Answer = tuple[str, bytes] | tuple[str, bytes, dict[str, str]]
 
 
-def attack(url: str, pub: NatsPublisher, env: EventEnvelope, answers: Sequence[Answer], **auth: str) -> PublishFuture:
+def attack(
+    url: str, pub: NatsPublisher, env: EventEnvelope, answers: Sequence[Answer], **auth: str
+) -> concurrent.futures.Future[PublishAck]:
     """Answer ``env``'s publish before any stream can: with the stream deleted, a stranger subscribed to the
     subject takes the message, re-creates the stream, sends ``answers`` (subject templates with ``{reply}``
     and ``{inbox}``, bodies, headers) and leaves. The event's retry then reaches the stream."""
 
-    async def run() -> PublishFuture:
+    async def run() -> concurrent.futures.Future[PublishAck]:
         errors: list[Exception] = []
 
         async def error_cb(exc: Exception) -> None:
             errors.append(exc)
 
-        nc = await nats.connect(url, error_cb=error_cb, allow_reconnect=False, **auth)  # type: ignore[arg-type]
+        nc = await nats.connect(url, error_cb=error_cb, allow_reconnect=False, **auth)
         try:
             js = nc.jetstream()
             await js.delete_stream(STREAM)
