@@ -403,12 +403,15 @@ def _report(run: _Run, config: PublisherConfig, stopped_at: str | None, interrup
     acked = run.publisher.stats().acknowledged
     failures = list(run.failures)
 
+    closed: set[bool] = set()  # which of stderr (True) and stdout (False) lost their reader
+
     def show(message: str, *, error: bool = True) -> None:
-        if run.output_closed:
+        if error in closed:
             return
         try:
             print(printable(message), file=sys.stderr if error else sys.stdout, flush=True)
         except BrokenPipeError:
+            closed.add(error)
             run.output_closed = True
 
     if not args.quiet:

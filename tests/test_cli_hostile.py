@@ -196,3 +196,26 @@ def test_an_existing_failed_file_or_symlink_is_never_overwritten(nats_server: Na
     assert existing.read_text() == "mine\n"
     assert victim.read_text() == "precious\n"
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_closed_standard_output_still_gets_the_failed_file_written(nats_server: NatsServer, tmp_path: Path) -> None:
+    """publish with stdout closed and an event that fails: exit 141, the failed file written and named on stderr."""
+    env = broker_env(URL=nats_server.url, SUBJECT="nowhere.{type}")
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run(
+            [*CLI, "publish", "--failed", "failed.jsonl"],
+            input=encode(envelope(0)) + b"\n",
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=tmp_path,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert b"1 event not acknowledged, written to failed.jsonl" in proc.stderr
+    assert len((tmp_path / "failed.jsonl").read_bytes().splitlines()) == 1
