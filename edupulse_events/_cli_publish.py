@@ -2,8 +2,11 @@
 
 This module owns that command: its arguments, reading and checking each line (`parse_line`: a
 wire envelope, decoded as the Rust service would, or ``{"type": ..., "payload": {...}}`` wrapped
-in a fresh envelope), reporting a bad line as ``FILE:LINE: what is wrong``, the progress bar, the
-summary, and the file of failed events. Publishing itself is `NatsPublisher`'s; the broker
+in a fresh envelope), reading each line with a bound (`_lines`: a line longer than the largest event
+the server takes is refused as too long without ever being held whole), reporting a bad line as
+``FILE:LINE: what is wrong`` (control characters escaped: `printable`), the progress bar, the
+summary, and the file of failed events (`_write_failed`: a new file, never one that exists, never
+through a symlink). Publishing itself is `NatsPublisher`'s; the broker
 settings and the bar are `_cli_common`'s. Exit codes: ``_EPILOG`` (the end of ``publish --help``).
 """
 
@@ -13,9 +16,10 @@ import argparse
 import logging
 import os
 import sys
+import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
@@ -30,6 +34,7 @@ from ._cli_common import (
     count_lines,
     import_modules,
     plural,
+    printable,
     progress_bar,
     redact,
     seconds,
@@ -43,6 +48,8 @@ if TYPE_CHECKING:
 __all__ = ["BadLine", "add_publish_command", "parse_line"]
 
 STDIN = "-"
+#: nats-server's default max_payload: the line bound until the server has said its own (at connect).
+DEFAULT_MAX_PAYLOAD = 1024 * 1024
 _DESCRIPTION = """\
 Publish events, one JSON line each, from FILEs or standard input. Each non-blank line is a JSON
 object: an envelope in the wire format (as `tail --json` prints and the Rust service reads;
@@ -51,16 +58,22 @@ wrapped in a new envelope (new event_id, created now) with --tenant, --correlati
 _EPILOG = """\
 A bad line is reported on stderr as FILE:LINE: what is wrong and skipped (--on-error skip, the
 default) or ends the run (--on-error stop); it is never published nor written to the failed file.
+A line longer than the server's max_payload (1 MiB unless the server sets another) cannot be sent:
+it is reported as FILE:LINE: too long, and skipped without being read into memory.
 Events the broker did not acknowledge (refused, not delivered within --delivery-timeout, left
 when --timeout ran out) are written, if any, as wire JSON lines to --failed (default:
 edupulse-failed-<UTC time>.jsonl here): `publish` it again to retry them (same event ids).
+The failed file is always a new file, readable by you only (0600): an existing --failed FILE (or a
+symlink there) is a usage error found before anything is published, never overwritten or followed.
+Control characters in what is reported (a line's text in an error) are shown escaped (\x1b).
 
 The broker: --url/--subject/--stream or EDUPULSE_EVENT_BROKER_URL, _SUBJECT, _STREAM,
 _CREATE_STREAM and the credentials _TOKEN, _NKEY_SEED or _CREDS (or in the URL; never printed).
 
 Exit codes: 0 every event acknowledged; 1 some failed or a bad line was skipped or stopped the
 run; 2 bad usage, unreadable input, missing or invalid broker settings, or the broker
-unreachable at the start (nothing published); 130 interrupted."""
+unreachable at the start (nothing published), standard input closed; 130 interrupted; 141 the
+reader of the output went away (`publish ... | head`; the failed file is still written)."""
 
 
 class BadLine(ValueError):
@@ -98,7 +111,9 @@ def add_publish_command(commands: Any) -> None:
         default="skip",
         help="a bad line: report it and go on (skip, the default) or report it and stop reading (stop)",
     )
-    parser.add_argument("--failed", metavar="FILE", help="where to write the events that failed (see below)")
+    parser.add_argument(
+        "--failed", metavar="FILE", help="a new file for the events that failed; must not exist (see below)"
+    )
     parser.add_argument(
         "--timeout",
         type=seconds,
@@ -177,16 +192,24 @@ class _Run:
         #: Events the broker did not acknowledge, with why; appended by the publisher's thread.
         self.failures: list[tuple[EventEnvelope, BaseException]] = []
         self.started = self.shown_at = time.monotonic()
+        #: The longest line read: the largest event the server takes (its max_payload).
+        self.limit = _largest_event(publisher)
+        #: Standard output or error was closed by its reader: exit 141 once the failed file is written.
+        self.output_closed = False
 
     def say(self, message: str) -> None:
-        """A line on stderr, above the bar if there is one."""
-        (print if self.bar is None else self.bar.write)(message, file=sys.stderr)
+        """A line on stderr (control characters escaped), above the bar if there is one."""
+        (print if self.bar is None else self.bar.write)(printable(message), file=sys.stderr)
 
-    def line(self, where: str, raw: bytes) -> bool:
-        """Handle one input line; False when the run must stop (a bad line with --on-error stop)."""
+    def line(self, where: str, raw: bytes | None) -> bool:
+        """Handle one input line (None: longer than `limit`); False when the run must stop (a bad
+        line with --on-error stop)."""
         from .errors import EventsError, InvalidEvent
 
         self.done += 1
+        if raw is None:
+            self.read += 1
+            return self.bad(where, ValueError(f"too long: over {self.limit:,} bytes, the server's max_payload"))
         if not raw.strip():
             return True
         self.read += 1
@@ -240,13 +263,29 @@ def _record(failures: list[tuple[EventEnvelope, BaseException]], env: EventEnvel
         failures.append((env, error))
 
 
-def _lines(sources: list[str]) -> Iterator[tuple[str, bytes]]:
-    """``(FILE:LINE, line)`` for every line of every source, in order."""
+def _largest_event(publisher: Any) -> int:
+    """The server's max_payload, learnt when the publisher connected (`DEFAULT_MAX_PAYLOAD` before)."""
+    worker = getattr(publisher, "_worker", None)  # the connection's settings live on its worker
+    value = getattr(worker, "max_payload", None)
+    return value if isinstance(value, int) and value > 0 else DEFAULT_MAX_PAYLOAD
+
+
+def _lines(sources: list[str], limit: int) -> Iterator[tuple[str, bytes | None]]:
+    """``(FILE:LINE, line)`` for every line of every source, in order; the line is None when it is
+    longer than ``limit`` bytes (its newline aside). No more than ``limit`` + 1 bytes of a line are
+    held at once: the rest of a long line is read and dropped in pieces of that size."""
     for source in sources:
         name = "<stdin>" if source == STDIN else source
         stream = sys.stdin.buffer if source == STDIN else open(source, "rb")  # noqa: SIM115 - closed below
         try:
-            for number, raw in enumerate(stream, 1):
+            number = 0
+            while raw := stream.readline(limit + 1):
+                number += 1
+                if len(raw) > limit and raw[-1:] != b"\n":
+                    while (rest := stream.readline(limit + 1)) and rest[-1:] != b"\n":
+                        pass
+                    yield f"{name}:{number}", None
+                    continue
                 yield f"{name}:{number}", raw.removeprefix(b"\xef\xbb\xbf") if number == 1 else raw
         finally:
             if source != STDIN:
@@ -254,13 +293,18 @@ def _lines(sources: list[str]) -> Iterator[tuple[str, bytes]]:
 
 
 def _check_sources(sources: list[str], failed: str | None) -> str | None:
-    """Why the inputs cannot be read (or would be overwritten by --failed), or None."""
+    """Why the inputs cannot be read (standard input closed, a file missing), or --failed names a
+    file that exists (it is never overwritten), or None."""
+    if STDIN in sources and sys.stdin is None:  # started with descriptor 0 closed (`<&-`)
+        return "standard input is closed: give the events' FILEs, or open standard input"
     files = [source for source in sources if source != STDIN]
     unreadable = [path for path in files if not (os.path.isfile(path) and os.access(path, os.R_OK))]
     if unreadable:
         return f"{unreadable[0]!r} is not a readable file"
     if failed is not None and os.path.exists(failed) and any(os.path.samefile(path, failed) for path in files):
         return f"--failed {failed!r} is one of the input files"
+    if failed is not None and os.path.lexists(failed):
+        return f"--failed {failed!r} exists: the failed file is always a new one (remove it or name another)"
     return None
 
 
@@ -294,18 +338,20 @@ def _publish_lines(args: argparse.Namespace) -> int:
         print(f"edupulse-events publish: {redact(str(exc), config)}; nothing was published", file=sys.stderr)
         return 2
     total = None if STDIN in sources else sum(count_lines(source) for source in sources)
-    if STDIN in sources and sys.stdin.isatty() and not args.quiet:
+    if STDIN in sources and sys.stdin is not None and sys.stdin.isatty() and not args.quiet:
         print("reading events from standard input (Ctrl-D ends)", file=sys.stderr)
     run = _Run(args, publisher, progress_bar(total, quiet=args.quiet, unit="line", desc="publish"))
     stopped_at, interrupted = None, False
     try:
-        for where, raw in _lines(sources):
+        for where, raw in _lines(sources, run.limit):
             if not run.line(where, raw):
                 stopped_at = where
                 break
         run.wait()
     except KeyboardInterrupt:
         interrupted = True
+    except BrokenPipeError:  # stderr's reader went away: stop reading, as SIGPIPE would; still report below
+        run.output_closed = True
     except OSError as exc:
         run.say(f"edupulse-events publish: cannot read: {exc.strerror or exc}")
         stopped_at = "an unreadable input"
@@ -351,47 +397,95 @@ def _close(publisher: Any) -> None:
 
 
 def _report(run: _Run, config: PublisherConfig, stopped_at: str | None, interrupted: bool) -> int:
-    """The summary, the failures' reasons and file; returns the exit code."""
+    """The summary, the failures' reasons and file; returns the exit code. A closed output does not
+    keep the failed file from being written: `BrokenPipeError` is raised after it (exit 141)."""
     args, elapsed = run.args, max(time.monotonic() - run.started, 1e-9)
     acked = run.publisher.stats().acknowledged
     failures = list(run.failures)
+
+    closed: set[bool] = set()  # which of stderr (True) and stdout (False) lost their reader
+
+    def show(message: str, *, error: bool = True) -> None:
+        if error in closed:
+            return
+        try:
+            print(printable(message), file=sys.stderr if error else sys.stdout, flush=True)
+        except BrokenPipeError:
+            closed.add(error)
+            run.output_closed = True
+
     if not args.quiet:
-        print(
+        show(
             f"read {run.read:,}, published {run.published:,}, acknowledged {acked:,}, failed {len(failures):,}, "
-            f"skipped {run.skipped:,} in {elapsed:.2f} s ({acked / elapsed:,.0f} events/s)"
+            f"skipped {run.skipped:,} in {elapsed:.2f} s ({acked / elapsed:,.0f} events/s)",
+            error=False,
         )
     if stopped_at is not None or interrupted:
         where = "interrupted" if interrupted else f"stopped at {stopped_at}; the lines after it were not read"
-        print(f"edupulse-events publish: {where}", file=sys.stderr)
+        show(f"edupulse-events publish: {where}")
     if failures:
-        _write_failed(failures, args.failed, config)
+        _write_failed(failures, args.failed, config, show)
+    if run.output_closed:
+        raise BrokenPipeError("standard output or error was closed by its reader")
     return 130 if interrupted else 0 if not failures and not run.skipped and stopped_at is None else 1
 
 
 def _write_failed(
-    failures: list[tuple[EventEnvelope, BaseException]], path: str | None, config: PublisherConfig
+    failures: list[tuple[EventEnvelope, BaseException]],
+    path: str | None,
+    config: PublisherConfig,
+    show: Callable[[str], None],
 ) -> None:
+    """Write the failed events to a new file: a temporary one created 0600 with O_EXCL and
+    O_NOFOLLOW (`tempfile.mkstemp`) beside it, linked to its name only if nothing is there (a
+    hard link never replaces an existing file or symlink, nor follows one). The default name gets
+    a ``-N`` suffix when taken; a given --failed that appeared during the run is left alone and the
+    events stay in the temporary file, whose name is printed."""
     from .codec import encode
 
     reasons: dict[str, str] = {}
     for _, error in failures:
         reasons.setdefault(type(error).__name__, str(error) or type(error).__name__)
     for kind, example in list(reasons.items())[:3]:
-        print(f"edupulse-events publish: failed: {kind}: {redact(example, config)}", file=sys.stderr)
-    if path is None:
-        path = f"edupulse-failed-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.jsonl"
-    target = Path(path)
-    partial_path = target.with_name(target.name + ".partial")
+        show(f"edupulse-events publish: failed: {kind}: {redact(example, config)}")
+    target = Path(path or f"edupulse-failed-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.jsonl")
     try:
-        with open(partial_path, "wb") as out:
+        fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    except OSError as exc:
+        show(f"edupulse-events publish: cannot write {str(target)!r}: {exc.strerror or exc}")
+        return
+    try:
+        with os.fdopen(fd, "wb") as out:
             for env, _ in failures:
                 out.write(encode(env) + b"\n")
-        os.replace(partial_path, target)
+        written = _link_new(temporary, target, numbered=path is None)
     except OSError as exc:
-        print(f"edupulse-events publish: cannot write {path!r}: {exc.strerror or exc}", file=sys.stderr)
+        show(
+            f"edupulse-events publish: cannot write {str(target)!r}: {exc.strerror or exc}; "
+            f"the events are in {temporary}"
+        )
         return
-    print(
-        f"edupulse-events publish: {plural(len(failures), 'event')} not acknowledged, written to {path} "
-        f"(retry with: edupulse-events publish {path})",
-        file=sys.stderr,
+    if written is None:
+        show(
+            f"edupulse-events publish: {str(target)!r} was created by someone else during the run: not "
+            f"overwritten; the {plural(len(failures), 'event')} not acknowledged are in {temporary}"
+        )
+        return
+    show(
+        f"edupulse-events publish: {plural(len(failures), 'event')} not acknowledged, written to {written} "
+        f"(retry with: edupulse-events publish {written})"
     )
+
+
+def _link_new(temporary: str, target: Path, *, numbered: bool) -> Path | None:
+    """Give ``temporary`` the name ``target`` (``numbered``: or the first free ``target-N``) if
+    nothing has it, and drop the temporary name; None when the name is taken."""
+    for n in range(1, 1000 if numbered else 2):
+        name = target if n == 1 else target.with_name(f"{target.stem}-{n}{target.suffix}")
+        try:
+            os.link(temporary, name)
+        except FileExistsError:
+            continue
+        os.unlink(temporary)
+        return name
+    return None

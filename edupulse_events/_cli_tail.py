@@ -3,8 +3,10 @@
 This module owns that command: its arguments, the subject it listens on by default, where in a
 stream it starts (``--since-seq``, ``--since``), decoding each message as the Rust service would,
 the ``--type``/``--tenant`` filters, the three output forms (one line, ``--pretty``, ``--json``:
-the wire JSON as received), stopping (``--count``, ``--timeout``) and the exit code. The NATS side
-(connecting, the subscription or stream consumer) is `_nats._tail`'s.
+the wire JSON as received), keeping terminal control characters of messages (subjects, tenants,
+text fields, decode errors) out of the human forms and warnings (`printable`), stopping
+(``--count``, ``--timeout``) and the exit code. The NATS side (connecting, the subscription or
+stream consumer) is `_nats._tail`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._cli_common import add_broker_arguments, add_import_argument, broker_config, import_modules, redact, seconds
+from ._cli_common import (
+    add_broker_arguments,
+    add_import_argument,
+    broker_config,
+    import_modules,
+    printable,
+    redact,
+    seconds,
+)
 
 if TYPE_CHECKING:
     from ._nats._tail import TailMessage
@@ -39,12 +49,15 @@ to $EDUPULSE_EVENT_BROKER_STREAM) it reads the stream through an ephemeral consu
 first message, --since-seq, --since or only new ones, --subject filtering it.
 
 Each event: CREATED_AT TYPE TENANT EVENT_ID PAYLOAD (shortened); --pretty: the envelope as
-indented JSON; --json: the wire JSON line as received (what `publish` takes). A message that is
-not an envelope is reported on stderr with its subject, never fatal.
+indented JSON; --json: the wire JSON line as received (what `publish` takes). In the first two,
+control characters of the messages (terminal escape sequences in a tenant, a subject or a text
+field) are shown escaped (\x1b), never sent to the terminal. A message that is not an envelope is
+reported on stderr with its subject, never fatal.
 
 Credentials come from EDUPULSE_EVENT_BROKER_TOKEN, _NKEY_SEED, _CREDS or the URL (never printed).
 Exit codes: 0 done (--count events printed, or --timeout ended it without --count); 1 --timeout
-ended it before --count events; 2 bad usage, broker settings or the broker failed; 130 interrupted."""
+ended it before --count events; 2 bad usage, broker settings or the broker failed; 130 interrupted;
+141 the reader of the output went away (`tail | head`)."""
 
 
 def add_tail_command(commands: Any) -> None:
@@ -137,16 +150,17 @@ class _Printer:
         try:
             env = decode(msg.data)
         except DecodeError as exc:
-            print(f"warning: undecodable message on {where}: {' '.join(str(exc).split())}", file=sys.stderr)
+            print(printable(f"warning: undecodable message on {where}: {' '.join(str(exc).split())}"), file=sys.stderr)
             return True
         if (self.types and env.event_type not in self.types) or (self.tenants and env.tenant_id not in self.tenants):
             return True
         if self.args.json:
             text = (msg.data if b"\n" not in msg.data else encode(env)).decode()
         elif self.args.pretty:
-            text = f"# {where}\n" + json.dumps(orjson.loads(encode(env)), indent=2, ensure_ascii=False)
+            pretty = json.dumps(orjson.loads(encode(env)), indent=2, ensure_ascii=False)
+            text = printable(f"# {where}") + "\n" + printable(pretty, newlines=True)
         else:
-            text = format_line(env)
+            text = printable(format_line(env))
         print(text, flush=True)
         self.printed += 1
         return self.args.count is None or self.printed < self.args.count
@@ -192,16 +206,14 @@ def _tail(args: argparse.Namespace) -> int:
             on_ready=lambda: _ready(config, stream, subject),
         )
     except EventsError as exc:
-        print(f"edupulse-events tail: {redact(str(exc) or type(exc).__name__, config)}", file=sys.stderr)
+        print(f"edupulse-events tail: {printable(redact(str(exc) or type(exc).__name__, config))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
-    except BrokenPipeError:  # `tail | head`: the reader is gone, which is fine
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
-        return 0
+    # BrokenPipeError (`tail | head`: the reader is gone) goes up to __main__: a quiet exit 141
     return 0 if finished or args.count is None else 1
 
 
 def _ready(config: PublisherConfig, stream: str | None, subject: str) -> None:
     what = f"stream {stream}" + (f" ({subject})" if subject else "") if stream is not None else subject
-    print(f"edupulse-events tail: reading {what} on {config.redacted_servers}", file=sys.stderr, flush=True)
+    print(printable(f"edupulse-events tail: reading {what} on {config.redacted_servers}"), file=sys.stderr, flush=True)

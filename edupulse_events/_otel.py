@@ -59,13 +59,13 @@ class Telemetry:
         self._ready = False
         self._stats = stats
         self._template = config.subject
-        server = urlsplit(config.servers[0])
+        host, port = _address(config.servers[0])
         self._base: dict[str, Any] = {"messaging.system": "nats", "messaging.operation.name": "publish"}
         self._span_attributes: dict[str, Any] = {
             **self._base,
             "messaging.operation.type": "send",
-            "server.address": server.hostname or "",
-            "server.port": server.port or 4222,
+            "server.address": host,
+            "server.port": port,
         }
         if "{" in config.subject:
             self._span_attributes["messaging.destination.template"] = config.subject
@@ -169,6 +169,18 @@ class Telemetry:
         record, accepted = self.duration.record, self._delivery_timeout
         for item in items:
             record(max(0.0, now - (item.deadline - accepted)), attributes)
+
+
+def _address(url: str) -> tuple[str, int]:
+    """The first server's host and port for span attributes; never its credentials, and never a
+    `ValueError` (whose message would quote the text after a ':', possibly part of a password):
+    `PublisherConfig` has checked the URL, this only makes sure telemetry cannot be the place it
+    breaks."""
+    try:
+        split = urlsplit(url)
+        return split.hostname or "", split.port or 4222
+    except ValueError:
+        return "", 4222
 
 
 def _end(span: Any, future: Any, trace: Any) -> None:

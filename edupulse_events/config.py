@@ -2,7 +2,9 @@
 
 `PublisherConfig` is checked when it is built (bad values raise `ConfigError` there, not
 later in a background thread). `PublisherConfig.from_env()` reads the
-``EDUPULSE_EVENT_BROKER_*`` variables. `redact_url` keeps credentials out of logs, reprs and
+``EDUPULSE_EVENT_BROKER_*`` variables. Every server URL is checked here the way nats-py will
+read it (scheme, host, port, credentials holding ``/``, ``?`` or ``#``): a URL problem is a
+`ConfigError` that quotes no credential. `redact_url` keeps credentials out of logs, reprs and
 error messages; the config's own repr never shows a token or password.
 """
 
@@ -16,7 +18,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -40,21 +42,20 @@ MAX_SUBJECT_BYTES = 3840
 
 
 def redact_url(url: str) -> str:
-    """Return ``url`` with any user, password or token replaced by ``***``."""
+    """Return ``url`` with any user, password or token replaced by ``***``.
+
+    Everything between ``scheme://`` and the last ``@`` of each comma-separated URL is hidden,
+    without parsing: a password holding ``/``, ``?``, ``#`` or ``:`` that a URL parser would cut
+    elsewhere is hidden whole too."""
     parts = []
     for one in url.split(","):
         one = one.strip()
-        try:
-            split = urlsplit(one)
-            if split.username is None and split.password is None:
-                parts.append(one)
-                continue
-            host = split.hostname or ""
-            if split.port is not None:
-                host = f"{host}:{split.port}"
-            parts.append(urlunsplit((split.scheme, f"***@{host}", split.path, split.query, "")))
-        except ValueError:
-            parts.append("<unparseable url>")
+        at = one.rfind("@")
+        if at >= 0:
+            scheme = one.find("://")
+            start = scheme + 3 if 0 <= scheme < at else 0
+            one = f"{one[:start]}***{one[at:]}"
+        parts.append(one)
     return ",".join(parts)
 
 
@@ -111,11 +112,17 @@ def _servers(value: object) -> tuple[str, ...]:
     items = [s for s in items if s]
     if not items:
         raise ConfigError("servers must name at least one nats:// or tls:// URL")
-    for s in items:
-        split = urlsplit(s)
-        if split.scheme not in _SCHEMES or not split.hostname:
+    # A URL is echoed in the error only when no URL holds an "@": with credentials anywhere, a
+    # parser (or the comma split) may have cut a password, and any piece of it could be echoed.
+    secret = any("@" in s for s in items)
+    for number, s in enumerate(items, 1):
+        problem = _url_problem(s)
+        if problem is not None:
+            if "@" in s or not secret:
+                raise ConfigError(f"not a NATS server URL: {redact_url(s)!r}: {problem}")
             raise ConfigError(
-                f"not a NATS server URL: {redact_url(s)!r} (expected nats://host:port or tls://host:port)"
+                f"not a NATS server URL: server URL {number} of {len(items)}: {problem} "
+                "(a ',' in a password splits the URL list: pass the password as password= instead)"
             )
     return tuple(items)
 
@@ -124,6 +131,37 @@ def check_inbox_prefix(_inst: object, _attr: object, prefix: object) -> None:
     """An inbox prefix is a NATS subject without wildcards (the inbox's own tokens follow it)."""
     if not isinstance(prefix, str) or not _INBOX_PREFIX.match(prefix):
         raise ConfigError(f"inbox_prefix must be dot-separated subject tokens without wildcards, got {prefix!r}")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url`` is not a server URL nats-py can use, without quoting any part of it; or None."""
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "it holds a space or a control character"
+    unreadable = "its host or port cannot be read (expected scheme://[user:password@]host:port)"
+    try:
+        split = urlsplit(url)
+    except ValueError:  # a bad [IPv6] literal
+        return unreadable
+    if split.scheme not in _SCHEMES:
+        return "expected nats://host:port or tls://host:port (or ws://, wss://)"
+    if "@" in split.path + split.query + split.fragment:
+        return (
+            "a '/', '?' or '#' in the user, password or token ends the URL's host part there; "
+            "nats-py does not decode %-escapes, so pass such credentials as user=/password= or "
+            "auth_token= (EDUPULSE_EVENT_BROKER_TOKEN) instead"
+        )
+    try:
+        port = split.port
+        host = split.hostname
+    except ValueError:  # a port that is not a number in 0-65535
+        return unreadable
+    if not host:
+        return "it names no host (expected scheme://host:port)"
+    if port == 0:
+        return "port 0 is not a server's port"
+    if split.scheme in ("nats", "tls") and (split.path not in ("", "/") or split.query or split.fragment):
+        return "a nats:// or tls:// URL has no path, query or fragment"
+    return None
 
 
 def check_subject(_inst: object, _attr: object, subject: str) -> None:

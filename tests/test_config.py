@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import ssl
+from collections.abc import Callable
 
 import pytest
 
@@ -108,3 +110,66 @@ def test_redact_url_keeps_host_and_port() -> None:
     """redact_url replaces userinfo only."""
     assert redact_url("nats://u:p@h:4222,nats://h2:4223") == "nats://***@h:4222,nats://h2:4223"
     assert redact_url("tls://token@h:1") == "tls://***@h:1"
+
+
+#: Passwords with the characters that end a URL's host part ('/', '?', '#'), and a ',' that splits
+#: the URL list; each piece is distinctive so that any fragment of it shows in a message.
+_RESERVED_PASSWORDS = ["Alpha7/Bravo8", "Alpha7#Bravo8", "Alpha7?Bravo8", "Alpha7:99/Bravo8", "Alpha7,Bravo8"]
+
+
+def _secret_free(text: str) -> bool:
+    return "Alpha7" not in text and "Bravo8" not in text
+
+
+@pytest.mark.parametrize("password", _RESERVED_PASSWORDS)
+def test_reserved_characters_in_a_url_password_are_a_config_error_that_echoes_nothing(password: str) -> None:
+    """A '/', '?', '#' or ',' in the URL's password: ConfigError from PublisherConfig, from_env,
+    build_from_env and NatsPublisher.connect, with no piece of the password in it or its chain."""
+    from edupulse_events import NatsPublisher, build_from_env
+
+    url = f"nats://svc:{password}@127.0.0.1:4222"
+    env = {"EDUPULSE_EVENT_BROKER_URL": url, "EDUPULSE_EVENT_BROKER_SUBJECT": "s"}
+    attempts: list[Callable[[], object]] = [
+        lambda: PublisherConfig(servers=url, subject="s"),
+        lambda: PublisherConfig.from_env(env),
+        lambda: build_from_env(env),
+        lambda: NatsPublisher.connect(url, "s", connect_timeout=1.0),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        error: BaseException | None = info.value
+        assert "not a NATS server URL" in str(info.value)
+        while error is not None:
+            assert _secret_free(str(error) + repr(error)), error
+            error = error.__cause__ or error.__context__
+    if "," not in password:  # in a list a ',' splits nothing: that URL is fine
+        with pytest.raises(ConfigError) as info:
+            PublisherConfig(servers=[url], subject="s")
+        assert _secret_free(str(info.value))
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("nats://127.0.0.1:99999", "port cannot be read"),
+        ("nats://127.0.0.1:http", "port cannot be read"),
+        ("nats://[::1:4222", "cannot be read"),
+        ("nats://127.0.0.1:0", "port 0"),
+        ("nats://svc:pw@", "names no host"),
+        ("nats://127.0.0.1:4222/path", "no path, query or fragment"),
+        ("nats://127.0.0.1:4222?x=1", "no path, query or fragment"),
+        ("nats://127.0.0.1 :4222", "space or a control character"),
+        ("ftp://127.0.0.1:4222", "expected nats://host:port"),
+    ],
+)
+def test_every_url_problem_is_a_config_error(url: str, needle: str) -> None:
+    """Bad ports, unreadable hosts, a path or query, spaces, other schemes: ConfigError (not a bare ValueError)."""
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        PublisherConfig(servers=url, subject="s")
+
+
+def test_redact_url_hides_a_password_a_parser_would_cut() -> None:
+    """Everything before the last '@' is hidden, however a URL parser would split it."""
+    assert redact_url("nats://svc:Alpha7/Bravo8@h:1") == "nats://***@h:1"
+    assert redact_url("nats://svc:Alpha7#x@y@h:1,nats://h2:2") == "nats://***@h:1,nats://h2:2"
