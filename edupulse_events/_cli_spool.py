@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import broker_config, plural, redact, seconds
+from ._cli_common import broker_config, plural, printable, redact, seconds
 
 if TYPE_CHECKING:
     from ._spool_files import SpoolFileInfo
@@ -132,14 +132,15 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([_as_json(info, now) for info in infos], indent=2))
         return 0
-    width = max([len(info.path.name) for info in infos] + [4])
+    names = {info.path: printable(info.path.name) for info in infos}  # file names are anyone's: no escapes
+    width = max([len(name) for name in names.values()] + [4])
     print(f"{'FILE':<{width}}  {'OWNER':>7}  {'EVENTS':>8}  {'PARKED':>8}  {'BYTES':>13}  {'OLDEST':>7}  {'NEWEST':>7}")
     for info in infos:
-        head = f"{info.path.name:<{width}}  {_owner(info):>7}  "
+        head = f"{names[info.path]:<{width}}  {_owner(info):>7}  "
         if info.owner_alive:
             print(head + "in use by its live owner (its counts are readable once it is gone)")
         elif info.error is not None:
-            print(head + f"unreadable: {info.error}")
+            print(head + f"unreadable: {printable(info.error)}")
         else:
             print(
                 head + f"{info.count:>8,}  {info.parked:>8,}  {info.nbytes:>13,}  "
@@ -155,10 +156,14 @@ def _inspect(args: argparse.Namespace) -> int:
     aside = _moved_aside(directory)
     if aside:
         print("moved aside as unusable (never replayed or purged; check by hand):")
-        for name, why in aside:
-            print(f"  {name}: {why or 'no reason recorded'}")
+        _print_reasons(aside)
     _warn_untrusted(args, directory)
     return 0
+
+
+def _print_reasons(aside: list[tuple[str, str | None]]) -> None:
+    for name, why in aside:
+        print(f"  {printable(name)}: {printable(why or 'no reason recorded')}")
 
 
 def _warn_untrusted(args: argparse.Namespace, directory: Path) -> None:
@@ -169,7 +174,7 @@ def _warn_untrusted(args: argparse.Namespace, directory: Path) -> None:
     try:
         check_directory(directory)
     except ConfigError as exc:
-        print(f"edupulse-events spool {args.spool_command}: warning: {exc}", file=sys.stderr)
+        print(f"edupulse-events spool {args.spool_command}: warning: {printable(str(exc))}", file=sys.stderr)
 
 
 def _as_json(info: SpoolFileInfo, now: float) -> dict[str, object]:
@@ -213,8 +218,11 @@ def _purge(args: argparse.Namespace) -> int:
     print(f"orphaned spool files in {directory}{kept}:")
     for info in orphans:
         what = f"unreadable ({info.error})" if info.error is not None else plural(info.count or 0, "event")
-        print(f"  {info.path.name}: {what}")
+        print(printable(f"  {info.path.name}: {what}"))
     if not args.yes:
+        if sys.stdin is None:
+            print("edupulse-events spool purge: standard input is closed: pass --yes to delete", file=sys.stderr)
+            return 2
         question = f"Delete {plural(events, 'event')} in {plural(len(orphans), 'file')}? [y/N] "
         try:
             answer = input(question)
@@ -229,10 +237,10 @@ def _purge(args: argparse.Namespace) -> int:
 
     deleted = purge(directory, only={info.path for info in orphans})  # what was confirmed, nothing newer
     gone = [info.path.name for info in orphans if not os.path.lexists(info.path)]
-    print(f"deleted {plural(deleted, 'event')} in {plural(len(gone), 'file')}: {', '.join(gone) or '-'}")
+    print(printable(f"deleted {plural(deleted, 'event')} in {plural(len(gone), 'file')}: {', '.join(gone) or '-'}"))
     odd = [info for info in orphans if os.path.lexists(info.path) and info.count is None]
     for info in odd:
-        print(f"  left alone: {info.path.name}: {info.error}")
+        print(printable(f"  left alone: {info.path.name}: {info.error}"))
     _warn_untrusted(args, directory)
     return 0
 
@@ -290,6 +298,5 @@ def _replay(args: argparse.Namespace) -> int:
     unusable = [(name, why) for name, why in _moved_aside(directory) if name not in aside]
     if unusable:
         print("moved aside as unusable (not replayed; check by hand):")
-        for name, why in unusable:
-            print(f"  {name}: {why or 'no reason recorded'}")
+        _print_reasons(unusable)
     return 0 if drained and remaining == 0 and not bad and not unusable else 1

@@ -219,3 +219,29 @@ def test_a_closed_standard_output_still_gets_the_failed_file_written(nats_server
     assert proc.returncode == 141, proc.stderr
     assert b"1 event not acknowledged, written to failed.jsonl" in proc.stderr
     assert len((tmp_path / "failed.jsonl").read_bytes().splitlines()) == 1
+
+
+def test_spool_commands_escape_file_names_and_need_standard_input_to_ask(tmp_path: Path) -> None:
+    """A spool file named with escape sequences is shown escaped by inspect and purge; purge without --yes and
+    with descriptor 0 closed is exit 2 (nothing to ask), never a traceback, and deletes nothing."""
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    planted = spool / f"spool-{ESCAPES}.db"
+    planted.write_bytes(b"not a database")
+    inspect = run_cli("spool", "inspect", str(spool))
+    purge = subprocess.run(
+        ["sh", "-c", 'exec "$@" <&-', "sh", *CLI, "spool", "purge", str(spool)],
+        capture_output=True,
+        text=True,
+        env=broker_env(),
+        timeout=120,
+        check=False,
+    )
+    for proc in (inspect, purge):
+        assert not RAW_CONTROLS.search(proc.stdout + proc.stderr), proc.stdout + proc.stderr
+        assert "\\x1b]0;pwned\\x07" in proc.stdout
+    assert inspect.returncode == 0
+    assert purge.returncode == 2, purge.stderr
+    assert "Traceback" not in purge.stderr
+    assert "standard input is closed" in purge.stderr
+    assert planted.exists()
