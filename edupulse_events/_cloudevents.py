@@ -31,7 +31,24 @@ from .config import PublisherConfig
 from .envelope import EventEnvelope
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_SOURCE", "CloudEventsRouter", "check_source", "router_for"]
+__all__ = ["DEFAULT_SOURCE", "HEADERS", "CloudEventsRouter", "check_source", "router_for"]
+
+#: The header names `CloudEventsRouter` adds to `Router`'s.
+HEADERS = frozenset(
+    {
+        b"ce-specversion",
+        b"ce-id",
+        b"ce-source",
+        b"ce-type",
+        b"ce-time",
+        b"ce-subject",
+        b"ce-tenantid",
+        b"ce-correlationid",
+        b"ce-causationid",
+        b"ce-personallyidentifiable",
+        b"content-type",
+    }
+)
 
 DEFAULT_SOURCE = "urn:edupulse:events"
 _SOURCE = re.compile(r"[!-~]+")  # printable ASCII, no spaces: a URI-reference fits in one header line

@@ -31,7 +31,12 @@ from .errors import InvalidEvent
 from .events import event_type_name
 from .futures import PublishFuture
 
-__all__ = ["Item", "Router", "tenant_token"]
+__all__ = ["HEADERS", "Item", "Router", "tenant_token"]
+
+#: The header names `Router` writes (what a spooled row may carry: `_spooling.RowCheck`).
+HEADERS = frozenset(
+    {b"Nats-Msg-Id", b"Edupulse-Event-Type", b"Edupulse-Tenant", b"Edupulse-Pii", b"Edupulse-Correlation-Id"}
+)
 
 _PLAIN = re.compile(r"[A-Za-z0-9\-]+")
 _FIELD = re.compile(r"\{(type|tenant)\}")

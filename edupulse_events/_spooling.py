@@ -36,6 +36,8 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from ._cloudevents import HEADERS as CLOUDEVENTS_HEADERS
+from ._routing import HEADERS as ROUTING_HEADERS
 from ._routing import Item
 from .config import PublisherConfig
 from .errors import BrokerUnavailable, PublisherClosed, PublisherCrashed, PublishTimeout, SpoolError, SpoolFull
@@ -61,25 +63,6 @@ DUPLICATE_WINDOW = 120.0
 
 Pair = tuple[Item, BaseException]
 
-#: The headers `_routing.Router` writes, and those `_cloudevents.CloudEventsRouter` adds.
-ROUTING_HEADERS = frozenset(
-    {b"Nats-Msg-Id", b"Edupulse-Event-Type", b"Edupulse-Tenant", b"Edupulse-Pii", b"Edupulse-Correlation-Id"}
-)
-CLOUDEVENTS_HEADERS = frozenset(
-    {
-        b"ce-specversion",
-        b"ce-id",
-        b"ce-source",
-        b"ce-type",
-        b"ce-time",
-        b"ce-subject",
-        b"ce-tenantid",
-        b"ce-correlationid",
-        b"ce-causationid",
-        b"ce-personallyidentifiable",
-        b"content-type",
-    }
-)
 _FIELD = re.compile(r"\{(type|tenant)\}")
 _TYPE = rb"[A-Za-z_][A-Za-z0-9_]*"  # a registered event type name (`events.register_event`)
 _TENANT = rb"_|_empty|[A-Za-z0-9%-]+"  # what `_routing.tenant_token` makes
