@@ -22,7 +22,7 @@ import cattrs
 from cattrs.gen import make_dict_structure_fn
 
 from ._frozen import FrozenMap, is_utf8, parse_uuid
-from ._jsontext import jdesc
+from ._jsontext import OddObject, jdesc
 from .envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, unchecked_envelope, unchecked_timestamp
 from .errors import DecodeError
 from .events import EventRegistry, EventType, WireType, wire_type
@@ -90,7 +90,11 @@ def structure_hook(wt: WireType) -> Callable[..., Any]:
         make: Callable[[Any], Any] = FrozenMap if wt.args[0] else dict
 
         def s_map(v: Any, _: Any = None) -> Any:
-            if not isinstance(v, dict):
+            if type(v) is not dict and (
+                not isinstance(v, dict)
+                # a repeated key: serde reads its earlier values too, so they must be strings
+                or (type(v) is OddObject and not all(type(x) is str and is_utf8(x) for _, x in v.pairs))
+            ):
                 _reject(wt, v)
             try:
                 text = "".join(v) + "".join(v.values())  # TypeError unless all are str

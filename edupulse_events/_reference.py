@@ -2,8 +2,9 @@
 
 Owns the slow, general decoding path (:func:`slow_envelope`, :func:`slow_event`,
 :func:`slow_timestamp`): structs as objects or arrays, missing ``Option`` fields as ``None``,
-repeated known keys, integer ranges, finite floats, lone surrogates, and serde's buffering of
-a payload that comes before its ``type`` tag. It decides every document the fast path
+repeated known keys (an error in a struct; in a map every value is checked and the last one
+wins), integer ranges, finite floats, lone surrogates, and serde's buffering of a payload that
+comes before its ``type`` tag. It decides every document the fast path
 (``_fastdecode``) declines and raises ``DecodeError`` naming the path, e.g.
 ``$.data.payload.amount_cents``. Its input comes from ``_jsontext.parse`` (or any parsed JSON).
 """
@@ -108,11 +109,15 @@ def _value(v: Any, wt: WireType, path: str) -> Any:
     if kind == "map":
         if not isinstance(v, dict):
             _fail(path, f"expected an object of strings, got {jdesc(v)}")
-        if type(v) is OddObject and v.bad_key is not None:
-            _fail(path, "a key holds a lone surrogate escape")
-        for key, item in v.items():
-            _value(item, _STR, f"{path}[{short_repr(key)}]")
-        return FrozenMap(v) if wt.args[0] else dict(v)
+        if type(v) is OddObject:  # serde reads every key and value in order, even of a repeated key
+            for key, item in v.pairs:
+                if not is_utf8(key):
+                    _fail(path, "a key holds a lone surrogate escape")
+                _value(item, _STR, f"{path}[{short_repr(key)}]")
+        else:
+            for key, item in v.items():
+                _value(item, _STR, f"{path}[{short_repr(key)}]")
+        return FrozenMap(v) if wt.args[0] else dict(v)  # the last value of a repeated key wins
     if type(v) is not list:
         _fail(path, f"expected an array, got {jdesc(v)}")
     if kind == "fixed":
@@ -151,7 +156,8 @@ def _buffered(v: Any, path: str, depth: int) -> None:
                 _fail(root, f"nested too deeply: a container at depth {depth} (serde's limit is 127)")
             if type(v) is OddObject and v.bad_key is not None:
                 _fail(path, "an object key holds a lone surrogate escape")
-            items = v.items() if isinstance(v, dict) else enumerate(v)
+            # serde buffers every pair, the earlier values of a repeated key too
+            items = (v.pairs if type(v) is OddObject else v.items()) if isinstance(v, dict) else enumerate(v)
             stack.extend((x, f"{path}[{short_repr(k)}]", depth + 1) for k, x in items)
 
 

@@ -19,10 +19,14 @@ Decoding has three tiers, each returning only what the next would:
    repeated keys and reads ``-0`` as ``0``, so this tier proves neither happened and
    otherwise declines;
 2. ``_jsontext.parse`` (the stdlib ``json`` parser with hooks that mark repeated keys and keep
-   ``-0`` a float as serde_json does) + the same fast path;
+   ``-0`` a float as serde_json does; a loop instead when the nesting is deeper than the stack
+   allows) + the same fast path;
 3. the reference decoder, which decides everything the fast path declines.
 
-The tests check all three agree on every accepted and rejected input they try.
+The tests check all three agree on every accepted and rejected input they try. No tier recurses
+per nesting level of the document, so the result does not depend on how deep the caller's stack
+is; only a caller already within a few frames of Python's recursion limit gets ``DecodeError``
+(never ``RecursionError``) whatever the document.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from cattrs.gen import make_dict_unstructure_fn
 
 from ._encoding import encode_error, format_f64, make_unstructure_envelope, unstructure_hook
 from ._fastdecode import fast_payload, make_fast_envelope, structure_hook
-from ._jsontext import Data, parse
+from ._jsontext import STACK_TOO_DEEP, Data, parse
 from ._reference import slow_envelope, slow_event, slow_timestamp
 from .envelope import EventEnvelope, Timestamp
 from .errors import DecodeError, InvalidEvent
@@ -110,6 +114,8 @@ def _build(reg: EventRegistry) -> _Built:
             return slow_envelope(o, reg)
         except DecodeError:
             raise
+        except RecursionError:  # the decoders recurse only as deep as the event types: the caller is deep
+            raise DecodeError(STACK_TOO_DEEP) from None
         except Exception as exc:  # a bug here must still surface as a DecodeError
             raise DecodeError(f"$: cannot decode the envelope ({type(exc).__name__})") from exc
 
@@ -160,7 +166,10 @@ class Codec:
                 return self._from_orjson(_loads(data), data.count(":"))
         except Exception:  # noqa: BLE001  # orjson or the fast path declined: the general path decides
             pass
-        return self._structure(parse(data), EventEnvelope)
+        try:
+            return self._structure(parse(data), EventEnvelope)
+        except RecursionError:  # no RecursionError leaves decode(); see STACK_TOO_DEEP
+            raise DecodeError(STACK_TOO_DEEP) from None
 
     def unstructure(self, envelope: EventEnvelope) -> dict[str, Any]:
         """The JSON-ready dict ``encode`` serializes (UUIDs still ``UUID`` objects)."""
@@ -200,4 +209,7 @@ def warm() -> int:
 
 def decode(data: Data) -> EventEnvelope:
     """Decode with the default registry; ``DecodeError`` (naming the path) where serde would refuse."""
-    return _DEFAULT.decode(data)
+    try:
+        return _DEFAULT.decode(data)
+    except RecursionError:  # called with too little of the recursion limit left even to start
+        raise DecodeError(STACK_TOO_DEEP) from None

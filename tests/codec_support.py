@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from edupulse_events import (
     Codec,
 )
+from edupulse_events._frozen import is_utf8
 
 __all__ = [
     "BASE",
@@ -20,12 +24,16 @@ __all__ = [
     "QUIZ",
     "REFERENCE",
     "WIRE",
+    "Pairs",
     "U",
+    "at_stack_depth",
     "decode_json_only",
     "decode_slow",
+    "deep",
     "dumps",
     "from_orjson",
     "golden",
+    "render",
     "sub",
 ]
 
@@ -80,3 +88,47 @@ ENVELOPE_ARRAY = (
     )
     + "]"
 )
+
+
+def deep(depth: int, kind: str = "[") -> str:
+    """``depth`` nested containers: arrays (``[``), objects (``{``, each under key "k") or both in turn."""
+    opens = {"[": ["["], "{": ['{"k":'], "[{": ["[", '{"k":']}[kind]
+    chain = [opens[i % len(opens)] for i in range(depth)]
+    leaf = "" if chain and chain[-1] == "[" else "1"
+    return "".join(chain) + leaf + "".join("]" if o == "[" else "}" for o in reversed(chain))
+
+
+T = TypeVar("T")
+
+
+def _frames() -> int:
+    frame = inspect.currentframe()
+    n = 0
+    while frame is not None:
+        frame, n = frame.f_back, n + 1
+    return n
+
+
+def at_stack_depth(remaining: int, fn: Callable[[], T]) -> T:
+    """``fn()`` called from a recursion that leaves only ``remaining`` frames below Python's limit."""
+
+    def down(n: int) -> T:
+        return fn() if n <= 0 else down(n - 1)
+
+    return down(sys.getrecursionlimit() - remaining - _frames())
+
+
+class Pairs(list[tuple[str, Any]]):
+    """A JSON object as its key-value pairs in order, so that a key can repeat."""
+
+
+def render(value: Any) -> str:
+    """JSON text as serde writes it, where a ``Pairs`` value becomes an object that may repeat keys."""
+    if isinstance(value, Pairs):
+        return "{" + ",".join(render(k) + ":" + render(v) for k, v in value) + "}"
+    if isinstance(value, dict):
+        return render(Pairs(value.items()))
+    if isinstance(value, list):
+        return "[" + ",".join(render(v) for v in value) + "]"
+    text = json.dumps(value, ensure_ascii=False)
+    return text if text.isascii() or is_utf8(text) else json.dumps(value)  # a lone surrogate as an escape

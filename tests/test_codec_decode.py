@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import traceback
 import uuid
 from typing import Any
 
@@ -17,8 +18,10 @@ from codec_support import (
     QUIZ,
     WIRE,
     U,
+    at_stack_depth,
     decode_json_only,
     decode_slow,
+    deep,
     from_orjson,
     sub,
 )
@@ -27,7 +30,9 @@ from edupulse_events import (
     DecodeError,
     Timestamp,
     decode,
+    make_converter,
 )
+from edupulse_events._jsontext import STACK_TOO_DEEP, parse
 
 ACCEPTED: list[tuple[str, str, Any]] = [
     (
@@ -87,6 +92,26 @@ ACCEPTED: list[tuple[str, str, Any]] = [
     ("huge integer in an unknown field", sub('"event_id"', '"x":' + "9" * 5000 + ',"event_id"'), None),
     ("-0 and 1e400 in an unknown field", sub('"event_id"', '"x":[-0,1e400],"event_id"'), None),
     ("amount 0", sub('"amount_cents":100', '"amount_cents":0'), lambda e: e.data.amount_cents == 0),
+    (
+        "repeated unknown key, earlier values of any type (serde skips them)",
+        sub('"event_id"', '"zz":[1,2],"zz":{"a":null},"zz":"\\ud800","zz":1,"event_id"'),
+        None,
+    ),
+    (
+        "repeated unknown payload key, earlier value nested 10,000 deep",
+        sub('"amount_cents":100', '"x":' + deep(10_000) + ',"x":1,"amount_cents":100'),
+        None,
+    ),
+    *[  # serde_json skips ignored values with a loop, at any depth (de.rs ignore_value)
+        (
+            f"unknown {where} key holding {kind} nested {n:,} deep",
+            sub(at, '"x":' + deep(n, kind) + "," + at),
+            lambda e: e.data.amount_cents == 100,
+        )
+        for n, kinds in ((100, "[ { [{"), (1_000, "[ { [{"), (10_000, "[ { [{"), (100_000, "[{"))
+        for kind in kinds.split()
+        for where, at in (("top-level", '"event_id"'), ("data", '"type"'), ("payload", '"amount_cents"'))
+    ],
 ]
 
 
@@ -176,3 +201,64 @@ def test_decode_wrong_argument_type(data: Any) -> None:
     """decode() of something that is not bytes or str raises DecodeError, not TypeError."""
     with pytest.raises(DecodeError, match="decode\\(\\) needs bytes or str"):
         decode(data)
+
+
+def outcome(fn: Any, data: bytes | str) -> Any:
+    """What ``fn(data)`` gives: the envelope, or the DecodeError's message."""
+    try:
+        return fn(data)
+    except DecodeError as exc:
+        return f"DecodeError: {exc}"
+
+
+STACK_CASES = {
+    "canonical": BASE,
+    "unknown keys": sub('"event_id"', '"x":{"a":[1,{"b":null}]},"event_id"'),
+    "repeated answers key": sub('"q1":"b"', '"q1":[1],"q1":"b"', QUIZ),
+    **{f"nested {n:,} deep": sub('"type"', '"x":' + deep(n, "[{") + ',"type"') for n in (100, 1_000, 10_000, 100_000)},
+    "nested 100,000 deep, left open": sub('"type"', '"x":' + deep(100_000)[:-1] + ',"type"'),
+    "buffered payload nested 1,000 deep": sub(
+        '{"type":"PaymentProcessed","payload":' + PAYLOAD,
+        '{"payload":' + PAYLOAD[:-1] + ',"x":' + deep(1_000) + '},"type":"PaymentProcessed"',
+    ),
+}
+
+
+@pytest.mark.parametrize("text", STACK_CASES.values(), ids=STACK_CASES.keys())
+def test_result_does_not_depend_on_the_callers_stack(text: str) -> None:
+    """Decoding from deep inside a recursion gives what it gives from a shallow stack, on every tier."""
+    for fn, data in ((decode, text), (decode, text.encode()), (decode_json_only, text), (decode_slow, text)):
+        expected = outcome(fn, data)
+        for remaining in (30, 200, 600):
+            assert at_stack_depth(remaining, lambda: outcome(fn, data)) == expected, (fn, remaining)  # noqa: B023
+
+
+NEAR_LIMIT = ("canonical", "repeated answers key", "nested 1,000 deep", "buffered payload nested 1,000 deep")
+
+
+@pytest.mark.parametrize("name", NEAR_LIMIT)
+def test_no_recursion_error_escapes_near_the_limit(name: str) -> None:
+    """Within a few frames of the recursion limit, decode() gives its usual result or a DecodeError saying so."""
+    text = STACK_CASES[name]
+    expected, too_deep = outcome(decode, text), f"DecodeError: {STACK_TOO_DEEP}"
+    seen = set()
+    for remaining in range(1, 40):
+        try:
+            got = at_stack_depth(remaining, lambda: outcome(decode, text))
+        except RecursionError as exc:
+            # only where decode() could not even start, or had no room left to build its DecodeError
+            inside = [f.name for f in traceback.extract_tb(exc.__traceback__) if "edupulse_events" in f.filename]
+            assert len(inside) <= 1, (remaining, inside)
+            continue
+        assert got in (expected, too_deep), remaining
+        seen.add("expected" if got == expected else "too deep")
+    assert seen == {"expected", "too deep"}  # the scan did reach the limit
+
+
+@pytest.mark.parametrize("earlier", ["[1]", "5", "null", "{}", '"\\ud800"'])
+def test_converter_map_hook_checks_repeated_keys(earlier: str) -> None:
+    """make_converter's map hook refuses a repeated key whose earlier value is not a string, as serde does."""
+    conv = make_converter()
+    with pytest.raises(DecodeError):
+        conv.structure(parse('{"a":' + earlier + ',"a":"x"}'), dict[str, str])
+    assert conv.structure(parse('{"a":"w","b":"y","a":"x"}'), dict[str, str]) == {"a": "x", "b": "y"}

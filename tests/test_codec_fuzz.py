@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 import orjson
+import pytest
+from codec_support import Pairs, at_stack_depth, deep, render
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -19,15 +22,17 @@ from edupulse_events import (
     Codec,
     DecodeError,
     EventEnvelope,
+    EventRegistry,
     LessonPublished,
     PaymentProcessed,
     QuizSubmitted,
     Timestamp,
+    _jsontext,
     decode,
     encode,
     register_event,
 )
-from edupulse_events._frozen import parse_uuid
+from edupulse_events._frozen import parse_uuid, short_repr
 from edupulse_events.codec import format_f64
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -299,3 +304,213 @@ def test_mutated_envelopes_all_paths_agree(text: str) -> None:
     assert outcome(decode, text.encode("utf-8", "surrogatepass")) == result
     if result != "DecodeError":  # and whatever decodes re-encodes to the same envelope
         assert decode(encode(result)) == result
+
+
+# --- serde's last two disagreements (issue 18): repeated map keys, and nesting under ignored keys ---
+
+MAPS = EventRegistry()
+
+
+@register_event(registry=MAPS)
+@attrs.frozen
+class MapsEverywhere:
+    """Every place a map can sit in an event: plain, immutable, optional, in a list, in a fixed tuple."""
+
+    plain: dict[str, str]
+    frozen: Mapping[str, str]
+    maybe: Mapping[str, str] | None
+    many: list[dict[str, str]]
+    pair: tuple[Mapping[str, str], dict[str, str]]
+
+
+MAPS_CODEC = Codec(MAPS)
+str_maps = st.dictionaries(texts, texts, max_size=3)
+maps_events = st.builds(
+    MapsEverywhere,
+    str_maps,
+    str_maps,
+    st.none() | str_maps,
+    st.lists(str_maps, max_size=3),
+    st.tuples(str_maps, str_maps),
+)
+map_envelopes = st.builds(
+    EventEnvelope,
+    uuids,
+    st.none() | uuids,
+    st.none() | uuids,
+    st.none() | texts,
+    timestamps,
+    st.booleans(),
+    maps_events,
+)
+with_maps = st.one_of(
+    st.tuples(st.just(REFERENCE), envelopes.filter(lambda e: isinstance(e.data, (QuizSubmitted, StreakExtended)))),
+    st.tuples(st.just(MAPS_CODEC), map_envelopes),
+)
+#: JSON texts that are not a string serde could read (a lone surrogate escape included)
+WRONG_TYPED = [
+    "[1,2]",
+    "5",
+    "null",
+    "{}",
+    '{"a":"b"}',
+    "true",
+    "-0",
+    "1.5",
+    '"\\ud800"',
+    '"\\udc00x"',
+    deep(3_000, "[{"),
+]
+EARLIER = "\x00earlier\x00"  # where the earlier value's raw text goes
+
+
+def tiers(codec: Codec) -> list[Any]:
+    """The codec's decode paths: the whole decode, the json tier with its fast path, the reference decoder."""
+    return [codec.decode, codec._decode_json_only, codec._decode_slow]  # noqa: SLF001
+
+
+def maps_in(value: Any) -> list[dict[str, Any]]:
+    """Every object nested inside a payload (for these events, exactly the map-typed values)."""
+    if isinstance(value, list):
+        return [m for v in value for m in maps_in(v)]
+    if isinstance(value, dict):
+        return [value, *(m for v in value.values() for m in maps_in(v))]
+    return []
+
+
+def repeat_key(obj: dict[str, Any], key: str, at: int) -> Pairs:
+    """``obj`` as pairs with ``key`` first appearing at position ``at`` holding the EARLIER marker."""
+    pairs = Pairs(obj.items())
+    pairs.insert(min(at, [k for k, _ in pairs].index(key)), (key, EARLIER))
+    return pairs
+
+
+def replace_in(value: Any, target: dict[str, Any], new: Any) -> Any:
+    """``value`` with the object ``target`` (by identity) replaced by ``new``."""
+    if value is target:
+        return new
+    if isinstance(value, list):
+        return [replace_in(v, target, new) for v in value]
+    if isinstance(value, dict):
+        return {k: replace_in(v, target, new) for k, v in value.items()}
+    return value
+
+
+@HEAVY
+@given(with_maps, st.sampled_from(WRONG_TYPED), st.data())
+def test_repeated_map_key_checks_every_value(
+    case: tuple[Codec, EventEnvelope], earlier: str, data: st.DataObject
+) -> None:
+    """A map key repeated with a wrong-typed earlier value is refused on every tier; an earlier string: last wins."""
+    codec, env = case
+    doc = json.loads(codec.encode(env))
+    payload = doc["data"]["payload"]
+    target = data.draw(st.sampled_from(maps_in(payload)[1:]))  # each of these events holds a map
+    if not target:
+        target["k"] = "v"
+    key = data.draw(st.sampled_from(sorted(target)))
+    pairs = repeat_key(target, key, data.draw(st.integers(0, len(target))))
+    text = render(replace_in(doc, target, pairs))
+    marker = render(EARLIER)
+    bad, good = text.replace(marker, earlier, 1), text.replace(marker, '"an earlier string"', 1)
+    for decode_tier in tiers(codec):
+        with pytest.raises(DecodeError, match=re.escape(f"[{short_repr(key)}]")):
+            decode_tier(bad)
+    with pytest.raises(Exception):  # noqa: B017, PT011  # the orjson tier declines by raising anything
+        codec._from_orjson(orjson.loads(bad), bad.count(":"))  # noqa: SLF001
+    last_wins = codec.decode(render(doc))
+    assert [tier(good) for tier in tiers(codec)] == [last_wins] * 3
+
+
+@HEAVY
+@given(envelopes, st.sampled_from(WRONG_TYPED), st.data())
+def test_repeated_envelope_key(env: EventEnvelope, earlier: str, data: st.DataObject) -> None:
+    """At the envelope level a repeated known key is refused whatever its values; a repeated unknown one is skipped."""
+    doc = json.loads(encode(env))
+    key = data.draw(st.sampled_from([*doc, "zz"]))
+    if key == "zz":
+        doc["zz"] = 1
+    text = render(repeat_key(doc, key, data.draw(st.integers(0, len(doc))))).replace(render(EARLIER), earlier, 1)
+    for decode_tier in tiers(REFERENCE):
+        if key == "zz":
+            assert decode_tier(text) == env
+        else:
+            with pytest.raises(DecodeError):
+                decode_tier(text)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    envelopes,
+    st.sampled_from(["top", "data", "payload", "buffered payload"]),
+    st.one_of(st.sampled_from([100, 124, 125, 1_000, 1_025, 10_000, 100_000]), st.integers(1, 3_000)),
+    st.sampled_from(["[", "{", "[{"]),
+    st.sampled_from([None, 30, 300]),
+)
+def test_deep_nesting_under_unknown_keys(
+    env: EventEnvelope, where: str, depth: int, kind: str, stack: int | None
+) -> None:
+    """Nesting under an unknown key is skipped at any depth from any stack (refused in a buffered payload at 128)."""
+    doc = json.loads(encode(env))
+    tag, payload = doc["data"]["type"], doc["data"]["payload"]
+    parent = {"top": doc, "data": doc["data"]}.get(where, payload)
+    parent["zz"] = "\x00nested\x00"
+    if where == "buffered payload":
+        doc["data"] = {"payload": payload, "type": tag}
+    text = render(doc).replace(render("\x00nested\x00"), deep(depth, kind))
+    refused = where == "buffered payload" and depth >= 125  # the payload sits at depth 3: its "zz" child at 4
+    for decode_tier in tiers(REFERENCE):
+        for data in (text, text.encode()):
+
+            def attempt() -> Any:
+                return outcome(decode_tier, data)  # noqa: B023  # called at once
+
+            got = attempt() if stack is None else at_stack_depth(stack, attempt)
+            assert got == ("DecodeError" if refused else env)
+
+
+LONE = "\\ud800"  # a key that becomes a lone surrogate escape in the text
+json_values = st.recursive(
+    json_leaves,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["a", "b", LONE]), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+def shape(value: Any) -> Any:
+    """A parsed value with its exact types (OddObject and its pairs, -0.0) made comparable."""
+    if isinstance(value, dict):
+        pairs = getattr(value, "pairs", None)
+        return (
+            type(value).__name__,
+            [(k, shape(v)) for k, v in value.items()],
+            getattr(value, "bad_key", None),
+            None if pairs is None else [(k, shape(v)) for k, v in pairs],
+        )
+    if isinstance(value, list):
+        return [shape(v) for v in value]
+    return (type(value).__name__, repr(value))
+
+
+def parsed(parser: Any, text: str) -> Any:
+    """``parser(text)``'s value shape, or the error message."""
+    try:
+        return shape(parser(text))
+    except ValueError as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@FUZZ
+@given(json_values, st.lists(st.tuples(st.integers(0, 200), st.sampled_from(SNIPPETS), st.integers(0, 3)), max_size=3))
+@example([1, {"a": -0.0, "b": 1e300}], [(20, '"a":[-0]', 0), (0, "[" * 3, 0)])
+def test_loop_parser_matches_json(value: Any, edits: list[tuple[int, str, int]]) -> None:
+    """The loop parser reads any text (valid or not) as the stdlib json parser does: same values, same messages."""
+    text = dumps(value).decode().replace(json.dumps(LONE), '"\\ud800"')
+    for at, snippet, cut in edits:
+        text = text[:at] + snippet + text[at + cut :]
+    for hook, decoder in (
+        (_jsontext._pairs, _jsontext._FAST_JSON),  # noqa: SLF001  # the parser's two configurations
+        (_jsontext._pairs_checked, _jsontext._CAREFUL_JSON),  # noqa: SLF001
+    ):
+        flat = parsed(lambda t: _jsontext._decode_flat(t, hook), text)  # noqa: B023, SLF001  # called at once
+        assert flat == parsed(decoder.decode, text)

@@ -14,6 +14,7 @@ from codec_support import (
     U,
     decode_json_only,
     decode_slow,
+    deep,
     sub,
 )
 
@@ -248,10 +249,82 @@ REJECTED: list[tuple[str, str, str]] = [
         "$: EventEnvelope as an array needs exactly 7 elements, got 8",
     ),
     ("empty document", "", "$: not JSON as serde reads it: Expecting value"),
+    # serde_json deserializes every value of a map's repeated key (the last one wins), so each must be a string
     (
-        "nesting beyond the parser",
-        sub('"event_id"', '"x":' + "[" * 100_000 + "]" * 100_000 + ',"event_id"'),
-        "$: nested too deeply",
+        "repeated answers key, earlier value an array",
+        sub('"q1":"b"', '"q1":[1,2],"q1":"b"', QUIZ),
+        "$.data.payload.answers['q1']: expected a string, got array",
+    ),
+    (
+        "repeated answers key, earlier value a number",
+        sub('"q1":"b"', '"q1":5,"q1":"b"', QUIZ),
+        "$.data.payload.answers['q1']: expected a string, got integer 5",
+    ),
+    (
+        "repeated answers key, earlier value null",
+        sub('"q1":"b"', '"q1":null,"q1":"b"', QUIZ),
+        "$.data.payload.answers['q1']: expected a string, got null",
+    ),
+    (
+        "repeated answers key, earlier value an object",
+        sub('"q1":"b"', '"q1":{"a":"b"},"q1":"b"', QUIZ),
+        "$.data.payload.answers['q1']: expected a string, got object",
+    ),
+    (
+        "repeated answers key, earlier value a lone surrogate",
+        sub('"q1":"b"', '"q1":"\\ud800","q1":"b"', QUIZ),
+        "$.data.payload.answers['q1']: the string holds a lone surrogate escape",
+    ),
+    (
+        "repeated answers key, earlier value nested 100,000 deep",
+        sub('"q1":"b"', '"q1":' + deep(100_000) + ',"q1":"b"', QUIZ),
+        "$.data.payload.answers['q1']: expected a string, got array",
+    ),
+    (
+        "the first bad value in document order is named",
+        sub('"q1":"b"', '"q1":[],"q2":1,"q1":"b"', QUIZ),
+        "$.data.payload.answers['q1']: expected a string, got array",
+    ),
+    (
+        "buffered payload: an earlier value of a repeated unknown key is buffered too",
+        sub(
+            '{"type":"PaymentProcessed","payload":' + PAYLOAD,
+            '{"payload":' + PAYLOAD[:-1] + ',"x":"\\udc00","x":1},"type":"PaymentProcessed"',
+        ),
+        "$.data.payload['x']: the string holds a lone surrogate",
+    ),
+    (
+        "buffered payload: an earlier value of a repeated unknown key too deep",
+        sub(
+            '{"type":"PaymentProcessed","payload":' + PAYLOAD,
+            '{"payload":' + PAYLOAD[:-1] + ',"x":' + deep(125) + ',"x":1},"type":"PaymentProcessed"',
+        ),
+        "$.data.payload: nested too deeply: a container at depth 128",
+    ),
+    # deep nesting: refused where serde reads the value, whatever the depth, never by the parser's stack
+    (
+        "buffered payload nested 100,000 deep",
+        sub(
+            '{"type":"PaymentProcessed","payload":' + PAYLOAD,
+            '{"payload":' + PAYLOAD[:-1] + ',"x":' + deep(100_000, "[{") + '},"type":"PaymentProcessed"',
+        ),
+        "$.data.payload: nested too deeply: a container at depth 128",
+    ),
+    ("known field nested 100,000 deep", sub('"tenant-42"', deep(100_000)), "$.tenant_id: expected a string, got array"),
+    (
+        "deep nesting under an unknown key, left open",
+        sub('"event_id"', '"x":' + deep(100_000)[:-1] + ',"event_id"'),
+        "$: not JSON as serde reads it: Expecting ',' delimiter",
+    ),
+    (
+        "deep nesting under an unknown key, with a trailing value",
+        BASE[:-1] + ',"x":' + deep(100_000, "{") + "} 1",
+        "$: not JSON as serde reads it: Extra data",
+    ),
+    (
+        "deep nesting under an unknown key, NaN inside",
+        sub('"event_id"', '"x":' + deep(5_000).replace("[]", "[NaN]") + ',"event_id"'),
+        "$: not JSON as serde reads it: NaN is not JSON",
     ),
 ]
 

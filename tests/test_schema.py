@@ -152,8 +152,9 @@ def test_encoded_envelopes_pass(env: EventEnvelope) -> None:
 
 
 #: The codec's refusals (tests/test_codec_rejects.py) that are JSON and that the schema lets through: JSON
-#: Schema cannot see them. 48 of the 64 refusals that are JSON fail the schema (75 %); the other 10 cases
-#: are not JSON at all, so no schema validator gets to read them.
+#: Schema cannot see them. 49 of the 72 refusals that are JSON fail the schema (68 %; most of the others are
+#: repeated keys); the other 15 cases are not JSON, or nested deeper than json.loads goes, so no schema
+#: validator gets to read them.
 _FRACTION = "JSON Schema counts a number with a zero fraction (100.0, 1e2) as an integer"
 _MINUS_ZERO = "-0 is the integer 0 to a JSON parser (serde reads the float -0.0)"
 _REPEATED = "a JSON parser keeps one of the repeated keys: the schema never sees both"
@@ -164,6 +165,18 @@ KNOWN_GAPS = {
     **dict.fromkeys(["amount -0", "amount -0 with spaces"], _MINUS_ZERO),
     **dict.fromkeys(["duplicate envelope key", "duplicate created_at key", "duplicate data key"], _REPEATED),
     "duplicate payload key": _REPEATED,
+    **dict.fromkeys(
+        [
+            "repeated answers key, earlier value an array",
+            "repeated answers key, earlier value a number",
+            "repeated answers key, earlier value null",
+            "repeated answers key, earlier value an object",
+            "repeated answers key, earlier value a lone surrogate",
+            "buffered payload: an earlier value of a repeated unknown key is buffered too",
+            "buffered payload: an earlier value of a repeated unknown key too deep",
+        ],
+        _REPEATED,
+    ),
     **dict.fromkeys(["lone surrogate escape in tenant", "lone low surrogate in answers"], _SURROGATE),
     **dict.fromkeys(["lone surrogate in an answers key", "lone surrogate in an unknown key"], _SURROGATE),
     **dict.fromkeys(["payload before type is buffered strictly", "buffered payload too deep"], _ORDER),
@@ -172,7 +185,7 @@ KNOWN_GAPS = {
 
 
 def test_most_codec_refusals_fail_the_schema() -> None:
-    """Of the codec's refusals that are JSON, the schema refuses all but the known gaps (at least 70 %)."""
+    """Of the codec's refusals that are JSON, the schema refuses all but the known gaps (at least 65 %)."""
     not_json: list[str] = []
     refused: list[str] = []
     passed: list[str] = []
@@ -185,13 +198,14 @@ def test_most_codec_refusals_fail_the_schema() -> None:
         (passed if DEFAULT.is_valid(document) else refused).append(name)
     assert sorted(passed) == sorted(KNOWN_GAPS)
     share = len(refused) / (len(refused) + len(passed))
-    assert share >= 0.7, f"{len(refused)} of {len(refused) + len(passed)} refusals fail the schema"
+    assert share >= 0.65, f"{len(refused)} of {len(refused) + len(passed)} refusals fail the schema"
     assert len(not_json) >= 8  # NaN, BOM, trailing commas and data, raw controls, empty, too deep
 
 
 def test_codec_acceptances_pass_the_schema_but_struct_arrays() -> None:
     """What the codec accepts passes, but the struct-as-array forms nobody writes: the schema says objects."""
-    refused = [name for name, text, _ in ACCEPTED if not DEFAULT.is_valid(loads(text))]
+    readable = [(name, text) for name, text, _ in ACCEPTED if "deep" not in name]  # json.loads recurses
+    refused = [name for name, text in readable if not DEFAULT.is_valid(loads(text))]
     arrays = ("created_at as array (serde_json reads structs from arrays)", "data as [type, payload] array")
     assert refused == list(arrays)
 
