@@ -15,6 +15,7 @@ from codec_support import Pairs, at_stack_depth, deep, render
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+import edupulse_events._jsontext as _jsontext
 from edupulse_events import (
     U32,
     U64,
@@ -27,7 +28,6 @@ from edupulse_events import (
     PaymentProcessed,
     QuizSubmitted,
     Timestamp,
-    _jsontext,
     decode,
     encode,
     register_event,
