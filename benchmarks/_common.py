@@ -18,7 +18,7 @@ from nats.js.api import StorageType
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edupulse_events import EventEnvelope, QuizSubmitted
-from edupulse_events._routing import tenant_token
+from edupulse_events._pipeline._routing import tenant_token
 
 SUBJECT = "bench.events"
 STREAM = "BENCH"

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from _common import SUBJECT
 
 from edupulse_events import EventEnvelope, encode
-from edupulse_events._routing import Router
+from edupulse_events._pipeline._routing import Router
 
 __all__ = ["raw_core", "raw_jetstream"]
 

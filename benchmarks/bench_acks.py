@@ -21,7 +21,7 @@ from typing import Any
 
 from _common import machine, write_json
 
-from edupulse_events._acks import AckReader, ack_matchers
+from edupulse_events._nats._acks import AckReader, ack_matchers
 
 INBOX = b"_INBOX.4fQzWc1pXbE8yHkLm2NoPq."  # nats-py's new_inbox() shape
 SID = 1

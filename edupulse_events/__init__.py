@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from ._frozen import FrozenMap
+from ._wire._frozen import FrozenMap
 from .codec import Codec, decode, encode, make_converter
 from .config import PublisherConfig, RetryPolicy
 from .context import INHERIT, EventContext, current_event_context, event_context

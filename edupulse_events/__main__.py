@@ -33,11 +33,11 @@ import uuid
 from collections.abc import Sequence
 from typing import TextIO
 
-from ._cli_bench import add_bench_command
-from ._cli_publish import add_publish_command
-from ._cli_schema import add_schema_commands
-from ._cli_spool import add_spool_commands
-from ._cli_tail import add_tail_command
+from ._cli._bench import add_bench_command
+from ._cli._publish import add_publish_command
+from ._cli._schema import add_schema_commands
+from ._cli._spool import add_spool_commands
+from ._cli._tail import add_tail_command
 from .envelope import EventEnvelope
 from .events import BadgeAwarded, LessonPublished, PaymentProcessed, QuizSubmitted
 from .futures import PublishAck

@@ -39,10 +39,10 @@ import cattrs
 import orjson
 from cattrs.gen import make_dict_unstructure_fn
 
-from ._encoding import encode_error, format_f64, make_unstructure_envelope, unstructure_hook
-from ._fastdecode import fast_payload, make_fast_envelope, structure_hook
-from ._jsontext import STACK_TOO_DEEP, Data, parse
-from ._reference import slow_envelope, slow_event, slow_timestamp
+from ._wire._encoding import encode_error, format_f64, make_unstructure_envelope, unstructure_hook
+from ._wire._fastdecode import fast_payload, make_fast_envelope, structure_hook
+from ._wire._jsontext import STACK_TOO_DEEP, Data, parse
+from ._wire._reference import slow_envelope, slow_event, slow_timestamp
 from .envelope import EventEnvelope, Timestamp
 from .errors import DecodeError, InvalidEvent
 from .events import I32, I64, U32, U64, EventRegistry, default_registry, wire_type

@@ -266,7 +266,7 @@ class PublisherConfig:
         self._check_auth()
         self._check_spool()
         if self.cloudevents:
-            from ._cloudevents import check_source
+            from ._pipeline._cloudevents import check_source
 
             check_source(self.cloudevents_source)
         if self.retry.attempt_timeout > self.delivery_timeout:

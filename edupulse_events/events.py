@@ -27,7 +27,7 @@ from uuid import UUID
 
 import attrs
 
-from ._frozen import (
+from ._wire._frozen import (
     FrozenMap,
     describe,
     is_utf8,

@@ -21,16 +21,16 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from ._closing import fail_taken, log_closed
-from ._cloudevents import router_for
+from ._engine._closing import fail_taken, log_closed
+from ._engine._otel import telemetry_for
+from ._engine._processes import keep_orphan, own_process, prepare_uwsgi_workers, track, untrack
+from ._engine._restarts import Restarts
+from ._engine._worker import Worker, refuse_threadless_uwsgi
 from ._nats import check_broker
-from ._otel import telemetry_for
-from ._processes import keep_orphan, own_process, prepare_uwsgi_workers, track, untrack
-from ._queue import BatchQueue
-from ._restarts import Restarts
-from ._routing import Item
-from ._spooling import Spooling
-from ._worker import Worker, refuse_threadless_uwsgi
+from ._pipeline._cloudevents import router_for
+from ._pipeline._queue import BatchQueue
+from ._pipeline._routing import Item
+from ._spool._spooling import Spooling
 from .config import PublisherConfig
 from .envelope import EventEnvelope
 from .errors import DeadlockError, PublisherClosed, PublisherCrashed, QueueFull

@@ -1,7 +1,7 @@
 """What every publisher offers: the `EventPublisher` protocol, and the `InMemoryPublisher`
 for applications' own tests. The outcome types, `PublishAck` and `PublishFuture`, live in
 :mod:`.futures`; the caller-side preparation of events with their routing headers
-(``_routing.py``) is shared by every publisher.
+(``_pipeline/_routing.py``) is shared by every publisher.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
-from ._routing import Router
+from ._pipeline._routing import Router
 from .config import check_subject, seconds_validator
 from .envelope import EventEnvelope
 from .errors import ConfigError, PublisherClosed, QueueFull

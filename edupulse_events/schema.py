@@ -29,7 +29,7 @@ from typing import Any
 
 import attrs
 
-from ._cloudevents import DEFAULT_SOURCE, check_source
+from ._pipeline._cloudevents import DEFAULT_SOURCE, check_source
 from .config import check_subject
 from .envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope
 from .events import EventRegistry, EventType, WireType, default_registry, wire_type

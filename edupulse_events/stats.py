@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 if TYPE_CHECKING:
-    from ._worker import Worker
+    from ._engine._worker import Worker
 
 __all__ = ["PublisherState", "PublisherStats"]
 

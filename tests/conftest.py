@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from edupulse_events._spool import Spool
+from edupulse_events._spool._store import Spool
 from edupulse_events.testing import NatsCluster, NatsServer, nats_server_binary
 
 

@@ -20,7 +20,7 @@ from edupulse_events import (
     PublishAck,
     RetryPolicy,
 )
-from edupulse_events._routing import Router
+from edupulse_events._pipeline._routing import Router
 
 STREAM = "FAULTS"
 SUBJECT = "edupulse.faults"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from wsgi_servers import HOST, STREAM, WINDOW, poll
 
-from edupulse_events._spool_files import spool_files
+from edupulse_events._spool._files import spool_files
 from edupulse_events.testing import NatsServer
 
 REQUESTS = 1000

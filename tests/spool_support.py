@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edupulse_events._spool import Spool
+from edupulse_events._spool._store import Spool
 
 ROOT = Path(__file__).resolve().parents[1]
 BIG = 1 << 30
@@ -51,7 +51,7 @@ def orphan(directory: Path, first: int, count: int) -> Path:
 
 def child(code: str, *args: object) -> subprocess.Popen[str]:
     """A Python child running ``code`` with the repository on sys.path; ``sys.argv[2:]`` are ``args``."""
-    prelude = "import sys, time\nsys.path.insert(0, sys.argv[1])\nfrom edupulse_events._spool import Spool\n"
+    prelude = "import sys, time\nsys.path.insert(0, sys.argv[1])\nfrom edupulse_events._spool._store import Spool\n"
     return subprocess.Popen(
         [sys.executable, "-c", prelude + code, str(ROOT), *map(str, args)],
         stdin=subprocess.PIPE,

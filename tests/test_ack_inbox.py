@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from edupulse_events import EventEnvelope, NatsPublisher, PublishAck, PublisherState, RetryPolicy
-from edupulse_events._acks import Ack, AckReader, ack_matchers, ignored
 from edupulse_events._nats import PATH_ENV
+from edupulse_events._nats._acks import Ack, AckReader, ack_matchers, ignored
 from edupulse_events.testing import NatsServer
 
 STREAM = "FORGE"

@@ -11,7 +11,7 @@ import pytest
 from helpers import envelope, envelopes, read_stream
 
 from edupulse_events import BrokerError, NatsPublisher, PublishAck
-from edupulse_events._acks import read_ack
+from edupulse_events._nats._acks import read_ack
 from edupulse_events.testing import NatsServer
 
 

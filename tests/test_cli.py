@@ -16,9 +16,9 @@ import pytest
 from helpers import envelope, run_cli
 
 from edupulse_events import QuizSubmitted, encode
-from edupulse_events._cli_common import progress_bar
-from edupulse_events._cli_publish import BadLine, parse_line
-from edupulse_events._cli_tail import since_time
+from edupulse_events._cli._common import progress_bar
+from edupulse_events._cli._publish import BadLine, parse_line
+from edupulse_events._cli._tail import since_time
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -50,7 +50,7 @@ DYING = textwrap.dedent(
 LIVE = textwrap.dedent(
     """
     import sys, time
-    from edupulse_events._spool import Spool
+    from edupulse_events._spool._store import Spool
     spool = Spool(sys.argv[1], max_bytes=1 << 20)
     spool.append(b"edupulse.school-1.LessonPublished", b"", b"{}", "live-event", time.time())
     print(spool.path, flush=True)

@@ -32,7 +32,7 @@ from edupulse_events import (
     decode,
     make_converter,
 )
-from edupulse_events._jsontext import STACK_TOO_DEEP, parse
+from edupulse_events._wire._jsontext import STACK_TOO_DEEP, parse
 
 ACCEPTED: list[tuple[str, str, Any]] = [
     (

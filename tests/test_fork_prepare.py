@@ -16,7 +16,7 @@ import pytest
 from codec_support import GOLDEN, golden
 
 from edupulse_events import Codec, EventRegistry, decode
-from edupulse_events._acks import ack_matchers
+from edupulse_events._nats._acks import ack_matchers
 from edupulse_events.testing import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 REPORT = """
 import json, os, sys
 from edupulse_events import codec
-from edupulse_events._acks import ack_matchers
+from edupulse_events._nats._acks import ack_matchers
 from edupulse_events._nats._paths import fast_path_refusal
 
 def built():  # the ack matchers only where the fast path is taken (not on nats-py before 2.10)

@@ -24,7 +24,7 @@ from edupulse_events import (
     PublishTimeout,
     RetryPolicy,
 )
-from edupulse_events._retry import JS_PUBLISH_ERRORS, refusal
+from edupulse_events._engine._retry import JS_PUBLISH_ERRORS, refusal
 from edupulse_events.testing import NatsCluster, NatsServer
 
 TRANSIENT = {10023, 10063, 10158, 10163, 10167, 10210, 10211}

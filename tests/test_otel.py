@@ -158,7 +158,7 @@ def test_without_opentelemetry_nothing_is_traced_and_publishing_works(nats_serve
     code = (
         "import sys; sys.modules['opentelemetry'] = None\n"
         "from edupulse_events import NatsPublisher\n"
-        "from edupulse_events._otel import telemetry_for\n"
+        "from edupulse_events._engine._otel import telemetry_for\n"
         f"pub = NatsPublisher.connect({nats_server.url!r}, 'no.otel', stream='NOOTEL', create_stream=True)\n"
         "assert telemetry_for(pub.config, pub.stats) is None\n"
         "import uuid\n"

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edupulse_events._queue import BatchQueue
+from edupulse_events._pipeline._queue import BatchQueue
 
 BIG = 1 << 40
 

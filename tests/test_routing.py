@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from edupulse_events import EventEnvelope, LessonPublished, QuizSubmitted, encode
-from edupulse_events._routing import PAUSE_EVERY, Router, tenant_token
+from edupulse_events._pipeline._routing import PAUSE_EVERY, Router, tenant_token
 
 CAUSE = uuid.UUID("11111111-2222-4333-8444-555555555555")
 CORRELATION = uuid.UUID("c0ffee00-dead-4bef-8bad-f00dbaadcafe")

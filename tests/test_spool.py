@@ -27,7 +27,7 @@ from edupulse_events import (
     RetryPolicy,
     SpoolFull,
 )
-from edupulse_events._sending import JetStreamSender
+from edupulse_events._engine._sending import JetStreamSender
 from edupulse_events.testing import NatsServer
 
 ROOT = Path(__file__).resolve().parents[1]

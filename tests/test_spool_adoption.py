@@ -1,4 +1,4 @@
-"""Adoption of dead processes' spool files (`edupulse_events._spool_adopt`): exactly once even with
+"""Adoption of dead processes' spool files (`edupulse_events._spool._adopt`): exactly once even with
 two adopters at once, fresh ids in order, unsound files moved aside, live owners left alone, fork()
 children that keep off their parent's spool, and the inspect/purge helpers (`spool_files`, `purge`).
 """
@@ -30,8 +30,8 @@ from spool_support import (
 )
 
 from edupulse_events import SpoolError, SpoolFull
-from edupulse_events._spool import Spool, purge, spool_files
-from edupulse_events._spool_files import held
+from edupulse_events._spool._files import held
+from edupulse_events._spool._store import Spool, purge, spool_files
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks and fork()")
 

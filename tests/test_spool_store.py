@@ -1,4 +1,4 @@
-"""The spool's storage layer (`edupulse_events._spool`): committed ids, group commit, rows that
+"""The spool's storage layer (`edupulse_events._spool._store`): committed ids, group commit, rows that
 survive SIGKILL, the byte and disk limits, closing, and an unusable directory. Adoption, unsound
 files, fork() and the inspect/purge helpers are `test_spool_adoption.py`'s.
 
@@ -21,7 +21,7 @@ import pytest
 from spool_support import BIG, SUBJECT, child, ended, hear, lock_held_elsewhere, row, stored
 
 from edupulse_events import QueueFull, SpoolError, SpoolFull
-from edupulse_events._spool import Spool, Stored
+from edupulse_events._spool._store import Spool, Stored
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks and fork()")
 

@@ -21,8 +21,8 @@ from nats.js.api import StreamConfig
 from spool_support import BIG, orphan
 
 from edupulse_events import ConfigError, NatsPublisher
-from edupulse_events._routing import Router
-from edupulse_events._spool import Spool, spool_files
+from edupulse_events._pipeline._routing import Router
+from edupulse_events._spool._store import Spool, spool_files
 from edupulse_events.testing import NatsServer
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX files")
@@ -278,8 +278,8 @@ def test_the_corruption_check_never_writes_to_a_suspect_file(spool: Path) -> Non
 
 def test_row_check_accepts_what_the_routers_write_and_nothing_else() -> None:
     """RowCheck: the routers' own rows pass (plain, CloudEvents, no tenant, fixed subject); each forgery fails."""
-    from edupulse_events._cloudevents import CloudEventsRouter
-    from edupulse_events._spooling import RowCheck
+    from edupulse_events._pipeline._cloudevents import CloudEventsRouter
+    from edupulse_events._spool._spooling import RowCheck
 
     plain = RowCheck(SUBJECT, cloudevents=False)
     for router, check in [

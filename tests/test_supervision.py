@@ -29,9 +29,9 @@ from edupulse_events import (
     PublisherState,
     RetryPolicy,
 )
-from edupulse_events._attempts import Attempts
+from edupulse_events._engine._attempts import Attempts
+from edupulse_events._engine._sending import CoreSender, JetStreamSender
 from edupulse_events._nats import NatsTransport
-from edupulse_events._sending import CoreSender, JetStreamSender
 from edupulse_events.testing import NatsServer
 
 

@@ -10,7 +10,7 @@ import pytest
 from helpers import LogWatcher, envelope, envelopes, read_stream
 
 from edupulse_events import BrokerError, BrokerUnavailable, EventRejected, NatsPublisher, PublishAck, RetryPolicy
-from edupulse_events._retry import Backoff
+from edupulse_events._engine._retry import Backoff
 from edupulse_events.testing import NatsServer
 
 

@@ -3,7 +3,9 @@
 The rest of the package talks to `NatsTransport` (``_client.py``), which speaks in bytes and
 library exceptions: every nats-py exception is mapped to a `BrokerError` (`BrokerUnavailable`
 when a retry can help); none escapes to callers. ``_fast.py`` and ``_public.py`` are the two
-ways of publishing and reading acks; ``_stream.py`` reads a stream back for tests and demos.
+ways of publishing and reading acks, ``_acks.py`` reads acks from the raw bytes and decides
+which count (the ack inbox is a trust boundary); ``_stream.py`` reads a stream back for tests
+and demos.
 """
 
 from __future__ import annotations

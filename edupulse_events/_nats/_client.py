@@ -25,10 +25,10 @@ import nats
 import nats.errors
 from nats.aio.client import Client
 
-from .._acks import Ack
-from .._routing import Item
+from .._pipeline._routing import Item
 from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable
+from ._acks import Ack
 from ._fast import FastPath
 from ._paths import fast_path_refusal, log_public_path, nats_py_version
 from ._public import PublicPath

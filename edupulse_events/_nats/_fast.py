@@ -25,9 +25,9 @@ import nats.errors
 from nats.aio.client import Client
 from nats.protocol import parser as nats_parser
 
-from .._acks import Ack, AckReader, ack_matchers, ignored, read_ack, valid_status
-from .._routing import Item
+from .._pipeline._routing import Item
 from ..errors import BrokerUnavailable
+from ._acks import Ack, AckReader, ack_matchers, ignored, read_ack, valid_status
 
 __all__ = ["FastPath", "check_internals", "prepare_acks"]
 

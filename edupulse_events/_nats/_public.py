@@ -21,9 +21,9 @@ import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from .._acks import Ack, ignored, read_ack, valid_status
-from .._routing import Item
+from .._pipeline._routing import Item
 from ..errors import BrokerUnavailable
+from ._acks import Ack, ignored, read_ack, valid_status
 
 __all__ = ["PublicPath", "header_dict"]
 

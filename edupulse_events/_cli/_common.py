@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import PublisherConfig
+    from ..config import PublisherConfig
 
 __all__ = [
     "UNUSED_SUBJECT",
@@ -100,8 +100,8 @@ def broker_config(
     ``_CREDS``), ``_STREAM`` and the rest come from the environment; ``overrides`` are
     `PublisherConfig` fields. Without a subject template, `UNUSED_SUBJECT` unless
     ``subject_required``. Raises `ConfigError` saying what is missing or invalid."""
-    from .config import ENV_PREFIX, PublisherConfig
-    from .errors import ConfigError
+    from ..config import ENV_PREFIX, PublisherConfig
+    from ..errors import ConfigError
 
     env = dict(os.environ if environ is None else environ)  # from_env wants URL and SUBJECT in it
     for name, value in (("URL", url), ("SUBJECT", subject)):
@@ -118,7 +118,7 @@ def broker_config(
 def redact(message: str, config: PublisherConfig) -> str:
     """``message`` on one line, with any server URL or secret of ``config`` hidden (errors should
     not hold any: this is the last line of defence before printing)."""
-    from .config import redact_url
+    from ..config import redact_url
 
     for server in config.servers:
         message = message.replace(server, redact_url(server))

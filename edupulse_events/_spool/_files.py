@@ -44,7 +44,7 @@ from pathlib import Path
 
 import attrs
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = [
     "COLUMNS",

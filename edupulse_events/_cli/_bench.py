@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._cli_common import seconds
+from ._common import seconds
 
 __all__ = ["add_bench_command", "benchmarks", "benchmarks_dir"]
 
@@ -49,7 +49,7 @@ def add_bench_command(commands: Any) -> None:
 
 def benchmarks_dir(given: str | None = None) -> Path | None:
     """``given``, or the ``benchmarks/`` directory beside the package's directory; None if not a directory."""
-    path = Path(given).expanduser() if given else Path(__file__).resolve().parent.parent / "benchmarks"
+    path = Path(given).expanduser() if given else Path(__file__).resolve().parents[2] / "benchmarks"
     return path if path.is_dir() else None
 
 

@@ -24,12 +24,12 @@ import threading
 from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
-from .codec import encode
-from .config import MAX_SUBJECT_BYTES
-from .envelope import EventEnvelope
-from .errors import InvalidEvent
-from .events import event_type_name
-from .futures import PublishFuture
+from ..codec import encode
+from ..config import MAX_SUBJECT_BYTES
+from ..envelope import EventEnvelope
+from ..errors import InvalidEvent
+from ..events import event_type_name
+from ..futures import PublishFuture
 
 __all__ = ["HEADERS", "Item", "Router", "tenant_token"]
 

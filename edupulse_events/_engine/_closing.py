@@ -11,13 +11,13 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from ..errors import PublisherCrashed
+from ..stats import PublisherStats
 from ._outstanding import undelivered
-from .errors import PublisherCrashed
-from .stats import PublisherStats
 
 if TYPE_CHECKING:
-    from ._routing import Item
-    from ._spooling import Spooling
+    from .._pipeline._routing import Item
+    from .._spool._spooling import Spooling
 
 __all__ = ["fail_taken", "log_closed"]
 

@@ -10,7 +10,7 @@ the connection behaves exactly as without it. A message cut across two reads is 
 completed by the next read (and dropped when nats-py resets the parser for a new
 connection). It replaces ``parse`` and ``reset`` on the client's parser object: nats-py
 internals, used only on the fast path, which checks and probes them at each connection
-(``_nats/_fast.py``).
+(``_fast.py`` beside it).
 
 The ack inbox is a trust boundary: any client that sees a published message sees its reply
 subject and may publish to it. So nothing that arrives there can raise out of the reader

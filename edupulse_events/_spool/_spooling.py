@@ -36,15 +36,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._cloudevents import HEADERS as CLOUDEVENTS_HEADERS
-from ._routing import HEADERS as ROUTING_HEADERS
-from ._routing import Item
-from .config import PublisherConfig
-from .errors import BrokerUnavailable, PublisherClosed, PublisherCrashed, PublishTimeout, SpoolError, SpoolFull
-from .futures import PublishAck, PublishFuture
+from .._pipeline._cloudevents import HEADERS as CLOUDEVENTS_HEADERS
+from .._pipeline._routing import HEADERS as ROUTING_HEADERS
+from .._pipeline._routing import Item
+from ..config import PublisherConfig
+from ..errors import BrokerUnavailable, PublisherClosed, PublisherCrashed, PublishTimeout, SpoolError, SpoolFull
+from ..futures import PublishAck, PublishFuture
 
 if TYPE_CHECKING:
-    from ._spool import Spool
+    from ._store import Spool
 
 __all__ = ["DELETE_DELAY", "SPOOLED", "RowCheck", "Spooling"]
 
@@ -150,7 +150,7 @@ class Spooling:
 
     def __init__(self, config: PublisherConfig, condition: threading.Condition) -> None:
         assert config.spool_dir is not None
-        from ._spool import Spool  # sqlite3 is imported only by publishers that spool
+        from ._store import Spool  # sqlite3 is imported only by publishers that spool
 
         self.write_ahead = config.spool_mode == "write-ahead"
         self.store: Spool = Spool(

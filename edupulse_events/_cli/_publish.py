@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._cli_common import (
+from ._common import (
     add_broker_arguments,
     add_import_argument,
     broker_config,
@@ -42,8 +42,8 @@ from ._cli_common import (
 )
 
 if TYPE_CHECKING:
-    from .config import PublisherConfig
-    from .envelope import EventEnvelope
+    from ..config import PublisherConfig
+    from ..envelope import EventEnvelope
 
 __all__ = ["BadLine", "add_publish_command", "parse_line"]
 
@@ -137,8 +137,8 @@ def parse_line(
     raw: bytes, *, tenant: str | None = None, correlation_id: uuid.UUID | None = None, pii: bool = False
 ) -> EventEnvelope:
     """The envelope a line holds or describes; `BadLine` saying what is wrong otherwise."""
-    from .codec import decode
-    from .errors import DecodeError
+    from ..codec import decode
+    from ..errors import DecodeError
 
     try:
         obj = orjson.loads(raw)
@@ -158,10 +158,10 @@ def parse_line(
 
 
 def _event(obj: dict[str, Any], tenant: str | None, correlation_id: uuid.UUID | None, pii: bool) -> EventEnvelope:
-    from ._reference import slow_event
-    from .envelope import EventEnvelope
-    from .errors import DecodeError, InvalidEvent
-    from .events import default_registry
+    from .._wire._reference import slow_event
+    from ..envelope import EventEnvelope
+    from ..errors import DecodeError, InvalidEvent
+    from ..events import default_registry
 
     unknown = [key for key in obj if key not in ("type", "payload")]
     if unknown:
@@ -204,7 +204,7 @@ class _Run:
     def line(self, where: str, raw: bytes | None) -> bool:
         """Handle one input line (None: longer than `limit`); False when the run must stop (a bad
         line with --on-error stop)."""
-        from .errors import EventsError, InvalidEvent
+        from ..errors import EventsError, InvalidEvent
 
         self.done += 1
         if raw is None:
@@ -317,8 +317,8 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _publish_lines(args: argparse.Namespace) -> int:
-    from .errors import ConfigError, EventsError
-    from .nats_publisher import NatsPublisher
+    from ..errors import ConfigError, EventsError
+    from ..nats_publisher import NatsPublisher
 
     sources = args.files or [STDIN]
     problem = import_modules(args.imports) or _check_sources(sources, args.failed)
@@ -363,7 +363,7 @@ def _publish_lines(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> PublisherConfig:
-    from .config import RetryPolicy
+    from ..config import RetryPolicy
 
     overrides: dict[str, Any] = {
         "jetstream": not args.core,
@@ -441,7 +441,7 @@ def _write_failed(
     hard link never replaces an existing file or symlink, nor follows one). The default name gets
     a ``-N`` suffix when taken; a given --failed that appeared during the run is left alone and the
     events stay in the temporary file, whose name is printed."""
-    from .codec import encode
+    from ..codec import encode
 
     reasons: dict[str, str] = {}
     for _, error in failures:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ._cli_common import (
+from ._common import (
     add_broker_arguments,
     add_import_argument,
     broker_config,
@@ -32,9 +32,9 @@ from ._cli_common import (
 )
 
 if TYPE_CHECKING:
-    from ._nats._tail import TailMessage
-    from .config import PublisherConfig
-    from .envelope import EventEnvelope
+    from .._nats._tail import TailMessage
+    from ..config import PublisherConfig
+    from ..envelope import EventEnvelope
 
 __all__ = ["add_tail_command", "format_line", "since_time"]
 
@@ -121,7 +121,7 @@ def since_time(text: str, now: datetime | None = None) -> datetime:
 
 def format_line(env: EventEnvelope) -> str:
     """One line: created_at (ms, UTC), type, tenant (``-`` if none), event id, payload (shortened)."""
-    from .codec import encode
+    from ..codec import encode
 
     created = env.created_at
     try:
@@ -143,8 +143,8 @@ class _Printer:
         self.printed = 0
 
     def __call__(self, msg: TailMessage) -> bool:
-        from .codec import decode, encode
-        from .errors import DecodeError
+        from ..codec import decode, encode
+        from ..errors import DecodeError
 
         where = msg.subject + ("" if msg.sequence is None else f" (stream sequence {msg.sequence})")
         try:
@@ -167,10 +167,10 @@ class _Printer:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from ._nats._tail import StartAt, tail_messages
-    from .config import ENV_PREFIX
-    from .errors import ConfigError, EventsError
-    from .events import default_registry
+    from .._nats._tail import StartAt, tail_messages
+    from ..config import ENV_PREFIX
+    from ..errors import ConfigError, EventsError
+    from ..events import default_registry
 
     problem = import_modules(args.imports)
     unknown = [name for name in args.type if name not in default_registry]

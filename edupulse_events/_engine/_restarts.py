@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from .errors import PublisherCrashed
+from ..errors import PublisherCrashed
 
 __all__ = ["MAX_RESTART_DELAY", "QUICK_CRASH", "Restarts"]
 

@@ -28,19 +28,19 @@ import time
 from collections.abc import Sequence
 from typing import Protocol
 
-from ._acks import Ack
+from .._nats import NatsTransport, cancel_and_wait
+from .._nats._acks import Ack
+from .._pipeline._queue import BatchQueue
+from .._pipeline._routing import Item
+from .._spool._spooling import Spooling
+from ..config import PublisherConfig
+from ..errors import BrokerError, BrokerUnavailable, ConfigError, PublisherCrashed
+from ..futures import mark_worker_thread
 from ._attempts import Attempts
-from ._nats import NatsTransport, cancel_and_wait
 from ._otel import Telemetry
 from ._outstanding import Outstanding, undelivered
-from ._queue import BatchQueue
-from ._routing import Item
 from ._sending import CoreSender, JetStreamSender
-from ._spooling import Spooling
 from ._supervisor import Supervisor
-from .config import PublisherConfig
-from .errors import BrokerError, BrokerUnavailable, ConfigError, PublisherCrashed
-from .futures import mark_worker_thread
 
 __all__ = ["Worker", "WorkerOwner", "refuse_threadless_uwsgi"]
 

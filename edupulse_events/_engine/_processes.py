@@ -20,8 +20,8 @@ import threading
 import weakref
 from typing import Protocol
 
-from ._nats import prepare_process
-from .codec import warm
+from .._nats import prepare_process
+from ..codec import warm
 
 __all__ = ["Tracked", "keep_orphan", "own_process", "prepare_children", "prepare_uwsgi_workers", "track", "untrack"]
 

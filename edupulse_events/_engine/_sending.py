@@ -21,11 +21,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._acks import Ack
+from .._nats._acks import Ack
+from .._pipeline._routing import Item
+from ..errors import BrokerError, BrokerUnavailable, EventRejected, InvalidEvent
+from ..futures import PublishAck, new_ack
 from ._retry import refusal
-from ._routing import Item
-from .errors import BrokerError, BrokerUnavailable, EventRejected, InvalidEvent
-from .futures import PublishAck, new_ack
 
 if TYPE_CHECKING:
     from ._worker import Worker

@@ -44,7 +44,8 @@ from typing import TypeVar
 
 import attrs
 
-from ._spool_files import (
+from ..errors import SpoolError, SpoolFull
+from ._files import (
     SCHEMA,
     SpoolFileInfo,
     check_directory,
@@ -57,7 +58,6 @@ from ._spool_files import (
     remove,
     spool_files,
 )
-from .errors import SpoolError, SpoolFull
 
 __all__ = ["Spool", "SpoolFileInfo", "Stored", "purge", "spool_files"]
 
@@ -376,7 +376,7 @@ class Spool:
         """Move into this spool, parked, the rows of every other spool file in the directory whose owner
         is gone; unsound files are moved aside (``*.corrupt-<UTC time>``) and logged. Returns rows adopted
         (`_spool_adopt` has the steps)."""
-        from ._spool_adopt import adopt_orphans
+        from ._adopt import adopt_orphans
 
         return adopt_orphans(self)
 

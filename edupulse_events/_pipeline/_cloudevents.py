@@ -26,10 +26,10 @@ import datetime
 import re
 from urllib.parse import quote
 
+from ..config import PublisherConfig
+from ..envelope import EventEnvelope
+from ..errors import ConfigError
 from ._routing import Router, tenant_token
-from .config import PublisherConfig
-from .envelope import EventEnvelope
-from .errors import ConfigError
 
 __all__ = ["DEFAULT_SOURCE", "HEADERS", "CloudEventsRouter", "check_source", "router_for"]
 

@@ -18,15 +18,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._routing import Item
-from ._spooling import DELETE_DELAY
-from .errors import PublisherClosed, PublisherCrashed
-from .futures import settle
-from .stats import FAILED_IDS_KEPT
+from .._pipeline._routing import Item
+from .._spool._spooling import DELETE_DELAY
+from ..errors import PublisherClosed, PublisherCrashed
+from ..futures import settle
+from ..stats import FAILED_IDS_KEPT
 
 if TYPE_CHECKING:
+    from .._spool._spooling import Spooling
     from ._otel import Telemetry
-    from ._spooling import Spooling
 
 __all__ = ["Outstanding", "undelivered"]
 

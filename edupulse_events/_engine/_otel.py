@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
-    from ._routing import Item
-    from .config import PublisherConfig
-    from .envelope import EventEnvelope
-    from .stats import PublisherStats
+    from .._pipeline._routing import Item
+    from ..config import PublisherConfig
+    from ..envelope import EventEnvelope
+    from ..stats import PublisherStats
 
 __all__ = ["RECHECK_EVERY", "Telemetry", "telemetry_for"]
 
@@ -111,7 +111,7 @@ class Telemetry:
         """Get the tracer and the instruments (the first time opentelemetry is found imported)."""
         from opentelemetry import metrics, propagate, trace
 
-        from . import __version__
+        from .. import __version__
 
         config = self._config
         self._trace, self._propagate, self._metrics_api = trace, propagate, metrics

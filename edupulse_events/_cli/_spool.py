@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._cli_common import broker_config, plural, printable, redact, seconds
+from ._common import broker_config, plural, printable, redact, seconds
 
 if TYPE_CHECKING:
-    from ._spool_files import SpoolFileInfo
-    from .config import PublisherConfig
+    from .._spool._files import SpoolFileInfo
+    from ..config import PublisherConfig
 
 __all__ = ["add_spool_commands", "age", "owner_pid"]
 
@@ -112,7 +112,7 @@ def _directory(args: argparse.Namespace) -> Path | None:
 
 
 def _files(directory: Path) -> list[SpoolFileInfo]:
-    from ._spool_files import spool_files
+    from .._spool._files import spool_files
 
     return spool_files(directory)
 
@@ -168,8 +168,8 @@ def _print_reasons(aside: list[tuple[str, str | None]]) -> None:
 
 def _warn_untrusted(args: argparse.Namespace, directory: Path) -> None:
     """Say on stderr if a publisher would refuse ``directory`` (not ours, or others may write in it)."""
-    from ._spool_files import check_directory
-    from .errors import ConfigError
+    from .._spool._files import check_directory
+    from ..errors import ConfigError
 
     try:
         check_directory(directory)
@@ -198,7 +198,7 @@ def _as_json(info: SpoolFileInfo, now: float) -> dict[str, object]:
 def _moved_aside(directory: Path) -> list[tuple[str, str | None]]:
     """Spool files an adopter found unusable and renamed ``*.db.corrupt-<UTC time>`` (kept, never replayed),
     each with the reason written beside it."""
-    from ._spool_files import moved_aside
+    from .._spool._files import moved_aside
 
     return moved_aside(directory)
 
@@ -233,7 +233,7 @@ def _purge(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in ("y", "yes"):
             print("nothing deleted")
             return 0
-    from ._spool_files import purge
+    from .._spool._files import purge
 
     deleted = purge(directory, only={info.path for info in orphans})  # what was confirmed, nothing newer
     gone = [info.path.name for info in orphans if not os.path.lexists(info.path)]
@@ -254,8 +254,8 @@ def _config(args: argparse.Namespace, directory: Path) -> PublisherConfig:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from .errors import ConfigError, EventsError
-    from .nats_publisher import NatsPublisher
+    from ..errors import ConfigError, EventsError
+    from ..nats_publisher import NatsPublisher
 
     directory = _directory(args)
     if directory is None:

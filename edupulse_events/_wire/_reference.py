@@ -15,11 +15,11 @@ import math
 from typing import Any, NoReturn
 from uuid import UUID
 
+from ..envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, Timestamp
+from ..errors import DecodeError, InvalidEvent
+from ..events import U32, U64, EventRegistry, EventType, WireType, wire_type
 from ._frozen import FrozenMap, is_utf8, parse_uuid, short_repr
 from ._jsontext import OddObject, jdesc
-from .envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, Timestamp
-from .errors import DecodeError, InvalidEvent
-from .events import U32, U64, EventRegistry, EventType, WireType, wire_type
 
 __all__ = ["slow_envelope", "slow_event", "slow_timestamp"]
 

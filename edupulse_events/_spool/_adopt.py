@@ -20,11 +20,11 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._spool_files import claim, lock_path, move_aside, orphan_dbs, problem, release, remove
-from .errors import SpoolError, SpoolFull
+from ..errors import SpoolError, SpoolFull
+from ._files import claim, lock_path, move_aside, orphan_dbs, problem, release, remove
 
 if TYPE_CHECKING:
-    from ._spool import Spool
+    from ._store import Spool
 
 __all__ = ["adopt_orphans"]
 

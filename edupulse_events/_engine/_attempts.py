@@ -15,9 +15,9 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from .._pipeline._routing import Item
+from ..errors import BrokerError, BrokerUnavailable, PublishTimeout
 from ._retry import Backoff
-from ._routing import Item
-from .errors import BrokerError, BrokerUnavailable, PublishTimeout
 
 if TYPE_CHECKING:
     from ._worker import Worker

@@ -18,8 +18,8 @@ from typing import Any
 
 import tenacity
 
-from .config import RetryPolicy
-from .errors import BrokerError, BrokerUnavailable, EventRejected
+from ..config import RetryPolicy
+from ..errors import BrokerError, BrokerUnavailable, EventRejected
 
 __all__ = ["JS_PUBLISH_ERRORS", "Backoff", "refusal"]
 

@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Any
 
-from ._cli_common import add_import_argument, import_modules
+from ._common import add_import_argument, import_modules
 
 __all__ = ["add_schema_commands"]
 
@@ -112,7 +112,7 @@ def _emit(args: argparse.Namespace, document: dict[str, Any]) -> int:
 
 
 def _jsonschema(args: argparse.Namespace) -> int:
-    from .schema import json_schema
+    from ..schema import json_schema
 
     if not _imported(args):
         return 2
@@ -120,8 +120,8 @@ def _jsonschema(args: argparse.Namespace) -> int:
 
 
 def _asyncapi(args: argparse.Namespace) -> int:
-    from .errors import ConfigError
-    from .schema import DEFAULT_SUBJECT, asyncapi
+    from ..errors import ConfigError
+    from ..schema import DEFAULT_SUBJECT, asyncapi
 
     if not _imported(args):
         return 2

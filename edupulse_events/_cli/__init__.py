@@ -1,0 +1,2 @@
+"""The `edupulse-events` command line: its commands (publish, tail, schema, spool, bench) and
+what they share (broker settings, terminal-safe output)."""
