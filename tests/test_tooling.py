@@ -61,11 +61,10 @@ def test_no_module_imports_another_modules_private_names(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_module_says_what_it_owns_and_stays_small(path: Path) -> None:
-    """Each module opens with a docstring and stays within 450 lines."""
+def test_every_module_says_what_it_owns(path: Path) -> None:
+    """Each module opens with a docstring saying what it owns (its size follows that concern: no line limit)."""
     source = path.read_text(encoding="utf-8")
     assert ast.get_docstring(ast.parse(source)), f"{path.name} has no module docstring"
-    assert source.count("\n") <= 450
 
 
 def _isort_key(name: str) -> tuple[int, str]:
