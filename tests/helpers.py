@@ -142,7 +142,7 @@ def serve_once(app: Any, request: bytes) -> bytes:
     with make_server("127.0.0.1", 0, app, handler_class=Quiet) as server:
         thread = threading.Thread(target=server.handle_request, daemon=True)
         thread.start()
-        with socket.create_connection(server.server_address[:2], timeout=10) as sock:
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
             sock.sendall(request)
             chunks = []
             while chunk := sock.recv(65536):
