@@ -161,7 +161,7 @@ def test_two_publishers_on_one_meter_provider_are_both_reported(
     """Two publishers in one process each report their own counts (messaging.client.id tells them apart):
     5 + 2 sent, and the second's failure is counted, where only the first publisher used to be."""
     tracer_provider, _, meter_provider, reader = otel
-    providers = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+    providers: dict[str, Any] = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
     with (
         connect(nats_server.url, **providers) as first,
         NatsPublisher.connect(nats_server.url, "nobody.listens", client_name="second", **providers) as second,
