@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
 import jsonschema  # type: ignore[import-untyped]  # no py.typed; its validators are Any here
@@ -25,7 +26,7 @@ from test_codec_rejects import REJECTED
 
 from edupulse_events import I32, I64, U32, U64, Codec, ConfigError, DecodeError, EventEnvelope, EventRegistry, Timestamp
 from edupulse_events._pipeline._cloudevents import CloudEventsRouter
-from edupulse_events._pipeline._routing import Router
+from edupulse_events._pipeline._routing import Router, tenant_token
 from edupulse_events._wire._frozen import parse_uuid
 from edupulse_events.events import BadgeAwarded, LessonPublished, PaymentProcessed, QuizSubmitted, register_event
 from edupulse_events.schema import asyncapi, json_schema
@@ -363,14 +364,13 @@ def test_asyncapi_headers_and_parameters_are_what_is_sent(env: EventEnvelope, cl
     name = headers["Edupulse-Event-Type"]
     assert [e.message for e in message_schema(document, name, "headers").iter_errors(headers)] == []
     assert all(h in document["components"]["messages"][name]["headers"]["properties"] for h in headers)
-    places = {
-        "$message.header#/Edupulse-Tenant": headers.get("Edupulse-Tenant", "_"),
-        "$message.payload#/data/type": name,
-    }
-    rebuilt = template
-    for parameter, spec in document["channels"]["events"]["parameters"].items():
-        rebuilt = rebuilt.replace("{" + parameter + "}", places[spec["location"]])
-    assert rebuilt == subject
+    parameters = document["channels"]["events"]["parameters"]
+    assert parameters["type"]["location"] == "$message.payload#/data/type"
+    assert "location" not in parameters["tenant"]  # derived from tenant_id, not a copy of a header
+    tenant = headers.get("Edupulse-Tenant")
+    assert (None if tenant is None else unquote(tenant)) == env.tenant_id
+    assert headers.get("ce-tenantid", tenant) == tenant
+    assert template.replace("{tenant}", tenant_token(env.tenant_id)).replace("{type}", name) == subject
 
 
 def test_asyncapi_refuses_what_the_publisher_refuses() -> None:
