@@ -188,7 +188,7 @@ def _timestamp_schema() -> dict[str, Any]:
     carry = [
         {
             "if": {"properties": {"secs_since_epoch": {"const": I64_MAX - k}}, "required": ["secs_since_epoch"]},
-            "then": {"properties": {"nanos_since_epoch": {"maximum": (k + 1) * NANOS_PER_SEC - 1}}},
+            "then": {"properties": {"nanos_since_epoch": {"type": "integer", "maximum": (k + 1) * NANOS_PER_SEC - 1}}},
         }
         for k in range(_U32_MAX // NANOS_PER_SEC)
     ]
