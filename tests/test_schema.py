@@ -339,8 +339,8 @@ def test_the_schemas_pass_a_strict_validator() -> None:
     draft 2020-12 schema; ajv 8 refused `maximum` without a type under Timestamp), in the JSON Schema and in
     every schema of the AsyncAPI documents."""
     assert strict_type_problems(json_schema()) == []
-    options: dict[str, Any]
-    for options in ({}, {"cloudevents": True}, {"jetstream": False}):
+    variants: list[dict[str, Any]] = [{}, {"cloudevents": True}, {"jetstream": False}]
+    for options in variants:
         document = asyncapi("edupulse.{tenant}.{type}", **options)
         components = document["components"]
         schemas = [*components["schemas"].values()]
