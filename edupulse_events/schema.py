@@ -188,7 +188,7 @@ def _timestamp_schema() -> dict[str, Any]:
     carry = [
         {
             "if": {"properties": {"secs_since_epoch": {"const": I64_MAX - k}}, "required": ["secs_since_epoch"]},
-            "then": {"properties": {"nanos_since_epoch": {"maximum": (k + 1) * NANOS_PER_SEC - 1}}},
+            "then": {"properties": {"nanos_since_epoch": {"type": "integer", "maximum": (k + 1) * NANOS_PER_SEC - 1}}},
         }
         for k in range(_U32_MAX // NANOS_PER_SEC)
     ]
@@ -313,8 +313,8 @@ def _parameters(subject: str, reg: EventRegistry) -> dict[str, Any]:
         out["tenant"] = {
             "description": "tenant_id as one subject token: itself when it holds only ASCII letters, digits "
             "and '-'; otherwise its UTF-8 percent-encoded (also '_', '.' and '~'); `_empty` for an empty "
-            "tenant_id and `_` for null. The Edupulse-Tenant header holds the same token (absent for null).",
-            "location": "$message.header#/Edupulse-Tenant",
+            "tenant_id and `_` for null. It is derived from the payload's tenant_id; the Edupulse-Tenant "
+            "header carries the tenant_id itself (as a header value), not this token.",
         }
     if "{type}" in subject:
         out["type"] = {
@@ -323,6 +323,13 @@ def _parameters(subject: str, reg: EventRegistry) -> dict[str, Any]:
             "location": "$message.payload#/data/type",
         }
     return out
+
+
+_TENANT_HEADER = (
+    "The tenant_id as a header value: UTF-8 with space, '\"', '%' and every character outside printable "
+    "ASCII percent-encoded (the CloudEvents NATS binding's rule; a reader decodes it once); an empty value "
+    "for an empty tenant_id; absent when null."
+)
 
 
 def _text(description: str, **schema: Any) -> dict[str, Any]:
@@ -336,7 +343,7 @@ def _headers(name: str, jetstream: bool, cloudevents: bool, source: str) -> dict
     properties: dict[str, Any] = {
         "Nats-Msg-Id": _text(f"The event_id (canonical form); {dedup}.", pattern=_CANONICAL, maxLength=36),
         "Edupulse-Event-Type": _text("The event type name (data.type).", const=name),
-        "Edupulse-Tenant": _text("The tenant_id as the {tenant} subject token; absent when null."),
+        "Edupulse-Tenant": _text(_TENANT_HEADER),
         "Edupulse-Pii": _text("The personally_identifiable flag.", enum=["true", "false"]),
         "Edupulse-Correlation-Id": _text(
             "The correlation_id (canonical form); absent when null.", pattern=_CANONICAL, maxLength=36
@@ -356,7 +363,7 @@ def _headers(name: str, jetstream: bool, cloudevents: bool, source: str) -> dict
                     pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{9}Z$",
                 ),
                 "ce-subject": _text("The subject the event was published to, percent-encoded."),
-                "ce-tenantid": _text("The tenant_id as the {tenant} subject token; absent when null."),
+                "ce-tenantid": _text(_TENANT_HEADER),
                 "ce-correlationid": _text("The correlation_id; absent when null.", **uuid),
                 "ce-causationid": _text("The causation_id; absent when null.", **uuid),
                 "ce-personallyidentifiable": _text("The personally_identifiable flag.", enum=["true", "false"]),

@@ -16,6 +16,10 @@ body (or, for a body without ``close()``, until it is exhausted). A list body an
 use ``sendfile()``); a file wrapper's ``close()`` then runs outside the context. Pure WSGI
 (PEP 3333). Django keeps state meant to outlive a request (its cache connections) in context
 variables, so for Django use the middleware of :mod:`edupulse_events.django` instead.
+
+Header values reach a WSGI application as the server decoded their bytes: as latin-1 (PEP 3333),
+so a UTF-8 tenant such as ``école-1`` arrives as ``Ã©cole-1``. :func:`request_header` gives a
+header back as the client wrote it; a ``tenant`` callable should read its header with it.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from .context import EventContext, event_context
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
-__all__ = ["EventContextMiddleware", "correlation_id_from_environ"]
+__all__ = ["EventContextMiddleware", "correlation_id_from_environ", "request_header"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +48,25 @@ _TRACEPARENT_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9
 _ZERO_TRACE = "0" * 32
 _ZERO_PARENT = "0" * 16
 _MAX_UUID_TEXT = 45  # "urn:uuid:" + 36, the longest form a UUID string takes
+
+
+def request_header(environ: Mapping[str, Any], name: str) -> str | None:
+    """The value of the request header ``name`` (e.g. ``"X-Tenant-Id"``) as the client wrote it,
+    or None when the request has none.
+
+    WSGI servers hand header values over as text decoded from latin-1 (PEP 3333): the bytes of a
+    UTF-8 value come back as UTF-8 here, and a value that is not UTF-8 stays as the server gave it.
+    ``environ`` is the WSGI environ (Django: ``request.META``).
+    """
+    key = name.upper().replace("-", "_")
+    value = environ.get(key if key in ("CONTENT_TYPE", "CONTENT_LENGTH") else "HTTP_" + key)
+    if value is None:
+        return None
+    text = str(value)
+    try:
+        return text.encode("latin-1").decode("utf-8")
+    except UnicodeError:  # not latin-1 text (a server that decoded otherwise), or not UTF-8 bytes
+        return text
 
 
 def _uuid_header(environ: Mapping[str, Any], key: str, name: str) -> UUID | None:

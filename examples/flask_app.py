@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Flask, request
 
 from edupulse_events import EventEnvelope, EventsError, InvalidEvent, LessonPublished, build_from_env
-from edupulse_events.wsgi import EventContextMiddleware
+from edupulse_events.wsgi import EventContextMiddleware, request_header
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
@@ -39,7 +39,7 @@ publisher = build_from_env()
 
 def tenant_of(environ: WSGIEnvironment) -> str | None:
     """The request's tenant: its ``X-Tenant-Id`` header, if any."""
-    tenant = str(environ.get("HTTP_X_TENANT_ID", "")).strip()
+    tenant = (request_header(environ, "X-Tenant-Id") or "").strip()  # UTF-8 as the client sent it
     return tenant or None
 
 

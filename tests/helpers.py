@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from edupulse_events import EventEnvelope, LessonPublished, PaymentProcessed
 from edupulse_events._nats import StoredMessage, read_stream
 
-__all__ = ["LogWatcher", "StoredMessage", "broker_env", "envelope", "envelopes", "read_stream", "run_cli"]
+__all__ = ["LogWatcher", "StoredMessage", "broker_env", "envelope", "envelopes", "read_stream", "run_cli", "serve_once"]
 
 
 def envelope(
@@ -126,3 +129,23 @@ def run_cli(
     )
     assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
     return proc
+
+
+def serve_once(app: Any, request: bytes) -> bytes:
+    """Send raw ``request`` bytes to ``app`` behind a real WSGI server (wsgiref, which decodes header
+    bytes as latin-1 as PEP 3333 says) on a loopback port; return the raw response."""
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    with make_server("127.0.0.1", 0, app, handler_class=Quiet) as server:
+        thread = threading.Thread(target=server.handle_request, daemon=True)
+        thread.start()
+        with socket.create_connection(("127.0.0.1", server.server_port), timeout=10) as sock:
+            sock.sendall(request)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        thread.join(10)
+    return b"".join(chunks)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import uuid
+from urllib.parse import unquote
 
 import pytest
 from helpers import read_stream
@@ -70,6 +71,23 @@ def test_published_events_are_cloudevents_for_the_sdk(nats_server: NatsServer) -
     assert second["personallyidentifiable"] == "true"
     assert second_body == json.loads(stored[1].data)
     assert stored[0].headers["Nats-Msg-Id"] == str(cause.event_id)  # the routing headers stay
+
+
+@pytest.mark.parametrize("tenant", ["", "school.1", '学校 "A" 100%', "a_b~c"])
+def test_both_tenant_headers_carry_the_tenant_itself(nats_server: NatsServer, tenant: str) -> None:
+    """Edupulse-Tenant and ce-tenantid hold the tenant as a header value (the CloudEvents NATS binding's
+    percent-encoding, decoded once by the SDK), not the subject token: "" is empty, not "_empty"."""
+    env = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"), tenant_id=tenant)
+    with NatsPublisher.connect(
+        nats_server.url, "edupulse.{tenant}.{type}", stream=STREAM, create_stream=True, cloudevents=True
+    ) as pub:
+        pub.publish(env).result(timeout=10)
+    [stored] = read_stream(nats_server.url, STREAM)
+    attributes, _ = parse(stored.headers, stored.data)
+    assert attributes["tenantid"] == tenant
+    assert unquote(stored.headers["Edupulse-Tenant"]) == tenant
+    assert stored.headers["Edupulse-Tenant"] == stored.headers["ce-tenantid"]
+    assert all(" " < c <= "~" and c != '"' for c in stored.headers["ce-tenantid"])
 
 
 def test_without_the_option_no_cloudevents_headers_are_sent(nats_server: NatsServer) -> None:

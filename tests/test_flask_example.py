@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from helpers import serve_once
 
 from edupulse_events import EventEnvelope, InMemoryPublisher, current_event_context
 from edupulse_events.config import ENV_PREFIX
@@ -96,3 +97,19 @@ def test_invalid_body_is_a_400_and_publishes_nothing(example: ModuleType, publis
     assert response.status_code == 400
     assert "LessonPublished.title" in response.get_json()["error"]
     assert publisher.drain() == []
+
+
+def test_a_utf8_tenant_header_reaches_the_envelope_through_a_real_server(
+    example: ModuleType, publisher: InMemoryPublisher
+) -> None:
+    """X-Tenant-Id: école-1 sent as UTF-8 bytes to the example behind a real WSGI server is the envelope's
+    tenant (not the latin-1 mojibake "Ã©cole-1" a WSGI server hands over)."""
+    body = b'{"title": "Fractions"}'
+    request = (
+        b"POST /lessons HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + "X-Tenant-Id: école-1\r\n".encode()
+        + b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert serve_once(example.app, request).startswith(b"HTTP/1.0 20")
+    (envelope,) = publisher.drain()
+    assert envelope.tenant_id == "école-1"

@@ -334,7 +334,7 @@ def test_exit_with_unreachable_broker_logs_ids_not_payloads(
     took = time.monotonic() - float(exiting_at)
     assert took < 1.0 + 2.5, f"exit took {took:.2f} s with exit_timeout=1.0"
     assert re.search(
-        r"ERROR edupulse_events publisher closed: 0 events acknowledged, 3 failed; 3 were NOT delivered", child.log
+        r"ERROR edupulse_events publisher closed: 0 events acknowledged, 3 failed; 3 were not confirmed", child.log
     ), child.log
     for event_id in ids:
         assert event_id in child.log

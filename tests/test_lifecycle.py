@@ -34,7 +34,8 @@ def test_events_that_failed_before_close_are_logged_by_id_at_close(make_server: 
         assert all(isinstance(f.exception(timeout=0), PublishTimeout) for f in futures)
         pub.close(1.0)
     line = next(r.getMessage() for r in logs.records if "failed before close" in r.getMessage())
-    assert line.startswith("3 events failed before close and were NOT delivered (event ids: ")
+    assert line.startswith("3 events failed before close and were not confirmed: possibly stored")
+    assert "duplicate window" in line
     assert all(str(e.event_id) in line for e in envs)
 
 

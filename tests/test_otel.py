@@ -124,7 +124,9 @@ def test_metrics_count_what_stats_counts_and_time_each_outcome(
     [durations] = points["messaging.client.operation.duration"]
     assert durations.count == 31
     assert 0 < durations.sum < 31 * 10
-    assert dict(durations.attributes) == {"messaging.system": "nats", "messaging.operation.name": "publish"}
+    attributes = dict(durations.attributes)
+    assert attributes.pop("messaging.client.id").startswith("edupulse_events-")
+    assert attributes == {"messaging.system": "nats", "messaging.operation.name": "publish"}
 
 
 def test_failures_are_counted_by_error_type(
@@ -151,6 +153,34 @@ def test_failures_are_counted_by_error_type(
     [failed] = points["edupulse.publisher.failed"]
     assert failed.value == 4
     assert dict(failed.attributes)["error.type"] == "PublishTimeout"
+
+
+def test_two_publishers_on_one_meter_provider_are_both_reported(
+    nats_server: NatsServer, otel: tuple[TracerProvider, InMemorySpanExporter, MeterProvider, InMemoryMetricReader]
+) -> None:
+    """Two publishers in one process each report their own counts (messaging.client.id tells them apart):
+    5 + 2 sent, and the second's failure is counted, where only the first publisher used to be."""
+    tracer_provider, _, meter_provider, reader = otel
+    providers: dict[str, Any] = {"tracer_provider": tracer_provider, "meter_provider": meter_provider}
+    with (
+        connect(nats_server.url, **providers) as first,
+        NatsPublisher.connect(nats_server.url, "nobody.listens", client_name="second", **providers) as second,
+    ):
+        for env in envelopes(5):
+            first.publish(env)
+        second.publish(envelope())
+        assert isinstance(second.publish(envelope()).exception(timeout=10), EventRejected)
+        assert first.flush(timeout=10)
+        assert second.flush(timeout=10)
+        points = metric_points(reader)
+    sent = {dict(p.attributes)["messaging.client.id"]: p.value for p in points["messaging.client.sent.messages"]}
+    assert sorted(sent.values()) == [2, 5]
+    assert sum(sent.values()) == 7
+    assert len(sent) == 2
+    [failed] = points["edupulse.publisher.failed"]
+    assert failed.value == 2
+    assert dict(failed.attributes)["messaging.client.id"].startswith("second-")
+    assert dict(failed.attributes)["error.type"] == "EventRejected"
 
 
 def test_without_opentelemetry_nothing_is_traced_and_publishing_works(nats_server: NatsServer) -> None:

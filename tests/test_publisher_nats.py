@@ -221,7 +221,8 @@ def test_close_fails_what_it_cannot_deliver(make_server: Callable[..., NatsServe
         pub.close(timeout=0.3)
     for f in futures:
         assert isinstance(f.exception(timeout=0), PublisherClosed)
-    assert "3 were NOT delivered" in logs.text
+    assert "3 were not confirmed: possibly stored" in logs.text
+    assert "republish the same envelopes within the stream's duplicate window" in logs.text
     for e in envs:
         assert str(e.event_id) in logs.text
 
@@ -235,9 +236,10 @@ def test_many_undelivered_ids_are_all_logged_on_bounded_lines(make_server: Calla
         pub.publish(e)
     with LogWatcher() as logs:
         pub.close(timeout=0.3)
-    lines = [r.getMessage() for r in logs.records if "NOT delivered" in r.getMessage()]
+    lines = [r.getMessage() for r in logs.records if "not confirmed" in r.getMessage()]
     assert len(lines) == 3
-    assert "1200 were NOT delivered (event ids 500 of 1200" in lines[0]
+    assert "1200 were not confirmed: possibly stored" in lines[0]
+    assert "(event ids 500 of 1200" in lines[0]
     assert "(event ids 1001-1200 of 1200)" in lines[2]
     logged = [
         i for line in lines for i in re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", line)

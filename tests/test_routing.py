@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from edupulse_events import EventEnvelope, LessonPublished, QuizSubmitted, encode
-from edupulse_events._pipeline._routing import PAUSE_EVERY, Router, tenant_token
+from edupulse_events._pipeline._routing import PAUSE_EVERY, Router, header_value
 
 CAUSE = uuid.UUID("11111111-2222-4333-8444-555555555555")
 CORRELATION = uuid.UUID("c0ffee00-dead-4bef-8bad-f00dbaadcafe")
@@ -18,7 +18,7 @@ def expected_headers(env: EventEnvelope, type_name: str) -> bytes:
     """The header block as the README documents it, formatted the plain way."""
     lines = [f"Nats-Msg-Id: {env.event_id}", f"Edupulse-Event-Type: {type_name}"]
     if env.tenant_id is not None:
-        lines.append(f"Edupulse-Tenant: {tenant_token(env.tenant_id)}")
+        lines.append(f"Edupulse-Tenant: {header_value(env.tenant_id)}")
     lines.append(f"Edupulse-Pii: {'true' if env.personally_identifiable else 'false'}")
     if env.correlation_id is not None:
         lines.append(f"Edupulse-Correlation-Id: {env.correlation_id}")

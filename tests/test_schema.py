@@ -10,6 +10,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import attrs
 import jsonschema  # type: ignore[import-untyped]  # no py.typed; its validators are Any here
@@ -25,7 +26,7 @@ from test_codec_rejects import REJECTED
 
 from edupulse_events import I32, I64, U32, U64, Codec, ConfigError, DecodeError, EventEnvelope, EventRegistry, Timestamp
 from edupulse_events._pipeline._cloudevents import CloudEventsRouter
-from edupulse_events._pipeline._routing import Router
+from edupulse_events._pipeline._routing import Router, tenant_token
 from edupulse_events._wire._frozen import parse_uuid
 from edupulse_events.events import BadgeAwarded, LessonPublished, PaymentProcessed, QuizSubmitted, register_event
 from edupulse_events.schema import asyncapi, json_schema
@@ -275,6 +276,81 @@ def test_timestamp_schema_agrees_with_the_codec(secs: int, nanos: int) -> None:
     assert DEFAULT.is_valid(loads(text)) == accepts(Codec(), text)
 
 
+#: Keywords that apply to one JSON type only (JSON Schema 2020-12 validation and applicator vocabularies).
+TYPE_KEYWORDS = {
+    "number": {"maximum", "minimum", "exclusiveMaximum", "exclusiveMinimum", "multipleOf"},
+    "string": {"maxLength", "minLength", "pattern", "format"},
+    "array": {"items", "prefixItems", "minItems", "maxItems", "uniqueItems", "contains", "minContains", "maxContains"},
+    "object": {
+        "properties",
+        "required",
+        "additionalProperties",
+        "patternProperties",
+        "propertyNames",
+        "minProperties",
+        "maxProperties",
+        "dependentRequired",
+        "dependentSchemas",
+    },
+}
+SAME_VALUE = ("allOf", "anyOf", "oneOf", "not", "if", "then", "else")  # subschemas about the same instance
+INNER_VALUE = (
+    "properties",
+    "patternProperties",
+    "$defs",
+    "definitions",
+    "items",
+    "prefixItems",
+    "additionalProperties",
+)
+
+
+def strict_type_problems(schema: Any, path: str = "#", known: frozenset[str] = frozenset()) -> list[str]:
+    """Where a type-specific keyword stands in a schema that does not say (itself, or through the
+    applicators above it on the same instance) that the instance has that type: ajv's strictTypes."""
+    if not isinstance(schema, dict):
+        return []
+    declared = schema.get("type")
+    if declared is not None:
+        names = {declared} if isinstance(declared, str) else set(declared)
+        known = frozenset(names | ({"number"} if "integer" in names else set()))
+    problems = [
+        f"{path}: {word!r} without type {kind!r}"
+        for kind, words in TYPE_KEYWORDS.items()
+        for word in sorted(words & schema.keys())
+        if kind not in known
+    ]
+    for word in SAME_VALUE + INNER_VALUE:
+        sub = schema.get(word)
+        inherit = known if word in SAME_VALUE else frozenset()
+        if word in ("properties", "patternProperties", "$defs", "definitions") and isinstance(sub, dict):
+            children = [(f"{path}/{word}/{k}", v) for k, v in sub.items()]
+        elif isinstance(sub, list):
+            children = [(f"{path}/{word}/{i}", v) for i, v in enumerate(sub)]
+        else:
+            children = [(f"{path}/{word}", sub)]
+        for where, child in children:
+            problems += strict_type_problems(child, where, inherit)
+    return problems
+
+
+def test_the_schemas_pass_a_strict_validator() -> None:
+    """Every type-specific keyword sits where the schema says the type (what ajv's strict mode demands of a
+    draft 2020-12 schema; ajv 8 refused `maximum` without a type under Timestamp), in the JSON Schema and in
+    every schema of the AsyncAPI documents."""
+    assert strict_type_problems(json_schema()) == []
+    variants: list[dict[str, Any]] = [{}, {"cloudevents": True}, {"jetstream": False}]
+    for options in variants:
+        document = asyncapi("edupulse.{tenant}.{type}", **options)
+        components = document["components"]
+        schemas = [*components["schemas"].values()]
+        schemas += [part for message in components["messages"].values() for part in message.values()]
+        assert [problem for one in schemas for problem in strict_type_problems(one)] == []
+    assert strict_type_problems({"properties": {"n": {"maximum": 1}}, "type": "object"}) == [
+        "#/properties/n: 'maximum' without type 'number'"
+    ]
+
+
 def test_custom_event_type_is_in_the_schema() -> None:
     """A registered custom type gets a payload schema and a data branch; registries without it do not."""
     schema = json_schema(REGISTRY)
@@ -363,14 +439,13 @@ def test_asyncapi_headers_and_parameters_are_what_is_sent(env: EventEnvelope, cl
     name = headers["Edupulse-Event-Type"]
     assert [e.message for e in message_schema(document, name, "headers").iter_errors(headers)] == []
     assert all(h in document["components"]["messages"][name]["headers"]["properties"] for h in headers)
-    places = {
-        "$message.header#/Edupulse-Tenant": headers.get("Edupulse-Tenant", "_"),
-        "$message.payload#/data/type": name,
-    }
-    rebuilt = template
-    for parameter, spec in document["channels"]["events"]["parameters"].items():
-        rebuilt = rebuilt.replace("{" + parameter + "}", places[spec["location"]])
-    assert rebuilt == subject
+    parameters = document["channels"]["events"]["parameters"]
+    assert parameters["type"]["location"] == "$message.payload#/data/type"
+    assert "location" not in parameters["tenant"]  # derived from tenant_id, not a copy of a header
+    tenant = headers.get("Edupulse-Tenant")
+    assert (None if tenant is None else unquote(tenant)) == env.tenant_id
+    assert headers.get("ce-tenantid", tenant) == tenant
+    assert template.replace("{tenant}", tenant_token(env.tenant_id)).replace("{type}", name) == subject
 
 
 def test_asyncapi_refuses_what_the_publisher_refuses() -> None:

@@ -14,9 +14,10 @@ from wsgiref.handlers import SimpleHandler
 from wsgiref.util import FileWrapper, setup_testing_defaults
 
 import pytest
+from helpers import serve_once
 
 from edupulse_events import EventContext, EventEnvelope, LessonPublished, current_event_context
-from edupulse_events.wsgi import EventContextMiddleware, correlation_id_from_environ
+from edupulse_events.wsgi import EventContextMiddleware, correlation_id_from_environ, request_header
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -341,3 +342,46 @@ def test_middleware_is_shared_by_threads() -> None:
             future.result(timeout=10)
     tenants = sorted(env.tenant_id or "" for env in app.envelopes)
     assert tenants == sorted(f"t{i}" for i in range(4) for _ in range(3))
+
+
+def test_request_header_gives_utf8_values_back_as_the_client_sent_them() -> None:
+    """A UTF-8 X-Tenant-Id ("école-1", "学校") through a real WSGI server reads back unchanged, not as
+    latin-1 mojibake; a header that is not UTF-8 stays as the server gave it; a missing one is None."""
+    seen: dict[str, Any] = {}
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen["tenant"] = request_header(environ, "X-Tenant-Id")
+        seen["raw"] = environ.get("HTTP_X_TENANT_ID")
+        seen["latin"] = request_header(environ, "X-Latin")
+        seen["missing"] = request_header(environ, "X-Missing")
+        seen["type"] = request_header(environ, "Content-Type")
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    for tenant in ("école-1", "学校"):
+        request = (
+            b"GET / HTTP/1.0\r\nHost: x\r\nContent-Type: text/plain\r\nX-Tenant-Id: "
+            + tenant.encode()
+            + b"\r\nX-Latin: caf\xe9\r\n\r\n"
+        )
+        assert serve_once(app, request).startswith(b"HTTP/1.0 200")
+        assert seen["raw"] != tenant  # the server's latin-1 text: what the middleware's users got before
+        assert seen["tenant"] == tenant
+        assert seen["latin"] == "café"
+        assert seen["missing"] is None
+        assert seen["type"] == "text/plain"
+
+
+def test_the_tenant_of_a_non_ascii_header_reaches_the_envelope() -> None:
+    """EventContextMiddleware with a tenant callable using request_header: the envelope created in the view
+    carries the UTF-8 tenant of the request, through a real WSGI server."""
+    tenants: list[str | None] = []
+
+    def view(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        tenants.append(EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "x")).tenant_id)
+        start_response("200 OK", [])
+        return [b"ok"]
+
+    app = EventContextMiddleware(view, tenant=lambda environ: request_header(environ, "X-Tenant-Id"))
+    serve_once(app, "GET / HTTP/1.0\r\nX-Tenant-Id: école-1\r\n\r\n".encode())
+    assert tenants == ["école-1"]

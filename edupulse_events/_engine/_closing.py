@@ -1,8 +1,11 @@
 """What a publisher does with what it still holds when it closes or its thread crashes
 (`fail_taken`), and what it says when it closes: how many events it delivered, and the ids (never the
-payloads) of every event it did not — those close() gave up on, and those that failed earlier
-(a deadline, a refusal, a crash), which fire-and-forget callers never looked at. Ids go 500 to a
-line, so log pipelines keep each line whole."""
+payloads) of every event it could not confirm — those close() gave up on, and those that failed
+earlier (a deadline, a refusal, a crash), which fire-and-forget callers never looked at. It says
+what is known of them: not confirmed, which is not "not stored" (an event whose ack was lost, or
+that reached the broker after its deadline, is in the stream), so republishing the same envelopes
+within the stream's duplicate window is the safe remedy: JetStream stores each once. Ids go 500 to
+a line, so log pipelines keep each line whole."""
 
 from __future__ import annotations
 
@@ -23,6 +26,11 @@ __all__ = ["fail_taken", "log_closed"]
 
 log = logging.getLogger("edupulse_events")
 IDS_PER_LINE = 500
+#: What an operator may do about events that were not confirmed (some may be stored: see above).
+_REMEDY = (
+    ": possibly stored (an ack lost, or the broker back after the deadline); republish the same envelopes "
+    "within the stream's duplicate window and JetStream stores each once"
+)
 
 
 def fail_taken(
@@ -76,8 +84,8 @@ def log_closed(
     if abandoned:
         _log_ids(
             f"publisher closed: {stats.acknowledged} events acknowledged, {stats.failed} failed; "
-            f"{len(abandoned)} were NOT delivered (event ids{_more(abandoned)}: {{ids}})",
-            "NOT delivered (event ids {first}-{last} of {total}): {ids}",
+            f"{len(abandoned)} were not confirmed{_REMEDY} (event ids{_more(abandoned)}: {{ids}})",
+            "not confirmed (event ids {first}-{last} of {total}): {ids}",
             abandoned,
         )
     else:
@@ -85,7 +93,7 @@ def log_closed(
     if earlier:
         counted = "" if stats.failed - len(abandoned) <= len(earlier) else f" (the last {len(earlier)})"
         _log_ids(
-            f"{len(earlier)} events failed before close{counted} and were NOT delivered "
+            f"{len(earlier)} events failed before close{counted} and were not confirmed{_REMEDY} "
             f"(event ids{_more(earlier)}: {{ids}})",
             "failed before close (event ids {first}-{last} of {total}): {ids}",
             earlier,

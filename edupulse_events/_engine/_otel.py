@@ -13,7 +13,10 @@ continue the trace; the span ends when the event's future resolves (an ack, or t
 Metrics: observable counters and gauges read from ``stats()`` at collection time (sent,
 acknowledged, failed by ``error.type``, retried, duplicates, queue depth, in flight) — nothing
 per event — and the ``messaging.client.operation.duration`` histogram (acceptance to outcome),
-recorded by the publisher thread per resolved event while a metrics SDK is configured.
+recorded by the publisher thread per resolved event while a metrics SDK is configured. Every
+point carries ``messaging.client.id`` (the publisher's ``client_name`` and a number unique in the
+process): the instruments of a meter are created once and report every publisher that uses it
+(an SDK keeps the first registration of a name and ignores later callbacks).
 
 With the API but no SDK configured, nothing is started or recorded: whether an SDK is there is
 looked up when the publisher is built and every `RECHECK_EVERY` publishes after.
@@ -22,7 +25,10 @@ looked up when the publisher is built and every `RECHECK_EVERY` publishes after.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -39,6 +45,7 @@ __all__ = ["RECHECK_EVERY", "Telemetry", "telemetry_for"]
 RECHECK_EVERY = 1024
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 _NO_SDK = ("ProxyTracerProvider", "NoOpTracerProvider", "_ProxyMeterProvider", "NoOpMeterProvider")
+_client_numbers = itertools.count(1)
 
 
 def telemetry_for(config: PublisherConfig, stats: Callable[[], PublisherStats]) -> Telemetry | None:
@@ -60,7 +67,11 @@ class Telemetry:
         self._stats = stats
         self._template = config.subject
         host, port = _address(config.servers[0])
-        self._base: dict[str, Any] = {"messaging.system": "nats", "messaging.operation.name": "publish"}
+        self._base: dict[str, Any] = {
+            "messaging.system": "nats",
+            "messaging.operation.name": "publish",
+            "messaging.client.id": f"{config.client_name}-{next(_client_numbers)}",
+        }
         self._span_attributes: dict[str, Any] = {
             **self._base,
             "messaging.operation.type": "send",
@@ -77,36 +88,6 @@ class Telemetry:
         self.metering = False
         self.recheck()
 
-    def _observables(self, meter: Any) -> None:
-        from opentelemetry.metrics import CallbackOptions, Observation
-
-        def reading(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-            def observe(_options: CallbackOptions) -> Iterable[Observation]:
-                return [Observation(getattr(self._stats(), field), self._base)]
-
-            return observe
-
-        def failures(_options: CallbackOptions) -> Iterable[Observation]:
-            counts: Mapping[str, int] = self._stats().failures
-            return [Observation(n, {**self._base, "error.type": kind}) for kind, n in counts.items()]
-
-        counters = (
-            ("messaging.client.sent.messages", "accepted", "Events accepted by publish()"),
-            ("edupulse.publisher.acknowledged", "acknowledged", "Events the broker acknowledged"),
-            ("edupulse.publisher.retried", "retried", "Attempts retried after a transient failure"),
-            ("edupulse.publisher.duplicates", "duplicates", "Acks that were JetStream duplicates"),
-        )
-        for name, field, description in counters:
-            meter.create_observable_counter(name, [reading(field)], unit="{message}", description=description)
-        meter.create_observable_counter(
-            "edupulse.publisher.failed", [failures], unit="{message}", description="Events failed, by error.type"
-        )
-        for name, field, description in (
-            ("edupulse.publisher.queue.depth", "queued", "Events queued, not taken by the publisher thread yet"),
-            ("edupulse.publisher.in_flight", "in_flight", "Events taken from the queue and not resolved yet"),
-        ):
-            meter.create_observable_gauge(name, [reading(field)], unit="{message}", description=description)
-
     def _set_up(self) -> None:
         """Get the tracer and the instruments (the first time opentelemetry is found imported)."""
         from opentelemetry import metrics, propagate, trace
@@ -119,11 +100,17 @@ class Telemetry:
         self._meter_provider: Any = config.meter_provider
         self._tracer = trace.get_tracer("edupulse_events", __version__, tracer_provider=self._tracer_provider)
         meter = metrics.get_meter("edupulse_events", __version__, meter_provider=self._meter_provider)
-        self.duration = meter.create_histogram(
-            "messaging.client.operation.duration", unit="s", description="From publish() to the broker's answer"
-        )
-        self._observables(meter)
+        provider = self._meter_provider or metrics.get_meter_provider()
+        self.duration = _shared(provider, meter).join(self)
         self._ready = True
+
+    def observe(self, field: str) -> tuple[int, Mapping[str, Any]]:
+        """One reading of ``stats()``: the value of ``field`` and this publisher's attributes."""
+        return getattr(self._stats(), field), self._base
+
+    def failures(self) -> list[tuple[int, Mapping[str, Any]]]:
+        """This publisher's failure counts, by ``error.type``."""
+        return [(n, {**self._base, "error.type": kind}) for kind, n in self._stats().failures.items()]
 
     def recheck(self) -> None:
         """Look again whether a tracing or metrics SDK is configured (cheap, but not per event).
@@ -169,6 +156,64 @@ class Telemetry:
         record, accepted = self.duration.record, self._delivery_timeout
         for item in items:
             record(max(0.0, now - (item.deadline - accepted)), attributes)
+
+
+class _Instruments:
+    """The instruments of one meter provider, created once and shared by every publisher that
+    reports to it: the observable ones read each live publisher's ``stats()`` at collection."""
+
+    def __init__(self, meter: Any) -> None:
+        from opentelemetry.metrics import CallbackOptions, Observation
+
+        self._members: weakref.WeakSet[Telemetry] = weakref.WeakSet()
+
+        def reading(field: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+            def observe(_options: CallbackOptions) -> Iterable[Observation]:
+                return [Observation(*member.observe(field)) for member in list(self._members)]
+
+            return observe
+
+        def failures(_options: CallbackOptions) -> Iterable[Observation]:
+            return [Observation(*point) for member in list(self._members) for point in member.failures()]
+
+        counters = (
+            ("messaging.client.sent.messages", "accepted", "Events accepted by publish()"),
+            ("edupulse.publisher.acknowledged", "acknowledged", "Events the broker acknowledged"),
+            ("edupulse.publisher.retried", "retried", "Attempts retried after a transient failure"),
+            ("edupulse.publisher.duplicates", "duplicates", "Acks that were JetStream duplicates"),
+        )
+        for name, field, description in counters:
+            meter.create_observable_counter(name, [reading(field)], unit="{message}", description=description)
+        meter.create_observable_counter(
+            "edupulse.publisher.failed", [failures], unit="{message}", description="Events failed, by error.type"
+        )
+        for name, field, description in (
+            ("edupulse.publisher.queue.depth", "queued", "Events queued, not taken by the publisher thread yet"),
+            ("edupulse.publisher.in_flight", "in_flight", "Events taken from the queue and not resolved yet"),
+        ):
+            meter.create_observable_gauge(name, [reading(field)], unit="{message}", description=description)
+        self.duration = meter.create_histogram(
+            "messaging.client.operation.duration", unit="s", description="From publish() to the broker's answer"
+        )
+
+    def join(self, member: Telemetry) -> Any:
+        """Report ``member`` from now on (for as long as it lives); returns the duration histogram."""
+        self._members.add(member)
+        return self.duration
+
+
+#: Instruments by meter provider (kept for the process's life, as the providers themselves are).
+_instruments: dict[int, tuple[Any, _Instruments]] = {}
+_instruments_lock = threading.Lock()
+
+
+def _shared(provider: Any, meter: Any) -> _Instruments:
+    """The instruments of ``provider`` (whose meter is ``meter``), created at its first publisher."""
+    with _instruments_lock:
+        entry = _instruments.get(id(provider))
+        if entry is None or entry[0] is not provider:
+            entry = _instruments[id(provider)] = (provider, _Instruments(meter))
+        return entry[1]
 
 
 def _address(url: str) -> tuple[str, int]:

@@ -1,6 +1,7 @@
 """CloudEvents on the wire (`PublisherConfig.cloudevents`): the binary content mode's headers
-beside every body, so CloudEvents consumers read our messages unchanged (NATS headers carry the
-attributes as the HTTP binding does: ``ce-`` names, values percent-encoded where not plain).
+beside every body, so CloudEvents consumers read our messages unchanged (the NATS binding,
+3.1.3: ``ce-`` names; values as `_routing.header_value` writes them, which a consumer's SDK
+percent-decodes once).
 
 ==========================  ============================================================
 ``ce-specversion``          ``1.0``
@@ -8,8 +9,8 @@ attributes as the HTTP binding does: ``ce-`` names, values percent-encoded where
 ``ce-source``               ``cloudevents_source`` (a URI-reference; default ``urn:edupulse:events``)
 ``ce-type``                 the event type name, as the wire's ``data.type`` (``LessonPublished``)
 ``ce-time``                 ``created_at`` in RFC 3339, UTC, with its nanoseconds
-``ce-subject``              the NATS subject the event is published to (percent-encoded)
-``ce-tenantid``             the tenant id (absent when None)
+``ce-subject``              the NATS subject the event is published to (its ``%`` as ``%25``)
+``ce-tenantid``             the tenant id (an empty value for ""; absent when None)
 ``ce-correlationid``        the correlation id (absent when None)
 ``ce-causationid``          the causation id (absent when None)
 ``ce-personallyidentifiable``  ``true`` / ``false``
@@ -24,12 +25,11 @@ from __future__ import annotations
 
 import datetime
 import re
-from urllib.parse import quote
 
 from ..config import PublisherConfig
 from ..envelope import EventEnvelope
 from ..errors import ConfigError
-from ._routing import Router, tenant_token
+from ._routing import Router, header_value
 
 __all__ = ["DEFAULT_SOURCE", "HEADERS", "CloudEventsRouter", "check_source", "router_for"]
 
@@ -73,10 +73,6 @@ def _time(secs: int, nanos: int) -> str:
     return f"{stamp:%Y-%m-%dT%H:%M:%S}.{nanos:09d}Z"
 
 
-def _id(value: object) -> str:
-    return quote(str(value), safe="-:.")
-
-
 class CloudEventsRouter(Router):
     """A `Router` whose header blocks also carry the CloudEvents attributes."""
 
@@ -94,15 +90,14 @@ class CloudEventsRouter(Router):
             b"ce-source: " + self._source,
             b"ce-type: " + type_name.encode(),
             b"ce-time: " + _time(envelope.created_at.secs, envelope.created_at.nanos).encode(),
-            # its % too: consumers percent-decode
-            b"ce-subject: " + _id(self.subject(envelope, type_name).decode()).encode(),
+            b"ce-subject: " + header_value(self.subject(envelope, type_name).decode()).encode(),
         ]
         if envelope.tenant_id is not None:
-            lines.append(b"ce-tenantid: " + tenant_token(envelope.tenant_id).encode())
+            lines.append(b"ce-tenantid: " + header_value(envelope.tenant_id).encode())
         if envelope.correlation_id is not None:
-            lines.append(b"ce-correlationid: " + _id(envelope.correlation_id).encode())
+            lines.append(b"ce-correlationid: " + header_value(str(envelope.correlation_id)).encode())
         if envelope.causation_id is not None:
-            lines.append(b"ce-causationid: " + _id(envelope.causation_id).encode())
+            lines.append(b"ce-causationid: " + header_value(str(envelope.causation_id)).encode())
         lines.append(b"ce-personallyidentifiable: " + (b"true" if envelope.personally_identifiable else b"false"))
         lines.append(b"content-type: application/json")
         return block[:-2] + b"\r\n".join(lines) + b"\r\n\r\n"  # the block ends with its blank line

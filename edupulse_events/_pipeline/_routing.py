@@ -7,7 +7,7 @@ JSON), plus its future:
 ==========================  ====================================================
 ``Nats-Msg-Id``             the event_id (JetStream de-duplicates on it)
 ``Edupulse-Event-Type``     the event type name, e.g. ``QuizSubmitted``
-``Edupulse-Tenant``         the tenant id, percent-encoded UTF-8; absent if None
+``Edupulse-Tenant``         the tenant id as a header value (`header_value`); empty if ""; absent if None
 ``Edupulse-Pii``            ``true`` or ``false`` (the GDPR flag)
 ``Edupulse-Correlation-Id`` the correlation id; absent if None
 ==========================  ====================================================
@@ -15,6 +15,13 @@ JSON), plus its future:
 Speed: the ids are copied from the encoded body, which always begins with them in canonical
 form (``str(UUID)`` is Python code), and the middle of the header block is cached per
 tenant and type.
+
+Header values follow the CloudEvents NATS binding (3.1.3.2) for ``Edupulse-Tenant`` and every
+``ce-*`` header alike: UTF-8 text with space, ``"``, ``%`` and every character outside printable
+ASCII percent-encoded (upper-case hex), decoded once by a reader; nothing else is changed, so a
+tenant ``school.1`` is ``school.1`` there, and ``""`` is an empty value. The subject token
+(`tenant_token`) is a different thing: it must be one non-empty token, so it also encodes
+``.``, ``_`` and ``~``, and writes ``_empty`` for ``""`` and ``_`` for None.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from ..codec import encode
 from ..config import MAX_SUBJECT_BYTES
@@ -31,7 +38,7 @@ from ..errors import InvalidEvent
 from ..events import event_type_name
 from ..futures import PublishFuture
 
-__all__ = ["HEADERS", "Item", "Router", "tenant_token"]
+__all__ = ["HEADERS", "Item", "Router", "header_value", "tenant_from_token", "tenant_token"]
 
 #: The header names `Router` writes (what a spooled row may carry: `_spooling.RowCheck`).
 HEADERS = frozenset(
@@ -85,7 +92,7 @@ _TOKENS: dict[str | None, str] = {}
 
 
 def tenant_token(tenant: str | None) -> str:
-    """The tenant as one subject token / header value: percent-encoded, ``_`` for None."""
+    """The tenant as one subject token: percent-encoded, ``_empty`` for "", ``_`` for None."""
     token = _TOKENS.get(tenant)
     if token is not None:
         return token
@@ -104,13 +111,29 @@ def tenant_token(tenant: str | None) -> str:
     return token
 
 
+def tenant_from_token(token: str) -> str | None:
+    """The tenant a subject token stands for (`tenant_token` undone)."""
+    return None if token == "_" else "" if token == "_empty" else unquote(token)
+
+
+#: Printable ASCII but '"' and '%': what a header value keeps as it is (space is not printable here).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) not in '"%')
+_HEADER_PLAIN = re.compile(r"[!#-$&-~]*")
+
+
+def header_value(text: str) -> str:
+    """``text`` as a NATS header value, as the CloudEvents NATS binding says (3.1.3.2): space,
+    ``"``, ``%`` and everything outside printable ASCII percent-encoded as UTF-8 bytes."""
+    return text if _HEADER_PLAIN.fullmatch(text) else quote(text, safe=_HEADER_SAFE)
+
+
 _MIDDLES: dict[str | None, dict[str, tuple[bytes, bytes]]] = {}  # tenant -> type -> (pii false, true)
 
 
 def _middle(type_name: str, tenant: str | None) -> tuple[bytes, bytes]:
     """The header lines after ``Nats-Msg-Id`` and before ``Edupulse-Correlation-Id``, for
     ``Edupulse-Pii`` false and true."""
-    t = "" if tenant is None else f"Edupulse-Tenant: {tenant_token(tenant)}\r\n"
+    t = "" if tenant is None else f"Edupulse-Tenant: {header_value(tenant)}\r\n"
     false, true = (
         f"\r\nEdupulse-Event-Type: {type_name}\r\n{t}Edupulse-Pii: {flag}\r\n".encode() for flag in ("false", "true")
     )

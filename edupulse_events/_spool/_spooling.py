@@ -35,10 +35,11 @@ import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from .._pipeline._cloudevents import HEADERS as CLOUDEVENTS_HEADERS
 from .._pipeline._routing import HEADERS as ROUTING_HEADERS
-from .._pipeline._routing import Item
+from .._pipeline._routing import Item, tenant_from_token
 from ..config import PublisherConfig
 from ..errors import BrokerUnavailable, PublisherClosed, PublisherCrashed, PublishTimeout, SpoolError, SpoolFull
 from ..futures import PublishAck, PublishFuture
@@ -67,7 +68,7 @@ _FIELD = re.compile(r"\{(type|tenant)\}")
 _TYPE = rb"[A-Za-z_][A-Za-z0-9_]*"  # a registered event type name (`events.register_event`)
 _TENANT = rb"_|_empty|[A-Za-z0-9%-]+"  # what `_routing.tenant_token` makes
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_VALUE = re.compile(rb"[!-~]+")  # every value the routers write: printable ASCII, no spaces
+_VALUE = re.compile(rb"[!-~]*")  # every value the routers write: printable ASCII, no spaces (maybe empty)
 #: What `_otel` adds with OpenTelemetry's default propagators (W3C trace context and baggage);
 #: `RowCheck` also allows the fields of the global propagator configured when it is built.
 TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
@@ -137,10 +138,10 @@ class RowCheck:
         if not re.fullmatch(_TYPE, kind) or kind != match.groupdict().get("type", kind):
             return f"its Edupulse-Event-Type header {kind[:60]!r} does not match its subject"
         tenant = values.get(b"Edupulse-Tenant")
-        if tenant is not None and not re.fullmatch(_TENANT, tenant):
-            return f"its Edupulse-Tenant header {tenant[:60]!r} is not a tenant token"
         token = match.groupdict().get("tenant")
-        if token is not None and tenant != (None if token == b"_" else token):
+        if token is not None and (None if tenant is None else unquote(tenant.decode())) != tenant_from_token(
+            token.decode()
+        ):
             return f"its Edupulse-Tenant header {tenant!r} does not match its subject"
         return None
 

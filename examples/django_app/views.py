@@ -20,6 +20,7 @@ from django.http import (  # type: ignore[import-untyped]  # Django ships no typ
 )
 
 from edupulse_events import EventEnvelope, EventsError, InvalidEvent, LessonPublished, build_from_env
+from edupulse_events.wsgi import request_header
 
 RESULT_TIMEOUT = 5.0
 
@@ -28,7 +29,7 @@ publisher = build_from_env()
 
 def tenant_of(request: HttpRequest) -> str | None:
     """The request's tenant: its ``X-Tenant-Id`` header, if any (the ``EDUPULSE_EVENTS_TENANT`` setting)."""
-    tenant = str(request.headers.get("X-Tenant-Id", "")).strip()
+    tenant = (request_header(request.META, "X-Tenant-Id") or "").strip()  # UTF-8 as the client sent it
     return tenant or None
 
 
