@@ -168,7 +168,7 @@ def test_a_newcomers_path_readme_then_examples_on_one_broker(nats_server: NatsSe
         (
             "examples/django_app",
             "import os\nos.environ['DJANGO_SETTINGS_MODULE'] = 'django_app.settings'\nimport django\ndjango.setup()\n"
-            "from django.test import Client\nclient = Client(HTTP_HOST=\"localhost\")\n" + WEB_DRIVER,
+            'from django.test import Client\nclient = Client(HTTP_HOST="localhost")\n' + WEB_DRIVER,
             "201 1004",
         ),
     ]
