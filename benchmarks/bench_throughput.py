@@ -1,6 +1,7 @@
 """Throughput: this library's publisher against what a user would otherwise write, same run.
 
 Usage: python benchmarks/bench_throughput.py [--events 50000] [--rounds 5] [--json PATH]
+       python benchmarks/chart.py PATH --update docs/performance.md   # redraw the page's charts
 
 Starts its own nats-server (JetStream, file storage), then alternates the scenarios round
 by round (the order rotates each round), each on a fresh stream, N pre-built typical

@@ -149,8 +149,8 @@ class Codec:
 
     def warm(self) -> int:
         """Build now the encoders of the event types registered so far (returns how many were
-        missing). Each is otherwise built at its type's first encode: ~0.2 ms, up to ~1 ms in a
-        newly forked worker. Publishers call it on the default codec before a ``fork()``, so
+        missing). Each is otherwise built at its type's first encode, which costs most in a newly
+        forked worker (docs/performance.md). Publishers call it on the default codec before a ``fork()``, so
         that a pre-fork server's workers inherit the encoders instead of each building them."""
         return self._warm()
 

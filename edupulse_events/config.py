@@ -210,11 +210,11 @@ class PublisherConfig:
     #: Events outstanding at once (taken from the queue: awaiting their ack, a retry, ...);
     #: also the largest batch. It must cover what the broker takes while the publisher thread
     #: waits for the GIL (up to Python's 5 ms switch interval while a caller thread encodes):
-    #: 256 held JetStream to ~50,000 events/s on a 2-core machine, 4096 (nats-py's own pipelining
-    #: depth is 4000) lets it reach ~70,000 (README, Speed).
+    #: a window of 256 held JetStream well below what 4096 (nats-py's own pipelining depth is
+    #: 4000) reaches (docs/performance.md).
     window: int = attrs.field(default=4096, validator=count_validator("window"))
     #: Encoded bytes outstanding at once (a lone larger event still goes, alone). Memory held for
-    #: events stays within a small multiple of max_queue_bytes + window_bytes (see the README).
+    #: events stays within a small multiple of max_queue_bytes + window_bytes (docs/delivery.md).
     window_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=count_validator("window_bytes"))
     #: Per-event deadline from publish() to ack; past it the future fails with PublishTimeout.
     delivery_timeout: float = attrs.field(default=30.0, validator=seconds_validator("delivery_timeout"))

@@ -6,10 +6,11 @@ request runs inside an `event_context`: the correlation id comes from the ``X-Co
 ``EventEnvelope.new(lesson)`` without passing either, and the envelope carries both.
 
 One publisher per process, from `build_from_env()` (an `InMemoryPublisher` when
-``EDUPULSE_EVENT_BROKER_URL`` is unset). Run it with (``pip install -e '.[flask]'``)::
+``EDUPULSE_EVENT_BROKER_URL`` is unset; with the README's broker variables, the README's stream).
+Run it with (``pip install -e '.[flask]'``)::
 
     flask --app examples/flask_app.py run
-    curl -X POST localhost:5000/lessons -H 'X-Tenant-Id: school-42' \\
+    curl -X POST localhost:5000/lessons -H 'Content-Type: application/json' -H 'X-Tenant-Id: school-42' \\
          -H 'X-Correlation-Id: 0191f3c2-7a4b-4c1d-8e2f-a1b2c3d4e5f6' -d '{"title": "Fractions"}'
 
 Routes: ``POST /lessons`` with a JSON body ``{"title": ..., "author_id": ...}`` (both optional)

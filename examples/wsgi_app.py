@@ -16,8 +16,10 @@ envelope's ``event_id`` (the stored message's ``Nats-Msg-Id``).
 
 Environment: ``EDUPULSE_EVENT_BROKER_URL`` and ``EDUPULSE_EVENT_BROKER_SUBJECT`` (read by
 `build_from_env`), ``EDUPULSE_EXAMPLE_STREAM`` (the JetStream stream ensured at start,
-created if missing; default ``EDUPULSE_EXAMPLE``), ``EDUPULSE_EXAMPLE_WINDOW`` (the publisher's
-``window``, default the library's: the tests that kill a worker use a small one), and ``EDUPULSE_EXAMPLE_NO_PUBLISH=1``
+created if missing; default ``EDUPULSE_EVENT_BROKER_STREAM``, else ``EDUPULSE``: the README's
+stream, which captures ``edupulse.*.*`` — a second stream on those subjects would be refused),
+``EDUPULSE_EXAMPLE_WINDOW`` (the publisher's ``window``, default the library's: the tests that
+kill a worker use a small one), and ``EDUPULSE_EXAMPLE_NO_PUBLISH=1``
 (build each envelope but publish nothing: the baseline for measuring what publishing costs).
 The ``edupulse_events`` log goes to stderr at INFO, with the pid.
 """
@@ -41,7 +43,11 @@ if TYPE_CHECKING:
 TENANT = "school-42"
 RESULT_TIMEOUT = 5.0
 NO_PUBLISH = os.environ.get("EDUPULSE_EXAMPLE_NO_PUBLISH", "").strip() == "1"
-STREAM = os.environ.get("EDUPULSE_EXAMPLE_STREAM", "").strip() or "EDUPULSE_EXAMPLE"
+STREAM = (
+    os.environ.get("EDUPULSE_EXAMPLE_STREAM", "").strip()
+    or os.environ.get("EDUPULSE_EVENT_BROKER_STREAM", "").strip()
+    or "EDUPULSE"
+)
 WINDOW: dict[str, Any] = (
     {"window": int(os.environ["EDUPULSE_EXAMPLE_WINDOW"])} if os.environ.get("EDUPULSE_EXAMPLE_WINDOW") else {}
 )

@@ -110,7 +110,8 @@ def test_bad_lines_are_reported_by_line_number_and_skipped(
     assert counts(proc) == {"read": 10, "published": 5, "acknowledged": 5, "failed": 0, "skipped": 5}
     errors = proc.stderr.splitlines()
     assert [line.split(": ")[0] for line in errors] == [f"{source}:{n}" for n in (2, 4, 6, 7, 8)]
-    assert errors[0].startswith(f"{source}:2: not JSON: ")
+    assert errors[0].startswith(f"{source}:2: not JSON at character 2 (")
+    assert errors[0].endswith("): the line reads '{not json'")
     assert "unknown event type 'Nope'" in errors[1]
     assert "$.payload.payment_id" in errors[2]
     assert errors[3].startswith(f"{source}:7: not a valid envelope: $.event_id")
@@ -269,3 +270,39 @@ def test_a_terminal_gets_a_progress_bar_with_rate(env: dict[str, str], tmp_path:
     assert "200/200" in bar
     assert "line/s]" in bar
     assert "Traceback" not in bar
+
+
+def test_missing_stream_advice_is_given_as_options_and_variables(nats_server: NatsServer, tmp_path: Path) -> None:
+    """A missing stream is explained in the shell's words (--stream NAME --create-stream, variables), not Python's."""
+    source = write_lines(tmp_path / "one.jsonl", [event_line(0)])
+    env = broker_env(URL=nats_server.url, SUBJECT=SUBJECT)
+    named = publish(str(source), "--stream", "MISSING", env=env)
+    assert named.returncode == 2, named.stderr
+    assert named.stderr.strip() == (
+        "edupulse-events publish: JetStream stream 'MISSING' does not exist: create it, or pass --create-stream "
+        "(or set EDUPULSE_EVENT_BROKER_CREATE_STREAM=true); nothing was published"
+    )
+    work = tmp_path / "cwd"
+    work.mkdir()
+    unnamed = publish(str(source), env=env, cwd=work)  # no stream configured, none captures the subject
+    assert unnamed.returncode == 1, unnamed.stderr
+    assert (
+        "no JetStream stream captures subject 'edupulse._.QuizSubmitted': create one, or pass --stream NAME "
+        "--create-stream (or set EDUPULSE_EVENT_BROKER_STREAM=NAME and EDUPULSE_EVENT_BROKER_CREATE_STREAM=true)"
+    ) in unnamed.stderr
+    assert "create_stream=True" not in named.stderr + unnamed.stderr
+
+
+def test_a_line_that_is_not_json_is_shown_escaped_and_shortened(env: dict[str, str], tmp_path: Path) -> None:
+    """`not JSON` says where parsing stopped and what the line looked like: quoted, control characters escaped, cut."""
+    lines = ["tru story", "{'single': 'quotes'} \x1b[31m", "x" * 100]
+    source = write_lines(tmp_path / "bad.jsonl", lines)
+    proc = publish(str(source), env=env)
+    assert proc.returncode == 1, proc.stderr
+    first, second, third = proc.stderr.splitlines()
+    reason = "invalid literal, expected 'true'"
+    assert first == f"{source}:1: not JSON at character 1 ({reason}): the line reads 'tru story'"
+    assert second.startswith(f"{source}:2: not JSON at character 2 (")  # the reason's words are orjson's
+    assert second.endswith("): the line reads \"{'single': 'quotes'} \\x1b[31m\"")
+    assert third.startswith(f"{source}:3: not JSON at character 1 (")
+    assert third.endswith(f"): the line reads '{'x' * 60}'…")

@@ -115,9 +115,37 @@ def test_timeout_with_nothing_to_read(env: dict[str, str], stored: list[EventEnv
     assert idle.stderr.splitlines() == [
         f"edupulse-events tail: reading nobody.publishes.here on {env['EDUPULSE_EVENT_BROKER_URL']}"
     ]
-    short = cli("tail", "--stream", STREAM, "--count", "13", "--timeout", "0.5", env=env)
-    assert short.returncode == 1, short.stderr
-    assert len(short.stdout.splitlines()) == 12
+    short = cli("tail", "--stream", STREAM, "--new", "--count", "1", "--timeout", "0.5", env=env)
+    assert (short.returncode, short.stdout) == (1, ""), short.stderr
+
+
+def test_count_on_a_stream_ends_at_its_end_as_of_the_start(env: dict[str, str], stored: list[EventEnvelope]) -> None:
+    """The README's `tail --stream S --since 10m --type T --count 20` ends on its own, exit 0, with fewer matches."""
+    wanted = [str(e.event_id) for e in stored if e.event_type == "PaymentProcessed"]  # 6 of the 12
+
+    def ends(*args: str) -> subprocess.CompletedProcess[str]:
+        try:  # no --timeout: only the stream's end can end it
+            return subprocess.run(
+                [sys.executable, "-m", "edupulse_events", "tail", "--stream", STREAM, *args],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"tail {' '.join(args)} did not end within 30 s")
+
+    fewer = ends("--since", "10m", "--type", "PaymentProcessed", "--count", "20")
+    assert fewer.returncode == 0, fewer.stderr
+    assert [line.split()[3] for line in fewer.stdout.splitlines()] == wanted
+    later = (datetime.now(timezone.utc) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    nothing = ends("--since", later, "--count", "5")  # nothing stored after that time
+    assert (nothing.returncode, nothing.stdout) == (0, ""), nothing.stderr
+    filtered = ends("--subject", "edupulse.nobody.*", "--count", "5")  # the consumer's filter matches nothing
+    assert (filtered.returncode, filtered.stdout) == (0, ""), filtered.stderr
+    last = ends("--since-seq", "12", "--count", "3", "--json")
+    assert [decode(line) for line in last.stdout.splitlines()] == stored[11:]
 
 
 def test_follows_a_subject_live(env: dict[str, str]) -> None:

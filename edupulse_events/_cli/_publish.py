@@ -4,7 +4,9 @@ This module owns that command: its arguments, reading and checking each line (`p
 wire envelope, decoded as the Rust service would, or ``{"type": ..., "payload": {...}}`` wrapped
 in a fresh envelope), reading each line with a bound (`_lines`: a line longer than the largest event
 the server takes is refused as too long without ever being held whole), reporting a bad line as
-``FILE:LINE: what is wrong`` (control characters escaped: `printable`), the progress bar, the
+``FILE:LINE: what is wrong`` (control characters escaped: `printable`; a line that is not JSON
+quoted shortened: `excerpt`), the publisher's advice on a missing stream said as this command's
+options and variables (`shell_words`), the progress bar, the
 summary, and the file of failed events (`_write_failed`: a new file, never one that exists, never
 through a symlink). Publishing itself is `NatsPublisher`'s; the broker
 settings and the bar are `_cli_common`'s. Exit codes: ``_EPILOG`` (the end of ``publish --help``).
@@ -45,7 +47,19 @@ if TYPE_CHECKING:
     from ..config import PublisherConfig
     from ..envelope import EventEnvelope
 
-__all__ = ["BadLine", "add_publish_command", "parse_line"]
+__all__ = ["BadLine", "add_publish_command", "excerpt", "parse_line", "shell_words"]
+
+_EXCERPT_CHARS = 60
+# the engine's advice to Python callers on a missing stream (_engine/_sending.py, _nats/_streams.py),
+# longest first, and how this command says it
+_SHELL_ADVICE = (
+    (
+        "pass create_stream=True with stream=<name>",
+        "pass --stream NAME --create-stream (or set EDUPULSE_EVENT_BROKER_STREAM=NAME and "
+        "EDUPULSE_EVENT_BROKER_CREATE_STREAM=true)",
+    ),
+    ("pass create_stream=True", "pass --create-stream (or set EDUPULSE_EVENT_BROKER_CREATE_STREAM=true)"),
+)
 
 STDIN = "-"
 #: nats-server's default max_payload: the line bound until the server has said its own (at connect).
@@ -133,6 +147,21 @@ def add_publish_command(commands: Any) -> None:
     parser.set_defaults(handler=_publish)
 
 
+def excerpt(raw: bytes, limit: int = _EXCERPT_CHARS) -> str:
+    """What a line looked like, for a message: its first ``limit`` characters (newline aside) as a
+    quoted Python literal, so control characters and quotes show escaped; ``…`` when cut short."""
+    text = raw.rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+    return repr(text[:limit]) + ("…" if len(text) > limit else "")
+
+
+def shell_words(message: str) -> str:
+    """A publisher's message as a shell user acts on it: the Python advice on a missing stream
+    (``pass create_stream=True``) said as this command's options and the variables."""
+    for python, shell in _SHELL_ADVICE:
+        message = message.replace(python, shell)
+    return message
+
+
 def parse_line(
     raw: bytes, *, tenant: str | None = None, correlation_id: uuid.UUID | None = None, pii: bool = False
 ) -> EventEnvelope:
@@ -143,7 +172,7 @@ def parse_line(
     try:
         obj = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadLine(f"not JSON: {exc}") from None
+        raise BadLine(f"not JSON at character {exc.pos + 1} ({exc.msg}): the line reads {excerpt(raw)}") from None
     if isinstance(obj, list) or (isinstance(obj, dict) and "data" in obj):
         try:
             return decode(raw)
@@ -335,7 +364,9 @@ def _publish_lines(args: argparse.Namespace) -> int:
         publisher.start()
     except EventsError as exc:
         publisher.close(0.0)
-        print(f"edupulse-events publish: {redact(str(exc), config)}; nothing was published", file=sys.stderr)
+        print(
+            f"edupulse-events publish: {shell_words(redact(str(exc), config))}; nothing was published", file=sys.stderr
+        )
         return 2
     total = None if STDIN in sources else sum(count_lines(source) for source in sources)
     if STDIN in sources and sys.stdin is not None and sys.stdin.isatty() and not args.quiet:
@@ -447,7 +478,7 @@ def _write_failed(
     for _, error in failures:
         reasons.setdefault(type(error).__name__, str(error) or type(error).__name__)
     for kind, example in list(reasons.items())[:3]:
-        show(f"edupulse-events publish: failed: {kind}: {redact(example, config)}")
+        show(f"edupulse-events publish: failed: {kind}: {shell_words(redact(example, config))}")
     target = Path(path or f"edupulse-failed-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}.jsonl")
     try:
         fd, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)

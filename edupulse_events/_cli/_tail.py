@@ -48,6 +48,11 @@ what arrives from now on. With --stream (or --since/--since-seq/--new, then the 
 to $EDUPULSE_EVENT_BROKER_STREAM) it reads the stream through an ephemeral consumer from its
 first message, --since-seq, --since or only new ones, --subject filtering it.
 
+With --count N, reading a stream ends after N events or at the stream's end as it was when tail
+started, whichever comes first (like `nats stream view`): a stream holding fewer matches ends
+the command at once, exit 0. Without --count it keeps following what the stream stores next, and
+so does --new --count N (new events are what was asked for): add --timeout SECONDS to end it.
+
 Each event: CREATED_AT TYPE TENANT EVENT_ID PAYLOAD (shortened); --pretty: the envelope as
 indented JSON; --json: the wire JSON line as received (what `publish` takes). In the first two,
 control characters of the messages (terminal escape sequences in a tenant, a subject or a text
@@ -55,9 +60,10 @@ field) are shown escaped (\x1b), never sent to the terminal. A message that is n
 reported on stderr with its subject, never fatal.
 
 Credentials come from EDUPULSE_EVENT_BROKER_TOKEN, _NKEY_SEED, _CREDS or the URL (never printed).
-Exit codes: 0 done (--count events printed, or --timeout ended it without --count); 1 --timeout
-ended it before --count events; 2 bad usage, broker settings or the broker failed; 130 interrupted;
-141 the reader of the output went away (`tail | head`)."""
+Exit codes: 0 done (--count events printed, the stream's end reached with --count, or --timeout
+ended it without --count); 1 --timeout ended it before --count events; 2 bad usage, broker
+settings or the broker failed; 130 interrupted; 141 the reader of the output went away
+(`tail | head`)."""
 
 
 def add_tail_command(commands: Any) -> None:
@@ -85,7 +91,12 @@ def add_tail_command(commands: Any) -> None:
     start.add_argument("--new", action="store_true", help="read only what the stream stores from now on")
     parser.add_argument("--type", action="append", default=[], metavar="TYPE", help="only this event type (repeatable)")
     parser.add_argument("--tenant", action="append", default=[], metavar="TENANT", help="only this tenant (repeatable)")
-    parser.add_argument("--count", type=_sequence, metavar="N", help="stop after printing N events")
+    parser.add_argument(
+        "--count",
+        type=_sequence,
+        metavar="N",
+        help="stop after printing N events; reading a stream (not --new), also at its end as of the start",
+    )
     parser.add_argument("--timeout", type=seconds, metavar="SECONDS", help="stop after SECONDS with no message")
     form = parser.add_mutually_exclusive_group()
     form.add_argument("--json", action="store_true", help="print each event's wire JSON, one per line")
@@ -203,6 +214,7 @@ def _tail(args: argparse.Namespace) -> int:
             stream=stream,
             start=start,
             idle_timeout=args.timeout,
+            until_end=stream is not None and args.count is not None and not args.new,
             on_ready=lambda: _ready(config, stream, subject),
         )
     except EventsError as exc:

@@ -116,8 +116,8 @@ class Telemetry:
         """Look again whether a tracing or metrics SDK is configured (cheap, but not per event).
 
         Until the application (or its instrumentation) has imported opentelemetry, no SDK can be
-        configured: the library then does not import it either (~10 ms a process, which pre-fork
-        servers pay per worker)."""
+        configured: the library then does not import it either (an import pre-fork servers would pay per
+        worker: docs/performance.md)."""
         self.countdown = RECHECK_EVERY
         if not self._ready:
             given = self._config.tracer_provider is not None or self._config.meter_provider is not None

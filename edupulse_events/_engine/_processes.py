@@ -73,8 +73,9 @@ def own_process(publisher: Tracked, name: str) -> None:
 
 def prepare_children() -> None:
     """Build, in a process about to fork workers, what each one's first publish would otherwise
-    build again (~1 ms of its first publish: `bench_worker.py`): the default codec's encoders, the fast
-    path's checks and ack matchers. Cheap once done; never fails the fork (errors are logged)."""
+    build again (part of its first publish: `bench_worker.py`, docs/performance.md): the default
+    codec's encoders, the fast path's checks and ack matchers. Cheap once done; never fails the
+    fork (errors are logged)."""
     try:
         warm()
         prepare_process()

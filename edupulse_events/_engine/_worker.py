@@ -105,7 +105,7 @@ class Worker:
         self.outstanding.call_at = self.supervisor.call_at
         #: Write-ahead spooling: callers release the GIL on every commit, so a woken loop would take
         #: events one or two at a time (a wake-up, a write and an ack run each); it waits this long
-        #: for a batch instead (those events are on disk already, their acks come 1 ms later).
+        #: for a batch instead (those events are on disk already, their acks come one gathering delay later).
         self._gather = 0.001 if spooling is not None and spooling.write_ahead else 0.0
         self.attempts = Attempts(self)
         self._sender = JetStreamSender(self) if config.jetstream else CoreSender(self)
@@ -142,8 +142,8 @@ class Worker:
         encoding): while events are in flight, give up the GIL for a moment. This thread releases
         the GIL at every poll of its sockets and, while a caller keeps it busy, gets it back only
         at Python's switch interval (5 ms): acks wait and the broker runs dry. Measured, JetStream
-        ``publish_many`` of 1,000 on 2 cores: +10-17 % events/s (every 256 envelopes; more often,
-        or sleeping longer, measured no better; ``publish()``'s own loop gained nothing from it)."""
+        ``publish_many`` gains events/s from it (docs/performance.md; every 256 envelopes: more
+        often, or sleeping longer, measured no better; ``publish()``'s own loop gained nothing)."""
         if self.outstanding.count:
             _sleep(0)
 

@@ -126,7 +126,7 @@ _signatures: dict[Any, tuple[str, ...]] = {}
 
 def _parameters(method: Any) -> tuple[str, ...]:
     """The parameter names of a (bound) method, read once per function: inspecting a signature
-    costs each pre-fork worker ~0.1 ms on its first connection."""
+    costs each pre-fork worker time on its first connection (docs/performance.md)."""
     key = getattr(method, "__func__", method)
     if key not in _signatures:
         try:
@@ -295,7 +295,7 @@ class NatsTransport:
         path = self.path  # None for a check: no path chosen
         if path is None:
             log.info("connected to broker %s", cfg.redacted_servers)
-        else:  # one line: each costs a pre-fork worker ~0.1-0.3 ms on its first connection
+        else:  # one line: each costs a pre-fork worker on its first connection (docs/performance.md)
             label = "fast path" if path == "fast" else "nats-py's public API"
             log.info("connected to broker %s (nats-py %s, %s)", cfg.redacted_servers, nats_py_version(), label)
         self._on_state(True)

@@ -45,7 +45,7 @@ _checked: dict[tuple[Any, ...], str | None] = {}
 def check_internals() -> str | None:
     """Why the fast path cannot be used with the installed nats-py (None: it can). The answer
     is kept for as long as the client and parser classes keep the same methods: each pre-fork
-    worker inherits it instead of inspecting them again on its first connection (~0.3 ms)."""
+    worker inherits it instead of inspecting them again on its first connection (docs/performance.md)."""
     key = tuple(vars(Client).get(name) for name in (*_WANTED, "_process_info", "__init__")) + tuple(
         vars(nats_parser.Parser).get(name) for name in ("parse", "reset", "__init__")
     )

@@ -26,12 +26,12 @@ _logged_paths: set[str] = set()
 
 def nats_py_version() -> str:
     """The installed nats-py release: as nats-py says it (read once at its import), else as its
-    distribution says. Asking the distribution scans sys.path's metadata (~2 ms), which every
-    pre-fork worker would pay on its first connection."""
+    distribution says. Asking the distribution scans sys.path's metadata, which every pre-fork
+    worker would pay on its first connection (docs/performance.md)."""
     said = getattr(nats.aio.client, "__version__", None)
     if isinstance(said, str) and said[:1].isdigit() and said != "0.0.0":
         return said
-    import importlib.metadata  # here, not at import: it costs ~20 ms to import, and is needed once
+    import importlib.metadata  # here, not at import: its import is slow (docs/performance.md), needed once
 
     try:
         return importlib.metadata.version("nats-py")

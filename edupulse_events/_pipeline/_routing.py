@@ -48,7 +48,7 @@ HEADERS = frozenset(
 _PLAIN = re.compile(r"[A-Za-z0-9\-]+")
 _FIELD = re.compile(r"\{(type|tenant)\}")
 _CACHE_LIMIT = 4096  # tenants repeat: small, hot caches, emptied when they reach this size
-#: `prepare_many` calls its ``pause`` after this many envelopes (~1.5 ms of encoding).
+#: `prepare_many` calls its ``pause`` after this many envelopes (a small fraction of the switch interval).
 PAUSE_EVERY = 256
 
 
@@ -197,8 +197,8 @@ class Router:
         if not isinstance(envelope, EventEnvelope):
             raise InvalidEvent(f"publish() takes an EventEnvelope, got {type(envelope).__name__}")
         # A copy, on purpose: orjson returns its 1 KiB output buffer shrunk in place (malloc'd
-        # memory), and thousands of those held in the queue fragment the heap (measured: 2 µs more
-        # per event, six times the page faults); the copy is an exact-size block of Python's own
+        # memory), and thousands of those held in the queue fragment the heap (measured: more CPU
+        # and page faults per event, docs/performance.md); the copy is an exact-size block of Python's own
         # allocator, and orjson's buffer is reused at once.
         payload = bytes(memoryview(encode(envelope)))
         type_name = event_type_name(envelope.data)

@@ -21,7 +21,8 @@ own transaction; batches use ``BEGIN IMMEDIATE``/``COMMIT``. `Spool.append` retu
 once its row is committed, with group commit: the first thread that finds no commit running
 takes every pending row into one transaction (the leader); threads arriving meanwhile wait on a
 condition for the outcome of the next batch, whose leader is one of them. A thread appending
-alone pays one commit per row (~11 µs here); 8 threads at once share ~4-7 rows per commit (a
+alone pays one commit per row; 8 threads at once share a few rows per commit (figures in
+docs/performance.md; a
 leader that saw company yields the CPU once before taking the batch, letting the threads it
 just woke join it). Deletes of acknowledged rows go by runs of consecutive ids.
 
@@ -144,8 +145,8 @@ class Spool:
             os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
             self._conn = conn = connect(self.path, "rwc")
             # One process writes each file: holding its lock for good (and, set before WAL is
-            # entered, the WAL index in the process's own memory, no -shm) makes a commit ~40 %
-            # cheaper. Nobody else reads a live spool (`spool_files` reports it as in use).
+            # entered, the WAL index in the process's own memory, no -shm) makes a commit markedly
+            # cheaper (docs/performance.md). Nobody else reads a live spool (`spool_files` reports it as in use).
             conn.execute("PRAGMA locking_mode = EXCLUSIVE")
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":

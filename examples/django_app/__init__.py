@@ -9,7 +9,8 @@ inside an `event_context`: the correlation id comes from the ``X-Correlation-Id`
 Run it from the ``examples`` directory (``pip install -e '.[django]'``)::
 
     cd examples && DJANGO_SETTINGS_MODULE=django_app.settings python -m django runserver
-    curl -X POST localhost:8000/lessons -H 'X-Tenant-Id: school-42' -d '{"title": "Fractions"}'
+    curl -X POST localhost:8000/lessons -H 'Content-Type: application/json' -H 'X-Tenant-Id: school-42' \\
+         -d '{"title": "Fractions"}'
 
 or under a WSGI server: ``cd examples && gunicorn django_app.wsgi``. No database is used.
 """
