@@ -29,8 +29,7 @@ from typing import Any
 
 import attrs
 
-from ._pipeline._cloudevents import DEFAULT_SOURCE, check_source
-from .config import check_subject
+from .config import DEFAULT_CLOUDEVENTS_SOURCE, check_source, check_subject
 from .envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope
 from .events import EventRegistry, EventType, WireType, default_registry, wire_type
 
@@ -227,7 +226,7 @@ def asyncapi(
     registry: EventRegistry | None = None,
     host: str = "localhost:4222",
     cloudevents: bool = False,
-    cloudevents_source: str = DEFAULT_SOURCE,
+    cloudevents_source: str = DEFAULT_CLOUDEVENTS_SOURCE,
 ) -> dict[str, Any]:
     """An AsyncAPI 3.0.0 document for a publisher on ``subject`` (a template using
     ``{tenant}`` and ``{type}``, or a fixed subject) at NATS server ``host``: one channel, a
