@@ -29,6 +29,7 @@ from typing import Any
 
 import attrs
 
+from ._version import __version__
 from .config import DEFAULT_CLOUDEVENTS_SOURCE, check_source, check_subject
 from .envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope
 from .events import EventRegistry, EventType, WireType, default_registry, wire_type
@@ -233,7 +234,6 @@ def asyncapi(
     ``send`` operation (with JetStream: its PubAck reply), one message per event type in
     ``registry`` with the routing headers (and the CloudEvents ones when ``cloudevents``).
     ``ConfigError`` for a subject or source the publisher would refuse."""
-    from . import __version__  # here: the package imports its modules before it sets it
 
     check_subject(None, None, subject)
     if cloudevents:

@@ -20,10 +20,10 @@ import cattrs
 import orjson
 from cattrs.gen import make_dict_unstructure_fn
 
+from .._frozen import FrozenMap, describe, is_str_map, is_utf8, make_uuid, parse_uuid
 from ..envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, Timestamp
 from ..errors import InvalidEvent
 from ..events import EventRegistry, WireType
-from ._frozen import FrozenMap, describe, is_str_map, is_utf8, make_uuid, parse_uuid
 
 __all__ = [
     "ENVELOPE_LAYOUT",
