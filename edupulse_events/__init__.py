@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 
-from ._wire._frozen import FrozenMap
+from ._frozen import FrozenMap
+from ._version import __version__ as __version__
 from .codec import Codec, decode, encode, make_converter
 from .config import PublisherConfig, RetryPolicy
 from .context import INHERIT, EventContext, current_event_context, event_context
@@ -56,8 +57,6 @@ from .futures import PublishAck, PublishFuture
 from .nats_publisher import NatsPublisher, PublisherState
 from .publisher import EventPublisher, InMemoryPublisher
 from .stats import PublisherStats
-
-__version__ = "0.6.0"
 
 # A library never configures logging: without this, an application that set up none would get
 # the library's warnings on stderr through Python's last-resort handler.

@@ -2,7 +2,8 @@
 
 Owns the public API (:class:`Codec`, :func:`encode`, :func:`decode`, :func:`make_converter`,
 and :func:`format_f64` from ``_encoding``) and the cattrs converter that ties the private
-modules together:
+modules together; it also passes on ``_encoding``'s :data:`ENVELOPE_LAYOUT` (where the ids sit
+in the encoded bytes) to the routers that copy them into headers:
 
 - ``_encoding``: the envelope and payload unstructure hooks; orjson serializes their dict, and
   its bytes equal ``json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()`` for
@@ -39,7 +40,7 @@ import cattrs
 import orjson
 from cattrs.gen import make_dict_unstructure_fn
 
-from ._wire._encoding import encode_error, format_f64, make_unstructure_envelope, unstructure_hook
+from ._wire._encoding import ENVELOPE_LAYOUT, encode_error, format_f64, make_unstructure_envelope, unstructure_hook
 from ._wire._fastdecode import fast_payload, make_fast_envelope, structure_hook
 from ._wire._jsontext import STACK_TOO_DEEP, Data, parse
 from ._wire._reference import slow_envelope, slow_event, slow_timestamp
@@ -47,7 +48,7 @@ from .envelope import EventEnvelope, Timestamp
 from .errors import DecodeError, InvalidEvent
 from .events import I32, I64, U32, U64, EventRegistry, default_registry, wire_type
 
-__all__ = ["Codec", "decode", "encode", "format_f64", "make_converter"]
+__all__ = ["ENVELOPE_LAYOUT", "Codec", "decode", "encode", "format_f64", "make_converter"]
 
 
 def make_converter(registry: EventRegistry | None = None) -> cattrs.Converter:

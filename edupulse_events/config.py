@@ -39,6 +39,9 @@ _INBOX_PREFIX = re.compile(r"[!-)+-\-/-=?-~]+(\.[!-)+-\-/-=?-~]+)*\Z")  # printa
 #: "HPUB <subject> <ack inbox> <header bytes> <total bytes>"; past it the server closes the
 #: connection (nats-py then gives up on it), so longer subjects are refused at the call site.
 MAX_SUBJECT_BYTES = 3840
+#: The ``ce-source`` of CloudEvents headers unless `PublisherConfig.cloudevents_source` says otherwise.
+DEFAULT_CLOUDEVENTS_SOURCE = "urn:edupulse:events"
+_CE_SOURCE = re.compile(r"[!-~]+")  # printable ASCII, no spaces: a URI-reference fits in one header line
 
 
 def redact_url(url: str) -> str:
@@ -164,6 +167,12 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def check_source(source: str) -> None:
+    """`ConfigError` unless ``source`` can be a ``ce-source`` header (a non-empty URI-reference)."""
+    if not isinstance(source, str) or not _CE_SOURCE.fullmatch(source):
+        raise ConfigError(f"cloudevents_source must be a non-empty URI-reference without spaces, got {source!r}")
+
+
 def check_subject(_inst: object, _attr: object, subject: str) -> None:
     if not isinstance(subject, str) or not subject:
         raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
@@ -239,7 +248,7 @@ class PublisherConfig:
     #: CloudEvents binary-mode headers beside every body (``ce-id``, ``ce-type``, ...; see
     #: `_cloudevents`), with ``ce-source`` = ``cloudevents_source``.
     cloudevents: bool = False
-    cloudevents_source: str = "urn:edupulse:events"
+    cloudevents_source: str = DEFAULT_CLOUDEVENTS_SOURCE
     #: A directory for the durable spool (None: no spool). See `spool_mode` and the README.
     spool_dir: str | None = None
     #: ``"write-ahead"``: every event is on disk before publish() returns, removed once
@@ -266,8 +275,6 @@ class PublisherConfig:
         self._check_auth()
         self._check_spool()
         if self.cloudevents:
-            from ._pipeline._cloudevents import check_source
-
             check_source(self.cloudevents_source)
         if self.retry.attempt_timeout > self.delivery_timeout:
             raise ConfigError(

@@ -23,7 +23,7 @@ from uuid import UUID
 
 import attrs
 
-from ._wire._frozen import describe
+from ._frozen import describe
 from .errors import InvalidEvent
 from .events import check_str, check_uuid
 

@@ -17,7 +17,7 @@ from uuid import UUID
 
 import attrs
 
-from ._wire._frozen import describe
+from ._frozen import describe
 from .context import INHERIT, Inherit, active_context
 from .errors import InvalidEvent
 from .events import KNOWN_EVENT_TYPES, check_str, check_uuid, event_type_name

@@ -27,7 +27,7 @@ from uuid import UUID
 
 import attrs
 
-from ._wire._frozen import (
+from ._frozen import (
     FrozenMap,
     describe,
     is_utf8,

@@ -23,6 +23,7 @@ from typing import Any
 
 from ._engine._closing import fail_taken, log_closed
 from ._engine._otel import telemetry_for
+from ._engine._outstanding import Tally
 from ._engine._processes import keep_orphan, own_process, prepare_uwsgi_workers, track, untrack
 from ._engine._restarts import Restarts
 from ._engine._worker import Worker, refuse_threadless_uwsgi
@@ -35,7 +36,7 @@ from .config import PublisherConfig
 from .envelope import EventEnvelope
 from .errors import DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
 from .futures import PublishAck, in_worker_thread
-from .stats import FAILED_IDS_KEPT, PublisherState, PublisherStats, Tally, add
+from .stats import FAILED_IDS_KEPT, PublisherState, PublisherStats, add
 
 __all__ = ["NatsPublisher", "PublisherState"]
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import attrs
 
-from ._pipeline._cloudevents import DEFAULT_SOURCE, check_source
-from .config import check_subject
+from ._version import __version__
+from .config import DEFAULT_CLOUDEVENTS_SOURCE, check_source, check_subject
 from .envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope
 from .events import EventRegistry, EventType, WireType, default_registry, wire_type
 
@@ -227,14 +227,13 @@ def asyncapi(
     registry: EventRegistry | None = None,
     host: str = "localhost:4222",
     cloudevents: bool = False,
-    cloudevents_source: str = DEFAULT_SOURCE,
+    cloudevents_source: str = DEFAULT_CLOUDEVENTS_SOURCE,
 ) -> dict[str, Any]:
     """An AsyncAPI 3.0.0 document for a publisher on ``subject`` (a template using
     ``{tenant}`` and ``{type}``, or a fixed subject) at NATS server ``host``: one channel, a
     ``send`` operation (with JetStream: its PubAck reply), one message per event type in
     ``registry`` with the routing headers (and the CloudEvents ones when ``cloudevents``).
     ``ConfigError`` for a subject or source the publisher would refuse."""
-    from . import __version__  # here: the package imports its modules before it sets it
 
     check_subject(None, None, subject)
     if cloudevents:

@@ -1,17 +1,12 @@
-"""`PublisherStats`: a snapshot of a publisher's counters, and the tally that keeps the counters of
-publisher threads that ended (after a crash) so a snapshot covers the publisher's whole life."""
+"""`PublisherStats`: a snapshot of a publisher's counters, and `PublisherState` (data only: the
+engine's `_outstanding.Tally` sums the counters of publisher threads that ended into it)."""
 
 from __future__ import annotations
 
-import collections
 import enum
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
 
 import attrs
-
-if TYPE_CHECKING:
-    from ._engine._worker import Worker
 
 __all__ = ["PublisherState", "PublisherStats"]
 
@@ -64,46 +59,6 @@ class PublisherStats:
     #: Replays of events older than JetStream's default duplicate window (2 min): these may be
     #: stored twice if an earlier attempt reached the stream (each batch is logged as a warning).
     replayed_late: int = 0
-
-
-class Tally:
-    """What publisher threads that ended contributed: added to the running thread's counters."""
-
-    def __init__(self) -> None:
-        self.batches = 0
-        self.peak = 0
-        self.retried = 0
-        self.duplicates = 0
-        self.failures: dict[str, int] = {}
-        #: Ids of the events these threads failed, the most recent `FAILED_IDS_KEPT` (for the closing log).
-        self.failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
-
-    def absorb(self, worker: Worker) -> None:
-        """Keep the counters of ``worker`` (read while its thread may still be counting)."""
-        out = worker.outstanding
-        self.batches += worker.batches
-        self.peak = max(self.peak, out.peak)
-        self.retried += out.retried
-        self.duplicates += out.duplicates
-        add(self.failures, dict(out.failures))  # a copy: the publisher thread may be adding keys
-        self.failed_ids.extend(list(out.failed_ids))  # one C call: no list mutated mid-copy
-
-    def failed_before(self, own: Iterable[str], worker: Worker | None) -> list[str]:
-        """Ids of failed events: ``own`` (the publisher's), these threads', the running one's."""
-        ids = [*own, *self.failed_ids]
-        if worker is not None:
-            ids += list(worker.outstanding.failed_ids)  # one C call: not mutated mid-copy
-        return ids
-
-    def with_thread(self, worker: Worker | None) -> Tally:
-        """These counters plus those of the running thread ``worker`` (a new `Tally`, without ids)."""
-        total = Tally()
-        total.batches, total.peak = self.batches, self.peak
-        total.retried, total.duplicates = self.retried, self.duplicates
-        add(total.failures, self.failures)
-        if worker is not None:
-            total.absorb(worker)
-        return total
 
 
 def add(into: dict[str, int], counts: Mapping[str, int]) -> None:

@@ -32,7 +32,7 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from ._wire._frozen import parse_uuid, short_repr
+from ._frozen import parse_uuid, short_repr
 from .context import EventContext, event_context
 
 if TYPE_CHECKING:

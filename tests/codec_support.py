@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 from edupulse_events import (
     Codec,
 )
-from edupulse_events._wire._frozen import is_utf8
+from edupulse_events._frozen import is_utf8
 
 __all__ = [
     "BASE",

@@ -32,7 +32,7 @@ from edupulse_events import (
     encode,
     register_event,
 )
-from edupulse_events._wire._frozen import parse_uuid, short_repr
+from edupulse_events._frozen import parse_uuid, short_repr
 from edupulse_events.codec import format_f64
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -9,6 +9,7 @@ import pytest
 
 from edupulse_events import EventEnvelope, LessonPublished, QuizSubmitted, encode
 from edupulse_events._pipeline._routing import PAUSE_EVERY, Router, header_value
+from edupulse_events.codec import ENVELOPE_LAYOUT
 
 CAUSE = uuid.UUID("11111111-2222-4333-8444-555555555555")
 CORRELATION = uuid.UUID("c0ffee00-dead-4bef-8bad-f00dbaadcafe")
@@ -66,3 +67,25 @@ def test_prepare_many_pauses_after_every_so_many_envelopes() -> None:
     items = Router("edupulse.{type}").prepare_many(envs, None, pause=lambda: pauses.append(None))
     assert len(pauses) == 2
     assert [item.payload for item in items] == [encode(e) for e in envs]
+
+
+@pytest.mark.parametrize("causation", [None, uuid.uuid4()], ids=["no causation", "causation"])
+@pytest.mark.parametrize("correlation", [None, uuid.uuid4()], ids=["no correlation", "correlation"])
+def test_the_codec_exports_where_the_ids_sit_in_its_bytes(
+    causation: uuid.UUID | None, correlation: uuid.UUID | None
+) -> None:
+    """codec.ENVELOPE_LAYOUT locates the event, causation and correlation ids in encoded bytes (what routers slice)."""
+    event = QuizSubmitted(uuid.uuid4(), uuid.uuid4(), {"q": "a"})
+    env = EventEnvelope.new(event, correlation_id=correlation, causation_id=causation)
+    payload = encode(env)
+    layout = ENVELOPE_LAYOUT
+    assert payload.startswith(layout.prefix)
+    assert payload[layout.event_id] == str(env.event_id).encode()
+    if causation is None:
+        assert payload[layout.causation_at : layout.causation_at + 4] == b"null"
+    else:
+        assert payload[layout.causation_at + 1 : layout.causation_at + 37] == str(causation).encode()
+    at = layout.correlation_at_null if causation is None else layout.correlation_at_uuid
+    assert payload[at - len(layout.correlation_key) : at] == layout.correlation_key
+    expected = b"null" if correlation is None else b'"%s"' % str(correlation).encode()
+    assert payload[at : at + len(expected)] == expected

@@ -25,9 +25,9 @@ from test_codec_decode import ACCEPTED
 from test_codec_rejects import REJECTED
 
 from edupulse_events import I32, I64, U32, U64, Codec, ConfigError, DecodeError, EventEnvelope, EventRegistry, Timestamp
+from edupulse_events._frozen import parse_uuid
 from edupulse_events._pipeline._cloudevents import CloudEventsRouter
 from edupulse_events._pipeline._routing import Router, tenant_token
-from edupulse_events._wire._frozen import parse_uuid
 from edupulse_events.events import BadgeAwarded, LessonPublished, PaymentProcessed, QuizSubmitted, register_event
 from edupulse_events.schema import asyncapi, json_schema
 

@@ -1,4 +1,4 @@
-"""Adoption of dead processes' spool files (`edupulse_events._spool._adopt`): exactly once even with
+"""Adoption of dead processes' spool files (`edupulse_events._spool._store.Spool.adopt_orphans`): exactly once even with
 two adopters at once, fresh ids in order, unsound files moved aside, live owners left alone, fork()
 children that keep off their parent's spool, and the inspect/purge helpers (`spool_files`, `purge`).
 """

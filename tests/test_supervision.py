@@ -30,6 +30,7 @@ from edupulse_events import (
     RetryPolicy,
 )
 from edupulse_events._engine._attempts import Attempts
+from edupulse_events._engine._outstanding import Outstanding
 from edupulse_events._engine._sending import CoreSender, JetStreamSender
 from edupulse_events._nats import NatsTransport
 from edupulse_events.testing import NatsServer
@@ -389,3 +390,23 @@ def test_unconfigured_app_prints_no_library_warnings(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
+
+
+def test_an_error_in_the_outcome_report_is_a_crash_not_a_lost_callback(
+    nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch, logs: LogWatcher
+) -> None:
+    """What the outcome report raises reaches the Supervisor (the thread crashes, the next publish() restarts)."""
+    with connect(nats_server.url) as pub:
+        assert pub.publish(envelope()).result(timeout=10).broker_sequence == 1
+        fired = crash_once(monkeypatch, Outstanding, "report")
+        pub.publish(envelope(1)).result(timeout=10)  # acked; the report that counts it raises
+        assert fired.wait(10)
+        assert logs.wait_for("crashed", 10), "the report's error must crash the thread, not vanish in asyncio's log"
+        end = time.monotonic() + 10
+        while (
+            pub.state is not PublisherState.CRASHED and time.monotonic() < end
+        ):  # bounded: the thread tells the publisher
+            pass
+        assert pub.state is PublisherState.CRASHED
+        assert pub.publish(envelope(2)).result(timeout=10).broker_sequence == 3
+        assert pub.stats().crashes == 1

@@ -1,10 +1,12 @@
 """The tools that keep the code honest, run as part of the suite: ruff (lint and format), mypy --strict,
-and the package's own rules (no module reaches another's private names; sorted public names)."""
+import-linter (the layering contract in pyproject.toml) and the package's own rules (no import cycle,
+no module reaches another's private names; sorted public names)."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import os
 import pkgutil
 import subprocess
 import sys
@@ -40,6 +42,86 @@ def test_mypy_strict_finds_nothing() -> None:
     """`mypy` (strict, as configured) finds no error in the package, tests and benchmarks."""
     proc = run("mypy")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_imports_keep_the_layering_contract() -> None:
+    """`lint-imports` finds every import (lazy and TYPE_CHECKING ones too) flowing down the layers of pyproject.toml."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from importlinter.cli import lint_imports_command; lint_imports_command()",
+            "--no-cache",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 kept, 0 broken" in proc.stdout, proc.stdout
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported(path: Path, name: str, known: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports anywhere (module level, functions, TYPE_CHECKING)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            targets = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for target in targets:
+            while target and target not in known:  # the most specific module it names
+                target = target.rpartition(".")[0]
+            if target and target != name and not (path.name == "__init__.py" and target.startswith(name + ".")):
+                found.add(target)
+    return found
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    """No two modules of the package import each other, even through others or lazily (a package's re-exports aside)."""
+    files = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {name: _imported(path, name, set(files)) for name, path in files.items()}
+    done: set[str] = set()
+
+    def cycle_from(start: str) -> list[str] | None:
+        """Depth-first, without recursion: the first cycle reachable from ``start``."""
+        trail: list[str] = [start]
+        stack = [iter(sorted(graph[start]))]
+        on_trail = {start}
+        while stack:
+            step = next(stack[-1], None)
+            if step is None:  # every import of trail[-1] explored: no cycle through it
+                finished = trail.pop()
+                done.add(finished)
+                on_trail.discard(finished)
+                stack.pop()
+                continue
+            if step in on_trail:
+                return [*trail[trail.index(step) :], step]
+            if step not in done:
+                trail.append(step)
+                on_trail.add(step)
+                stack.append(iter(sorted(graph[step])))
+        return None
+
+    for name in sorted(graph):
+        if name not in done:
+            cycle = cycle_from(name)
+            assert cycle is None, " -> ".join(cycle)
 
 
 def _modules() -> list[Path]:

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .._version import __version__
+
 if TYPE_CHECKING:
     from .._pipeline._routing import Item
     from ..config import PublisherConfig
@@ -91,8 +93,6 @@ class Telemetry:
     def _set_up(self) -> None:
         """Get the tracer and the instruments (the first time opentelemetry is found imported)."""
         from opentelemetry import metrics, propagate, trace
-
-        from .. import __version__
 
         config = self._config
         self._trace, self._propagate, self._metrics_api = trace, propagate, metrics

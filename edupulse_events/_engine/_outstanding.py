@@ -7,7 +7,13 @@ to be resent, or parked while the one stream check for its subject runs. `Outsta
 holds them all, counts them and their bytes (the window's two bounds), resolves futures
 (counting each transition once, reported to the publisher once per loop iteration), and
 gives everything back at once — `abandon_all` — when the thread stops or crashes.
-Everything here runs on the publisher thread.
+
+The senders and `Attempts` move events only through its methods (`send_js`, `settle_acks`,
+`add_core`, `pop_core`, `park`, `unpark`, `delay`, `requeue`, `overdue`, ...): the places
+are read-only outside this module. An event a step takes out of a place waits in `hand`
+until the step has placed or resolved it, and `placed` empties `hand`.
+`Tally` sums the counters kept here over the publisher threads that ended, beside them.
+Everything here runs on the publisher thread (its timers and reports through the `Supervisor`).
 """
 
 from __future__ import annotations
@@ -15,27 +21,35 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
+from .._nats._acks import Ack
 from .._pipeline._routing import Item
 from .._spool._spooling import DELETE_DELAY
 from ..errors import PublisherClosed, PublisherCrashed
-from ..futures import settle
-from ..stats import FAILED_IDS_KEPT
+from ..futures import new_ack, settle
+from ..stats import FAILED_IDS_KEPT, add
 
 if TYPE_CHECKING:
     from .._spool._spooling import Spooling
     from ._otel import Telemetry
+    from ._supervisor import Supervisor
 
-__all__ = ["Outstanding", "undelivered"]
+__all__ = ["Counted", "Outstanding", "Tally", "undelivered"]
 
 
 class Outstanding:
     """Events between the queue and their outcome; ``count`` and ``nbytes`` hold window slots."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, on_resolved: Callable[[int, int, int], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        supervisor: Supervisor,
+        on_resolved: Callable[[int, int, int], None],
+    ) -> None:
         self._loop = loop
+        self._supervisor = supervisor
         self._on_resolved = on_resolved
         #: JetStream publishes awaiting their ack, by publish sequence.
         self.inflight: dict[int, Item] = {}
@@ -68,8 +82,6 @@ class Outstanding:
         self.spooling: Spooling | None = None
         self._keep: list[tuple[Item, BaseException]] = []
         self._delete_timer: asyncio.TimerHandle | None = None
-        #: Schedules a timer (the worker gives its supervisor's, so what a timer raises is a crash).
-        self.call_at: Callable[..., asyncio.TimerHandle] = loop.call_at
         self._acked = 0
         self._failed = 0
         self._kept = 0
@@ -119,6 +131,143 @@ class Outstanding:
             telemetry.record((item,), time.monotonic(), exc)
         return True
 
+    # ------------------------------------------------------------ moves between the places
+    def send_js(self, batch: Sequence[Item], first: int, now: float) -> None:
+        """``batch`` is written to JetStream as publish sequences ``first``, ``first + 1``, ...:
+        in flight from ``now`` (one more attempt each)."""
+        inflight = self.inflight
+        seq = first
+        for item in batch:
+            item.attempts += 1
+            item.sent_at = now
+            inflight[seq] = item
+            seq += 1
+
+    def settle_acks(self, acks: Iterable[Ack]) -> list[tuple[Item, dict[str, Any]]]:
+        """Resolve the in-flight events these acks answer, together (a late ack for an attempt
+        already retried is ignored: the retry gets its own). Acks that are errors come back with
+        their events, which wait in `hand` until placed."""
+        pop = self.inflight.pop
+        hand = self.hand
+        items: list[Item] = []
+        results: list[Any] = []
+        refused: list[tuple[Item, dict[str, Any]]] = []
+        for ack in acks:
+            item = pop(ack[0], None)
+            if item is None:
+                continue
+            hand.append(item)
+            error = ack[4]
+            if error is not None:
+                refused.append((item, error))
+            elif ack[3]:  # a duplicate: rare, so a PublishAck now
+                self.duplicates += 1
+                items.append(item)
+                results.append(new_ack(ack[2], ack[1], True))
+            else:
+                items.append(item)
+                results.append(ack)  # settle() keeps the sequence; result() makes the PublishAck
+        if items:
+            self.succeed(items, results)
+        return refused
+
+    def add_core(self, key: int, batch: Sequence[Item], timer: asyncio.TimerHandle) -> None:
+        """A core batch awaits its PONG under ``key``; ``timer`` ends the attempt."""
+        self.core[key] = (list(batch), timer)
+
+    def pop_core(self, key: int) -> list[Item] | None:
+        """The core batch ``key`` (into `hand`, its timer cancelled), or None if it settled already."""
+        entry = self.core.pop(key, None)
+        if entry is None:
+            return None
+        batch, timer = entry
+        timer.cancel()
+        self.hand += batch
+        return batch
+
+    def core_keys(self) -> list[int]:
+        """The keys of the core batches awaiting their PONG."""
+        return list(self.core)
+
+    def park(self, subject: bytes, item: Item) -> bool:
+        """``item`` got "no responders": it waits for ``subject``'s stream check. True if it is
+        the first to wait on ``subject`` (the caller starts the check)."""
+        waiting = self.parked.get(subject)
+        if waiting is not None:
+            waiting.append(item)
+            return False
+        self.parked[subject] = [item]
+        return True
+
+    def unpark(self, subject: bytes) -> list[Item]:
+        """The events waiting for ``subject``'s stream check (into `hand`): it has answered."""
+        waiting = self.parked.pop(subject, [])
+        self.hand += waiting
+        return waiting
+
+    def delay(self, item: Item, timer: asyncio.TimerHandle) -> None:
+        """``item`` waits out a retry backoff; ``timer`` calls `requeue` (counted as a retry)."""
+        self.retried += 1
+        self.delayed[item] = timer
+
+    def requeue(self, item: Item) -> None:
+        """``item``'s backoff is over: ready to be resent (it keeps its window slots)."""
+        self.delayed.pop(item, None)
+        self.retries.append(item)
+
+    def undelay(self, item: Item) -> None:
+        """``item``'s backoff timer fired and it is resolved elsewhere: forget the timer."""
+        self.delayed.pop(item, None)
+
+    def take_retries(self) -> list[Item]:
+        """The events ready to be resent (the drain loop sends them first)."""
+        retries, self.retries = self.retries, []
+        return retries
+
+    def resend_inflight(self) -> int:
+        """The connection was replaced: what awaited an ack is to be sent again; how many."""
+        n = len(self.inflight)
+        self.retries.extend(self.inflight.values())
+        self.inflight.clear()
+        return n
+
+    def overdue(self, now: float, attempt_timeout: float, budget: int) -> tuple[list[Item], list[Item]]:
+        """In-flight events past their deadline, and (while ``budget`` bytes allow) those that got
+        no ack within ``attempt_timeout``: both out of flight, into `hand`."""
+        expired: list[Item] = []
+        unanswered: list[Item] = []
+        inflight = self.inflight
+        late = [
+            seq
+            for seq, item in inflight.items()
+            if item.deadline <= now or (budget > 0 and item.sent_at + attempt_timeout <= now)
+        ]
+        for seq in late:
+            item = inflight[seq]
+            if item.deadline <= now:
+                expired.append(item)
+            elif budget > 0:
+                budget -= item.size
+                unanswered.append(item)
+            else:
+                continue
+            del inflight[seq]
+            self.hand.append(item)
+        return expired, unanswered
+
+    def core_expired(self, now: float) -> list[Item]:
+        """Unresolved events of core batches past their deadline (they stay in their batch)."""
+        return [
+            item
+            for batch, _timer in self.core.values()
+            for item in batch
+            if item.deadline <= now and not item.future.resolved()
+        ]
+
+    def placed(self) -> None:
+        """The step that took events into `hand` has placed or resolved every one."""
+        self.hand.clear()
+
     def expired(self, now: float) -> list[Item]:
         """Move to `hand` and return the events past their deadline that wait for something
         other than an ack or a PONG (a retry, a backoff, a stream check). In-flight events are
@@ -162,7 +311,7 @@ class Outstanding:
             if self._loop.is_closed():  # the thread's last act (see Worker._ended)
                 self.report()
             else:
-                self._loop.call_soon(self.report)
+                self._supervisor.call_soon(self.report)
 
     def report(self) -> None:
         """Tell the publisher how many events resolved since the last report."""
@@ -184,7 +333,7 @@ class Outstanding:
         acknowledged events are deleted in batches (a timer deletes the last ones)."""
         closing = self._loop.is_closed()
         if spooling.flush(force=closing) and self._delete_timer is None and not closing:
-            self._delete_timer = self.call_at(self._loop.time() + DELETE_DELAY, self._delete_late, spooling)
+            self._delete_timer = self._supervisor.call_at(self._loop.time() + DELETE_DELAY, self._delete_late, spooling)
         if not self._keep:
             return
         pairs, self._keep = self._keep, []
@@ -196,6 +345,56 @@ class Outstanding:
                 kind = type(exc).__name__
                 self.failures[kind] = self.failures.get(kind, 0) + 1
                 self.failed_ids.append(item.event_id)
+
+
+class Counted(Protocol):
+    """What a publisher thread offers its `Tally`: its bookkeeping and how many batches it wrote."""
+
+    @property
+    def outstanding(self) -> Outstanding: ...
+
+    @property
+    def batches(self) -> int: ...
+
+
+class Tally:
+    """What publisher threads that ended contributed: added to the running thread's counters."""
+
+    def __init__(self) -> None:
+        self.batches = 0
+        self.peak = 0
+        self.retried = 0
+        self.duplicates = 0
+        self.failures: dict[str, int] = {}
+        #: Ids of the events these threads failed, the most recent `FAILED_IDS_KEPT` (for the closing log).
+        self.failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
+
+    def absorb(self, thread: Counted) -> None:
+        """Keep the counters of ``thread`` (read while it may still be counting)."""
+        out = thread.outstanding
+        self.batches += thread.batches
+        self.peak = max(self.peak, out.peak)
+        self.retried += out.retried
+        self.duplicates += out.duplicates
+        add(self.failures, dict(out.failures))  # a copy: the publisher thread may be adding keys
+        self.failed_ids.extend(list(out.failed_ids))  # one C call: no list mutated mid-copy
+
+    def failed_before(self, own: Iterable[str], thread: Counted | None) -> list[str]:
+        """Ids of failed events: ``own`` (the publisher's), these threads', the running one's."""
+        ids = [*own, *self.failed_ids]
+        if thread is not None:
+            ids += list(thread.outstanding.failed_ids)  # one C call: not mutated mid-copy
+        return ids
+
+    def with_thread(self, thread: Counted | None) -> Tally:
+        """These counters plus those of the running ``thread`` (a new `Tally`, without ids)."""
+        total = Tally()
+        total.batches, total.peak = self.batches, self.peak
+        total.retried, total.duplicates = self.retried, self.duplicates
+        add(total.failures, self.failures)
+        if thread is not None:
+            total.absorb(thread)
+        return total
 
 
 def undelivered(item: Item, crash: PublisherCrashed | None, before: str) -> PublisherCrashed | PublisherClosed:

@@ -99,17 +99,18 @@ class Worker:
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.supervisor = Supervisor(self._loop, self._crash)
         self._main_task: asyncio.Task[None] | None = None
-        self.outstanding = Outstanding(self._loop, owner.on_resolved)
+        self.outstanding = Outstanding(self._loop, self.supervisor, owner.on_resolved)
         self.outstanding.telemetry = telemetry
         self.outstanding.spooling = self.spooling = spooling
-        self.outstanding.call_at = self.supervisor.call_at
         #: Write-ahead spooling: callers release the GIL on every commit, so a woken loop would take
         #: events one or two at a time (a wake-up, a write and an ack run each); it waits this long
         #: for a batch instead (those events are on disk already, their acks come one gathering delay later).
         self._gather = 0.001 if spooling is not None and spooling.write_ahead else 0.0
-        self.attempts = Attempts(self)
-        self._sender = JetStreamSender(self) if config.jetstream else CoreSender(self)
         self.transport = self._new_transport()
+        # the collaborators see this worker only as a `DrainLoop` (see `_attempts`)
+        self.attempts = Attempts(config, self, self.outstanding, self.supervisor, queue)
+        sender = JetStreamSender if config.jetstream else CoreSender
+        self._sender = sender(config, self, self.outstanding, self.supervisor, self.attempts)
         self._wake = asyncio.Event()
         self._in_hand: Sequence[Item] = ()
         self._connected = False
@@ -333,9 +334,7 @@ class Worker:
             if out.inflight and self.transport.resend_on_reconnect:
                 # Acks for attempts sent on the lost connection will not come: send them again now
                 # rather than at attempt_timeout (same Nats-Msg-Id: stored once; late acks ignored).
-                log.info("reconnected: resending %d events that were awaiting an ack", len(out.inflight))
-                out.retries.extend(out.inflight.values())
-                out.inflight.clear()
+                log.info("reconnected: resending %d events that were awaiting an ack", out.resend_inflight())
             if isinstance(self._sender, CoreSender):
                 self._sender.abandon_pongs()
         self._wake.set()
@@ -392,7 +391,7 @@ class Worker:
                 self.idle = False
                 continue
             self._in_hand = batch  # held by the loop from here to the sender: a crash fails them too
-            out.retries = []
+            out.take_retries()
             out.take(fresh)
             self.batches += 1
             await self._sender.send(batch)

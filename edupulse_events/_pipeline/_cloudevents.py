@@ -24,11 +24,10 @@ nothing for it.
 from __future__ import annotations
 
 import datetime
-import re
 
-from ..config import PublisherConfig
+from ..codec import ENVELOPE_LAYOUT
+from ..config import DEFAULT_CLOUDEVENTS_SOURCE, PublisherConfig, check_source
 from ..envelope import EventEnvelope
-from ..errors import ConfigError
 from ._routing import Router, header_value
 
 __all__ = ["DEFAULT_SOURCE", "HEADERS", "CloudEventsRouter", "check_source", "router_for"]
@@ -50,15 +49,9 @@ HEADERS = frozenset(
     }
 )
 
-DEFAULT_SOURCE = "urn:edupulse:events"
-_SOURCE = re.compile(r"[!-~]+")  # printable ASCII, no spaces: a URI-reference fits in one header line
+DEFAULT_SOURCE = DEFAULT_CLOUDEVENTS_SOURCE
+_EVENT_ID = ENVELOPE_LAYOUT.event_id
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-
-
-def check_source(source: str) -> None:
-    """`ConfigError` unless ``source`` can be a ``ce-source`` header (a non-empty URI-reference)."""
-    if not isinstance(source, str) or not _SOURCE.fullmatch(source):
-        raise ConfigError(f"cloudevents_source must be a non-empty URI-reference without spaces, got {source!r}")
 
 
 def router_for(config: PublisherConfig) -> Router:
@@ -86,7 +79,7 @@ class CloudEventsRouter(Router):
         block = super().headers(envelope, payload, type_name)
         lines = [
             b"ce-specversion: 1.0",
-            b"ce-id: " + payload[13:49],  # the event_id (Router.headers checked the layout)
+            b"ce-id: " + payload[_EVENT_ID],  # the event_id (Router.headers checked the layout)
             b"ce-source: " + self._source,
             b"ce-type: " + type_name.encode(),
             b"ce-time: " + _time(envelope.created_at.secs, envelope.created_at.nanos).encode(),

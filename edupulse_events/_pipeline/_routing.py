@@ -13,8 +13,8 @@ JSON), plus its future:
 ==========================  ====================================================
 
 Speed: the ids are copied from the encoded body, which always begins with them in canonical
-form (``str(UUID)`` is Python code), and the middle of the header block is cached per
-tenant and type.
+form (``str(UUID)`` is Python code) where the codec's ``ENVELOPE_LAYOUT`` says, and the middle
+of the header block is cached per tenant and type.
 
 Header values follow the CloudEvents NATS binding (3.1.3.2) for ``Edupulse-Tenant`` and every
 ``ce-*`` header alike: UTF-8 text with space, ``"``, ``%`` and every character outside printable
@@ -31,7 +31,7 @@ import threading
 from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote
 
-from ..codec import encode
+from ..codec import ENVELOPE_LAYOUT, encode
 from ..config import MAX_SUBJECT_BYTES
 from ..envelope import EventEnvelope
 from ..errors import InvalidEvent
@@ -144,7 +144,11 @@ def _middle(type_name: str, tenant: str | None) -> tuple[bytes, bytes]:
     return false, true
 
 
-_CORRELATION_KEY = b',"correlation_id":'
+_PREFIX, _EVENT_ID, _CAUSATION_AT = ENVELOPE_LAYOUT.prefix, ENVELOPE_LAYOUT.event_id, ENVELOPE_LAYOUT.causation_at
+_CORRELATION_KEY = ENVELOPE_LAYOUT.correlation_key
+_AFTER_NULL, _AFTER_UUID = ENVELOPE_LAYOUT.correlation_at_null, ENVELOPE_LAYOUT.correlation_at_uuid
+_KEY_LEN, _PREFIX_LEN, _UUID_LEN = len(_CORRELATION_KEY), len(_PREFIX), _EVENT_ID.stop - _EVENT_ID.start
+_N = ord("n")  # a null id's first byte
 
 
 class Router:
@@ -171,20 +175,20 @@ class Router:
         """The header block for ``envelope``, whose encoded body ``payload`` begins
         ``{"event_id":"…","causation_id":null|"…","correlation_id":null|"…"``: the ids are
         copied from there."""
-        at = 88 if payload[66] == 110 else 122  # 110 is "n": the causation_id is null
-        if payload[at - 18 : at] != _CORRELATION_KEY or payload[:13] != b'{"event_id":"':
+        at = _AFTER_NULL if payload[_CAUSATION_AT] == _N else _AFTER_UUID
+        if payload[at - _KEY_LEN : at] != _CORRELATION_KEY or payload[:_PREFIX_LEN] != _PREFIX:
             raise AssertionError(f"not the codec's envelope layout: {payload[:140]!r}")  # pragma: no cover
         by_type = _MIDDLES.get(envelope.tenant_id)
         pair = by_type.get(type_name) if by_type is not None else None
         if pair is None:
             pair = _middle(type_name, envelope.tenant_id)
         middle = pair[envelope.personally_identifiable]
-        if payload[at] == 110:
-            return b"NATS/1.0\r\nNats-Msg-Id: " + payload[13:49] + middle + b"\r\n"
+        if payload[at] == _N:
+            return b"NATS/1.0\r\nNats-Msg-Id: " + payload[_EVENT_ID] + middle + b"\r\n"
         return b"NATS/1.0\r\nNats-Msg-Id: %s%sEdupulse-Correlation-Id: %s\r\n\r\n" % (
-            payload[13:49],
+            payload[_EVENT_ID],
             middle,
-            payload[at + 1 : at + 37],
+            payload[at + 1 : at + 1 + _UUID_LEN],
         )
 
     def prepare(
@@ -203,7 +207,7 @@ class Router:
         payload = bytes(memoryview(encode(envelope)))
         type_name = event_type_name(envelope.data)
         headers = self.headers(envelope, payload, type_name)
-        event_id = payload[13:49].decode()  # headers() checked the layout
+        event_id = payload[_EVENT_ID].decode()  # headers() checked the layout
         item = Item(PublishFuture(condition), self.subject(envelope, type_name), headers, payload, event_id)
         if max_payload is not None and item.size > max_payload:
             raise InvalidEvent(

@@ -19,7 +19,7 @@ whose subject this publisher's subject template could have made (no other subjec
 wildcard) and whose header block holds only the routing headers `_routing` (and, with
 ``cloudevents``, `_cloudevents`) write and the trace-context ones `_otel` adds, consistent
 with that subject and the row's event id; a file with any other row is moved aside whole,
-with the reason (`_spool_adopt`).
+with the reason (`Spool.adopt_orphans`).
 
 Replayed items belong to no caller: their futures are private, they count in ``replayed``,
 never in ``acknowledged``/``failed`` (so flush() keeps counting this publisher's own events).

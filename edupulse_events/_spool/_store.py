@@ -6,11 +6,23 @@ locked with ``fcntl.lockf`` *before* the ``.db`` exists and stays locked until `
 POSIX locks belong to the process, so a fork()ed child does not hold its parent's (``flock``
 locks would be shared with it): while the owner lives, nobody else can take the lock. Once it is
 gone (closed with rows left, killed, crashed) another `Spool` in the directory takes the lock
-and adopts the rows (`Spool.adopt_orphans`, `_spool_files` has the steps): exactly once, as the
-lock decides, and never a file that fails its checks (that one is moved aside, not deleted).
+and adopts the rows (`Spool.adopt_orphans`; `_files` has the file-level steps): exactly once, as
+the lock decides, and never a file that fails its checks (that one is moved aside, not deleted).
+
+Adoption: for every other ``spool-*.db`` in the directory whose ``.lock`` this process can lock
+now (its owner is dead: POSIX locks die with their process), the file is checked read-only
+(`_files.problem`: regular files only, SQLite's quick_check, the format and the columns, then
+every row: the column types and `Spool.check`, the publisher's subject template and routing
+headers); an unsound one — a single bad row is enough: a file someone planted or altered is not
+trusted in part — is moved aside, never deleted, with the reason logged and written beside it.
+A sound one is attached and its rows copied, parked (to be replayed) and in order, after this
+spool's own ids, in one transaction. Then its files go, the lock last. The lock makes it exactly
+once, even when several processes adopt at the same time; a process killed between the copy and
+the delete leaves the orphan to be adopted again (at least once: the same ``Nats-Msg-Id``, so
+JetStream stores it once within its duplicate window).
 
 Trust: the directory must be this uid's and writable by nobody else (`ConfigError` when a
-`Spool` opens, `_spool_files.check_directory`); the files are created ``0600`` and never through
+`Spool` opens, `_files.check_directory`); the files are created ``0600`` and never through
 a symlink. Adopted rows pass `Spool.check` (the publisher's: the subject fits its subject
 template, the headers are the routing headers it writes) or their whole file is moved aside.
 
@@ -50,10 +62,14 @@ from ._files import (
     SCHEMA,
     SpoolFileInfo,
     check_directory,
+    claim,
     connect,
     create_locked,
     is_full,
     lock_path,
+    move_aside,
+    orphan_dbs,
+    problem,
     purge,
     release,
     remove,
@@ -376,10 +392,60 @@ class Spool:
     def adopt_orphans(self) -> int:
         """Move into this spool, parked, the rows of every other spool file in the directory whose owner
         is gone; unsound files are moved aside (``*.corrupt-<UTC time>``) and logged. Returns rows adopted
-        (`_spool_adopt` has the steps)."""
-        from ._adopt import adopt_orphans
+        (see Adoption in the module's docstring)."""
+        with self._db:
+            self._connection()  # not after close() or forget()
+        adopted = 0
+        for db in orphan_dbs(self.directory):
+            if db == self.path or (fd := claim(db)) is None:
+                continue
+            try:
+                adopted += self._adopt(db)
+            finally:
+                release(fd, lock_path(db), delete=not db.exists())
+        return adopted
 
-        return adopt_orphans(self)
+    def _adopt(self, db: Path) -> int:
+        """Adopt one orphan whose lock this process holds."""
+        why = problem(db, self.check)  # read-only: a refused file is moved aside exactly as it was found
+        if why is not None:
+            log.error("spool file %s is not usable (%s): moved aside to %s", db, why, move_aside(db, why))
+            return 0
+        with self._db:
+            conn = self._connection()
+            try:
+                conn.execute("ATTACH DATABASE ? AS orphan", (f"{db.resolve().as_uri()}?mode=rw",))
+            except sqlite3.Error as exc:
+                raise SpoolError(f"spool {self.path}: {type(exc).__name__}: {exc}") from exc
+            try:
+                count, nbytes, low, high = self._run(conn, lambda: self._copy_orphan(conn))
+            except SpoolFull as exc:
+                log.error("could not adopt %s: %s (the file stays for a later adoption)", db, exc)
+                return 0
+            finally:
+                conn.execute("DETACH DATABASE orphan")
+            self._next_id += high - low + 1 if count else 0
+            with self._state:
+                self.count += count
+                self.nbytes += nbytes
+                over = self.nbytes > self.max_bytes
+        remove(db)
+        log.info("%d events adopted from %s", count, db)
+        if over:
+            log.warning("spool %s is over spool_max_bytes=%d after adoption", self.path, self.max_bytes)
+        return int(count)
+
+    def _copy_orphan(self, conn: sqlite3.Connection) -> tuple[int, int, int, int]:
+        """Copy orphan.events into main.events, parked, ids kept in order after ours; (rows, bytes, min id, max id)."""
+        count, nbytes, low, high = conn.execute(
+            f"SELECT count(*), {SIZE}, min(id), max(id) FROM orphan.events"
+        ).fetchone()
+        conn.execute(
+            "INSERT INTO main.events (id, event_id, subject, headers, payload, accepted, parked)"
+            " SELECT id - ? + ?, event_id, subject, headers, payload, accepted, 1 FROM orphan.events ORDER BY id",
+            (low or 0, self._next_id),
+        )
+        return count, nbytes, low or 0, high or 0
 
     def close(self) -> None:
         """Commit what is pending and close. With no rows left the files go; otherwise they stay, and with

@@ -3,27 +3,74 @@
 Owns the per-``WireType`` cattrs unstructure hooks (:func:`unstructure_hook`, which check
 each value's type), float formatting as serde_json (ryu) writes it (:func:`format_f64`), the
 envelope hook (:func:`make_unstructure_envelope`, which re-checks the envelope's own fields
-in case one was altered with ``object.__setattr__`` after construction) and, when encoding
-fails, the ``InvalidEvent`` naming the field at fault (:func:`encode_error`).
+in case one was altered with ``object.__setattr__`` after construction), the byte layout of
+the ids at the start of every encoded envelope (:data:`ENVELOPE_LAYOUT`, which the routers
+copy the ids from) and, when encoding fails, the ``InvalidEvent`` naming the field at fault
+(:func:`encode_error`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 from uuid import UUID
 
 import cattrs
 import orjson
 from cattrs.gen import make_dict_unstructure_fn
 
+from .._frozen import FrozenMap, describe, is_str_map, is_utf8, make_uuid, parse_uuid
 from ..envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, Timestamp
 from ..errors import InvalidEvent
 from ..events import EventRegistry, WireType
-from ._frozen import FrozenMap, describe, is_str_map, is_utf8, make_uuid, parse_uuid
 
-__all__ = ["encode_error", "format_f64", "make_unstructure_envelope", "unstructure_hook"]
+__all__ = [
+    "ENVELOPE_LAYOUT",
+    "EnvelopeLayout",
+    "encode_error",
+    "format_f64",
+    "make_unstructure_envelope",
+    "unstructure_hook",
+]
+
+
+class EnvelopeLayout(NamedTuple):
+    """Where the ids sit in every encoded envelope, which begins (orjson writes the envelope hook's
+    keys in order, UUIDs in canonical 36-character form)
+    ``{"event_id":"<36>","causation_id":null|"<36>","correlation_id":null|"<36>",...``."""
+
+    #: The bytes every encoded envelope begins with.
+    prefix: bytes
+    #: The event id's 36 bytes.
+    event_id: slice
+    #: The byte where the causation id's value begins: ``n`` (null) or ``"``.
+    causation_at: int
+    #: The key before the correlation id's value (what a router checks the layout with).
+    correlation_key: bytes
+    #: The byte where the correlation id's value begins (``n`` or ``"``), after a null causation
+    #: id and after a UUID one.
+    correlation_at_null: int
+    correlation_at_uuid: int
+
+
+def _layout() -> EnvelopeLayout:
+    uuid_text = 36
+    prefix = b'{"event_id":"'
+    causation_at = len(prefix) + uuid_text + len(b'","causation_id":')
+    correlation_key = b',"correlation_id":'
+    return EnvelopeLayout(
+        prefix=prefix,
+        event_id=slice(len(prefix), len(prefix) + uuid_text),
+        causation_at=causation_at,
+        correlation_key=correlation_key,
+        correlation_at_null=causation_at + len(b"null") + len(correlation_key),
+        correlation_at_uuid=causation_at + uuid_text + 2 + len(correlation_key),
+    )
+
+
+#: The envelope layout `make_unstructure_envelope`'s dict takes in orjson's bytes.
+ENVELOPE_LAYOUT = _layout()
 
 
 def unstructure_hook(wt: WireType) -> Callable[[Any], Any]:

@@ -21,10 +21,10 @@ from uuid import UUID
 import cattrs
 from cattrs.gen import make_dict_structure_fn
 
+from .._frozen import FrozenMap, is_utf8, parse_uuid
 from ..envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, unchecked_envelope, unchecked_timestamp
 from ..errors import DecodeError
 from ..events import EventRegistry, EventType, WireType, wire_type
-from ._frozen import FrozenMap, is_utf8, parse_uuid
 from ._jsontext import OddObject, jdesc
 
 __all__ = ["Payload", "fast_payload", "make_fast_envelope", "structure_hook"]

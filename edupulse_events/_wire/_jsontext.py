@@ -23,8 +23,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .._frozen import describe, is_utf8, short_repr
 from ..errors import DecodeError
-from ._frozen import describe, is_utf8, short_repr
 
 __all__ = ["STACK_TOO_DEEP", "Data", "OddObject", "jdesc", "parse"]
 

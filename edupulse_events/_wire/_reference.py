@@ -15,10 +15,10 @@ import math
 from typing import Any, NoReturn
 from uuid import UUID
 
+from .._frozen import FrozenMap, is_utf8, parse_uuid, short_repr
 from ..envelope import I64_MAX, NANOS_PER_SEC, EventEnvelope, Timestamp
 from ..errors import DecodeError, InvalidEvent
 from ..events import U32, U64, EventRegistry, EventType, WireType, wire_type
-from ._frozen import FrozenMap, is_utf8, parse_uuid, short_repr
 from ._jsontext import OddObject, jdesc
 
 __all__ = ["slow_envelope", "slow_event", "slow_timestamp"]
