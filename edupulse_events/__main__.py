@@ -4,11 +4,11 @@ Commands:
 
 - ``demo``: runs the main job end to end (below).
 - ``spool inspect|replay|purge DIR``: what a spool directory holds, delivering the events of
-  processes that died, deleting them (`_cli_spool`).
-- ``schema jsonschema|asyncapi``: the wire's JSON Schema, an AsyncAPI document (`_cli_schema`).
-- ``publish [FILE...]``: JSON-lines events to the broker (`_cli_publish`).
-- ``tail``: print the events on a subject or in a stream (`_cli_tail`).
-- ``bench [NAME]``: run a benchmark script of a source checkout (`_cli_bench`).
+  processes that died, deleting them (`_cli._spool`).
+- ``schema jsonschema|asyncapi``: the wire's JSON Schema, an AsyncAPI document (`_cli._schema`).
+- ``publish [FILE...]``: JSON-lines events to the broker (`_cli._publish`).
+- ``tail``: print the events on a subject or in a stream (`_cli._tail`).
+- ``bench [NAME]``: run a benchmark script of a source checkout (`_cli._bench`).
 
 A closed standard output (``... | head``) ends any command quietly with exit code 141, as a
 program killed by SIGPIPE (`_output_closed`).

@@ -6,7 +6,7 @@ template as a channel, the send operation, one message per event type with the h
 publisher sends). Per-field schemas come from each registered class's field specs (the
 :class:`~edupulse_events.events.WireType` of its attrs field types), so an event type added
 with ``register_event`` is described like the built-in four; ``python -m edupulse_events
-schema jsonschema|asyncapi`` prints them (``_cli_schema``).
+schema jsonschema|asyncapi`` prints them (``_cli._schema``).
 
 The schema holds to what the codec accepts (WIRE.md "Decoding"): integer ranges (u32, i64,
 ...), finite numbers, the UUID forms the Rust ``uuid`` crate reads, ``created_at`` as
