@@ -9,7 +9,7 @@ quoted shortened: `excerpt`), the publisher's advice on a missing stream said as
 options and variables (`shell_words`), the progress bar, the
 summary, and the file of failed events (`_write_failed`: a new file, never one that exists, never
 through a symlink). Publishing itself is `NatsPublisher`'s; the broker
-settings and the bar are `_cli_common`'s. Exit codes: ``_EPILOG`` (the end of ``publish --help``).
+settings and the bar are `_common`'s. Exit codes: ``_EPILOG`` (the end of ``publish --help``).
 """
 
 from __future__ import annotations

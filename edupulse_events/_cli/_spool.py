@@ -1,13 +1,13 @@
 """The ``spool`` command group of the command line: ``spool inspect|replay|purge DIR``.
 
 This module owns those three commands (their arguments, output and exit codes); `__main__`
-only registers them with `add_spool_commands`. The spool files themselves are `_spool_files`'
+only registers them with `add_spool_commands`. The spool files themselves are `_spool._files`'
 (what each holds, whose it is, deleting orphans) and delivering them is `NatsPublisher`'s:
 ``replay`` is a publisher on the directory that adopts the orphaned files and drains its spool.
 
 Special files: ``inspect`` and ``purge`` never open a spool name that is not a regular file (a
 FIFO, a symlink: listed with the reason, left alone), so they end on any directory; both warn
-when a publisher would refuse the directory (`_spool_files.check_directory`), and ``replay``,
+when a publisher would refuse the directory (`_spool._files.check_directory`), and ``replay``,
 being a publisher, refuses it (exit 2).
 
 Exit codes: 0 done; 1 replay left events undelivered or the broker failed; 2 bad usage (DIR
@@ -273,7 +273,7 @@ def _replay(args: argparse.Namespace) -> int:
         publisher.check()  # an unreachable broker: say so before touching any spool file
         publisher.start()  # opens this process's spool, which adopts the orphaned files
         drained = publisher.drain_spool(args.timeout)
-    except ConfigError as exc:  # the directory is not to be trusted (`_spool_files.check_directory`)
+    except ConfigError as exc:  # the directory is not to be trusted (`_spool._files.check_directory`)
         refused = True
         print(f"edupulse-events spool replay: {redact(str(exc), config)}", file=sys.stderr)
     except (EventsError, OSError) as exc:
