@@ -63,12 +63,16 @@ def attack(
             js = nc.jetstream()
             await js.delete_stream(STREAM)
             sub = await nc.subscribe(SUBJECT)
-            await nc.flush()
+            # nats-py's flush() writes its PING past commands still in its buffer, so it does not
+            # prove the SUB arrived: a message of our own coming back through it does.
+            await nc.publish(SUBJECT, b"marker")
+            assert (await sub.next_msg(timeout=10)).data == b"marker"
             future = pub.publish(env)
             try:
                 msg = await sub.next_msg(timeout=10)
             except nats.errors.TimeoutError:
-                raise AssertionError(f"the stranger got no message: {future!r}, {pub.stats()}") from None
+                why = future.exception(timeout=5)
+                raise AssertionError(f"the stranger got no message: {why!r}, {pub.stats()}") from None
             await sub.unsubscribe()
             await js.add_stream(name=STREAM, subjects=[SUBJECT])
             inbox = msg.reply.rsplit(".", 1)[0]
