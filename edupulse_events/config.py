@@ -17,12 +17,15 @@ import re
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import attrs
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .codec import Codec
 
 __all__ = ["ENV_PREFIX", "MAX_SUBJECT_BYTES", "SPOOL_MODES", "PublisherConfig", "RetryPolicy", "redact_url"]
 
@@ -164,6 +167,15 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def check_codec(_inst: object, _attr: object, codec: Any) -> None:
+    """A codec is a `Codec` (its envelope layout is what the routing headers are cut from), or None."""
+    # A lazy import: config sits below the codec (it only holds one, as it holds an SSLContext).
+    from .codec import Codec
+
+    if codec is not None and not isinstance(codec, Codec):
+        raise ConfigError(f"codec must be an edupulse_events.Codec (or None), got {type(codec).__name__}")
+
+
 def check_subject(_inst: object, _attr: object, subject: str) -> None:
     if not isinstance(subject, str) or not subject:
         raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
@@ -253,6 +265,9 @@ class PublisherConfig:
     #: OpenTelemetry providers for this publisher's spans and metrics (default: the global ones).
     tracer_provider: Any = attrs.field(default=None, repr=False)
     meter_provider: Any = attrs.field(default=None, repr=False)
+    #: The `Codec` events are encoded with (None: the default one, over ``default_registry``):
+    #: ``Codec(my_registry)`` publishes the event types of an application's own `EventRegistry`.
+    codec: Codec | None = attrs.field(default=None, validator=check_codec)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.retry, RetryPolicy):

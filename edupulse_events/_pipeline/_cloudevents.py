@@ -26,6 +26,7 @@ import datetime
 import re
 from urllib.parse import quote
 
+from ..codec import Codec
 from ..config import PublisherConfig
 from ..envelope import EventEnvelope
 from ..errors import ConfigError
@@ -64,8 +65,8 @@ def check_source(source: str) -> None:
 def router_for(config: PublisherConfig) -> Router:
     """The plain `Router`, or a `CloudEventsRouter` when ``config.cloudevents``."""
     if config.cloudevents:
-        return CloudEventsRouter(config.subject, config.cloudevents_source)
-    return Router(config.subject)
+        return CloudEventsRouter(config.subject, config.cloudevents_source, config.codec)
+    return Router(config.subject, config.codec)
 
 
 def _time(secs: int, nanos: int) -> str:
@@ -80,8 +81,8 @@ def _id(value: object) -> str:
 class CloudEventsRouter(Router):
     """A `Router` whose header blocks also carry the CloudEvents attributes."""
 
-    def __init__(self, subject_template: str, source: str) -> None:
-        super().__init__(subject_template)
+    def __init__(self, subject_template: str, source: str, codec: Codec | None = None) -> None:
+        super().__init__(subject_template, codec)
         check_source(source)
         self._source = source.encode()
 
