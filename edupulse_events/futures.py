@@ -28,7 +28,7 @@ import attrs
 
 from .errors import DeadlockError, WaitTimeout
 
-__all__ = ["FUTURES_ENV", "PublishAck", "PublishFuture", "fast_futures_refusal", "new_future"]
+__all__ = ["FUTURES_ENV", "PublishAck", "PublishFuture", "fast_futures_refusal"]
 
 log = logging.getLogger("edupulse_events")
 _worker_state = threading.local()
