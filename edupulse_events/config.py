@@ -17,14 +17,22 @@ import re
 import ssl
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
 import attrs
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "MAX_SUBJECT_BYTES", "SPOOL_MODES", "PublisherConfig", "RetryPolicy", "redact_url"]
+__all__ = [
+    "ENV_PREFIX",
+    "MAX_SUBJECT_BYTES",
+    "SPOOL_MODES",
+    "EnvelopeCodec",
+    "PublisherConfig",
+    "RetryPolicy",
+    "redact_url",
+]
 
 ENV_PREFIX = "EDUPULSE_EVENT_BROKER_"
 _TRUE = ("1", "true", "yes")
@@ -173,6 +181,22 @@ def check_source(source: str) -> None:
         raise ConfigError(f"cloudevents_source must be a non-empty URI-reference without spaces, got {source!r}")
 
 
+@runtime_checkable
+class EnvelopeCodec(Protocol):
+    """What a publisher needs of its codec: `edupulse_events.Codec` is the one to give. Config sits
+    below the codec in the package's layers, so it names the shape rather than the class."""
+
+    def encode(self, envelope: Any) -> bytes: ...
+
+    def decode(self, data: Any) -> Any: ...
+
+
+def check_codec(_inst: object, _attr: object, codec: Any) -> None:
+    """A codec is an `edupulse_events.Codec` (what `EnvelopeCodec` describes), or None."""
+    if codec is not None and not isinstance(codec, EnvelopeCodec):
+        raise ConfigError(f"codec must be an edupulse_events.Codec (or None), got {type(codec).__name__}")
+
+
 def check_subject(_inst: object, _attr: object, subject: str) -> None:
     if not isinstance(subject, str) or not subject:
         raise ConfigError(f"subject must be a non-empty string, got {subject!r}")
@@ -262,6 +286,9 @@ class PublisherConfig:
     #: OpenTelemetry providers for this publisher's spans and metrics (default: the global ones).
     tracer_provider: Any = attrs.field(default=None, repr=False)
     meter_provider: Any = attrs.field(default=None, repr=False)
+    #: The `Codec` events are encoded with (None: the default one, over ``default_registry``):
+    #: ``Codec(my_registry)`` publishes the event types of an application's own `EventRegistry`.
+    codec: EnvelopeCodec | None = attrs.field(default=None, validator=check_codec)
 
     def __attrs_post_init__(self) -> None:
         if not isinstance(self.retry, RetryPolicy):

@@ -9,11 +9,11 @@
     ├── QueueFull         (queue.Full)    publish() waited `timeout` for room and found none
     │   └── SpoolFull                         the local spool is at spool_max_bytes or its disk is full
     ├── PublisherClosed   (RuntimeError)  publish() after close(), or queued when close() gave up
-    ├── PublishTimeout    (TimeoutError)  an event was not acknowledged before its deadline
     ├── WaitTimeout       (TimeoutError)  future.result(timeout) gave up waiting; the event is still on its way
     ├── BrokerError       (ConnectionError) the broker could not be used for an event or a connection
     │   ├── BrokerUnavailable                 transient: no connection, no ack in time, no leader (retried)
     │   ├── EventRejected                     permanent: the stream refused this event (err_code says why)
+    │   ├── PublishTimeout                    the event failed: not acknowledged before its delivery deadline
     │   └── PublisherCrashed                  the publisher thread crashed; it restarts on the next publish()
     ├── DeadlockError     (RuntimeError)  waiting on a future from the publisher's own thread
     ├── ServerError       (RuntimeError)  a .testing nats-server failed to start, or was misused
@@ -21,17 +21,21 @@
     └── SpoolError        (OSError)       a spool file could not be used (corrupt, foreign, unwritable)
 
 Every subclass also derives from the matching builtin, so ``except ValueError`` keeps working
-for code that does not know this library. Whether retrying can help is part of the type:
-``BrokerError.retryable`` is a class attribute, True only for `BrokerUnavailable` (the
-publisher retries those itself until the delivery deadline). Dependency exceptions (nats-py,
-cattrs, orjson) never reach callers: they are mapped to one of these, with the original kept
-as ``__cause__``.
+for code that does not know this library. The only `TimeoutError` is `WaitTimeout`: around
+``future.result(timeout)``, ``except TimeoutError`` means "not resolved yet", never "failed"
+(an event that failed at its deadline raises `PublishTimeout`, a `BrokerError`). Whether
+retrying can help is part of the type: ``BrokerError.retryable`` is a class attribute, True
+only for `BrokerUnavailable` (the publisher retries those itself until the delivery deadline).
+Dependency exceptions (nats-py, cattrs, orjson) never reach callers: they are mapped to one of
+these, with the original kept as ``__cause__``.
 Messages never contain credentials or event payloads.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import queue
+import sys
 from typing import Any, ClassVar
 
 __all__ = [
@@ -99,15 +103,19 @@ class PublisherClosed(EventsError, RuntimeError):
     """The publisher is closed: nothing more is accepted, or close() gave up on this event."""
 
 
-class PublishTimeout(EventsError, TimeoutError):
-    """The event was not acknowledged by the broker before its delivery deadline."""
+if sys.version_info >= (3, 11):  # concurrent.futures.TimeoutError is TimeoutError
+    _Timeout = TimeoutError
+else:  # pragma: no cover - two classes on 3.10
+
+    class _Timeout(TimeoutError, concurrent.futures.TimeoutError):
+        """Both timeouts: ``except concurrent.futures.TimeoutError`` catches a `WaitTimeout` too."""
 
 
-class WaitTimeout(EventsError, TimeoutError):
+class WaitTimeout(EventsError, _Timeout):
     """``future.result(timeout)`` or ``.exception(timeout)`` ran out of time before the event
     resolved. Unlike `PublishTimeout` the event has not failed: it is still on its way, and its
-    future resolves by the event's delivery deadline. (Also a `concurrent.futures.TimeoutError`,
-    which is `TimeoutError`.)"""
+    future resolves by the event's delivery deadline. A `TimeoutError` and a
+    `concurrent.futures.TimeoutError` (two classes on Python 3.10, one since 3.11)."""
 
 
 class BrokerError(EventsError, ConnectionError):
@@ -134,6 +142,16 @@ class EventRejected(BrokerError):
         super().__init__(message)
         self.code = code
         self.err_code = err_code
+
+
+class PublishTimeout(BrokerError):
+    """The event failed: the broker did not acknowledge it before its delivery deadline.
+
+    Not a `TimeoutError` (only `WaitTimeout`, "still on its way", is one): ``except
+    TimeoutError`` around ``future.result(timeout)`` does not catch it. Its earlier attempts may
+    have reached the stream: republishing the same envelope within the stream's duplicate
+    window is safe.
+    """
 
 
 class PublisherCrashed(BrokerError):

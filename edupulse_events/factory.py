@@ -9,6 +9,9 @@
 The in-memory publisher built here keeps the latest ``max_queue`` events and discards older
 unread ones (``discard_oldest=True``): an application running without a broker never reads
 them, and must not start blocking in `publish()` once 10,000 events have piled up.
+
+Either publisher encodes with ``codec`` (default: the default codec): ``Codec(my_registry)``
+for the event types of an application's own `EventRegistry`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from .codec import Codec
 from .config import ENV_PREFIX, PublisherConfig
 from .errors import BrokerError
 from .nats_publisher import NatsPublisher
@@ -29,14 +33,17 @@ log = logging.getLogger("edupulse_events")
 FALLBACK_ENV = ENV_PREFIX + "FALLBACK"
 
 
-def _in_memory(subject: str, options: Mapping[str, Any]) -> InMemoryPublisher:
+def _in_memory(subject: str, options: Mapping[str, Any], codec: Codec | None) -> InMemoryPublisher:
     return InMemoryPublisher(
-        options.get("max_queue", 10_000), subject=subject or "edupulse.events", discard_oldest=True
+        options.get("max_queue", 10_000), subject=subject or "edupulse.events", discard_oldest=True, codec=codec
     )
 
 
-def build_from_env(environ: Mapping[str, str] | None = None, **options: Any) -> EventPublisher:
-    """Build the publisher the environment asks for; ``options`` override `PublisherConfig` fields."""
+def build_from_env(
+    environ: Mapping[str, str] | None = None, *, codec: Codec | None = None, **options: Any
+) -> EventPublisher:
+    """Build the publisher the environment asks for, encoding with ``codec`` (default: the default
+    codec); ``options`` override `PublisherConfig` fields."""
     env = os.environ if environ is None else environ
     url = env.get(ENV_PREFIX + "URL", "").strip()
     subject = env.get(ENV_PREFIX + "SUBJECT", "").strip()
@@ -46,8 +53,8 @@ def build_from_env(environ: Mapping[str, str] | None = None, **options: Any) -> 
             "%s not set: using an InMemoryPublisher, events will NOT reach a broker",
             " and ".join(ENV_PREFIX + m for m in missing),
         )
-        return _in_memory(subject, options)
-    config = PublisherConfig.from_env(env, **options)
+        return _in_memory(subject, options, codec)
+    config = PublisherConfig.from_env(env, codec=codec, **options)
     publisher = NatsPublisher(config)
     try:
         publisher.check()  # fails here, at build time, if publishing could not work; leaves nothing running
@@ -58,5 +65,5 @@ def build_from_env(environ: Mapping[str, str] | None = None, **options: Any) -> 
             log.error(
                 "%s; %s=memory: falling back to an InMemoryPublisher, events will NOT reach a broker", exc, FALLBACK_ENV
             )
-            return _in_memory(config.subject, options)
+            return _in_memory(config.subject, options, codec)
         raise

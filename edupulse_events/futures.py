@@ -1,30 +1,39 @@
 """The outcome side of publishing: `PublishAck` and the futures every publisher returns.
 
-`PublishFuture` is a `concurrent.futures.Future` whose instances share their publisher's
-condition; `settle` resolves a run of them under one acquisition of it (the publisher thread
-calls it once per read of acks), and `new_ack` builds a `PublishAck` on that hot path.
-`mark_worker_thread` / `in_worker_thread` let futures and publishers refuse to block a
-publisher's own thread. A done-callback that raises (anything, even ``SystemExit``) is
-logged and never reaches the publisher thread.
+`PublishFuture` is a `concurrent.futures.Future` that cannot be cancelled, raises `WaitTimeout`
+when ``result(timeout)`` runs out and `DeadlockError` when it would wait on a publisher's own
+thread, and logs a done-callback that raises (anything, even ``SystemExit``) so that it never
+reaches the publisher thread. `new_future` makes the futures publishers hand out: on the fast
+path, a subclass whose instances share their publisher's condition and which `settle` resolves
+a run of under one acquisition of it (the publisher thread calls it once per read of acks).
+That subclass overrides private parts of `concurrent.futures.Future` (its ``_state``,
+``_waiters``, ``_done_callbacks`` and ``_invoke_callbacks``), so at import a self-test checks
+that this CPython's `Future` still has them and behaves with them as expected; where it does
+not, or with ``EDUPULSE_EVENTS_FUTURES=plain`` (`FUTURES_ENV`), `new_future` is the plain
+`PublishFuture`, which uses only `Future`'s public API (a condition per future; slower, as
+correct). `new_ack` builds a `PublishAck` on the hot path. `mark_worker_thread` /
+`in_worker_thread` let futures and publishers refuse to block a publisher's own thread.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures._base import FINISHED, PENDING
 from typing import Any
 
 import attrs
 
 from .errors import DeadlockError, WaitTimeout
 
-__all__ = ["PublishAck", "PublishFuture"]
+__all__ = ["FUTURES_ENV", "PublishAck", "PublishFuture", "fast_futures_refusal"]
 
 log = logging.getLogger("edupulse_events")
 _worker_state = threading.local()
+#: ``plain``: never take the fast futures (what the fallback does, on any CPython).
+FUTURES_ENV = "EDUPULSE_EVENTS_FUTURES"
 
 
 @attrs.frozen(slots=True)
@@ -42,8 +51,12 @@ class PublishAck:
     spooled: bool = False
 
 
-_FINISHED = FINISHED
-_PENDING = PENDING
+try:  # the states are in concurrent.futures' private module (checked below, with the rest)
+    from concurrent.futures import _base as _futures_base
+except ImportError:  # pragma: no cover - a CPython without it takes the plain futures
+    _futures_base = None  # type: ignore[assignment]
+_FINISHED: str = getattr(_futures_base, "FINISHED", "FINISHED")
+_PENDING: str = getattr(_futures_base, "PENDING", "PENDING")
 _RESOLVED_WITH_CALLBACKS = 2
 _new = object.__new__
 # the slots' own setters: a frozen attrs class refuses setattr, and its __init__ costs twice as much
@@ -64,13 +77,99 @@ def new_ack(broker_sequence: int | None, stream: str | None, duplicate: bool) ->
     return ack
 
 
+def _wait_timeout(timeout: float | None) -> WaitTimeout:
+    return WaitTimeout(
+        f"no outcome for this event within {timeout} s of waiting; it is still on its way "
+        "(wait again, or let it go: its future resolves by its delivery deadline)"
+    )
+
+
+def _guarded(callback: Callable[[Any], object]) -> Callable[[Any], None]:
+    """``callback``, logging whatever it raises (even ``BaseException``) instead of raising it."""
+
+    def run(future: Any) -> None:
+        try:
+            callback(future)
+        except BaseException:
+            log.exception("done-callback %r of an event future raised", callback)
+
+    return run
+
+
 class PublishFuture(concurrent.futures.Future[Any]):
     """A `concurrent.futures.Future` for one published event; it cannot be cancelled.
 
-    Speed: the futures of one publisher share one `threading.Condition` (a new Condition per
-    future costs more than encoding the event), so `result()`/`exception()` wait in a loop
-    until *this* future is done. Waiting inside a publisher's own thread (e.g. from a
-    done-callback) could never finish, so it raises `DeadlockError` instead.
+    `result()`/`exception()` raise `WaitTimeout` (a `TimeoutError`) when ``timeout`` runs out
+    before the event resolved: it is not failed, only not resolved yet. Waiting inside a
+    publisher's own thread (e.g. from a done-callback) could never finish, so it raises
+    `DeadlockError` instead. Done-callbacks run on the publisher thread: one that raises is
+    logged and the next runs. This class uses only `Future`'s public API; publishers hand out
+    a faster subclass where this CPython allows it (`new_future`).
+    """
+
+    def __init__(self, condition: threading.Condition | None = None) -> None:
+        super().__init__()
+        self._shared = condition if condition is not None else threading.Condition()
+
+    def resolved(self) -> bool:
+        """Whether the event resolved (`done()`; the publisher thread asks it)."""
+        return self.done()
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The event's `PublishAck`, waiting up to ``timeout`` s (None: until it resolves).
+
+        Raises the event's error if it failed (`PublishTimeout`, `BrokerError`, ...), and
+        `WaitTimeout` if ``timeout`` ran out first: the event is not failed, only not resolved yet.
+        """
+        if not self.done() and in_worker_thread():
+            raise DeadlockError("waiting on an unresolved event from the publisher's own thread would wait forever")
+        try:
+            return super().result(timeout)
+        except concurrent.futures.TimeoutError:
+            if self.done():  # the event's own error
+                raise
+            raise _wait_timeout(timeout) from None
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The event's error, or None once acknowledged; `WaitTimeout` if ``timeout`` ran out first."""
+        if not self.done() and in_worker_thread():
+            raise DeadlockError("waiting on an unresolved event from the publisher's own thread would wait forever")
+        try:
+            return super().exception(timeout)
+        except concurrent.futures.TimeoutError:
+            raise _wait_timeout(timeout) from None
+
+    def add_done_callback(self, fn: Callable[[concurrent.futures.Future[Any]], object]) -> None:
+        """Call ``fn(future)`` once the event resolved (at once if it has); what it raises is logged."""
+        super().add_done_callback(_guarded(fn))
+
+    @property
+    def condition(self) -> threading.Condition:
+        """The condition `settle` takes for a run of futures (shared by one publisher's futures)."""
+        return self._shared
+
+    def settle_locked(self, result: Any, condition: threading.Condition) -> int | None:
+        """None: `settle` resolves this future with ``set_result`` (the fast subclass does better)."""
+        return None
+
+    def run_callbacks(self) -> None:
+        """Nothing here: ``set_result`` ran the done-callbacks."""
+
+    def cancel(self) -> bool:
+        """Always False: an accepted event is on its way and cannot be taken back."""
+        return False
+
+
+_future_result = concurrent.futures.Future.result
+_future_exception = concurrent.futures.Future.exception
+
+
+class _FastFuture(PublishFuture):
+    """`PublishFuture` for speed, through `Future`'s private parts (checked at import).
+
+    The futures of one publisher share one `threading.Condition` (a new Condition per future
+    costs more than encoding the event), so `result()`/`exception()` wait in a loop until
+    *this* future is done.
     """
 
     __slots__ = ()
@@ -86,7 +185,7 @@ class PublishFuture(concurrent.futures.Future[Any]):
     _callback_list: list[Callable[[Any], object]] | None = None
     _stream: str | None = None
 
-    def __init__(self, condition: threading.Condition | None = None) -> None:
+    def __init__(self, condition: threading.Condition | None = None) -> None:  # no super(): see above
         self._condition = condition if condition is not None else threading.Condition()
 
     @property
@@ -117,27 +216,22 @@ class PublishFuture(concurrent.futures.Future[Any]):
                 raise DeadlockError("waiting on an unresolved event from the publisher's own thread would wait forever")
             with self._condition:
                 if not self._condition.wait_for(self._finished, timeout):
-                    raise WaitTimeout(
-                        f"no outcome for this event within {timeout} s of waiting; it is still on its way "
-                        "(wait again, or let it go: its future resolves by its delivery deadline)"
-                    )
+                    raise _wait_timeout(timeout)
 
     def result(self, timeout: float | None = None) -> Any:
-        """The event's `PublishAck`, waiting up to ``timeout`` s (None: until it resolves).
-
-        Raises the event's error if it failed (`PublishTimeout`, `BrokerError`, ...), and
-        `WaitTimeout` if ``timeout`` ran out first: the event is not failed, only not resolved yet.
-        """
+        """`PublishFuture.result`."""
         self._wait(timeout)
-        result = super().result(0)
+        result = _future_result(self, 0)
         if type(result) is int:  # a stream sequence (see settle): made a PublishAck when asked for
             result = self._result = new_ack(result, self._stream, False)
         return result
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
-        """The event's error, or None once acknowledged; `WaitTimeout` if ``timeout`` ran out first."""
+        """`PublishFuture.exception`."""
         self._wait(timeout)
-        return super().exception(0)
+        return _future_exception(self, 0)
+
+    add_done_callback = concurrent.futures.Future.add_done_callback  # _invoke_callbacks guards them
 
     def _invoke_callbacks(self) -> None:
         """Run the done-callbacks, each on its own: one that raises is logged and the next runs.
@@ -178,10 +272,6 @@ class PublishFuture(concurrent.futures.Future[Any]):
     def run_callbacks(self) -> None:
         """Run the done-callbacks of a future `settle` resolved."""
         self._invoke_callbacks()
-
-    def cancel(self) -> bool:
-        """Always False: an accepted event is on its way and cannot be taken back."""
-        return False
 
     def __repr__(self) -> str:
         if self._state == _FINISHED and self._exception is None:
@@ -226,6 +316,55 @@ def settle(futures: Sequence[PublishFuture], results: Sequence[Any]) -> int:
     for future in with_callbacks:
         future.run_callbacks()
     return count
+
+
+def _self_test() -> str | None:
+    """What of `Future`'s private parts `_FastFuture` relies on is missing or behaves otherwise
+    on this CPython (None: nothing): a few futures resolved and waited on every way it serves."""
+    plain = concurrent.futures.Future[Any]()
+    missing = {"_condition", "_state", "_result", "_exception", "_waiters", "_done_callbacks"} - set(vars(plain))
+    if missing or not callable(getattr(concurrent.futures.Future, "_invoke_callbacks", None)):
+        return f"concurrent.futures.Future has no {sorted(missing) or ['_invoke_callbacks']}"
+    states = (getattr(_futures_base, "PENDING", None), getattr(_futures_base, "FINISHED", None))
+    if (plain._state, _FINISHED) != (states[0], states[1]) or states != (_PENDING, _FINISHED):  # noqa: SLF001
+        return "concurrent.futures.Future's states are not what the fast futures set"
+    condition = threading.Condition()
+    ok, failed, pending = _FastFuture(condition), _FastFuture(condition), _FastFuture(condition)
+    called: list[object] = []
+    ok.add_done_callback(called.append)
+    error = RuntimeError("self-test")
+    waited = concurrent.futures.wait([pending], timeout=0)  # installs and removes a waiter
+    if settle([ok], [(1, "s", 7, False, None)]) != 1 or ok.result(0) != new_ack(7, "s", False) or called != [ok]:
+        return "a settled future did not resolve or run its callback"
+    failed.set_exception(error)
+    if failed.exception(0) is not error or not failed.done() or waited.not_done != {pending}:
+        return "a future's exception or wait() did not behave"
+    done, not_done = concurrent.futures.wait([ok, failed, pending], timeout=0)
+    if done != {ok, failed} or not_done != {pending} or pending.done():
+        return "concurrent.futures.wait() does not see the fast futures' states"
+    return None
+
+
+def fast_futures_refusal() -> str | None:
+    """Why this process hands out plain futures (None: the fast ones): `FUTURES_ENV`, or what
+    the self-test found. Decided once, at import."""
+    return _REFUSAL
+
+
+def _refusal() -> str | None:
+    if os.environ.get(FUTURES_ENV, "").strip().lower() == "plain":
+        return f"{FUTURES_ENV}=plain"
+    try:
+        return _self_test()
+    except Exception as exc:  # noqa: BLE001 - any surprise means: not this CPython's Future
+        return f"the fast futures' self-test raised {type(exc).__name__}: {exc}"
+
+
+_REFUSAL = _refusal()
+if _REFUSAL is not None:  # asked for (info), or this CPython's Future is not what the fast futures need
+    log.log(logging.INFO if _REFUSAL.startswith(FUTURES_ENV) else logging.WARNING, "plain event futures: %s", _REFUSAL)
+#: What publishers call to make an event's future (a class: no call in between on the hot path).
+new_future: Callable[[threading.Condition | None], PublishFuture] = PublishFuture if _REFUSAL else _FastFuture
 
 
 def mark_worker_thread() -> None:

@@ -18,7 +18,7 @@ import logging
 import os
 import queue
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._engine._closing import fail_taken, log_closed
@@ -34,7 +34,7 @@ from ._pipeline._routing import Item
 from ._spool._spooling import Spooling
 from .config import PublisherConfig
 from .envelope import EventEnvelope
-from .errors import DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
+from .errors import ConfigError, DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
 from .futures import PublishAck, in_worker_thread
 from .stats import FAILED_IDS_KEPT, PublisherState, PublisherStats, add
 
@@ -50,7 +50,8 @@ class NatsPublisher:
 
     Build it with `NatsPublisher.connect(url, subject, ...)` (blocks until connected, or raises
     `BrokerError` saying why) or `NatsPublisher(PublisherConfig(...))` (connects lazily on the
-    first publish). Use it as a context manager, or call `close()`.
+    first publish). Use it as a context manager, or call `close()`. Events are encoded with
+    ``config.codec`` (default: the default codec).
     """
 
     def __init__(self, config: PublisherConfig) -> None:
@@ -91,23 +92,24 @@ class NatsPublisher:
     @classmethod
     def connect(
         cls,
-        url: str,
-        subject: str,
+        url: str | Sequence[str] | None = None,
+        subject: str | None = None,
         *,
-        auth_token: str | None = None,
-        jetstream: bool = True,
-        max_queue: int = 10_000,
+        servers: str | Sequence[str] | None = None,
         **options: Any,
     ) -> NatsPublisher:
-        """Connect to ``url`` (one URL or a comma-separated cluster list) and return a publisher.
+        """Connect to ``url`` (one URL, a comma-separated cluster list, or a list) and return a publisher.
 
-        Every other `PublisherConfig` field may be given as a keyword. Blocks until connected
-        (at most ``connect_timeout``), or raises `BrokerError`; with
+        ``url`` is the positional shorthand of `PublisherConfig`'s ``servers``: give one of the
+        two. Every other `PublisherConfig` field may be given as a keyword under its own name
+        (``codec=Codec(my_registry)`` for the events of an application's own registry). Blocks
+        until connected (at most ``connect_timeout``), or raises `BrokerError`; with
         ``start_without_broker=True`` it returns at once and delivers when the broker is up.
         """
-        config = PublisherConfig(
-            servers=url, subject=subject, auth_token=auth_token, jetstream=jetstream, max_queue=max_queue, **options
-        )
+        if (url is None) == (servers is None) or subject is None:
+            given = "no subject" if (url is None) != (servers is None) else "both" if url is not None else "neither"
+            raise ConfigError(f"connect() takes the server URL(s) once (url or servers=) and a subject: {given} given")
+        config = PublisherConfig(servers=url if servers is None else servers, subject=subject, **options)
         publisher = cls(config)
         try:
             publisher.start()
@@ -304,8 +306,8 @@ class NatsPublisher:
                 return
         self._fail(leftovers, crash)  # not under the lock: done-callbacks may call publish()
 
-    # ----------------------------------------------------------------- the worker's reports
-    def on_resolved(self, acked: int, failed: int, spooled: int = 0) -> None:
+    # ------------------------------------------- the worker's reports (its WorkerOwner protocol)
+    def _on_resolved(self, acked: int, failed: int, spooled: int = 0) -> None:
         """Called by the publisher thread: events resolved (for flush() and stats())."""
         with self._progress:
             self._acked += acked
@@ -313,7 +315,7 @@ class NatsPublisher:
             self._resolved += acked + failed + spooled
             self._progress.notify_all()
 
-    def on_crash(self, worker: Worker, error: PublisherCrashed) -> None:
+    def _on_crash(self, worker: Worker, error: PublisherCrashed) -> None:
         """Called by a crashing publisher thread once it failed what it held: fail what is
         queued and let the next publish() start a new thread (at once, or after a backoff
         when threads keep crashing soon after their start)."""
@@ -365,7 +367,7 @@ class NatsPublisher:
                 crashes=self._restarts.crashes,
                 restarts=self._restarts.restarts,
                 nats_path=worker.transport.path if worker is not None else None,
-                state=self._state.value,
+                state=self._state,
                 in_flight=worker.outstanding.count if worker is not None else 0,
                 retried=tally.retried,
                 duplicates=tally.duplicates,
@@ -407,24 +409,20 @@ class NatsPublisher:
         keeps them instead); returns the ids of those failed."""
         ids, error_name, kept = fail_taken(items, crash, self._spooling)
         if kept:
-            self.on_resolved(0, 0, kept)
+            self._on_resolved(0, 0, kept)
         if ids:
             with self._progress:
                 add(self._leftover_failures, {error_name: len(ids)})
                 self._failed_ids.extend(ids)
-            self.on_resolved(0, len(ids))
+            self._on_resolved(0, len(ids))
         return ids
 
     @property
-    def pid(self) -> int:
-        """The process this publisher's state belongs to."""
-        return self._pid
-
-    @property
-    def exit_timeout(self) -> float:
+    def _exit_timeout(self) -> float:
+        """How long the interpreter-exit hook (`_processes`) waits for this publisher to close."""
         return self._config.exit_timeout
 
-    def on_fork(self) -> None:
+    def _on_fork(self) -> None:
         """In a forked child (`_processes`): start afresh, as a new publisher that keeps its config."""
         if self._worker is not None:
             keep_orphan(self._worker)

@@ -13,17 +13,20 @@ from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
 from ._pipeline._routing import Router
-from .config import check_subject, seconds_validator
+from .codec import Codec
+from .config import check_codec, check_subject, seconds_validator
 from .envelope import EventEnvelope
 from .errors import ConfigError, PublisherClosed, QueueFull
 from .futures import PublishAck
+from .stats import PublisherState, PublisherStats
 
 __all__ = ["EventPublisher", "InMemoryPublisher"]
 
 
 @runtime_checkable
 class EventPublisher(Protocol):
-    """What every publisher offers. Blocking calls take float-second timeouts."""
+    """What every publisher offers (`NatsPublisher` and `InMemoryPublisher`; what
+    `build_from_env` returns). Blocking calls take float-second timeouts."""
 
     def publish(
         self, envelope: EventEnvelope, *, timeout: float | None = None
@@ -36,6 +39,11 @@ class EventPublisher(Protocol):
     def flush(self, timeout: float | None = None) -> bool: ...
 
     def close(self, timeout: float | None = None) -> None: ...
+
+    def stats(self) -> PublisherStats: ...
+
+    @property
+    def state(self) -> PublisherState: ...
 
     def __enter__(self) -> EventPublisher: ...
 
@@ -52,6 +60,7 @@ class _Channel(queue.Queue[EventEnvelope]):
         self.sequence = 0
         self.closed = False
         self.discarded = 0
+        self.blocked = 0  # puts that had to wait for room
 
     def put_numbered(self, envelope: EventEnvelope, timeout: float, discard_oldest: bool) -> int:
         """Store ``envelope`` and return its sequence number; wait up to ``timeout`` s for room
@@ -65,6 +74,7 @@ class _Channel(queue.Queue[EventEnvelope]):
                 elif timeout <= 0:
                     raise queue.Full
                 else:
+                    self.blocked += 1
                     end = time.monotonic() + timeout
                     while not self.closed and len(self.queue) >= self.maxsize:
                         remaining = end - time.monotonic()
@@ -95,7 +105,9 @@ class InMemoryPublisher:
     its ``timeout`` (then `QueueFull`), unless ``discard_oldest=True``, which drops the oldest
     unread envelope instead (what `build_from_env` uses, so an application without a broker
     that never reads them never blocks). `close()` wakes blocked publishers with
-    `PublisherClosed`; what was accepted can still be read.
+    `PublisherClosed`; what was accepted can still be read. ``codec`` encodes the events (default:
+    the default codec): ``Codec(my_registry)`` for the event types of an application's own
+    `EventRegistry`, as given to `NatsPublisher`.
     """
 
     def __init__(
@@ -105,6 +117,7 @@ class InMemoryPublisher:
         subject: str = "edupulse.events",
         publish_timeout: float = 5.0,
         discard_oldest: bool = False,
+        codec: Codec | None = None,
     ) -> None:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ConfigError(f"max_queue must be an int >= 1, got {max_queue!r}")
@@ -112,8 +125,9 @@ class InMemoryPublisher:
         check_subject(None, None, subject)
         if not isinstance(discard_oldest, bool):
             raise ConfigError(f"discard_oldest must be a bool, got {discard_oldest!r}")
+        check_codec(None, None, codec)
         self._queue = _Channel(max_queue)
-        self._router = Router(subject)
+        self._router = Router(subject, codec)
         self._publish_timeout = publish_timeout
         self._discard_oldest = discard_oldest
 
@@ -174,6 +188,28 @@ class InMemoryPublisher:
     def discarded(self) -> int:
         """How many unread envelopes ``discard_oldest`` dropped to make room."""
         return self._queue.discarded
+
+    @property
+    def state(self) -> PublisherState:
+        """RUNNING until `close()`, then CLOSED."""
+        return PublisherState.CLOSED if self._queue.closed else PublisherState.RUNNING
+
+    def stats(self) -> PublisherStats:
+        """A snapshot of the counters, as `NatsPublisher.stats` gives them: every accepted event
+        is acknowledged at once (``accepted == acknowledged``; nothing queued, in flight or failed)."""
+        channel = self._queue
+        with channel.mutex:
+            accepted, blocked = channel.sequence, channel.blocked
+        return PublisherStats(
+            accepted=accepted,
+            acknowledged=accepted,
+            failed=0,
+            queued=0,
+            blocked_publishes=blocked,
+            peak_in_flight=0,
+            batches=0,
+            state=self.state,
+        )
 
     def __len__(self) -> int:
         return self._queue.qsize()

@@ -14,13 +14,20 @@ __all__ = ["PublisherState", "PublisherStats"]
 FAILED_IDS_KEPT = 10_000
 
 
-class PublisherState(enum.Enum):
-    """Where a `NatsPublisher` is in its life (`PublisherStats.state` holds its value)."""
+class PublisherState(str, enum.Enum):
+    """Where a publisher is in its life: `NatsPublisher.state` and `PublisherStats.state`.
+
+    A ``str`` enum: a member equals its value (``PublisherState.RUNNING == "running"``), and
+    ``str()`` and f-strings show the value on every Python version.
+    """
 
     NEW = "new"  #: no publisher thread yet: it starts on start() or the first publish()
     RUNNING = "running"  #: a publisher thread is delivering
     CRASHED = "crashed"  #: the thread died on an unexpected error; the next publish() restarts it
     CLOSED = "closed"  #: close() was called: nothing more is accepted
+
+    def __str__(self) -> str:
+        return str(self.value)
 
 
 @attrs.frozen
@@ -43,7 +50,8 @@ class PublisherStats:
     restarts: int = 0
     #: How events are written to nats-py: "fast", "public", or None before the first connection.
     nats_path: str | None = None
-    state: str = "new"
+    #: Where the publisher is in its life (a ``str`` enum: compares equal to ``"running"`` too).
+    state: PublisherState = PublisherState.NEW
     #: Events taken from the queue and not resolved yet (in flight, waiting for a retry...).
     in_flight: int = 0
     #: Attempts retried after a transient failure, and acks that were JetStream duplicates.

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from edupulse_events import ConfigError, PublisherConfig, RetryPolicy
+from edupulse_events import Codec, ConfigError, EventRegistry, PublisherConfig, RetryPolicy
 from edupulse_events.config import redact_url
 
 
@@ -173,3 +173,17 @@ def test_redact_url_hides_a_password_a_parser_would_cut() -> None:
     """Everything before the last '@' is hidden, however a URL parser would split it."""
     assert redact_url("nats://svc:Alpha7/Bravo8@h:1") == "nats://***@h:1"
     assert redact_url("nats://svc:Alpha7#x@y@h:1,nats://h2:2") == "nats://***@h:1,nats://h2:2"
+
+
+ENV = {"EDUPULSE_EVENT_BROKER_URL": "nats://h:4222", "EDUPULSE_EVENT_BROKER_SUBJECT": "s"}
+
+
+def test_codec_is_a_codec_or_none() -> None:
+    """codec= takes an edupulse_events.Codec (default None: the default codec); anything else is a ConfigError."""
+    codec = Codec(EventRegistry())
+    assert PublisherConfig(servers="nats://h:4222", subject="s").codec is None
+    assert PublisherConfig(servers="nats://h:4222", subject="s", codec=codec).codec is codec
+    assert PublisherConfig.from_env(ENV, codec=codec).codec is codec
+    for bad in (EventRegistry(), "json", object()):
+        with pytest.raises(ConfigError, match=f"codec must be an edupulse_events.Codec .*got {type(bad).__name__}"):
+            PublisherConfig(servers="nats://h:4222", subject="s", codec=bad)  # type: ignore[arg-type]

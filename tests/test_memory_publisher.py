@@ -12,9 +12,11 @@ import pytest
 from helpers import envelope, envelopes
 
 from edupulse_events import (
+    Codec,
     ConfigError,
     EventEnvelope,
     EventPublisher,
+    EventRegistry,
     InMemoryPublisher,
     InvalidEvent,
     LessonPublished,
@@ -22,6 +24,8 @@ from edupulse_events import (
     PublishAck,
     PublisherClosed,
     PublisherConfig,
+    PublisherState,
+    PublisherStats,
     QueueFull,
 )
 
@@ -243,3 +247,53 @@ def test_publish_many_keeps_a_batch_in_order_or_names_the_bad_index() -> None:
         pub.publish_many(envelopes(7), timeout=0)
     assert [f.result(timeout=0).broker_sequence for f in caught.value.futures] == [4, 5, 6, 7, 8]
     assert len(pub) == 5
+
+
+def test_stats_and_state_as_every_publisher_gives_them() -> None:
+    """InMemoryPublisher.stats(): accepted = acknowledged, blocked publishes counted; its state follows close()."""
+    pub = InMemoryPublisher(max_queue=2)
+    assert pub.stats() == PublisherStats(0, 0, 0, 0, 0, 0, 0, state=PublisherState.RUNNING)
+    pub.publish_many(envelopes(2))
+    with pytest.raises(QueueFull):
+        pub.publish(envelope(), timeout=0.01)  # waited for room: a blocked publish
+    stats = pub.stats()
+    assert (stats.accepted, stats.acknowledged, stats.failed, stats.queued, stats.blocked_publishes) == (2, 2, 0, 0, 1)
+    assert pub.state is stats.state is PublisherState.RUNNING
+    pub.close()
+    closed: str = "closed"
+    assert pub.state is pub.stats().state is PublisherState.CLOSED == closed
+
+
+def test_event_publisher_protocol_offers_stats_and_state() -> None:
+    """What build_from_env() returns offers stats() and state: an object without them is not an EventPublisher."""
+
+    class NoStats:  # what EventPublisher was before stats() and state
+        def publish(self, envelope: EventEnvelope, *, timeout: float | None = None) -> None:
+            return None
+
+        def publish_many(self, envelopes: object, *, timeout: float | None = None) -> None:
+            return None
+
+        def flush(self, timeout: float | None = None) -> bool:
+            return True
+
+        def close(self, timeout: float | None = None) -> None:
+            return None
+
+        def __enter__(self) -> NoStats:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    publisher: EventPublisher = InMemoryPublisher()
+    assert isinstance(publisher.stats(), PublisherStats)
+    assert publisher.state is PublisherState.RUNNING
+    assert not isinstance(NoStats(), EventPublisher)
+
+
+def test_codec_must_be_a_codec() -> None:
+    """InMemoryPublisher(codec=...) takes a Codec or None; anything else is a ConfigError naming its type."""
+    assert InMemoryPublisher(codec=Codec()).publish(envelope()).result(timeout=0).broker_sequence == 1
+    with pytest.raises(ConfigError, match=r"codec must be an edupulse_events\.Codec .*got EventRegistry"):
+        InMemoryPublisher(codec=EventRegistry())  # type: ignore[arg-type]  # deliberately not a Codec

@@ -69,7 +69,7 @@ def test_the_suite_passes_on_the_oldest_supported_nats_py(tmp_path: Path) -> Non
             "-p",
             "no:cacheprovider",
             "-m",
-            "not matrix and not servers",
+            "not matrix and not servers and not pythons",
             "--ignore=tests/test_tooling.py",
         ],
         cwd=ROOT,

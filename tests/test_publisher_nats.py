@@ -15,11 +15,13 @@ from helpers import LogWatcher, envelope, envelopes, read_stream
 
 from edupulse_events import (
     BrokerError,
+    ConfigError,
     DeadlockError,
     InvalidEvent,
     NatsPublisher,
     PublishAck,
     PublisherClosed,
+    PublisherState,
     PublishTimeout,
     QueueFull,
     WaitTimeout,
@@ -349,3 +351,67 @@ def test_result_timeout_raises_wait_timeout_and_the_event_still_arrives(make_ser
             future.exception(timeout=0.05)
         server.start()
         assert future.result(timeout=20).broker_sequence == 1
+
+
+def test_except_timeout_error_catches_a_pending_event_never_a_failed_one(
+    make_server: Callable[..., NatsServer],
+) -> None:
+    """`except TimeoutError` around result(timeout) catches "not resolved yet"; a failed event raises PublishTimeout."""
+    from edupulse_events import RetryPolicy
+
+    server = make_server(start=False)  # no broker: the event fails at its deadline
+    pub = NatsPublisher.connect(
+        server.url,
+        "edupulse.events",
+        start_without_broker=True,
+        delivery_timeout=1.0,
+        retry=RetryPolicy(attempt_timeout=0.2),
+    )
+    with pub:
+        future = pub.publish(envelope())
+        try:
+            future.result(timeout=0)
+            pending = False
+        except TimeoutError:  # the natural way to wait a little
+            pending = True
+        assert pending
+        assert pub.flush(timeout=10)
+
+        def wait_for_it() -> object:
+            try:
+                return future.result(timeout=5)
+            except TimeoutError:
+                pytest.fail("except TimeoutError caught an event that failed at its deadline")
+
+        with pytest.raises(PublishTimeout) as failed:
+            wait_for_it()
+    assert isinstance(failed.value, BrokerError)
+    assert not isinstance(failed.value, (TimeoutError, concurrent.futures.TimeoutError))
+    assert not failed.value.retryable
+
+
+def test_connect_takes_servers_as_config_does(nats_server: NatsServer) -> None:
+    """connect(servers=[...], subject=...) works as connect(url, subject); both or neither is a ConfigError."""
+    with NatsPublisher.connect(servers=[nats_server.url], subject="edupulse.events", jetstream=False) as pub:
+        assert pub.config.servers == (nats_server.url,)
+        assert pub.publish(envelope()).result(timeout=10).broker_sequence is None
+    with pytest.raises(ConfigError, match="both given"):
+        NatsPublisher.connect(nats_server.url, "edupulse.events", servers=nats_server.url)
+    with pytest.raises(ConfigError, match="neither given"):
+        NatsPublisher.connect(subject="edupulse.events")
+    with pytest.raises(ConfigError, match="no subject given"):
+        NatsPublisher.connect(nats_server.url)
+
+
+def test_internal_hooks_are_not_public_and_state_is_one_type(nats_server: NatsServer) -> None:
+    """The engine's hooks are private; NatsPublisher.state and PublisherStats.state are the same str enum."""
+    for name in ("on_resolved", "on_crash", "on_fork", "pid", "exit_timeout"):
+        assert not hasattr(NatsPublisher, name), name
+    with connect(nats_server) as pub:
+        pub.publish(envelope()).result(timeout=10)
+        state = pub.stats().state
+        assert state is pub.state is PublisherState.RUNNING
+        running: str = "running"
+        assert state == running
+        assert (str(state), f"{state}") == ("running", "running")
+    assert pub.stats().state is PublisherState.CLOSED

@@ -7,7 +7,10 @@ keeping credentials out of everything printed (`redact`) and terminal control ch
 of human output (`printable`: event fields, subjects and broker messages are not trusted to be
 harmless on a terminal), the progress bar (`progress_bar`: tqdm,
 the optional ``cli`` extra, only on a terminal), and the small argument types and helpers the
-command modules use (`seconds`, `uuid_argument`, `plural`, `count_lines`, `import_modules`).
+command modules use (`seconds`, `uuid_argument`, `plural`, `count_lines`), and ``--import``
+(`import_codec`): the modules that register the application's event types and, as
+``MODULE:NAME``, the `EventRegistry` (or `Codec`) they are registered in, which the command then
+encodes, decodes and describes with.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from collections.abc import Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..codec import Codec
     from ..config import PublisherConfig
+    from ..events import EventRegistry
 
 __all__ = [
     "UNUSED_SUBJECT",
@@ -30,7 +35,7 @@ __all__ = [
     "add_import_argument",
     "broker_config",
     "count_lines",
-    "import_modules",
+    "import_codec",
     "plural",
     "printable",
     "progress_bar",
@@ -142,20 +147,61 @@ def add_import_argument(parser: argparse.ArgumentParser) -> None:
         dest="imports",
         action="append",
         default=[],
-        metavar="MODULE",
+        metavar="MODULE[:NAME]",
         help="import MODULE first (repeatable): where the application registers its own event types "
-        "with @register_event (the four built-in types are always known)",
+        "with @register_event; MODULE:NAME also uses the EventRegistry (or Codec) NAME of MODULE, for "
+        "types registered in a registry of their own (the four built-in types are always known)",
     )
 
 
-def import_modules(names: Sequence[str]) -> str | None:
-    """Import each module named; None, or why one could not be imported (one line)."""
+def import_codec(names: Sequence[str]) -> tuple[Codec | None, str | None]:
+    """Import each ``--import`` module; the codec to use (None: the default one, when no
+    ``MODULE:NAME`` names a registry) and None, or None and why not (one line).
+
+    The codec's registry holds the default registry's types (built-in and ``@register_event``
+    ones) and those of every registry named, so built-in and custom events read alike."""
+    from ..codec import Codec
+    from ..events import EventRegistry
+
+    registries: list[EventRegistry] = []
     for name in names:
+        module_name, _, attribute = name.partition(":")
         try:
-            importlib.import_module(name)
+            module = importlib.import_module(module_name)
         except Exception as exc:  # noqa: BLE001 - any failure of the user's module is reported, not raised
-            return f"cannot import {name!r}: {type(exc).__name__}: {' '.join(str(exc).split())}"
-    return None
+            return None, f"cannot import {module_name!r}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+        if not attribute:
+            continue
+        found = getattr(module, attribute, None)
+        found = found.registry if isinstance(found, Codec) else found
+        if not isinstance(found, EventRegistry):
+            return None, f"--import {name}: {module_name}.{attribute} is not an EventRegistry or a Codec"
+        registries.append(found)
+    if not registries:
+        return None, None
+    try:
+        return Codec(_merged(registries)), None
+    except ValueError as exc:  # InvalidEvent: one wire name, two classes
+        return None, f"--import: {' '.join(str(exc).split())}"
+
+
+def _merged(registries: Sequence[EventRegistry]) -> EventRegistry:
+    """One registry with the default registry's types and those of ``registries``."""
+    from ..errors import InvalidEvent
+    from ..events import EventRegistry, default_registry
+
+    merged = EventRegistry(include_builtins=False)
+    for registry in (default_registry, *registries):
+        for entry in registry:
+            known = merged.get(entry.name)
+            if known is None:
+                merged.register(entry.cls, entry.name)
+            elif known.cls is not entry.cls:
+                raise InvalidEvent(
+                    f"event type name {entry.name!r} is {known.cls.__qualname__} in one registry "
+                    f"and {entry.cls.__qualname__} in another"
+                )
+    return merged
 
 
 def count_lines(path: str) -> int:

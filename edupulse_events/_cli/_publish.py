@@ -2,7 +2,8 @@
 
 This module owns that command: its arguments, reading and checking each line (`parse_line`: a
 wire envelope, decoded as the Rust service would, or ``{"type": ..., "payload": {...}}`` wrapped
-in a fresh envelope), reading each line with a bound (`_lines`: a line longer than the largest event
+in a fresh envelope; both with the codec over the registries ``--import MODULE:NAME`` names,
+if any: `_common.import_codec`), reading each line with a bound (`_lines`: a line longer than the largest event
 the server takes is refused as too long without ever being held whole), reporting a bad line as
 ``FILE:LINE: what is wrong`` (control characters escaped: `printable`; a line that is not JSON
 quoted shortened: `excerpt`), the publisher's advice on a missing stream said as this command's
@@ -34,7 +35,7 @@ from ._common import (
     add_import_argument,
     broker_config,
     count_lines,
-    import_modules,
+    import_codec,
     plural,
     printable,
     progress_bar,
@@ -44,6 +45,7 @@ from ._common import (
 )
 
 if TYPE_CHECKING:
+    from ..codec import Codec
     from ..config import PublisherConfig
     from ..envelope import EventEnvelope
 
@@ -163,9 +165,15 @@ def shell_words(message: str) -> str:
 
 
 def parse_line(
-    raw: bytes, *, tenant: str | None = None, correlation_id: uuid.UUID | None = None, pii: bool = False
+    raw: bytes,
+    *,
+    tenant: str | None = None,
+    correlation_id: uuid.UUID | None = None,
+    pii: bool = False,
+    codec: Codec | None = None,
 ) -> EventEnvelope:
-    """The envelope a line holds or describes; `BadLine` saying what is wrong otherwise."""
+    """The envelope a line holds or describes, read with ``codec`` (None: the default codec);
+    `BadLine` saying what is wrong otherwise."""
     from ..codec import decode
     from ..errors import DecodeError
 
@@ -175,30 +183,34 @@ def parse_line(
         raise BadLine(f"not JSON at character {exc.pos + 1} ({exc.msg}): the line reads {excerpt(raw)}") from None
     if isinstance(obj, list) or (isinstance(obj, dict) and "data" in obj):
         try:
-            return decode(raw)
+            return decode(raw) if codec is None else codec.decode(raw)
         except DecodeError as exc:
             raise BadLine(f"not a valid envelope: {exc}") from None
     if isinstance(obj, dict) and "type" in obj:
-        return _event(obj, tenant, correlation_id, pii)
+        return _event(obj, tenant, correlation_id, pii, codec)
     raise BadLine(
         'expected an envelope in the wire format (with "event_id", "data", ...) '
         'or an event {"type": ..., "payload": {...}}'
     )
 
 
-def _event(obj: dict[str, Any], tenant: str | None, correlation_id: uuid.UUID | None, pii: bool) -> EventEnvelope:
+def _event(
+    obj: dict[str, Any], tenant: str | None, correlation_id: uuid.UUID | None, pii: bool, codec: Codec | None
+) -> EventEnvelope:
     from .._wire._reference import slow_event
     from ..envelope import EventEnvelope
     from ..errors import DecodeError, InvalidEvent
     from ..events import default_registry
 
+    registry = default_registry if codec is None else codec.registry
+
     unknown = [key for key in obj if key not in ("type", "payload")]
     if unknown:
         raise BadLine(f'unknown key {unknown[0]!r}: an event line holds only "type" and "payload"')
     tag = obj["type"]
-    entry = default_registry.get(tag) if isinstance(tag, str) else None
+    entry = registry.get(tag) if isinstance(tag, str) else None
     if entry is None:
-        known = ", ".join(default_registry.names)
+        known = ", ".join(registry.names)
         raise BadLine(f"unknown event type {str(tag)[:80]!r} (known: {known}; --import registers others)")
     if "payload" not in obj:
         raise BadLine('missing "payload"')
@@ -244,7 +256,9 @@ class _Run:
         self.read += 1
         args = self.args
         try:
-            env = parse_line(raw, tenant=args.tenant, correlation_id=args.correlation_id, pii=args.pii)
+            env = parse_line(
+                raw, tenant=args.tenant, correlation_id=args.correlation_id, pii=args.pii, codec=args.codec
+            )
         except BadLine as exc:
             return self.bad(where, exc)
         try:
@@ -350,7 +364,8 @@ def _publish_lines(args: argparse.Namespace) -> int:
     from ..nats_publisher import NatsPublisher
 
     sources = args.files or [STDIN]
-    problem = import_modules(args.imports) or _check_sources(sources, args.failed)
+    args.codec, problem = import_codec(args.imports)
+    problem = problem or _check_sources(sources, args.failed)
     if problem is None:
         try:
             config = _config(args)
@@ -401,6 +416,7 @@ def _config(args: argparse.Namespace) -> PublisherConfig:
         "spool_dir": None,  # failures go to --failed, not to a spool
         "delivery_timeout": args.delivery_timeout,
         "retry": RetryPolicy(attempt_timeout=min(2.0, args.delivery_timeout)),
+        "codec": args.codec,
     }
     if args.core:
         overrides.update(stream=None, create_stream=False)
@@ -474,6 +490,8 @@ def _write_failed(
     events stay in the temporary file, whose name is printed."""
     from ..codec import encode
 
+    if config.codec is not None:
+        encode = config.codec.encode
     reasons: dict[str, str] = {}
     for _, error in failures:
         reasons.setdefault(type(error).__name__, str(error) or type(error).__name__)

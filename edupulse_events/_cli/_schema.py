@@ -6,7 +6,9 @@ only registers them with `add_schema_commands`. The documents themselves are
 
 Exit codes: 0 printed (or written to ``--output``); 1 the output file could not be written;
 2 bad usage (a subject or CloudEvents source the publisher would refuse, a module given to
-``--import`` that does not import).
+``--import`` that does not import, or whose ``MODULE:NAME`` is not a registry). The documents
+describe the default registry's event types, plus those of the registries ``--import
+MODULE:NAME`` names.
 """
 
 from __future__ import annotations
@@ -15,9 +17,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._common import add_import_argument, import_modules
+from ._common import add_import_argument, import_codec
+
+if TYPE_CHECKING:
+    from ..events import EventRegistry
 
 __all__ = ["add_schema_commands"]
 
@@ -86,12 +91,13 @@ def _fail(args: argparse.Namespace, message: str) -> None:
     print(f"edupulse-events schema {args.schema_command}: {' '.join(message.split())}", file=sys.stderr)
 
 
-def _imported(args: argparse.Namespace) -> bool:
-    """Import the ``--import`` modules; False (after saying why on stderr) when one fails."""
-    problem = import_modules(args.imports)
+def _imported(args: argparse.Namespace) -> tuple[bool, EventRegistry | None]:
+    """Import the ``--import`` modules: whether they imported (else after saying why on stderr), and
+    the registry to describe (None: the default one)."""
+    codec, problem = import_codec(args.imports)
     if problem is not None:
         _fail(args, problem)
-    return problem is None
+    return problem is None, None if codec is None else codec.registry
 
 
 def _emit(args: argparse.Namespace, document: dict[str, Any]) -> int:
@@ -114,23 +120,25 @@ def _emit(args: argparse.Namespace, document: dict[str, Any]) -> int:
 def _jsonschema(args: argparse.Namespace) -> int:
     from ..schema import json_schema
 
-    if not _imported(args):
+    imported, registry = _imported(args)
+    if not imported:
         return 2
-    return _emit(args, json_schema())
+    return _emit(args, json_schema(registry))
 
 
 def _asyncapi(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..schema import DEFAULT_SUBJECT, asyncapi
 
-    if not _imported(args):
+    imported, registry = _imported(args)
+    if not imported:
         return 2
     subject = args.subject or os.environ.get(_SUBJECT_VARIABLE, "").strip() or DEFAULT_SUBJECT
     options: dict[str, Any] = {"jetstream": not args.core, "host": args.host, "cloudevents": args.cloudevents}
     if args.cloudevents_source is not None:
         options["cloudevents_source"] = args.cloudevents_source
     try:
-        document = asyncapi(subject, **options)
+        document = asyncapi(subject, registry=registry, **options)
     except ConfigError as exc:
         _fail(args, str(exc))
         return 2

@@ -1,9 +1,10 @@
 """The ``tail`` command: print the events arriving on a subject, or stored in a stream.
 
 This module owns that command: its arguments, the subject it listens on by default, where in a
-stream it starts (``--since-seq``, ``--since``), decoding each message as the Rust service would,
-the ``--type``/``--tenant`` filters, the three output forms (one line, ``--pretty``, ``--json``:
-the wire JSON as received), keeping terminal control characters of messages (subjects, tenants,
+stream it starts (``--since-seq``, ``--since``), decoding each message as the Rust service would
+(with the codec over the registries ``--import MODULE:NAME`` names, if any), the
+``--type``/``--tenant`` filters, the three output forms (one line, ``--pretty``, ``--json``: the
+wire JSON as received), keeping terminal control characters of messages (subjects, tenants,
 text fields, decode errors) out of the human forms and warnings (`printable`), stopping
 (``--count``, ``--timeout``) and the exit code. The NATS side (connecting, the subscription or
 stream consumer) is `_nats._tail`'s.
@@ -25,7 +26,7 @@ from ._common import (
     add_broker_arguments,
     add_import_argument,
     broker_config,
-    import_modules,
+    import_codec,
     printable,
     redact,
     seconds,
@@ -33,6 +34,7 @@ from ._common import (
 
 if TYPE_CHECKING:
     from .._nats._tail import TailMessage
+    from ..codec import Codec
     from ..config import PublisherConfig
     from ..envelope import EventEnvelope
 
@@ -130,9 +132,12 @@ def since_time(text: str, now: datetime | None = None) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
-def format_line(env: EventEnvelope) -> str:
+def format_line(env: EventEnvelope, codec: Codec | None = None) -> str:
     """One line: created_at (ms, UTC), type, tenant (``-`` if none), event id, payload (shortened)."""
     from ..codec import encode
+
+    if codec is not None:
+        encode = codec.encode
 
     created = env.created_at
     try:
@@ -148,14 +153,18 @@ def format_line(env: EventEnvelope) -> str:
 class _Printer:
     """Decodes, filters and prints messages; counts what it printed; says when to stop."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, codec: Codec | None) -> None:
         self.args = args
+        self.codec = codec
         self.types, self.tenants = set(args.type), set(args.tenant)
         self.printed = 0
 
     def __call__(self, msg: TailMessage) -> bool:
         from ..codec import decode, encode
         from ..errors import DecodeError
+
+        if self.codec is not None:
+            decode, encode = self.codec.decode, self.codec.encode
 
         where = msg.subject + ("" if msg.sequence is None else f" (stream sequence {msg.sequence})")
         try:
@@ -171,7 +180,7 @@ class _Printer:
             pretty = json.dumps(orjson.loads(encode(env)), indent=2, ensure_ascii=False)
             text = printable(f"# {where}") + "\n" + printable(pretty, newlines=True)
         else:
-            text = printable(format_line(env))
+            text = printable(format_line(env, self.codec))
         print(text, flush=True)
         self.printed += 1
         return self.args.count is None or self.printed < self.args.count
@@ -183,10 +192,11 @@ def _tail(args: argparse.Namespace) -> int:
     from ..errors import ConfigError, EventsError
     from ..events import default_registry
 
-    problem = import_modules(args.imports)
-    unknown = [name for name in args.type if name not in default_registry]
+    codec, problem = import_codec(args.imports)
+    registry = default_registry if codec is None else codec.registry
+    unknown = [name for name in args.type if name not in registry]
     if problem is None and unknown:
-        problem = f"unknown event type {unknown[0]!r} (known: {', '.join(default_registry.names)})"
+        problem = f"unknown event type {unknown[0]!r} (known: {', '.join(registry.names)})"
     try:
         config = broker_config(args.url, None, subject_required=False, spool_dir=None, create_stream=False)
     except ConfigError as exc:
@@ -204,7 +214,7 @@ def _tail(args: argparse.Namespace) -> int:
         subject = ""  # the whole stream
     else:
         subject = config.stream_subject if os.environ.get(ENV_PREFIX + "SUBJECT", "").strip() else ">"
-    printer = _Printer(args)
+    printer = _Printer(args, codec)
     start = StartAt(args.since_seq, args.since, args.new)
     try:
         finished = tail_messages(

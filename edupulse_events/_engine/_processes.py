@@ -1,13 +1,13 @@
 """Publishers across processes: which are open, what a ``fork()`` does to them, and exit.
 
 Every open publisher is tracked here (weakly). In a forked child, each is told to start
-afresh (`Tracked.on_fork`): by Python's at-fork hook when the server runs it, and otherwise
+afresh (`Tracked._on_fork`): by Python's at-fork hook when the server runs it, and otherwise
 by `own_process`, which the publisher calls when it finds its pid stale (uWSGI forks its
 workers without the hooks unless ``--py-call-osafterfork``). Before a fork, while any
 publisher is open, `prepare_children` builds what each child's first publish would otherwise
 build again (in a uWSGI master, which forks without the hooks, ``check()`` calls it through
 `prepare_uwsgi_workers`). At interpreter exit, open publishers are closed within their
-``exit_timeout``.
+``exit_timeout``. The `Tracked` members are private on the publisher (not its public API).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ class Tracked(Protocol):
     """What this module needs of a publisher."""
 
     @property
-    def pid(self) -> int: ...
+    def _pid(self) -> int: ...
 
     @property
-    def exit_timeout(self) -> float: ...
+    def _exit_timeout(self) -> float: ...
 
-    def on_fork(self) -> None: ...
+    def _on_fork(self) -> None: ...
 
     def close(self, timeout: float | None = None) -> None: ...
 
@@ -66,9 +66,9 @@ def own_process(publisher: Tracked, name: str) -> None:
     the new process's request threads gets here first."""
     pid = os.getpid()
     with _fork_locks.setdefault(pid, threading.Lock()):
-        if publisher.pid != pid:
+        if publisher._pid != pid:  # noqa: SLF001 - the Tracked protocol
             log.info("publisher %s is in a new process (pid %d) no fork hook reported: starting afresh", name, pid)
-            publisher.on_fork()
+            publisher._on_fork()  # noqa: SLF001 - the Tracked protocol
 
 
 def prepare_children() -> None:
@@ -102,13 +102,13 @@ def _before_fork() -> None:
 
 def _after_fork_in_child() -> None:
     for publisher in list(_live):
-        publisher.on_fork()
+        publisher._on_fork()  # noqa: SLF001 - the Tracked protocol
 
 
 def _close_all_at_exit() -> None:
     for publisher in list(_live):
         try:
-            publisher.close(publisher.exit_timeout)
+            publisher.close(publisher._exit_timeout)  # noqa: SLF001 - the Tracked protocol
         except Exception:
             log.exception("closing %r at exit failed", publisher)
 

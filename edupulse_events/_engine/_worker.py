@@ -63,9 +63,9 @@ def refuse_threadless_uwsgi() -> None:
 class WorkerOwner(Protocol):
     """What a worker tells its publisher."""
 
-    def on_resolved(self, acked: int, failed: int, spooled: int = 0) -> None: ...
+    def _on_resolved(self, acked: int, failed: int, spooled: int = 0) -> None: ...
 
-    def on_crash(self, worker: Worker, error: PublisherCrashed) -> None: ...
+    def _on_crash(self, worker: Worker, error: PublisherCrashed) -> None: ...
 
 
 class Worker:
@@ -99,7 +99,7 @@ class Worker:
         self._ready: concurrent.futures.Future[None] = concurrent.futures.Future()
         self.supervisor = Supervisor(self._loop, self._crash)
         self._main_task: asyncio.Task[None] | None = None
-        self.outstanding = Outstanding(self._loop, self.supervisor, owner.on_resolved)
+        self.outstanding = Outstanding(self._loop, self.supervisor, owner._on_resolved)  # noqa: SLF001 - the WorkerOwner protocol
         self.outstanding.telemetry = telemetry
         self.outstanding.spooling = self.spooling = spooling
         #: Write-ahead spooling: callers release the GIL on every commit, so a woken loop would take
@@ -275,7 +275,7 @@ class Worker:
         """Once: the publisher fails what is queued (under its lock) and restarts on the next publish()."""
         if not self._owner_told:
             self._owner_told = True
-            self._owner.on_crash(self, crash)
+            self._owner._on_crash(self, crash)  # noqa: SLF001 - the WorkerOwner protocol
 
     def _ended(self) -> None:
         """The thread's last act: a thread that ends without being asked to is a crash too."""

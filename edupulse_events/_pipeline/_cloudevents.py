@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime
 
 from ..codec import ENVELOPE_LAYOUT
-from ..config import DEFAULT_CLOUDEVENTS_SOURCE, PublisherConfig, check_source
+from ..config import DEFAULT_CLOUDEVENTS_SOURCE, EnvelopeCodec, PublisherConfig, check_source
 from ..envelope import EventEnvelope
 from ._routing import Router, header_value
 
@@ -57,8 +57,8 @@ _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 def router_for(config: PublisherConfig) -> Router:
     """The plain `Router`, or a `CloudEventsRouter` when ``config.cloudevents``."""
     if config.cloudevents:
-        return CloudEventsRouter(config.subject, config.cloudevents_source)
-    return Router(config.subject)
+        return CloudEventsRouter(config.subject, config.cloudevents_source, config.codec)
+    return Router(config.subject, config.codec)
 
 
 def _time(secs: int, nanos: int) -> str:
@@ -69,8 +69,8 @@ def _time(secs: int, nanos: int) -> str:
 class CloudEventsRouter(Router):
     """A `Router` whose header blocks also carry the CloudEvents attributes."""
 
-    def __init__(self, subject_template: str, source: str) -> None:
-        super().__init__(subject_template)
+    def __init__(self, subject_template: str, source: str, codec: EnvelopeCodec | None = None) -> None:
+        super().__init__(subject_template, codec)
         check_source(source)
         self._source = source.encode()
 

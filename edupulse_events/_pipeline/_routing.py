@@ -32,11 +32,11 @@ from collections.abc import Callable, Iterable
 from urllib.parse import quote, unquote
 
 from ..codec import ENVELOPE_LAYOUT, encode
-from ..config import MAX_SUBJECT_BYTES
+from ..config import MAX_SUBJECT_BYTES, EnvelopeCodec
 from ..envelope import EventEnvelope
 from ..errors import InvalidEvent
 from ..events import event_type_name
-from ..futures import PublishFuture
+from ..futures import PublishFuture, new_future
 
 __all__ = ["HEADERS", "Item", "Router", "header_value", "tenant_from_token", "tenant_token"]
 
@@ -152,10 +152,12 @@ _N = ord("n")  # a null id's first byte
 
 
 class Router:
-    """Turns an envelope into (subject, header block, body) in the caller's thread."""
+    """Turns an envelope into (subject, header block, body) in the caller's thread, encoding
+    with ``codec`` (default: the default codec, over ``default_registry``)."""
 
-    def __init__(self, subject_template: str) -> None:
+    def __init__(self, subject_template: str, codec: EnvelopeCodec | None = None) -> None:
         self._template = subject_template
+        self._encode = encode if codec is None else codec.encode
         self._fixed = None if _FIELD.search(subject_template) else subject_template.encode()
 
     def subject(self, envelope: EventEnvelope, type_name: str) -> bytes:
@@ -204,11 +206,11 @@ class Router:
         # memory), and thousands of those held in the queue fragment the heap (measured: more CPU
         # and page faults per event, docs/performance.md); the copy is an exact-size block of Python's own
         # allocator, and orjson's buffer is reused at once.
-        payload = bytes(memoryview(encode(envelope)))
+        payload = bytes(memoryview(self._encode(envelope)))
         type_name = event_type_name(envelope.data)
         headers = self.headers(envelope, payload, type_name)
         event_id = payload[_EVENT_ID].decode()  # headers() checked the layout
-        item = Item(PublishFuture(condition), self.subject(envelope, type_name), headers, payload, event_id)
+        item = Item(new_future(condition), self.subject(envelope, type_name), headers, payload, event_id)
         if max_payload is not None and item.size > max_payload:
             raise InvalidEvent(
                 f"event {event_id} is {item.size} bytes with headers, "

@@ -42,7 +42,7 @@ from .._pipeline._routing import HEADERS as ROUTING_HEADERS
 from .._pipeline._routing import Item, tenant_from_token
 from ..config import PublisherConfig
 from ..errors import BrokerUnavailable, PublisherClosed, PublisherCrashed, PublishTimeout, SpoolError, SpoolFull
-from ..futures import PublishAck, PublishFuture
+from ..futures import PublishAck, new_future
 
 if TYPE_CHECKING:
     from ._store import Spool
@@ -333,7 +333,7 @@ class Spooling:
         items = []
         late = 0
         for row in rows:
-            item = Item(PublishFuture(self._condition), row.subject, row.headers, row.payload, row.event_id)
+            item = Item(new_future(self._condition), row.subject, row.headers, row.payload, row.event_id)
             item.spool_id = row.id
             item.replay = True
             item.deadline = now + self._delivery_timeout

@@ -1,0 +1,103 @@
+"""The suite's default tier again on the oldest and the newest CPython these machines have (3.10 and
+3.13, installed by pyenv), each in a fresh virtual environment: where ``futures.py``'s reliance on
+`concurrent.futures.Future` internals, the nats-py fast path, asyncio, sqlite3 and the codec's
+dependencies would break first on another interpreter.
+
+To keep CI's whole run within its budget, the tier is narrowed to what depends on the interpreter.
+The venv gets the package and the ``test`` extra without what the tier does not run: uWSGI and
+gunicorn (``servers``; pip would build uWSGI), ruff, mypy and mkdocs (the tooling checks and the
+docs build, interpreter-independent, run once on the development interpreter; mkdocs' own
+dependencies for 3.10 do not build these docs). The tier is
+``-m "not matrix and not servers and not pythons and not slow"`` without `SKIPPED_FILES`:
+the tooling and docs checks, and the command line's subprocess-heavy I/O tests and the demo
+(argument parsing and help still run, in ``test_cli.py``; the demo's core-NATS read-back is
+timing-sensitive on a busy machine, and the main run keeps it). An interpreter missing on this
+machine is skipped with its path.
+
+Marked ``pythons``: CI runs it; skip it locally with ``-m "not pythons"``.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+#: The oldest CPython the library supports (python_requires) and the newest these machines have.
+INTERPRETERS = {"3.10": PYENV / "3.10.13" / "bin" / "python3.10", "3.13": PYENV / "3.13.0" / "bin" / "python3.13"}
+TIER = "not matrix and not servers and not pythons and not slow"
+#: Test-extra requirements the tier does not use (by distribution name).
+NOT_INSTALLED = {
+    "uwsgi",
+    "gunicorn",
+    "ruff",
+    "mypy",
+    "mkdocs",
+    "mkdocs-material",
+    "mkdocstrings",
+    "mkdocstrings-python",
+}
+SKIPPED_FILES = (
+    "tests/test_tooling.py",
+    "tests/test_docs.py",
+    "tests/test_cli_tail.py",
+    "tests/test_cli_publish.py",
+    "tests/test_cli_spool.py",
+    "tests/test_cli_hostile.py",
+    "tests/test_demo.py",
+)
+
+pytestmark = pytest.mark.pythons
+
+
+def tier_requirements() -> list[str]:
+    """The ``test`` extra of setup.cfg, without `NOT_INSTALLED`."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    lines = [line.strip() for line in setup["options.extras_require"]["test"].splitlines()]
+    wanted = [line for line in lines if line and not line.startswith("#")]
+    return [r for r in wanted if re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0].lower() not in NOT_INSTALLED]
+
+
+@pytest.mark.parametrize("version", sorted(INTERPRETERS))
+def test_the_default_tier_passes_on_the_oldest_and_newest_cpython(version: str, tmp_path: Path) -> None:
+    """On CPython 3.10 and 3.13 (fresh venv) every test of the narrowed default tier passes."""
+    interpreter = INTERPRETERS[version]
+    if not os.access(interpreter, os.X_OK):
+        pytest.skip(f"CPython {version} is not installed at {interpreter}")
+    venv = tmp_path / "venv"
+    subprocess.run([str(interpreter), "-m", "venv", str(venv)], check=True, timeout=300)
+    python = str(venv / "bin" / "python")
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "-q", "-e", str(ROOT), *tier_requirements()],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
+    which = subprocess.run(
+        [python, "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert which.stdout.strip() == str(tuple(int(n) for n in version.split(".")))
+    ignored = [f"--ignore={path}" for path in SKIPPED_FILES]
+    suite = subprocess.run(
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", TIER, *ignored],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
+    assert suite.returncode == 0, suite.stdout[-6000:] + suite.stderr[-3000:]
+    assert " passed" in suite.stdout.splitlines()[-1]
