@@ -35,6 +35,7 @@ CLAIMS = {
     "batch": "for i in range(1000)",
     "wsgi": "def application",
     "spool": "spool_dir=",
+    "registry": "class CourseArchived",
 }
 
 
@@ -71,6 +72,12 @@ def run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
 def test_the_codec_example() -> None:
     """The events-and-codec example runs (its assertions included)."""
     proc = run(block("codec"))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_custom_registry_example() -> None:
+    """The custom-registry example publishes an event of its own registry (its assertion included)."""
+    proc = run(block("registry"))
     assert proc.returncode == 0, proc.stderr
 
 
