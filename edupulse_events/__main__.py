@@ -90,7 +90,7 @@ def run_demo(events: int, threads: int, jetstream: bool = True, out: TextIO = sy
         elapsed = time.perf_counter() - started
         acked = sum(1 for fs in futures for f in fs if f.done() and f.exception() is None)
         publisher.close(timeout=10.0)
-        stored = read_stream(server.url, STREAM, timeout=30.0)
+        stored = read_stream(server.url, STREAM, timeout=30.0, at_least=total)
     ids = {m.headers.get("Nats-Msg-Id") for m in stored}
     print(f"sent:      {total} events from {threads} threads ({'JetStream' if jetstream else 'core NATS'})", file=out)
     print(f"acked:     {acked}{'' if flushed else ' (flush timed out)'}", file=out)

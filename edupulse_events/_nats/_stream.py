@@ -31,20 +31,30 @@ class StoredMessage:
 
 
 async def read_stream_async(
-    url: str, stream: str, *, timeout: float = 10.0, token: str | None = None, tls: ssl.SSLContext | None = None
+    url: str,
+    stream: str,
+    *,
+    timeout: float = 10.0,
+    token: str | None = None,
+    tls: ssl.SSLContext | None = None,
+    at_least: int = 0,
 ) -> list[StoredMessage]:
-    """Every message in ``stream``, oldest first, via an ephemeral pull consumer."""
+    """Every message in ``stream``, oldest first, via an ephemeral pull consumer. With ``at_least``,
+    first wait (within ``timeout``) until the stream holds that many: a stream stores what core
+    NATS publishes to it a little after the server has read it."""
     nc = await nats.connect(
         servers=url.split(","), token=token, tls=tls, connect_timeout=2, allow_reconnect=True, max_reconnect_attempts=5
     )
     try:
         js = nc.jetstream(timeout=timeout)
-        info = await js.stream_info(stream)
-        total = info.state.messages
+        deadline = asyncio.get_running_loop().time() + timeout
+        total = (await js.stream_info(stream)).state.messages
+        while total < at_least and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            total = (await js.stream_info(stream)).state.messages
         out: list[StoredMessage] = []
         if total == 0:
             return out
-        deadline = asyncio.get_running_loop().time() + timeout
         while True:  # consumer creation times out while a cluster elects its meta leader
             try:
                 psub = await js.pull_subscribe(
