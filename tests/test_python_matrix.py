@@ -19,30 +19,18 @@ Marked ``pythons``: CI runs it; skip it locally with ``-m "not pythons"``.
 
 from __future__ import annotations
 
-import configparser
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from matrix_support import tier_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
 PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
 #: The oldest CPython the library supports (python_requires) and the newest these machines have.
 INTERPRETERS = {"3.10": PYENV / "3.10.13" / "bin" / "python3.10", "3.13": PYENV / "3.13.0" / "bin" / "python3.13"}
 TIER = "not matrix and not servers and not pythons and not slow"
-#: Test-extra requirements the tier does not use (by distribution name).
-NOT_INSTALLED = {
-    "uwsgi",
-    "gunicorn",
-    "ruff",
-    "mypy",
-    "mkdocs",
-    "mkdocs-material",
-    "mkdocstrings",
-    "mkdocstrings-python",
-}
 SKIPPED_FILES = (
     "tests/test_tooling.py",
     "tests/test_docs.py",
@@ -56,15 +44,7 @@ SKIPPED_FILES = (
 pytestmark = pytest.mark.pythons
 
 
-def tier_requirements() -> list[str]:
-    """The ``test`` extra of setup.cfg, without `NOT_INSTALLED`."""
-    setup = configparser.ConfigParser()
-    setup.read(ROOT / "setup.cfg")
-    lines = [line.strip() for line in setup["options.extras_require"]["test"].splitlines()]
-    wanted = [line for line in lines if line and not line.startswith("#")]
-    return [r for r in wanted if re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0].lower() not in NOT_INSTALLED]
-
-
+@pytest.mark.timeout(1200)  # a suite in a new venv: pytest-timeout's 300 s are for one test
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
 def test_the_default_tier_passes_on_the_oldest_and_newest_cpython(version: str, tmp_path: Path) -> None:
     """On CPython 3.10 and 3.13 (fresh venv) every test of the narrowed default tier passes."""

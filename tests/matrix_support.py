@@ -1,0 +1,32 @@
+"""What the suite-again-in-a-new-venv tests share (`test_nats_py_matrix`, `test_python_matrix`): the
+test extra's requirements without what those runs do not use."""
+
+from __future__ import annotations
+
+import configparser
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Test-extra requirements the tier does not use (by distribution name).
+NOT_INSTALLED = {
+    "uwsgi",
+    "gunicorn",
+    "ruff",
+    "mypy",
+    "mkdocs",
+    "mkdocs-material",
+    "mkdocstrings",
+    "mkdocstrings-python",
+    "import-linter",
+}
+
+
+def tier_requirements() -> list[str]:
+    """The ``test`` extra of setup.cfg, without `NOT_INSTALLED`."""
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    lines = [line.strip() for line in setup["options.extras_require"]["test"].splitlines()]
+    wanted = [line for line in lines if line and not line.startswith("#")]
+    return [r for r in wanted if re.split(r"[\[<>=!~ ]", r, maxsplit=1)[0].lower() not in NOT_INSTALLED]
