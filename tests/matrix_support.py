@@ -4,10 +4,16 @@ test extra's requirements without what those runs do not use."""
 from __future__ import annotations
 
 import configparser
+import os
 import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
+#: The oldest CPython the library supports (python_requires) and the newest these machines have
+#: (pyenv's): the nats-py matrix runs on the first, the pythons run on the second.
+OLDEST_PYTHON = PYENV / "3.10.13" / "bin" / "python3.10"
+NEWEST_PYTHON = PYENV / "3.13.0" / "bin" / "python3.13"
 
 #: Test-extra requirements the tier does not use (by distribution name).
 NOT_INSTALLED = {

@@ -1,18 +1,17 @@
-"""The suite's default tier again on the oldest and the newest CPython these machines have (3.10 and
-3.13, installed by pyenv), each in a fresh virtual environment: where ``futures.py``'s reliance on
+"""The suite's default tier again on the newest CPython these machines have (3.13, installed by
+pyenv), in a fresh virtual environment: where ``futures.py``'s reliance on
 `concurrent.futures.Future` internals, the nats-py fast path, asyncio, sqlite3 and the codec's
-dependencies would break first on another interpreter.
+dependencies would break first on another interpreter. The oldest supported CPython (3.10) runs
+the whole suite in `test_nats_py_matrix` (with the oldest nats-py: the oldest corner), so CI
+makes two extra venvs, not three.
 
 To keep CI's whole run within its budget, the tier is narrowed to what depends on the interpreter.
-The venv gets the package and the ``test`` extra without what the tier does not run: uWSGI and
-gunicorn (``servers``; pip would build uWSGI), ruff, mypy and mkdocs (the tooling checks and the
-docs build, interpreter-independent, run once on the development interpreter; mkdocs' own
-dependencies for 3.10 do not build these docs). The tier is
+The venv gets the package and the ``test`` extra without what the tier does not run
+(`matrix_support.tier_requirements`). The tier is
 ``-m "not matrix and not servers and not pythons and not slow"`` without `SKIPPED_FILES`:
 the tooling and docs checks, and the command line's subprocess-heavy I/O tests and the demo
-(argument parsing and help still run, in ``test_cli.py``; the demo's core-NATS read-back is
-timing-sensitive on a busy machine, and the main run keeps it). An interpreter missing on this
-machine is skipped with its path.
+(argument parsing and help still run, in ``test_cli.py``; the main run keeps the rest). An
+interpreter missing on this machine is skipped with its path.
 
 Marked ``pythons``: CI runs it; skip it locally with ``-m "not pythons"``.
 """
@@ -24,12 +23,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from matrix_support import tier_requirements
+from matrix_support import NEWEST_PYTHON, tier_requirements
 
 ROOT = Path(__file__).resolve().parents[1]
-PYENV = Path(os.environ.get("PYENV_ROOT", "/root/.pyenv")) / "versions"
-#: The oldest CPython the library supports (python_requires) and the newest these machines have.
-INTERPRETERS = {"3.10": PYENV / "3.10.13" / "bin" / "python3.10", "3.13": PYENV / "3.13.0" / "bin" / "python3.13"}
+INTERPRETERS = {"3.13": NEWEST_PYTHON}
 TIER = "not matrix and not servers and not pythons and not slow"
 SKIPPED_FILES = (
     "tests/test_tooling.py",
@@ -46,8 +43,8 @@ pytestmark = pytest.mark.pythons
 
 @pytest.mark.timeout(1200)  # a suite in a new venv: pytest-timeout's 300 s are for one test
 @pytest.mark.parametrize("version", sorted(INTERPRETERS))
-def test_the_default_tier_passes_on_the_oldest_and_newest_cpython(version: str, tmp_path: Path) -> None:
-    """On CPython 3.10 and 3.13 (fresh venv) every test of the narrowed default tier passes."""
+def test_the_default_tier_passes_on_the_newest_cpython(version: str, tmp_path: Path) -> None:
+    """On CPython 3.13 (fresh venv) every test of the narrowed default tier passes."""
     interpreter = INTERPRETERS[version]
     if not os.access(interpreter, os.X_OK):
         pytest.skip(f"CPython {version} is not installed at {interpreter}")
