@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -15,10 +16,23 @@ from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, make_server
 
+import nats
+from nats.js.api import StreamConfig
+
 from edupulse_events import EventEnvelope, LessonPublished, PaymentProcessed
 from edupulse_events._nats import StoredMessage, read_stream
 
-__all__ = ["LogWatcher", "StoredMessage", "broker_env", "envelope", "envelopes", "read_stream", "run_cli", "serve_once"]
+__all__ = [
+    "LogWatcher",
+    "StoredMessage",
+    "add_stream",
+    "broker_env",
+    "envelope",
+    "envelopes",
+    "read_stream",
+    "run_cli",
+    "serve_once",
+]
 
 
 def envelope(
@@ -149,3 +163,16 @@ def serve_once(app: Any, request: bytes) -> bytes:
                 chunks.append(chunk)
         thread.join(10)
     return b"".join(chunks)
+
+
+def add_stream(url: str, name: str, subjects: list[str]) -> None:
+    """Create JetStream stream ``name`` capturing ``subjects`` on the server at ``url``."""
+
+    async def add() -> None:
+        nc = await nats.connect(url)
+        try:
+            await nc.jetstream().add_stream(StreamConfig(name=name, subjects=subjects))
+        finally:
+            await nc.close()
+
+    asyncio.run(add())

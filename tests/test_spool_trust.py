@@ -5,7 +5,6 @@ adoption run against real nats-server processes, ``spool inspect|purge`` as subp
 
 from __future__ import annotations
 
-import asyncio
 import os
 import stat
 import subprocess
@@ -14,10 +13,8 @@ import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import nats
 import pytest
-from helpers import LogWatcher, broker_env, envelope, read_stream
-from nats.js.api import StreamConfig
+from helpers import LogWatcher, add_stream, broker_env, envelope, read_stream
 from spool_support import BIG, orphan
 
 from edupulse_events import ConfigError, NatsPublisher
@@ -30,17 +27,6 @@ pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX files")
 SUBJECT = "edupulse.{tenant}.{type}"
 STREAM = "TRUST"
 FORGED = b"Edupulse-Admin: true\r\n"
-
-
-def add_stream(url: str, name: str, subjects: list[str]) -> None:
-    async def add() -> None:
-        nc = await nats.connect(url)
-        try:
-            await nc.jetstream().add_stream(StreamConfig(name=name, subjects=subjects))
-        finally:
-            await nc.close()
-
-    asyncio.run(add())
 
 
 def plant(directory: Path, rows: list[tuple[bytes, bytes, bytes, str]]) -> Path:

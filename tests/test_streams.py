@@ -7,23 +7,11 @@ import asyncio
 
 import nats
 import pytest
-from helpers import envelope
-from nats.js.api import StreamConfig
+from helpers import add_stream, envelope
 
 from edupulse_events import BrokerError, EventRejected, NatsPublisher, PublisherConfig
 from edupulse_events._nats._streams import subject_covered
 from edupulse_events.testing import NatsServer
-
-
-def add_stream(url: str, name: str, subjects: list[str]) -> None:
-    async def add() -> None:
-        nc = await nats.connect(url)
-        try:
-            await nc.jetstream().add_stream(StreamConfig(name=name, subjects=subjects))
-        finally:
-            await nc.close()
-
-    asyncio.run(add())
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,8 @@ def add_spool_commands(commands: Any) -> None:
     replay.add_argument(
         "--subject",
         help="subject template for this publisher (default: $EDUPULSE_EVENT_BROKER_SUBJECT); the stream, if any, "
-        "must capture it; replayed events keep their stored subject",
+        "must capture it; replayed events keep their stored subject, and a file with a row whose subject "
+        "does not fit this template (or with headers the library does not write) is moved aside, not replayed",
     )
     replay.add_argument("--stream", help="JetStream stream to check (default: $EDUPULSE_EVENT_BROKER_STREAM)")
     replay.add_argument("--timeout", type=seconds, default=60.0, help="seconds to wait for delivery (default 60)")
