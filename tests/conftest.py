@@ -1,4 +1,4 @@
-"""Shared fixtures: real nats-server processes from edupulse_events.testing, and spool factories; all cleaned up."""
+"""Shared fixtures: real nats-server and PostgreSQL processes (edupulse_events.testing), spools; all cleaned up."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from edupulse_events._spool._store import Spool
-from edupulse_events.testing import NatsCluster, NatsServer, nats_server_binary
+from edupulse_events.errors import ServerNotFound
+from edupulse_events.testing import NatsCluster, NatsServer, PostgresServer, nats_server_binary
 
 
 def _pid_gone(pid: int) -> bool:
@@ -103,3 +104,25 @@ def spools() -> Iterator[Callable[..., Spool]]:
     yield factory
     for spool in made:
         spool.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (the machine's initdb/pg_ctl); skipped, saying what
+    is missing, where PostgreSQL is not installed. Each test takes its own database (`postgres_url`)."""
+    try:
+        server = PostgresServer()
+    except ServerNotFound as exc:
+        pytest.skip(str(exc))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+    assert server.pid is None
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """The URL of a new, empty PostgreSQL database (``postgresql://postgres@127.0.0.1:<port>/test_<n>``)."""
+    return postgres_server.url(postgres_server.create_database())

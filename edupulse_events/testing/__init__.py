@@ -1,4 +1,4 @@
-"""Embedded ``nats-server`` processes for tests, demos and users' own test suites.
+"""Embedded ``nats-server`` (and PostgreSQL) processes for tests, demos and users' own test suites.
 
 This package owns starting, stopping, crashing, pausing and clustering real ``nats-server``
 processes on loopback. It never talks NATS itself (it does not import the nats-py client):
@@ -28,7 +28,8 @@ interpreter exit (or when the object is garbage collected) are killed.
 Layout: :mod:`._binary` finds the executable, :mod:`._net` holds ports and loopback probes,
 :mod:`._config` validates options and writes the config file, :mod:`._process` spawns, reaps
 and kills the child, :mod:`._server` is :class:`NatsServer`, :mod:`._cluster` is
-:class:`NatsCluster`. :class:`ServerError` and :class:`ServerNotFound` live in
+:class:`NatsCluster`, :mod:`._postgres` is :class:`PostgresServer` (a throw-away PostgreSQL
+on loopback, from the machine's ``initdb``/``pg_ctl``). :class:`ServerError` and :class:`ServerNotFound` live in
 :mod:`edupulse_events.errors`.
 """
 
@@ -38,14 +39,18 @@ from ..errors import ServerError, ServerNotFound
 from ._binary import BINARY_ENV_VAR, nats_server_binary
 from ._cluster import NatsCluster
 from ._net import free_port
+from ._postgres import PG_BIN_ENV_VAR, PostgresServer, postgres_binaries
 from ._server import NatsServer
 
 __all__ = [
     "BINARY_ENV_VAR",
+    "PG_BIN_ENV_VAR",
     "NatsCluster",
     "NatsServer",
+    "PostgresServer",
     "ServerError",
     "ServerNotFound",
     "free_port",
     "nats_server_binary",
+    "postgres_binaries",
 ]
