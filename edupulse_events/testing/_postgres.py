@@ -178,7 +178,16 @@ class PostgresServer:
         self._finalizer = weakref.finalize(self, _stop, str(self.bin_dir), data, self._prefix, self._tmpdir)
         try:
             self._run(
-                f"{self.bin_dir}/initdb", "-D", data, "-U", _SUPERUSER, "-A", "trust", "-E", "UTF8", "--no-sync",
+                f"{self.bin_dir}/initdb",
+                "-D",
+                data,
+                "-U",
+                _SUPERUSER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
                 timeout=timeout,
             )
             options = (
@@ -186,8 +195,18 @@ class PostgresServer:
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
             self._run(
-                f"{self.bin_dir}/pg_ctl", "start", "-D", data, "-l", str(self.log_path), "-o", options,
-                "-w", "-t", str(int(timeout)), timeout=timeout + 10,
+                f"{self.bin_dir}/pg_ctl",
+                "start",
+                "-D",
+                data,
+                "-l",
+                str(self.log_path),
+                "-o",
+                options,
+                "-w",
+                "-t",
+                str(int(timeout)),
+                timeout=timeout + 10,
             )
         except BaseException:
             self.close()
