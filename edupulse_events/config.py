@@ -249,6 +249,9 @@ class PublisherConfig:
     #: Encoded bytes outstanding at once (a lone larger event still goes, alone). Memory held for
     #: events stays within a small multiple of max_queue_bytes + window_bytes (docs/delivery.md).
     window_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=count_validator("window_bytes"))
+    #: The longest ``publish_many(atomic=True)`` batch: the server's ``max_batch_size`` (1,000 by
+    #: default; a longer batch is an `InvalidBatch` at the call).
+    max_batch: int = attrs.field(default=1000, validator=count_validator("max_batch"))
     #: Per-event deadline from publish() to ack; past it the future fails with PublishTimeout.
     delivery_timeout: float = attrs.field(default=30.0, validator=seconds_validator("delivery_timeout"))
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)

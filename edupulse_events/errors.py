@@ -4,6 +4,7 @@
 
     EventsError
     ├── InvalidEvent      (ValueError)    bad event/envelope at construction, encode or publish()
+    │   └── InvalidBatch                      an atomic batch that cannot be one (too long, an id twice, core NATS)
     ├── DecodeError       (ValueError)    bytes the Rust service would reject
     ├── ConfigError       (ValueError)    a publisher setting that cannot work
     ├── QueueFull         (queue.Full)    publish() waited `timeout` for room and found none
@@ -46,6 +47,7 @@ __all__ = [
     "DecodeError",
     "EventRejected",
     "EventsError",
+    "InvalidBatch",
     "InvalidEvent",
     "PublishTimeout",
     "PublisherClosed",
@@ -65,6 +67,12 @@ class EventsError(Exception):
 
 class InvalidEvent(EventsError, ValueError):
     """An event or envelope is not valid: wrong type, out of range, or not encodable."""
+
+
+class InvalidBatch(InvalidEvent):
+    """``publish_many(atomic=True)`` was given a batch the broker cannot store as one: longer than
+    the server's batch limit, the same event id twice, empty, or a core NATS publisher. Nothing
+    was queued."""
 
 
 class DecodeError(EventsError, ValueError):

@@ -251,7 +251,7 @@ class NatsPublisher:
         return item.future
 
     def publish_many(
-        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None
+        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None, atomic: bool = False
     ) -> list[concurrent.futures.Future[PublishAck]]:
         """`publish` for a batch, in order, one future per envelope, without `publish`'s per-call
         costs (a lock acquisition, a wake-up and a process check per event).
@@ -264,6 +264,8 @@ class NatsPublisher:
         envelopes queued before (a prefix of the batch, delivered as usual); the rest were not.
         The whole batch is held encoded before it is queued: send batches of thousands, not millions.
         """
+        if atomic:
+            raise NotImplementedError("atomic batches: issue 20, in progress")
         worker = self._worker
         if worker is None or self._pid != _getpid():
             worker = self._ensure_worker()

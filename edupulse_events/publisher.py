@@ -12,9 +12,9 @@ import time
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
-from ._pipeline._routing import Router
+from ._pipeline._routing import Router, check_atomic
 from .codec import Codec
-from .config import check_codec, check_subject, seconds_validator
+from .config import check_codec, check_subject, count_validator, seconds_validator
 from .envelope import EventEnvelope
 from .errors import ConfigError, PublisherClosed, QueueFull
 from .futures import PublishAck
@@ -33,7 +33,7 @@ class EventPublisher(Protocol):
     ) -> concurrent.futures.Future[PublishAck]: ...
 
     def publish_many(
-        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None
+        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None, atomic: bool = False
     ) -> list[concurrent.futures.Future[PublishAck]]: ...
 
     def flush(self, timeout: float | None = None) -> bool: ...
@@ -89,6 +89,33 @@ class _Channel(queue.Queue[EventEnvelope]):
             self.not_empty.notify()
             return self.sequence
 
+    def put_all(self, envelopes: list[EventEnvelope], timeout: float, discard_oldest: bool) -> int:
+        """Store all of ``envelopes`` at once (contiguous numbers) or none; return the first number.
+        Waits up to ``timeout`` s for room for all (`queue.Full` after it), or discards the oldest."""
+        n = len(envelopes)
+        with self.not_full:
+            end = time.monotonic() + timeout
+            while not self.closed and self.maxsize - len(self.queue) < n:
+                if discard_oldest and n <= self.maxsize:
+                    while self.maxsize - len(self.queue) < n:
+                        self.queue.popleft()
+                        self.unfinished_tasks -= 1
+                        self.discarded += 1
+                    break
+                remaining = end - time.monotonic()
+                if remaining <= 0 or n > self.maxsize:
+                    raise queue.Full
+                self.blocked += 1
+                self.not_full.wait(remaining)
+            if self.closed:
+                raise PublisherClosed("publish_many() on a closed InMemoryPublisher")
+            first = self.sequence + 1
+            self.sequence += n
+            self.queue.extend(envelopes)
+            self.unfinished_tasks += n
+            self.not_empty.notify(n)
+            return first
+
     def close(self) -> None:
         with self.mutex:
             self.closed = True
@@ -107,7 +134,8 @@ class InMemoryPublisher:
     that never reads them never blocks). `close()` wakes blocked publishers with
     `PublisherClosed`; what was accepted can still be read. ``codec`` encodes the events (default:
     the default codec): ``Codec(my_registry)`` for the event types of an application's own
-    `EventRegistry`, as given to `NatsPublisher`.
+    `EventRegistry`, as given to `NatsPublisher`; ``max_batch`` bounds an atomic batch as
+    `PublisherConfig.max_batch` does.
     """
 
     def __init__(
@@ -118,6 +146,7 @@ class InMemoryPublisher:
         publish_timeout: float = 5.0,
         discard_oldest: bool = False,
         codec: Codec | None = None,
+        max_batch: int = 1000,
     ) -> None:
         if isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1:
             raise ConfigError(f"max_queue must be an int >= 1, got {max_queue!r}")
@@ -126,6 +155,8 @@ class InMemoryPublisher:
         if not isinstance(discard_oldest, bool):
             raise ConfigError(f"discard_oldest must be a bool, got {discard_oldest!r}")
         check_codec(None, None, codec)
+        count_validator("max_batch")(None, None, max_batch)
+        self._max_batch = max_batch
         self._queue = _Channel(max_queue)
         self._router = Router(subject, codec)
         self._publish_timeout = publish_timeout
@@ -151,17 +182,31 @@ class InMemoryPublisher:
         return item.future
 
     def publish_many(
-        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None
+        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None, atomic: bool = False
     ) -> list[concurrent.futures.Future[PublishAck]]:
         """`publish` for a batch, in order, as `NatsPublisher.publish_many` does: every envelope
         validated and encoded first (`InvalidEvent` naming the index; nothing kept), then kept
         one by one within ``timeout`` in all; `QueueFull` (with the ``futures`` of those kept)
-        if the channel stayed full."""
+        if the channel stayed full. With ``atomic=True`` the batch is kept whole or not at all:
+        `InvalidBatch` for one that could not be an atomic batch on a broker (more than
+        ``max_batch`` events, an event id twice), `QueueFull` (no futures) if room for all of
+        it did not come within ``timeout``."""
         if self._queue.closed:
             raise PublisherClosed("publish_many() on a closed InMemoryPublisher")
         envelopes = envelopes if isinstance(envelopes, list) else list(envelopes)
         items = self._router.prepare_many(envelopes, None)
         wait = self._publish_timeout if timeout is None else timeout
+        if atomic:
+            check_atomic(items, self._max_batch)
+            try:
+                first = self._queue.put_all(envelopes, wait, self._discard_oldest)
+            except queue.Full:
+                raise QueueFull(
+                    f"InMemoryPublisher had no room for an atomic batch of {len(items)} events within {wait} s"
+                ) from None
+            for n, item in enumerate(items, first):
+                item.future.set_result(PublishAck(n, "memory", False))
+            return [item.future for item in items]
         end = time.monotonic() + wait
         for index, (envelope, item) in enumerate(zip(envelopes, items, strict=True)):
             try:

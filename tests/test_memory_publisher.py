@@ -18,6 +18,7 @@ from edupulse_events import (
     EventPublisher,
     EventRegistry,
     InMemoryPublisher,
+    InvalidBatch,
     InvalidEvent,
     LessonPublished,
     NatsPublisher,
@@ -297,3 +298,42 @@ def test_codec_must_be_a_codec() -> None:
     assert InMemoryPublisher(codec=Codec()).publish(envelope()).result(timeout=0).broker_sequence == 1
     with pytest.raises(ConfigError, match=r"codec must be an edupulse_events\.Codec .*got EventRegistry"):
         InMemoryPublisher(codec=EventRegistry())  # type: ignore[arg-type]  # deliberately not a Codec
+
+
+def test_atomic_publish_many_keeps_the_whole_batch_with_contiguous_numbers() -> None:
+    """publish_many(atomic=True) keeps every envelope, numbered one after the other, in order."""
+    pub = InMemoryPublisher(10)
+    pub.publish(envelope())
+    batch = envelopes(4)
+    futures = pub.publish_many(batch, atomic=True)
+    assert [f.result(0).broker_sequence for f in futures] == [2, 3, 4, 5]
+    assert [e.event_id for e in pub.drain()[1:]] == [e.event_id for e in batch]
+
+
+def test_atomic_publish_many_keeps_nothing_without_room_for_all() -> None:
+    """A full channel refuses an atomic batch whole (QueueFull, no futures), and nothing of it is kept."""
+    pub = InMemoryPublisher(5)
+    pub.publish_many(envelopes(3))
+    with pytest.raises(QueueFull) as info:
+        pub.publish_many(envelopes(3), atomic=True, timeout=0.0)
+    assert info.value.futures == []
+    assert len(pub) == 3
+    with pytest.raises(QueueFull):
+        pub.publish_many(envelopes(6), atomic=True, timeout=0.0)  # longer than the channel: never fits
+    dropping = InMemoryPublisher(5, discard_oldest=True)
+    dropping.publish_many(envelopes(4))
+    dropping.publish_many(envelopes(3), atomic=True)
+    assert (len(dropping), dropping.discarded) == (5, 2)
+
+
+def test_atomic_publish_many_refuses_a_batch_no_broker_could_take() -> None:
+    """Longer than max_batch, an event id twice, or empty: InvalidBatch (an InvalidEvent) and nothing kept."""
+    pub = InMemoryPublisher(100, max_batch=3)
+    one = envelope()
+    for batch, why in (([*envelopes(4)], "longer than the server allows"), ([one, one], "twice"), ([], "at least")):
+        with pytest.raises(InvalidBatch, match=why):
+            pub.publish_many(batch, atomic=True)
+    assert len(pub) == 0
+    assert issubclass(InvalidBatch, InvalidEvent)
+    with pytest.raises(ConfigError):
+        InMemoryPublisher(max_batch=0)

@@ -34,11 +34,11 @@ from urllib.parse import quote, unquote
 from ..codec import ENVELOPE_LAYOUT, encode
 from ..config import MAX_SUBJECT_BYTES, EnvelopeCodec
 from ..envelope import EventEnvelope
-from ..errors import InvalidEvent
+from ..errors import InvalidBatch, InvalidEvent
 from ..events import event_type_name
 from ..futures import PublishFuture, new_future
 
-__all__ = ["HEADERS", "Item", "Router", "header_value", "tenant_from_token", "tenant_token"]
+__all__ = ["HEADERS", "Item", "Router", "check_atomic", "header_value", "tenant_from_token", "tenant_token"]
 
 #: The header names `Router` writes (what a spooled row may carry: `_spooling.RowCheck`).
 HEADERS = frozenset(
@@ -239,3 +239,23 @@ class Router:
         except InvalidEvent as exc:
             raise InvalidEvent(f"envelopes[{len(items)}]: {exc}") from exc
         return items
+
+
+def check_atomic(items: list[Item], limit: int) -> None:
+    """`InvalidBatch` unless ``items`` can be one atomic batch: 1 to ``limit`` events (the server's
+    ``max_batch_size``), no event id twice (the server would refuse the whole batch)."""
+    if not items:
+        raise InvalidBatch("an atomic batch needs at least one event")
+    if len(items) > limit:
+        raise InvalidBatch(
+            f"an atomic batch of {len(items)} events is longer than the server allows ({limit}: the server's "
+            "jetstream max_batch_size, PublisherConfig.max_batch): split it, or publish it without atomic=True"
+        )
+    if len({item.event_id for item in items}) < len(items):
+        seen: set[str] = set()
+        for item in items:
+            if item.event_id in seen:
+                raise InvalidBatch(
+                    f"event {item.event_id} is twice in one atomic batch (the server refuses the whole batch)"
+                )
+            seen.add(item.event_id)
