@@ -252,6 +252,10 @@ class PublisherConfig:
     #: The longest ``publish_many(atomic=True)`` batch: the server's ``max_batch_size`` (1,000 by
     #: default; a longer batch is an `InvalidBatch` at the call).
     max_batch: int = attrs.field(default=1000, validator=count_validator("max_batch"))
+    #: Send ``publish_many()`` batches through JetStream fast ingest (one ack per hundreds of
+    #: events) where the configured ``stream`` allows it (``allow_batched``); their acks then
+    #: carry no stream sequence. ``publish()`` always gets an ack of its own.
+    fast_ingest: bool = True
     #: Per-event deadline from publish() to ack; past it the future fails with PublishTimeout.
     delivery_timeout: float = attrs.field(default=30.0, validator=seconds_validator("delivery_timeout"))
     retry: RetryPolicy = attrs.field(factory=RetryPolicy)

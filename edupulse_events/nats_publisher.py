@@ -289,6 +289,9 @@ class NatsPublisher:
             worker.atomic = True
         elif not items:
             return []
+        else:
+            for item in items:
+                item.bulk = True
         telemetry = self._telemetry
         if telemetry is not None:
             telemetry.countdown -= len(items)

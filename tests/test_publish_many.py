@@ -20,6 +20,8 @@ SUBJECT = "edupulse.events"
 
 
 def connect(server: NatsServer, **options: object) -> NatsPublisher:
+    """A publisher whose batches get an ack per event (fast ingest: tests/test_fast_ingest.py)."""
+    options.setdefault("fast_ingest", False)
     return NatsPublisher.connect(server.url, SUBJECT, stream=STREAM, create_stream=True, **options)  # type: ignore[arg-type]
 
 
@@ -102,7 +104,13 @@ def test_queue_full_carries_the_futures_of_the_queued_prefix(make_server: Callab
     """Broker away, queue of 20: a batch of 50 raises QueueFull whose futures are the first 20, delivered later."""
     server = make_server(start=False)
     pub = NatsPublisher.connect(
-        server.url, SUBJECT, stream=STREAM, create_stream=True, start_without_broker=True, max_queue=20
+        server.url,
+        SUBJECT,
+        stream=STREAM,
+        create_stream=True,
+        start_without_broker=True,
+        max_queue=20,
+        fast_ingest=False,
     )
     batch = envelopes(50)
     try:
@@ -142,6 +150,7 @@ def test_overflow_spool_keeps_what_the_queue_cannot_take(
         SUBJECT,
         stream=STREAM,
         create_stream=True,
+        fast_ingest=False,
         start_without_broker=True,
         max_queue=10,
         spool_dir=str(tmp_path),

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._nats._acks import Ack
@@ -176,6 +177,22 @@ class Outstanding:
             results = [new_ack(seq, stream, False) for seq in range(last - n + 1, last + 1)]
         self.atomic += n
         self.succeed(group.items, results)
+
+    def settle_fast(self, keys: range, stream: str | None) -> None:
+        """The in-flight events sent as publish sequences ``keys`` through fast ingest were
+        stored (the server does not say at which stream sequences)."""
+        pop = self.inflight.pop
+        items = [item for item in map(pop, keys, repeat(None)) if item is not None]
+        if items:
+            self.fast += len(items)
+            self.succeed(items, [new_ack(None, stream, False)] * len(items))
+
+    def take_inflight(self, keys: range) -> list[Item]:
+        """The in-flight events of ``keys`` (into `hand`): their attempt ended without an ack."""
+        pop = self.inflight.pop
+        items = [item for item in map(pop, keys, repeat(None)) if item is not None]
+        self.hand += items
+        return items
 
     def settle_acks(self, acks: Iterable[Ack]) -> list[tuple[Item, dict[str, Any]]]:
         """Resolve the in-flight events these acks answer, together (a late ack for an attempt

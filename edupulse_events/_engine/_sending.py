@@ -4,7 +4,9 @@ The publisher thread's drain loop hands each batch to one of two small strategie
 
 - `JetStreamSender` numbers every event (its ack arrives on ``reply prefix + number``),
   registers it in flight and writes the batch; an atomic batch (`Group`) goes as one, numbered
-  once (only its commit is answered), under a new batch id each attempt; `on_acks` settles a run of acks at once: a
+  once (only its commit is answered), under a new batch id each attempt; ``publish_many()``'s
+  events go as fast-ingest batches where the stream allows them (`on_fast` settles them by the
+  hundred from the server's flow acks); `on_acks` settles a run of acks at once: a
   stream sequence, a duplicate, an error (`_retry.refusal` says transient or permanent), or
   "no responders" (then the events are parked and one stream check per subject decides:
   no stream captures it, a permanent `EventRejected`; one does, a leader election, retried).
@@ -20,6 +22,7 @@ move events only through `Outstanding`'s methods, set timers and start tasks thr
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -27,6 +30,7 @@ from typing import Any
 
 from .._nats import BATCH_HEADERS
 from .._nats._acks import Ack
+from .._nats._batches import FastReply
 from .._pipeline._routing import Group, Item
 from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable, EventRejected, InvalidEvent
@@ -38,7 +42,9 @@ from ._supervisor import Supervisor
 
 __all__ = ["CoreSender", "JetStreamSender"]
 
+log = logging.getLogger("edupulse_events")
 _CORE_ACK = PublishAck(None, None, False)
+_FAST_DISABLED = 10205  # JSBatchPublishDisabledErr
 _NO_LIMIT = 1 << 62
 
 
@@ -98,17 +104,96 @@ class JetStreamSender(_Sender):
         super().__init__(config, loop, outstanding, supervisor, attempts)
         self._seq = 0
         self._stream_seen: set[bytes] = set()
+        #: Open fast-ingest batches: id -> [first publish sequence, events, events stored so far].
+        self._fast: dict[bytes, list[int]] = {}
+        self._fast_off = False
 
     async def send(self, batch: Sequence[Item]) -> None:
         batch = self._fitting(batch)
         if self._loop.atomic and any(item.group is not None for item in batch):
             await self._send_with_groups(batch)
             return
+        fast = len(batch) > 1 and not self._fast_off and self._loop.transport.fast_ready
+        if fast and any(item.bulk for item in batch):
+            await self._send_with_bulk(batch)
+            return
+        await self._send_each(batch)
+
+    async def _send_each(self, batch: Sequence[Item]) -> None:
+        """Each event with an ack of its own."""
         first = self._seq + 1
         self._out.send_js(batch, first, time.monotonic())
         self._seq += len(batch)
         # Not sent on a failure here: the events stay in flight and are resent at attempt_timeout.
         await self._loop.transport.publish_js(batch, first)
+
+    async def _send_with_bulk(self, batch: Sequence[Item]) -> None:
+        """``publish_many()``'s events (runs of two or more) as fast-ingest batches, the others
+        each with an ack of its own, in the order they came."""
+        run: list[Item] = []
+        bulk = False
+        for item in batch:
+            if item.bulk != bulk and run:
+                await (self._send_fast(run) if bulk and len(run) > 1 else self._send_each(run))
+                run = []
+            bulk = item.bulk
+            run.append(item)
+        if run:
+            await (self._send_fast(run) if bulk and len(run) > 1 else self._send_each(run))
+
+    async def _send_fast(self, run: list[Item]) -> None:
+        """One fast-ingest batch: in flight as publish sequences (never answered one by one),
+        settled by the server's flow acks and its end (`on_fast`)."""
+        first = self._seq + 1
+        self._out.send_js(run, first, time.monotonic())
+        self._seq += len(run)
+        batch_id = await self._loop.transport.publish_fast(run)
+        self._fast[batch_id] = [first, len(run), 0]
+
+    def on_fast(self, batch_id: bytes, reply: FastReply) -> None:
+        """What the server said of a fast-ingest batch: events up to a sequence stored (a flow
+        ack), the batch's end (events after its count are sent again: a gap ended it), or an
+        error (for all of it not yet stored)."""
+        entry = self._fast.get(batch_id)
+        if entry is None or reply.kind in ("gap", "err"):  # informational: its end follows
+            return
+        first, count, done = entry
+        out = self._out
+        if reply.kind == "ack":
+            upto = min(reply.seq, count)
+            if upto > done:
+                out.settle_fast(range(first + done, first + upto), self._config.stream)
+                entry[2] = upto
+        else:
+            del self._fast[batch_id]
+            upto = min(reply.stored, count) if reply.kind == "end" else done
+            if upto > done:
+                out.settle_fast(range(first + done, first + upto), self._config.stream)
+            rest = out.take_inflight(range(first + upto, first + count))
+            if rest:
+                exc = self._fast_failure(reply, upto)
+                for item in rest:
+                    self._attempts.failed(item, exc)
+            out.placed()
+        self._loop.room_opened()
+
+    def _fast_failure(self, reply: FastReply, upto: int) -> BrokerError:
+        """Why the events of a fast-ingest batch after its ``upto``-th were not stored."""
+        error = reply.error
+        if error is None:
+            return BrokerUnavailable(
+                f"a fast-ingest batch ended after its event {upto} (a gap): sending the rest again"
+            )
+        if error.get("err_code") == _FAST_DISABLED and not self._fast_off:
+            self._fast_off = True
+            log.warning("the stream does not allow fast-ingest batches any more: publish_many() gets an ack per event")
+            return BrokerUnavailable("the stream refused a fast-ingest batch (batch publish is disabled)")
+        return refusal("a fast-ingest batch", error)
+
+    def connection_replaced(self) -> None:
+        """A new connection: the fast-ingest batches of the old one are over (their events,
+        resent by the worker, go in new ones)."""
+        self._fast.clear()
 
     async def _send_with_groups(self, batch: Sequence[Item]) -> None:
         """A batch that holds atomic batches (whole, or as their last event when resent): each

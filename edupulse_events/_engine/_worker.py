@@ -30,6 +30,7 @@ from typing import Protocol
 
 from .._nats import NatsTransport, cancel_and_wait
 from .._nats._acks import Ack
+from .._nats._batches import FastReply
 from .._pipeline._queue import BatchQueue
 from .._pipeline._routing import Item
 from .._spool._spooling import Spooling
@@ -184,6 +185,9 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - supervision (called from nats-py's read loop)
             self.supervisor.crash(exc)
 
+    def _on_fast(self, batch_id: bytes, reply: FastReply) -> None:
+        self.supervisor.guard(self._sender.on_fast, batch_id, reply)  # type: ignore[union-attr]  # JetStream only
+
     def _on_state(self, connected: bool) -> None:
         self.supervisor.guard(self._state_changed, connected)
 
@@ -304,7 +308,9 @@ class Worker:
             log.debug("publisher thread %s: cleanup after close failed", self.name, exc_info=True)
 
     def _new_transport(self) -> NatsTransport:
-        return NatsTransport(self.config, self._on_acks, self._on_state, self._on_closed)
+        transport = NatsTransport(self.config, self._on_acks, self._on_state, self._on_closed)
+        transport.on_fast(self._on_fast)
+        return transport
 
     async def _connect_forever(self) -> None:
         delay = self.config.reconnect_wait
@@ -339,6 +345,8 @@ class Worker:
                 log.info("reconnected: resending %d events that were awaiting an ack", out.resend_inflight())
             if isinstance(self._sender, CoreSender):
                 self._sender.abandon_pongs()
+            else:
+                self._sender.connection_replaced()
         self._wake.set()
 
     def _begin_stop(self, deadline: float) -> None:

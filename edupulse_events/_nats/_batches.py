@@ -1,4 +1,5 @@
-"""JetStream batch publishing on the wire (ADR-50, nats-server 2.12+): the atomic batch headers.
+"""JetStream batch publishing on the wire (ADR-50, nats-server 2.12+): atomic batch headers, and
+fast-ingest reply subjects and control messages.
 
 An atomic batch is the events of one ``publish_many(atomic=True)``, each sent with
 ``Nats-Batch-Id`` (one id per attempt) and ``Nats-Batch-Sequence`` (1, 2, ...) before its own
@@ -6,11 +7,22 @@ headers, the last with ``Nats-Batch-Commit: 1``; the server stages them and, at 
 stores all of them contiguously or none, answering the commit alone with
 ``{"stream", "seq" (the last event's), "batch", "count"}`` or an error (``_engine/_retry.py``,
 `batch_refusal`, says what each means for the batch).
+
+A fast-ingest batch (a stream with ``allow_batched``; 2.14+) carries no headers of its own: each
+event's reply subject says ``<inbox>.<batch id>.<flow>.<gap mode>.<n>.<op>.$FI``, and the server
+answers on it, now and then: a flow ack ``{"type":"ack","seq":n,"msgs":N}`` (events up to ``n``
+stored; the next after ``N`` more), at the end the PubAck ``{"stream","seq","batch","count"}``,
+or an error. The gap mode is ``fail``: a lost event ends the batch where it is (``count``), and
+the events after it are sent again.
 """
 
 from __future__ import annotations
 
-__all__ = ["BATCH_HEADERS", "batch_headers"]
+from typing import Any, NamedTuple, TypeGuard
+
+import orjson
+
+__all__ = ["BATCH_HEADERS", "FAST_FLOW", "FastReply", "batch_headers", "fast_replies", "read_fast"]
 
 _STATUS_LINE = b"NATS/1.0\r\n"
 #: The most bytes the batch headers add to an event's (an id of up to 64 bytes, a 4-digit
@@ -31,3 +43,67 @@ def batch_headers(headers: bytes, batch_id: bytes, n: int, commit: bool) -> byte
         commit_line,
         headers[len(_STATUS_LINE) :],
     )
+
+
+# --------------------------------------------------------------------------- fast ingest
+#: Ack every this many events (the server's cap; it asks for fewer while several batches are open).
+FAST_FLOW = 500
+_FAST_SUFFIX = b".$FI"
+_OP_START, _OP_APPEND, _OP_COMMIT = 0, 1, 2
+_MAX_SEQ = (1 << 64) - 1
+
+
+def fast_replies(head: bytes, count: int) -> list[bytes]:
+    """The reply subjects of a fast-ingest batch of ``count`` events (``count`` >= 2), whose
+    ``head`` is ``<inbox>.<batch id>.``: ``<head><flow>.fail.<n>.<op>.$FI`` — the first starts
+    the batch, the last commits it (stored with it), a gap ends it where the gap is."""
+    flow = b"%s%d.fail." % (head, FAST_FLOW)
+    last = count
+    return [
+        b"%s%d.%d%s" % (flow, n, _OP_START if n == 1 else _OP_COMMIT if n == last else _OP_APPEND, _FAST_SUFFIX)
+        for n in range(1, count + 1)
+    ]
+
+
+class FastReply(NamedTuple):
+    """What the server said about a fast-ingest batch: ``kind`` "ack" (events up to ``seq``
+    stored), "end" (the batch is over: its first ``stored`` events stored, the last at stream
+    sequence ``seq``, 0 if all were duplicates), "error" (the batch failed: ``error``), or
+    "gap"/"err" (informational: the end follows)."""
+
+    kind: str
+    seq: int
+    stored: int
+    stream: str | None
+    error: dict[str, Any] | None
+
+
+def _uint(value: Any) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value <= _MAX_SEQ
+
+
+def read_fast(body: bytes) -> FastReply | None:
+    """A fast-ingest control message (ADR-50's BatchFlowAck/Gap/Err, or the final PubAck or
+    error), or None if ``body`` is none of them (dropped: the inbox is a trust boundary)."""
+    try:
+        reply = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(reply, dict):
+        return None
+    kind = reply.get("type")
+    if kind == "ack":
+        seq = reply.get("seq")
+        return FastReply("ack", seq, 0, None, None) if _uint(seq) else None
+    if kind in ("gap", "err"):
+        return FastReply(kind, 0, 0, None, None)
+    if kind is not None:
+        return None
+    error = reply.get("error")
+    if error is not None:
+        ok = isinstance(error, dict) and type(error.get("code")) is int and type(error.get("err_code", 0)) is int
+        return FastReply("error", 0, 0, None, error) if ok else None
+    seq, count, stream = reply.get("seq"), reply.get("count"), reply.get("stream")
+    if not (_uint(seq) and _uint(count) and isinstance(stream, str)):
+        return None
+    return FastReply("end", seq, count, stream, None)

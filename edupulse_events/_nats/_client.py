@@ -24,11 +24,13 @@ from urllib.parse import urlsplit
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from .._pipeline._routing import Item
 from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable
-from ._acks import Ack
+from ._acks import Ack, ignored
+from ._batches import FastReply, fast_replies, read_fast
 from ._fast import FastPath
 from ._paths import fast_path_refusal, log_public_path, nats_py_version
 from ._public import PublicPath
@@ -52,6 +54,8 @@ class Path(Protocol):
     async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]: ...
 
     async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None: ...
+
+    async def publish_fast(self, items: Sequence[Item], replies: Sequence[bytes]) -> None: ...
 
     @property
     def backlog(self) -> int: ...
@@ -152,6 +156,13 @@ class NatsTransport:
         self._on_acks = on_acks
         self._on_state = on_state
         self._on_closed = on_closed
+        self._on_fast: Callable[[bytes, FastReply], None] = lambda _batch, _reply: None
+        #: The fast-ingest reply inbox (``<inbox>.``), once the stream was found to allow it.
+        self._fast_prefix: bytes | None = None
+        self._fast_batches = 0
+        #: Whether the configured stream allows fast-ingest batches (``allow_batched``): found
+        #: by this connection's stream check or an earlier one's (`stream_verified`).
+        self.fast_ingest = False
         self._nc = Client()
         self._path: Path | None = None
         self._last_error: BaseException | None = None
@@ -165,6 +176,15 @@ class NatsTransport:
         self.stream_verified = False
         #: Only check what a publisher needs (`check_broker`): no ack inbox, no path probe.
         self.check_only = False
+
+    def on_fast(self, callback: Callable[[bytes, FastReply], None]) -> None:
+        """Where what the server says of fast-ingest batches goes (the worker's sender)."""
+        self._on_fast = callback
+
+    @property
+    def fast_ready(self) -> bool:
+        """Whether fast-ingest batches can be sent on this connection now."""
+        return self._fast_prefix is not None and self._path is not None
 
     @property
     def client(self) -> Client:
@@ -197,6 +217,35 @@ class NatsTransport:
         if self._path is None:
             raise BrokerUnavailable("not connected to the broker")
         await self._path.publish_atomic(items, batch_id, seq)
+
+    async def publish_fast(self, items: Sequence[Item]) -> bytes:
+        """Publish ``items`` (two or more) as one fast-ingest batch; what the server says of it
+        comes to ``on_fast`` with the batch id returned (flow acks, its end, or an error)."""
+        if self._path is None or self._fast_prefix is None:
+            raise BrokerUnavailable("not connected to the broker")
+        self._fast_batches += 1
+        batch_id = b"%x" % self._fast_batches
+        await self._path.publish_fast(items, fast_replies(self._fast_prefix + batch_id + b".", len(items)))
+        return batch_id
+
+    async def _start_fast_ingest(self) -> None:
+        """Subscribe to the fast-ingest replies (a rare message each: nats-py's own callback)."""
+        prefix = self._nc.new_inbox() + "."
+        start = len(prefix)
+        on_fast = self._on_fast
+
+        async def on_reply(msg: Msg) -> None:
+            batch_id, _, _rest = msg.subject[start:].partition(".")
+            if not msg.data:  # nothing to say (an R>1 stream's leader may send it)
+                return
+            reply = read_fast(msg.data)
+            if reply is None:
+                ignored(msg.subject[start:].encode(), msg.data)
+            else:
+                on_fast(batch_id.encode(), reply)
+
+        await self._nc.subscribe(prefix + ">", cb=on_reply)
+        self._fast_prefix = prefix.encode()
 
     async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]:
         """Publish ``items`` to core NATS; the returned future is done once the server read them."""
@@ -296,8 +345,10 @@ class NatsTransport:
             if not self.check_only:
                 await self._choose_path()
             if cfg.stream is not None and not self.stream_verified:
-                await ensure_stream(self._nc, cfg)
+                self.fast_ingest = await ensure_stream(self._nc, cfg)
                 self.stream_verified = True
+            if self.fast_ingest and cfg.fast_ingest and not self.check_only:
+                await self._start_fast_ingest()
         except BrokerError:
             await self.close(1.0)
             raise

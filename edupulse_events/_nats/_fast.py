@@ -248,6 +248,23 @@ class FastPath:
         nc._pending_data_size += size  # noqa: SLF001
         await self._kick()
 
+    async def publish_fast(self, items: Sequence[Item], replies: Sequence[bytes]) -> None:
+        """Write one HPUB per event, each replying to its fast-ingest subject (``_batches``)."""
+        pieces: list[bytes] = []
+        append = pieces.append
+        size = 0
+        for item, reply in zip(items, replies, strict=True):
+            line = b"HPUB %s %s %d %d\r\n" % (item.subject, reply, len(item.headers), item.size)
+            append(line)
+            append(item.headers)
+            append(item.payload)
+            append(b"\r\n")
+            size += len(line) + item.size + 2
+        nc = self._nc
+        nc._pending.extend(pieces)  # noqa: SLF001
+        nc._pending_data_size += size  # noqa: SLF001
+        await self._kick()
+
     async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]:
         """Write ``items`` straight to the socket, then a PING; the returned future is done at
         its PONG, when the server has read everything before it.

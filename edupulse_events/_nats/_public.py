@@ -109,6 +109,16 @@ class PublicPath:
         except (nats.errors.Error, OSError) as exc:
             raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc
 
+    async def publish_fast(self, items: Sequence[Item], replies: Sequence[bytes]) -> None:
+        publish = self._nc.publish
+        try:
+            for item, reply in zip(items, replies, strict=True):
+                await publish(
+                    item.subject.decode(), item.payload, reply=reply.decode(), headers=header_dict(item.headers)
+                )
+        except (nats.errors.Error, OSError) as exc:
+            raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc
+
     async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None:
         publish, last = self._nc.publish, len(items)
         try:

@@ -5,6 +5,7 @@ any stream captures a subject."""
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import nats.js.errors
 from nats.aio.client import Client
@@ -20,7 +21,7 @@ log = logging.getLogger("edupulse_events")
 
 #: Streams this library creates allow atomic and fast-ingest batches (nats-server 2.12+; older
 #: servers ignore the fields), where the installed nats-py knows the fields (2.12+).
-_BATCH_FLAGS = {
+_BATCH_FLAGS: dict[str, Any] = {
     name: True
     for name in ("allow_atomic", "allow_batched")
     if name in getattr(StreamConfig, "__dataclass_fields__", {})
@@ -52,9 +53,11 @@ async def stream_captures(nc: Client, subject: str, timeout: float) -> bool | No
         return None
 
 
-async def ensure_stream(nc: Client, cfg: PublisherConfig) -> None:
+async def ensure_stream(nc: Client, cfg: PublisherConfig) -> bool:
     """The configured stream exists — created (with ``create_stream``) when missing — and
-    captures the publisher's subject(s); otherwise a `BrokerError` that says which and why."""
+    captures the publisher's subject(s); otherwise a `BrokerError` that says which and why.
+    Returns whether it allows fast-ingest batches (``allow_batched``; False where nats-py or the
+    server does not know it: logged once)."""
     assert cfg.stream is not None
     jsm = nc.jsm(timeout=cfg.connect_timeout)
     wanted = cfg.stream_subject
@@ -68,7 +71,7 @@ async def ensure_stream(nc: Client, cfg: PublisherConfig) -> None:
                 ) from None
             await jsm.add_stream(name=cfg.stream, subjects=[wanted], num_replicas=cfg.stream_replicas, **_BATCH_FLAGS)
             log.info("created JetStream stream %s for subject %s", cfg.stream, wanted)
-            return
+            info = await jsm.stream_info(cfg.stream)
     except BrokerError:
         raise
     except Exception as exc:
@@ -79,3 +82,15 @@ async def ensure_stream(nc: Client, cfg: PublisherConfig) -> None:
             f"JetStream stream {cfg.stream!r} captures {subjects}, not the subject {wanted!r} this publisher "
             "writes to: add it to the stream's subjects, or publish to a subject the stream captures"
         )
+    batched = bool(getattr(info.config, "allow_batched", False))
+    if not batched and cfg.fast_ingest and cfg.stream not in _told:
+        _told.add(cfg.stream)
+        log.info(
+            "stream %s does not allow fast-ingest batches (allow_batched, nats-server 2.14+): "
+            "publish_many() gets an ack per event",
+            cfg.stream,
+        )
+    return batched
+
+
+_told: set[str] = set()  # streams whose missing allow_batched was logged

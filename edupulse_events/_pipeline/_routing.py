@@ -57,6 +57,7 @@ class Item:
 
     __slots__ = (
         "attempts",
+        "bulk",
         "deadline",
         "event_id",
         "future",
@@ -89,6 +90,8 @@ class Item:
         self.replay = False
         #: The atomic batch it belongs to (None: an event on its own).
         self.group: Group | None = None
+        #: Queued by ``publish_many()`` (not atomic): it may go through fast ingest.
+        self.bulk = False
 
 
 class Group:
