@@ -49,14 +49,16 @@ def headers_dict(env: EventEnvelope) -> dict[str, str]:
     return h
 
 
-async def fresh_stream(url: str) -> None:
-    """Delete and re-create the benchmark stream (file storage), so every run starts empty."""
+async def fresh_stream(url: str, batches: bool = False) -> None:
+    """Delete and re-create the benchmark stream (file storage), so every run starts empty;
+    ``batches``: allowing atomic and fast-ingest batches (nats-server 2.14+)."""
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
         with contextlib.suppress(Exception):  # best effort: there may be no stream yet
             await js.delete_stream(STREAM)
-        await js.add_stream(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE)
+        flags = {"allow_atomic": True, "allow_batched": True} if batches else {}
+        await js.add_stream(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE, **flags)
     finally:
         await nc.close()
 

@@ -4,7 +4,10 @@ No client library and no per-message Python work while timed: the same envelopes
 library's routing headers) are encoded into ``HPUB`` commands before the clock starts.
 JetStream: each command replies to its own inbox subject, at most ``window`` (256) are
 outstanding, written ``chunk`` (128) at a time as acks come back; acks are counted in the
-raw bytes read. Core: the whole stream, then one PING; done at its PONG.
+raw bytes read. Fast ingest: the same commands in fast-ingest batches of ``batch`` (1,000)
+events, each replying to its batch's control subject (ADR-50), at most two batches
+outstanding; done at the last batch's end (its PubAck). Core: the whole stream, then one PING;
+done at its PONG.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from _common import SUBJECT
 from edupulse_events import EventEnvelope, encode
 from edupulse_events._pipeline._routing import Router
 
-__all__ = ["raw_core", "raw_jetstream"]
+__all__ = ["raw_core", "raw_fast_ingest", "raw_jetstream"]
 
 _CONNECT = b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true,"protocol":1}\r\n'
 
@@ -71,6 +74,40 @@ def raw_jetstream(url: str, envs: list[EventEnvelope], window: int = 256, chunk:
         if not data:
             raise ConnectionError("nats-server closed the connection")
         acked += (tail + data).count(b'"seq":') - tail.count(b'"seq":')
+        tail = data[-8:]
+        if b"PING\r\n" in data:
+            sock.sendall(b"PONG\r\n")
+    elapsed = time.perf_counter() - started
+    sock.close()
+    return elapsed
+
+
+def raw_fast_ingest(url: str, envs: list[EventEnvelope], batch: int = 1000, outstanding: int = 2) -> float:
+    """Seconds from the first byte written to the last fast-ingest batch's end."""
+    commands = _commands(envs, reply=False)
+    chunks = []
+    for b, start in enumerate(range(0, len(commands), batch)):
+        part = commands[start : start + batch]
+        out = []
+        for n, command in enumerate(part, 1):
+            op = 0 if n == 1 else 2 if n == len(part) else 1
+            reply = b" _RAW.B%d.500.fail.%d.%d.$FI" % (b, n, op)
+            head, rest = command.split(b" ", 2)[1], command.split(b" ", 2)[2]
+            out.append(b"HPUB " + head + reply + b" " + rest)
+        chunks.append(b"".join(out))
+    sock = _connect(url, b"SUB _RAW.> 1\r\n")
+    done, sent, tail = 0, 0, b""
+    started = time.perf_counter()
+    while done < len(chunks):
+        while sent < len(chunks) and sent - done < outstanding:
+            sock.sendall(chunks[sent])
+            sent += 1
+        data = sock.recv(1 << 20)
+        if not data:
+            raise ConnectionError("nats-server closed the connection")
+        if b'"err' in data:
+            raise RuntimeError(f"fast ingest refused: {data[:300]!r}")
+        done += (tail + data).count(b'"count":') - tail.count(b'"count":')
         tail = data[-8:]
         if b"PING\r\n" in data:
             sock.sendall(b"PONG\r\n")

@@ -15,10 +15,13 @@ setup's garbage; collections during the run are counted). Prints msgs/s as media
   C  naive sync wrapper: loop thread + run_coroutine_threadsafe(js.publish()).result()
      per event (N/10 events: it is that slow)
   R  the raw ceiling (`_raw.py`): a pre-built byte stream on a plain socket, no per-message
-     Python work (JetStream: window 256, acks counted; core: one PING at the end)
+     Python work (JetStream: window 256, acks counted; fast ingest: batches of 1,000, two
+     outstanding; core: one PING at the end)
 
 The library's rows: ``publish()`` per event from 1 or 4 caller threads, and ``publish_many()``
-in batches of 1,000 from one thread.
+in batches of 1,000 from one thread: with an ack per event (a publisher that does not know its
+stream), through fast ingest (``stream=`` a stream with ``allow_batched``), and as atomic
+batches (``atomic=True``).
 """
 
 from __future__ import annotations
@@ -34,8 +37,18 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import nats
-from _common import SUBJECT, fresh_stream, headers_dict, machine, make_envelopes, stream_count, summary, write_json
-from _raw import raw_core, raw_jetstream
+from _common import (
+    STREAM,
+    SUBJECT,
+    fresh_stream,
+    headers_dict,
+    machine,
+    make_envelopes,
+    stream_count,
+    summary,
+    write_json,
+)
+from _raw import raw_core, raw_fast_ingest, raw_jetstream
 
 from edupulse_events import EventEnvelope, NatsPublisher, PublishAck, encode
 from edupulse_events.testing import NatsServer
@@ -95,10 +108,15 @@ def baseline_c(url: str, envs: list[EventEnvelope]) -> float:
     return elapsed
 
 
-def library(jetstream: bool, threads: int, batch: int = 0) -> Callable[[str, list[EventEnvelope]], float]:
+def library(
+    jetstream: bool, threads: int, batch: int = 0, *, atomic: bool = False, stream: str | None = None
+) -> Callable[[str, list[EventEnvelope]], float]:
+    """A library scenario; ``stream``: the publisher knows its stream (and so whether it allows
+    fast ingest); ``atomic``: ``publish_many(atomic=True)``."""
+
     def run(url: str, envs: list[EventEnvelope]) -> float:
         options: dict[str, Any] = {} if WINDOW is None else {"window": WINDOW}
-        pub = NatsPublisher.connect(url, SUBJECT, jetstream=jetstream, max_queue=20_000, **options)
+        pub = NatsPublisher.connect(url, SUBJECT, jetstream=jetstream, max_queue=20_000, stream=stream, **options)
         chunks = [envs[i::threads] for i in range(threads)]
         results: list[list[Future[PublishAck]]] = [[] for _ in range(threads)]
 
@@ -106,7 +124,7 @@ def library(jetstream: bool, threads: int, batch: int = 0) -> Callable[[str, lis
             if batch:
                 publish_many, mine = pub.publish_many, chunks[i]
                 for start in range(0, len(mine), batch):
-                    results[i] += publish_many(mine[start : start + batch])
+                    results[i] += publish_many(mine[start : start + batch], atomic=atomic)
                 return
             publish = pub.publish
             results[i] = [publish(env) for env in chunks[i]]
@@ -136,19 +154,30 @@ SCENARIOS: dict[str, Callable[[str, list[EventEnvelope]], float]] = {
     "C naive sync js.publish": baseline_c,
     "R raw JetStream ceiling": raw_jetstream,
     "R raw core ceiling": raw_core,
+    "R raw fast-ingest ceiling": raw_fast_ingest,
     "lib JetStream, 1 thread": library(True, 1),
     "lib JetStream, 4 threads": library(True, 4),
     "lib JetStream, publish_many": library(True, 1, 1000),
+    "lib JetStream, publish_many fast ingest": library(True, 1, 1000, stream=STREAM),
+    "lib JetStream, publish_many atomic": library(True, 1, 1000, atomic=True, stream=STREAM),
     "lib core, 1 thread": library(False, 1),
     "lib core, 4 threads": library(False, 4),
     "lib core, publish_many": library(False, 1, 1000),
 }
+#: Scenarios on a stream that allows atomic and fast-ingest batches (the others: a plain stream).
+BATCHES = {"R raw fast-ingest ceiling", "lib JetStream, publish_many fast ingest", "lib JetStream, publish_many atomic"}
 RATIOS = [
     ("lib JetStream, 1 thread", "B nats-py js.publish_async", 2.0),
     ("lib JetStream, 4 threads", "B nats-py js.publish_async", 2.0),
     ("lib JetStream, publish_many", "B nats-py js.publish_async", 3.0),
     ("lib JetStream, publish_many", "R raw JetStream ceiling", 0.6),
     ("lib JetStream, 1 thread", "R raw JetStream ceiling", 0.0),
+    ("lib JetStream, publish_many fast ingest", "R raw JetStream ceiling", 0.8),
+    ("lib JetStream, publish_many fast ingest", "B nats-py js.publish_async", 4.0),
+    ("lib JetStream, publish_many fast ingest", "R raw fast-ingest ceiling", 0.0),
+    ("lib JetStream, publish_many fast ingest", "lib JetStream, publish_many", 0.0),
+    ("lib JetStream, publish_many atomic", "B nats-py js.publish_async", 2.5),
+    ("R raw fast-ingest ceiling", "R raw JetStream ceiling", 0.0),
     ("lib core, 1 thread", "A nats-py core publish+flush", 0.6),
     ("lib core, 4 threads", "A nats-py core publish+flush", 0.6),
     ("lib core, publish_many", "A nats-py core publish+flush", 2.0),
@@ -178,7 +207,7 @@ def main() -> None:
             for name in order:
                 n = args.events // 10 if name.startswith("C ") else args.events
                 envs = make_envelopes(n)
-                asyncio.run(fresh_stream(server.url))
+                asyncio.run(fresh_stream(server.url, batches=name in BATCHES))
                 gc.collect()  # the garbage of building the envelopes is not the scenario's to collect
                 elapsed = SCENARIOS[name](server.url, envs)
                 if not name.startswith(("A ", "R raw core", "lib core")):

@@ -130,6 +130,9 @@ class JetStreamSender(_Sender):
     async def _send_with_bulk(self, batch: Sequence[Item]) -> None:
         """``publish_many()``'s events (runs of two or more) as fast-ingest batches, the others
         each with an ack of its own, in the order they came."""
+        if batch[0].bulk and all(item.bulk for item in batch):  # publish_many() alone: one batch
+            await self._send_fast(list(batch))
+            return
         run: list[Item] = []
         bulk = False
         for item in batch:

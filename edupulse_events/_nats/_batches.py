@@ -22,7 +22,7 @@ from typing import Any, NamedTuple, TypeGuard
 
 import orjson
 
-__all__ = ["BATCH_HEADERS", "FAST_FLOW", "FastReply", "batch_headers", "fast_replies", "read_fast"]
+__all__ = ["BATCH_HEADERS", "FAST_FLOW", "FastReply", "batch_headers", "fast_head", "fast_op", "read_fast"]
 
 _STATUS_LINE = b"NATS/1.0\r\n"
 #: The most bytes the batch headers add to an event's (an id of up to 64 bytes, a 4-digit
@@ -48,21 +48,20 @@ def batch_headers(headers: bytes, batch_id: bytes, n: int, commit: bool) -> byte
 # --------------------------------------------------------------------------- fast ingest
 #: Ack every this many events (the server's cap; it asks for fewer while several batches are open).
 FAST_FLOW = 500
-_FAST_SUFFIX = b".$FI"
 _OP_START, _OP_APPEND, _OP_COMMIT = 0, 1, 2
 _MAX_SEQ = (1 << 64) - 1
 
 
-def fast_replies(head: bytes, count: int) -> list[bytes]:
-    """The reply subjects of a fast-ingest batch of ``count`` events (``count`` >= 2), whose
-    ``head`` is ``<inbox>.<batch id>.``: ``<head><flow>.fail.<n>.<op>.$FI`` — the first starts
-    the batch, the last commits it (stored with it), a gap ends it where the gap is."""
-    flow = b"%s%d.fail." % (head, FAST_FLOW)
-    last = count
-    return [
-        b"%s%d.%d%s" % (flow, n, _OP_START if n == 1 else _OP_COMMIT if n == last else _OP_APPEND, _FAST_SUFFIX)
-        for n in range(1, count + 1)
-    ]
+def fast_head(inbox: bytes, batch_id: bytes) -> bytes:
+    """What every reply subject of fast-ingest batch ``batch_id`` begins with:
+    ``<inbox><batch id>.<flow>.fail.``; ``<n>.<op>.$FI`` follows (`fast_op`)."""
+    return b"%s%s.%d.fail." % (inbox, batch_id, FAST_FLOW)
+
+
+def fast_op(n: int, last: int) -> int:
+    """The op of the ``n``-th of ``last`` events (``last`` >= 2): the first starts the batch,
+    the last commits it (stored with it), the others append."""
+    return _OP_START if n == 1 else _OP_COMMIT if n == last else _OP_APPEND
 
 
 class FastReply(NamedTuple):

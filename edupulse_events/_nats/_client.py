@@ -30,7 +30,7 @@ from .._pipeline._routing import Item
 from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable
 from ._acks import Ack, ignored
-from ._batches import FastReply, fast_replies, read_fast
+from ._batches import FastReply, fast_head, read_fast
 from ._fast import FastPath
 from ._paths import fast_path_refusal, log_public_path, nats_py_version
 from ._public import PublicPath
@@ -55,7 +55,7 @@ class Path(Protocol):
 
     async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None: ...
 
-    async def publish_fast(self, items: Sequence[Item], replies: Sequence[bytes]) -> None: ...
+    async def publish_fast(self, items: Sequence[Item], head: bytes) -> None: ...
 
     @property
     def backlog(self) -> int: ...
@@ -225,7 +225,7 @@ class NatsTransport:
             raise BrokerUnavailable("not connected to the broker")
         self._fast_batches += 1
         batch_id = b"%x" % self._fast_batches
-        await self._path.publish_fast(items, fast_replies(self._fast_prefix + batch_id + b".", len(items)))
+        await self._path.publish_fast(items, fast_head(self._fast_prefix, batch_id))
         return batch_id
 
     async def _start_fast_ingest(self) -> None:

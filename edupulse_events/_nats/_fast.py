@@ -28,7 +28,7 @@ from nats.protocol import parser as nats_parser
 from .._pipeline._routing import Item
 from ..errors import BrokerUnavailable
 from ._acks import Ack, AckReader, ack_matchers, ignored, read_ack, valid_status
-from ._batches import batch_headers
+from ._batches import batch_headers, fast_op
 
 __all__ = ["FastPath", "check_internals", "prepare_acks"]
 
@@ -248,13 +248,16 @@ class FastPath:
         nc._pending_data_size += size  # noqa: SLF001
         await self._kick()
 
-    async def publish_fast(self, items: Sequence[Item], replies: Sequence[bytes]) -> None:
-        """Write one HPUB per event, each replying to its fast-ingest subject (``_batches``)."""
+    async def publish_fast(self, items: Sequence[Item], head: bytes) -> None:
+        """Write one HPUB per event, each replying to its fast-ingest subject (``head``, then its
+        number and op: `_batches.fast_op`)."""
         pieces: list[bytes] = []
         append = pieces.append
         size = 0
-        for item, reply in zip(items, replies, strict=True):
-            line = b"HPUB %s %s %d %d\r\n" % (item.subject, reply, len(item.headers), item.size)
+        last = len(items)
+        for n, item in enumerate(items, 1):
+            op = 1 if 1 < n < last else fast_op(n, last)
+            line = b"HPUB %s %s%d.%d.$FI %d %d\r\n" % (item.subject, head, n, op, len(item.headers), item.size)
             append(line)
             append(item.headers)
             append(item.payload)

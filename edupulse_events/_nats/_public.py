@@ -24,7 +24,7 @@ from nats.aio.msg import Msg
 from .._pipeline._routing import Item
 from ..errors import BrokerUnavailable
 from ._acks import Ack, ignored, read_ack, valid_status
-from ._batches import batch_headers
+from ._batches import batch_headers, fast_op
 
 __all__ = ["PublicPath", "header_dict"]
 
@@ -109,13 +109,12 @@ class PublicPath:
         except (nats.errors.Error, OSError) as exc:
             raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc
 
-    async def publish_fast(self, items: Sequence[Item], replies: Sequence[bytes]) -> None:
-        publish = self._nc.publish
+    async def publish_fast(self, items: Sequence[Item], head: bytes) -> None:
+        publish, prefix, last = self._nc.publish, head.decode(), len(items)
         try:
-            for item, reply in zip(items, replies, strict=True):
-                await publish(
-                    item.subject.decode(), item.payload, reply=reply.decode(), headers=header_dict(item.headers)
-                )
+            for n, item in enumerate(items, 1):
+                reply = f"{prefix}{n}.{fast_op(n, last)}.$FI"
+                await publish(item.subject.decode(), item.payload, reply=reply, headers=header_dict(item.headers))
         except (nats.errors.Error, OSError) as exc:
             raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc
 
