@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import nats
-from nats.js.api import StorageType
+from nats.js.api import StorageType, StreamConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -57,8 +57,10 @@ async def fresh_stream(url: str, batches: bool = False) -> None:
         js = nc.jetstream()
         with contextlib.suppress(Exception):  # best effort: there may be no stream yet
             await js.delete_stream(STREAM)
-        flags = {"allow_atomic": True, "allow_batched": True} if batches else {}
-        await js.add_stream(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE, **flags)
+        config = StreamConfig(name=STREAM, subjects=[SUBJECT], storage=StorageType.FILE)
+        if batches:
+            config.allow_atomic = config.allow_batched = True
+        await js.add_stream(config)
     finally:
         await nc.close()
 
