@@ -36,6 +36,7 @@ CLAIMS = {
     "wsgi": "def application",
     "spool": "spool_dir=",
     "registry": "class CourseArchived",
+    "atomic": "atomic=True)  # all three",
 }
 
 
@@ -72,6 +73,12 @@ def run(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedPro
 def test_the_codec_example() -> None:
     """The events-and-codec example runs (its assertions included)."""
     proc = run(block("codec"))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_the_atomic_batch_example() -> None:
+    """The atomic-batch example stores its three events contiguously on its own embedded server."""
+    proc = run(block("atomic"))
     assert proc.returncode == 0, proc.stderr
 
 
