@@ -16,7 +16,7 @@ setup's garbage; collections during the run are counted). Prints msgs/s as media
      per event (N/10 events: it is that slow)
   R  the raw ceiling (`_raw.py`): a pre-built byte stream on a plain socket, no per-message
      Python work (JetStream: window 256, acks counted; fast ingest: batches of 1,000, two
-     outstanding; core: one PING at the end)
+     outstanding; atomic: batches of 1,000, four outstanding; core: one PING at the end)
 
 The library's rows: ``publish()`` per event from 1 or 4 caller threads, and ``publish_many()``
 in batches of 1,000 from one thread: with an ack per event (a publisher that does not know its
@@ -48,7 +48,7 @@ from _common import (
     summary,
     write_json,
 )
-from _raw import raw_core, raw_fast_ingest, raw_jetstream
+from _raw import raw_atomic, raw_core, raw_fast_ingest, raw_jetstream
 
 from edupulse_events import EventEnvelope, NatsPublisher, PublishAck, encode
 from edupulse_events.testing import NatsServer
@@ -155,6 +155,7 @@ SCENARIOS: dict[str, Callable[[str, list[EventEnvelope]], float]] = {
     "R raw JetStream ceiling": raw_jetstream,
     "R raw core ceiling": raw_core,
     "R raw fast-ingest ceiling": raw_fast_ingest,
+    "R raw atomic ceiling": raw_atomic,
     "lib JetStream, 1 thread": library(True, 1),
     "lib JetStream, 4 threads": library(True, 4),
     "lib JetStream, publish_many": library(True, 1, 1000),
@@ -165,7 +166,12 @@ SCENARIOS: dict[str, Callable[[str, list[EventEnvelope]], float]] = {
     "lib core, publish_many": library(False, 1, 1000),
 }
 #: Scenarios on a stream that allows atomic and fast-ingest batches (the others: a plain stream).
-BATCHES = {"R raw fast-ingest ceiling", "lib JetStream, publish_many fast ingest", "lib JetStream, publish_many atomic"}
+BATCHES = {
+    "R raw atomic ceiling",
+    "R raw fast-ingest ceiling",
+    "lib JetStream, publish_many fast ingest",
+    "lib JetStream, publish_many atomic",
+}
 RATIOS = [
     ("lib JetStream, 1 thread", "B nats-py js.publish_async", 2.0),
     ("lib JetStream, 4 threads", "B nats-py js.publish_async", 2.0),
@@ -177,6 +183,7 @@ RATIOS = [
     ("lib JetStream, publish_many fast ingest", "R raw fast-ingest ceiling", 0.0),
     ("lib JetStream, publish_many fast ingest", "lib JetStream, publish_many", 0.0),
     ("lib JetStream, publish_many atomic", "B nats-py js.publish_async", 2.5),
+    ("lib JetStream, publish_many atomic", "R raw atomic ceiling", 0.0),
     ("R raw fast-ingest ceiling", "R raw JetStream ceiling", 0.0),
     ("lib core, 1 thread", "A nats-py core publish+flush", 0.6),
     ("lib core, 4 threads", "A nats-py core publish+flush", 0.6),
