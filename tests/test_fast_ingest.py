@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 
+import nats
 import pytest
-from faults_support import SHORT, STREAM, connect, stored_ids
+from faults_support import SHORT, STREAM, connect, sized, stored_ids
 from helpers import LogWatcher, add_stream, envelope, envelopes, read_stream
 
 from edupulse_events import EventEnvelope, NatsPublisher, PublishAck, encode
@@ -106,3 +108,48 @@ def test_a_short_deadline_still_resolves_every_fast_ingest_future(nats_server: N
         finally:
             nats_server.resume()
     assert errors == {"PublishTimeout"}
+
+
+def _update_stream(url: str, **changes: object) -> None:
+    """Change the FAULTS stream's config on the server (as an operator would)."""
+
+    async def update() -> None:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            config = (await js.stream_info(STREAM)).config
+            for name, value in changes.items():
+                setattr(config, name, value)
+            await js.update_stream(config)
+        finally:
+            await nc.close()
+
+    asyncio.run(update())
+
+
+def test_an_event_the_stream_refuses_fails_alone_in_a_fast_ingest_batch(nats_server: NatsServer) -> None:
+    """One event over the stream's max_msg_size fails with EventRejected; the rest of its batch is stored once."""
+    with connect(nats_server.url) as pub:
+        pub.publish_many(envelopes(2)).pop().result(timeout=10)
+        _update_stream(nats_server.url, max_msg_size=4_000)
+        batch = [*envelopes(100), sized(6_000), *envelopes(100)]
+        futures = pub.publish_many(batch)
+        outcomes = [f.exception(timeout=30) for f in futures]
+    assert [type(e).__name__ for e in outcomes if e is not None] == ["EventRejected"]
+    assert outcomes[100] is not None
+    assert "10054" in str(outcomes[100])
+    stored = stored_ids(nats_server.url)
+    assert all(stored[str(env.event_id)] == 1 for i, env in enumerate(batch) if i != 100)
+    assert stored[str(batch[100].event_id)] == 0
+
+
+def test_a_stream_that_stops_allowing_fast_ingest_falls_back_to_an_ack_per_event(nats_server: NatsServer) -> None:
+    """allow_batched turned off under a running publisher: its batches get acks per event, all stored once."""
+    with LogWatcher() as logs, connect(nats_server.url) as pub:
+        pub.publish_many(envelopes(2)).pop().result(timeout=10)
+        _update_stream(nats_server.url, allow_batched=False)
+        batch = envelopes(300)
+        acks = [f.result(timeout=30) for f in pub.publish_many(batch)]
+        assert logs.wait_for("does not allow fast-ingest batches")
+    assert all(ack.broker_sequence is not None for ack in acks)
+    assert set(stored_ids(nats_server.url).values()) == {1}

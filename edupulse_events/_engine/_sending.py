@@ -155,10 +155,11 @@ class JetStreamSender(_Sender):
 
     def on_fast(self, batch_id: bytes, reply: FastReply) -> None:
         """What the server said of a fast-ingest batch: events up to a sequence stored (a flow
-        ack), the batch's end (events after its count are sent again: a gap ended it), or an
-        error (for all of it not yet stored)."""
+        ack); an event refused (it alone fails, or is retried if the refusal is transient); the
+        batch's end (the events after its count are sent again: a gap, a refusal or an error
+        ended it)."""
         entry = self._fast.get(batch_id)
-        if entry is None or reply.kind in ("gap", "err"):  # informational: its end follows
+        if entry is None or reply.kind == "gap":  # a gap: the end follows
             return
         first, count, done = entry
         out = self._out
@@ -167,31 +168,39 @@ class JetStreamSender(_Sender):
             if upto > done:
                 out.settle_fast(range(first + done, first + upto), self._config.stream)
                 entry[2] = upto
+        elif reply.kind == "err":  # event `seq` refused; the end follows
+            self._refused_fast(first + reply.seq - 1, reply.error)
         else:
             del self._fast[batch_id]
-            upto = min(reply.stored, count) if reply.kind == "end" else done
-            if upto > done:
-                out.settle_fast(range(first + done, first + upto), self._config.stream)
+            upto = done
+            if reply.kind == "end":
+                upto = max(done, min(reply.stored, count))
+                if upto > done:
+                    out.settle_fast(range(first + done, first + upto), self._config.stream)
+            elif done < reply.event <= count:  # the batch ended at this event, refused
+                self._refused_fast(first + reply.event - 1, reply.error)
             rest = out.take_inflight(range(first + upto, first + count))
-            if rest:
-                exc = self._fast_failure(reply, upto)
-                for item in rest:
-                    self._attempts.failed(item, exc)
+            ended = BrokerUnavailable(f"a fast-ingest batch ended after its event {upto}: sending the rest again")
+            for item in rest:
+                self._attempts.failed(item, ended)
             out.placed()
         self._loop.room_opened()
 
-    def _fast_failure(self, reply: FastReply, upto: int) -> BrokerError:
-        """Why the events of a fast-ingest batch after its ``upto``-th were not stored."""
-        error = reply.error
-        if error is None:
-            return BrokerUnavailable(
-                f"a fast-ingest batch ended after its event {upto} (a gap): sending the rest again"
-            )
-        if error.get("err_code") == _FAST_DISABLED and not self._fast_off:
-            self._fast_off = True
-            log.warning("the stream does not allow fast-ingest batches any more: publish_many() gets an ack per event")
-            return BrokerUnavailable("the stream refused a fast-ingest batch (batch publish is disabled)")
-        return refusal("a fast-ingest batch", error)
+    def _refused_fast(self, key: int, error: dict[str, Any] | None) -> None:
+        """The event sent as publish sequence ``key`` in a fast-ingest batch was refused with ``error``."""
+        items = self._out.take_inflight(range(key, key + 1))
+        if not items or error is None:
+            self._out.placed()
+            return
+        [item] = items
+        if error.get("err_code") == _FAST_DISABLED:
+            if not self._fast_off:
+                self._fast_off = True
+                log.warning("the stream does not allow fast-ingest batches: publish_many() gets an ack per event")
+            self._attempts.failed(item, BrokerUnavailable("the stream refused a fast-ingest batch (disabled)"))
+        else:
+            self._attempts.failed(item, refusal(f"event {item.event_id}", error))
+        self._out.placed()
 
     def connection_replaced(self) -> None:
         """A new connection: the fast-ingest batches of the old one are over (their events,

@@ -65,44 +65,51 @@ def fast_op(n: int, last: int) -> int:
 
 
 class FastReply(NamedTuple):
-    """What the server said about a fast-ingest batch: ``kind`` "ack" (events up to ``seq``
-    stored), "end" (the batch is over: its first ``stored`` events stored, the last at stream
-    sequence ``seq``, 0 if all were duplicates), "error" (the batch failed: ``error``), or
-    "gap"/"err" (informational: the end follows)."""
+    """What the server said about a fast-ingest batch, on the reply subject of its ``event``-th
+    event: ``kind`` "ack" (events up to ``seq`` stored), "end" (the batch is over: its first
+    ``stored`` events stored, the last at stream sequence ``seq``, 0 if all were duplicates),
+    "error" (the batch ended at that event, refused with ``error``), "err" (event ``seq`` was
+    refused with ``error``; the end follows), or "gap" (events were lost; the end follows)."""
 
     kind: str
     seq: int
     stored: int
-    stream: str | None
     error: dict[str, Any] | None
+    event: int
 
 
 def _uint(value: Any) -> TypeGuard[int]:
     return type(value) is int and 0 <= value <= _MAX_SEQ
 
 
-def read_fast(body: bytes) -> FastReply | None:
+def _error(error: Any) -> bool:
+    return isinstance(error, dict) and type(error.get("code")) is int and type(error.get("err_code", 0)) is int
+
+
+def read_fast(body: bytes, event: int) -> FastReply | None:
     """A fast-ingest control message (ADR-50's BatchFlowAck/Gap/Err, or the final PubAck or
-    error), or None if ``body`` is none of them (dropped: the inbox is a trust boundary)."""
+    error) that came on the reply subject of the batch's ``event``-th event, or None if ``body``
+    is none of them (dropped: the inbox is a trust boundary)."""
     try:
         reply = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
     if not isinstance(reply, dict):
         return None
-    kind = reply.get("type")
+    kind, seq = reply.get("type"), reply.get("seq")
     if kind == "ack":
-        seq = reply.get("seq")
-        return FastReply("ack", seq, 0, None, None) if _uint(seq) else None
-    if kind in ("gap", "err"):
-        return FastReply(kind, 0, 0, None, None)
+        return FastReply("ack", seq, 0, None, event) if _uint(seq) else None
+    if kind == "gap":
+        return FastReply("gap", 0, 0, None, event)
+    if kind == "err":
+        error = reply.get("error")
+        return FastReply("err", seq, 0, error, event) if _uint(seq) and _error(error) else None
     if kind is not None:
         return None
     error = reply.get("error")
     if error is not None:
-        ok = isinstance(error, dict) and type(error.get("code")) is int and type(error.get("err_code", 0)) is int
-        return FastReply("error", 0, 0, None, error) if ok else None
-    seq, count, stream = reply.get("seq"), reply.get("count"), reply.get("stream")
-    if not (_uint(seq) and _uint(count) and isinstance(stream, str)):
+        return FastReply("error", 0, 0, error, event) if _error(error) else None
+    stored = reply.get("count")
+    if not (_uint(seq) and _uint(stored) and isinstance(reply.get("stream"), str)):
         return None
-    return FastReply("end", seq, count, stream, None)
+    return FastReply("end", seq, stored, None, event)

@@ -235,10 +235,12 @@ class NatsTransport:
         on_fast = self._on_fast
 
         async def on_reply(msg: Msg) -> None:
-            batch_id, _, _rest = msg.subject[start:].partition(".")
+            # <batch id>.<flow>.<gap>.<event>.<op>.$FI
+            tokens = msg.subject[start:].split(".")
             if not msg.data:  # nothing to say (an R>1 stream's leader may send it)
                 return
-            reply = read_fast(msg.data)
+            batch_id, event = tokens[0], tokens[3] if len(tokens) == 6 else ""
+            reply = read_fast(msg.data, int(event)) if 0 < len(event) < 20 and event.isdigit() else None
             if reply is None:
                 ignored(msg.subject[start:].encode(), msg.data)
             else:
