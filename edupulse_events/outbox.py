@@ -293,6 +293,7 @@ class OutboxRelay:
             before_sleep=before_sleep,
             reraise=True,
         )
+        self._store.prepare()
         while not stop.is_set():
             try:
                 more = retrying(self._step)

@@ -126,3 +126,17 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL of a new, empty PostgreSQL database (``postgresql://postgres@127.0.0.1:<port>/test_<n>``)."""
     return postgres_server.url(postgres_server.create_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An empty outbox database of each family (`outbox_support.Database`), its table created."""
+    from outbox_support import Database
+
+    if request.param == "sqlite":
+        database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
+    else:
+        database = Database("postgresql", request.getfixturevalue("postgres_url"))
+    database.create()
+    yield database
+    database.close()

@@ -266,7 +266,7 @@ class Delivery:
 
     def _wait(self, futures: list[concurrent.futures.Future[Any]]) -> BaseException | None:
         """The first error among ``futures`` once all resolved (`WaitTimeout` if they did not in time)."""
-        done, pending = concurrent.futures.wait(futures, timeout=self.wait_timeout)
+        _done, pending = concurrent.futures.wait(futures, timeout=self.wait_timeout)
         if pending:
             return WaitTimeout(f"{len(pending)} of {len(futures)} events not acknowledged within {self.wait_timeout} s")
         for future in futures:

@@ -86,6 +86,10 @@ class Store(Protocol):
     def release(self) -> None:
         """Give a claim back untouched."""
 
+    def prepare(self) -> None:
+        """Before a relay's first pass: start listening for commits (PostgreSQL), so that none
+        committed after it is missed by `wait`."""
+
     def wait(self, stop: threading.Event, timeout: float) -> None:
         """Wait up to ``timeout`` s for a new commit (PostgreSQL: ``LISTEN``), or until ``stop``."""
 
@@ -242,6 +246,9 @@ class SqliteStore:
     def release(self) -> None:
         pass  # nothing held: a SQLite claim is a plain read under the relay lock
 
+    def prepare(self) -> None:
+        pass  # SQLite has no notifications: the relay polls
+
     def wait(self, stop: threading.Event, timeout: float) -> None:
         stop.wait(timeout)
 
@@ -264,7 +271,8 @@ class SqliteStore:
         conn = self._db()
         with _database("read the dead letters", (sqlite3.Error,)):
             rows = conn.execute(
-                f"SELECT id, event_id, subject, created_at, failed_at, reason FROM {self.table}_dead ORDER BY id LIMIT ?",
+                f"SELECT id, event_id, subject, created_at, failed_at, reason FROM {self.table}_dead "
+                "ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
         return [DeadRow(*row) for row in rows]
@@ -408,6 +416,9 @@ class PostgresStore:
 
     def release(self) -> None:
         self._rollback()
+
+    def prepare(self) -> None:
+        self._listen()
 
     def wait(self, stop: threading.Event, timeout: float) -> None:
         """Wait for a ``NOTIFY <table>`` (sent by the insert trigger at commit), in steps of at
