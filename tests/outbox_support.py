@@ -14,7 +14,7 @@ from helpers import read_stream
 from edupulse_events import EventEnvelope, NatsPublisher, Outbox
 from edupulse_events.testing import NatsServer
 
-__all__ = ["STREAM", "SUBJECT", "Database", "atomic_stream", "stored_ids"]
+__all__ = ["STREAM", "SUBJECT", "Database", "atomic_stream", "publisher_to", "stored_ids"]
 
 STREAM = "OUTBOX"
 SUBJECT = "edupulse.{tenant}.{type}"
@@ -79,6 +79,11 @@ def atomic_stream(server: NatsServer, **config: Any) -> NatsPublisher:
 
     config.setdefault("allow_atomic", True)
     add_stream(server.url, STREAM, ["edupulse.>"], **config)
+    return publisher_to(server)
+
+
+def publisher_to(server: NatsServer) -> NatsPublisher:
+    """A publisher to `STREAM` on ``server`` (the caller closes it)."""
     return NatsPublisher.connect(server.url, SUBJECT, stream=STREAM, delivery_timeout=10.0)
 
 

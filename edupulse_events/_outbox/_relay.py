@@ -200,6 +200,7 @@ class Delivery:
         rows = [row for transaction in batch for row in transaction]
         if len({row.event_id for row in rows}) < len(rows):
             rows, envelopes = _once(rows, envelopes, delivered)
+        log.debug("outbox relay: sending %d events of %d transactions", len(rows), len(batch))
         if not self.atomic:
             self._send_each(rows, envelopes, delivered, dead)
             return

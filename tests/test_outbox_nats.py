@@ -1,0 +1,209 @@
+"""The outbox relay delivering to a real nats-server, from real SQLite and PostgreSQL databases:
+exactly the committed transactions, each whole and in order, exactly once — through random
+rollbacks, a relay SIGKILLed mid-delivery, refusals and a broker outage."""
+
+from __future__ import annotations
+
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from helpers import LogWatcher, envelope, envelopes
+from outbox_support import Database, atomic_stream, publisher_to, stored_ids
+
+from edupulse_events import EventEnvelope, LessonPublished, OutboxRelay
+from edupulse_events.testing import NatsServer
+
+#: A relay in its own process: delivers until killed, logging each batch it sends to stderr.
+RELAY_PROCESS = """
+import logging, sys, threading
+from edupulse_events import NatsPublisher, OutboxRelay
+logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="%(message)s")
+publisher = NatsPublisher.connect(sys.argv[2], "edupulse.{tenant}.{type}", stream="OUTBOX")
+relay = OutboxRelay(sys.argv[1], publisher, claim=50, poll_interval=0.05)
+print("ready", flush=True)
+relay.run(threading.Event())
+"""
+
+
+def _ids(events: list[EventEnvelope]) -> list[str]:
+    return [str(e.event_id) for e in events]
+
+
+def test_rollback_sends_nothing_commit_stores_exactly_once(outbox_db: Database, nats_server: NatsServer) -> None:
+    """Only the committed transaction's events reach the stream, once, in order; a second run sends nothing."""
+    outbox_db.commit(envelopes(2), rollback=True)
+    committed = envelopes(3)
+    outbox_db.commit(committed)
+    with atomic_stream(nats_server) as publisher, OutboxRelay(outbox_db.url, publisher) as relay:
+        assert relay.run_once(timeout=30.0) == 3
+        assert relay.run_once(timeout=30.0) == 0
+    assert stored_ids(nats_server, 3) == _ids(committed)
+
+
+def test_random_rollbacks_leave_exactly_the_committed_transactions(outbox_db: Database, nats_server: NatsServer) -> None:
+    """1,000 transactions of 1-3 events, 20 % rolled back at random: the stream holds exactly the
+    committed events, each transaction's contiguous and in add order, transactions in commit order."""
+    rng = random.Random(21)
+    conn = outbox_db.connect()
+    expected: list[str] = []
+    for _ in range(1000):
+        batch = envelopes(rng.randint(1, 3))
+        rollback = rng.random() < 0.2
+        outbox_db.commit(batch, rollback=rollback, conn=conn)
+        if not rollback:
+            expected += _ids(batch)
+    with atomic_stream(nats_server) as publisher, OutboxRelay(outbox_db.url, publisher) as relay:
+        assert relay.run_once(timeout=60.0) == len(expected)
+    assert stored_ids(nats_server, len(expected)) == expected
+    assert outbox_db.count() == 0
+
+
+def _lines(stream: object) -> queue.Queue[str]:
+    """The lines of a subprocess pipe, read by a daemon thread (it ends with the pipe)."""
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _wait_line(lines: queue.Queue[str], text: str, timeout: float = 30.0) -> None:
+    while True:
+        if text in lines.get(timeout=timeout):
+            return
+
+
+def test_a_relay_killed_mid_delivery_delivers_nothing_twice(
+    outbox_db: Database, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A relay SIGKILLed while a batch is on its way (the broker stopped before acknowledging it),
+    then a new relay: every committed event is stored exactly once, each transaction whole."""
+    with atomic_stream(nats_server):
+        pass
+    first = envelopes(10)
+    rest = [envelopes(50) for _ in range(6)]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RELAY_PROCESS, outbox_db.url, nats_server.url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        start_new_session=True,
+    )
+    try:
+        out, err = _lines(proc.stdout), _lines(proc.stderr)
+        _wait_line(out, "ready")
+        outbox_db.commit(first)
+        assert stored_ids(nats_server, len(first)) == _ids(first)  # the relay delivers
+        nats_server.pause()
+        for batch in rest:
+            outbox_db.commit(batch)
+        _wait_line(err, "sending 50 events")  # claimed and handed to the publisher: no ack can come
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        nats_server.resume()
+    assert outbox_db.count() == 300  # nothing settled after the pause
+    with publisher_to(nats_server) as publisher, OutboxRelay(outbox_db.url, publisher) as relay:
+        relay.run_once(timeout=60.0)
+    expected = _ids(first) + [i for batch in rest for i in _ids(batch)]
+    assert stored_ids(nats_server, len(expected)) == expected
+    assert outbox_db.count() == 0
+
+
+def test_a_refused_transaction_goes_to_the_dead_letters(tmp_path: Path, nats_server: NatsServer) -> None:
+    """A transaction the stream refuses for good (an event over its max_msg_size) goes to the dead
+    letters with the broker's reason; the transactions after it are delivered."""
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
+    database.create()
+    large = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "x" * 2000), tenant_id="school-1")
+    refused, after = [envelope(0), large], envelopes(2)
+    database.commit(refused)
+    database.commit(after)
+    with atomic_stream(nats_server, max_msg_size=1024) as publisher, OutboxRelay(database.url, publisher) as relay:
+        relay.run_once(timeout=30.0)
+        dead = relay.dead()
+        stats = relay.stats()
+    database.close()
+    assert stored_ids(nats_server, 2) == _ids(after)
+    assert [d.event_id for d in dead] == _ids(refused)
+    assert "max_msg_size" in dead[0].reason or "maximum" in dead[0].reason
+    assert (stats.pending, stats.dead, stats.dead_lettered) == (0, 2, 2)
+
+
+def test_a_stream_without_atomic_batches_gets_each_event_in_order(tmp_path: Path, nats_server: NatsServer) -> None:
+    """On a stream that does not allow atomic batches (err_code 10174) the relay says so once and
+    sends event by event, in order."""
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
+    database.create()
+    batches = [envelopes(3) for _ in range(3)]
+    for batch in batches:
+        database.commit(batch)
+    with (
+        LogWatcher() as logs,
+        atomic_stream(nats_server, allow_atomic=False) as publisher,
+        OutboxRelay(database.url, publisher) as relay,
+    ):
+        assert relay.run_once(timeout=30.0) == 9
+        assert not relay.atomic
+    database.close()
+    assert stored_ids(nats_server, 9) == [i for batch in batches for i in _ids(batch)]
+    assert logs.text.count("10174") == 1
+
+
+@pytest.mark.slow
+def test_a_broker_outage_of_a_minute_leaves_rows_waiting(tmp_path: Path, nats_server: NatsServer) -> None:
+    """The broker gone for 60 s while transactions commit: rows wait (the relay backs off, no busy
+    loop), then everything is delivered exactly once, in order."""
+    from edupulse_events import RetryPolicy
+
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
+    database.create()
+    publisher = atomic_stream(nats_server)
+    relay = OutboxRelay(database.url, publisher, retry=RetryPolicy(initial=0.5, maximum=5.0), wait_timeout=15.0)
+    expected: list[str] = []
+    with LogWatcher() as logs, publisher, relay:
+        relay.start()
+        before = envelopes(20)
+        database.commit(before)
+        expected += _ids(before)
+        assert stored_ids(nats_server, 20) == expected
+        nats_server.kill()
+        stop = threading.Event()
+        done = threading.Event()
+
+        def commit_for_a_minute() -> None:
+            while not stop.wait(0.05):
+                batch = envelopes(5)
+                database.commit(batch)
+                expected.extend(_ids(batch))
+            done.set()
+
+        writer = threading.Thread(target=commit_for_a_minute)
+        writer.start()
+        assert logs.wait_for("broker unavailable", timeout=60.0)
+        assert not stop.wait(60.0)  # the outage
+        stop.set()
+        writer.join(30)
+        assert done.is_set()
+        pending = database.count()
+        assert pending > 0  # rows waited
+        nats_server.restart()
+        assert stored_ids(nats_server, len(expected)) == expected
+        attempts = logs.text.count("broker unavailable")
+    database.close()
+    assert attempts < 60  # backed off: no busy loop
