@@ -285,11 +285,10 @@ class OutboxRelay:
 
         retrying = tenacity.Retrying(
             retry=tenacity.retry_if_exception_type((OutboxDatabaseError, Outage)),
-            wait=tenacity.wait_exponential_jitter(
-                initial=policy.initial, max=policy.maximum, exp_base=policy.multiplier, jitter=policy.jitter
-            ),
+            wait=tenacity.wait_exponential(multiplier=policy.initial, max=policy.maximum, exp_base=policy.multiplier)
+            + tenacity.wait_random(0, policy.jitter),
             stop=lambda _state: stop.is_set(),
-            sleep=stop.wait,
+            sleep=lambda seconds: None if stop.wait(seconds) else None,  # interrupted by stop
             before_sleep=before_sleep,
             reraise=True,
         )

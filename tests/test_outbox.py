@@ -142,8 +142,12 @@ def test_an_undecodable_row_takes_its_transaction_to_the_dead_letters(outbox_db:
     outbox_db.commit(broken)
     outbox_db.commit(fine)
     conn = outbox_db.connect()
-    conn.execute("UPDATE edupulse_outbox SET body = body || 'x' WHERE event_id = %s".replace(
-        "%s", "?" if outbox_db.family == "sqlite" else "%s"), (str(broken[1].event_id),))
+    conn.execute(
+        "UPDATE edupulse_outbox SET body = body || 'x' WHERE event_id = %s".replace(
+            "%s", "?" if outbox_db.family == "sqlite" else "%s"
+        ),
+        (str(broken[1].event_id),),
+    )
     conn.commit()
     publisher = InMemoryPublisher()
     with OutboxRelay(outbox_db.url, publisher) as relay:

@@ -48,7 +48,9 @@ def test_rollback_sends_nothing_commit_stores_exactly_once(outbox_db: Database, 
     assert stored_ids(nats_server, 3) == _ids(committed)
 
 
-def test_random_rollbacks_leave_exactly_the_committed_transactions(outbox_db: Database, nats_server: NatsServer) -> None:
+def test_random_rollbacks_leave_exactly_the_committed_transactions(
+    outbox_db: Database, nats_server: NatsServer
+) -> None:
     """1,000 transactions of 1-3 events, 20 % rolled back at random: the stream holds exactly the
     committed events, each transaction's contiguous and in add order, transactions in commit order."""
     rng = random.Random(21)

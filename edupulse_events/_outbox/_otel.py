@@ -115,7 +115,7 @@ class RelayTelemetry:
             yield None
             return
         trace = self._trace
-        links = []
+        links: list[Any] = []
         seen: set[str] = set()
         for row in rows:
             parent = row.traceparent
