@@ -106,6 +106,11 @@ class Outbox:
         return f"<Outbox table={self.table!r}>"
 
 
+def _wait(stop: threading.Event, seconds: float) -> None:
+    """tenacity's sleep for `OutboxRelay.run`: cut short by ``stop``."""
+    stop.wait(seconds)
+
+
 class OutboxStats(NamedTuple):
     """The outbox as a relay sees it: rows ``pending``, how long the oldest has waited
     (``oldest_age`` seconds, None when none waits), rows in the dead-letter table (``dead``), and
@@ -288,7 +293,7 @@ class OutboxRelay:
             wait=tenacity.wait_exponential(multiplier=policy.initial, max=policy.maximum, exp_base=policy.multiplier)
             + tenacity.wait_random(0, policy.jitter),
             stop=lambda _state: stop.is_set(),
-            sleep=lambda seconds: None if stop.wait(seconds) else None,  # interrupted by stop
+            sleep=lambda seconds: _wait(stop, seconds),
             before_sleep=before_sleep,
             reraise=True,
         )
