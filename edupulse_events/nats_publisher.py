@@ -30,11 +30,11 @@ from ._engine._worker import Worker, refuse_threadless_uwsgi
 from ._nats import check_broker
 from ._pipeline._cloudevents import router_for
 from ._pipeline._queue import BatchQueue
-from ._pipeline._routing import Item
+from ._pipeline._routing import Group, Item, check_atomic
 from ._spool._spooling import Spooling
 from .config import PublisherConfig
 from .envelope import EventEnvelope
-from .errors import ConfigError, DeadlockError, PublisherClosed, PublisherCrashed, QueueFull
+from .errors import ConfigError, DeadlockError, InvalidBatch, PublisherClosed, PublisherCrashed, QueueFull
 from .futures import PublishAck, in_worker_thread
 from .stats import FAILED_IDS_KEPT, PublisherState, PublisherStats, add
 
@@ -263,15 +263,31 @@ class NatsPublisher:
         do not. If the time runs out, `QueueFull` is raised and its ``futures`` are those of the
         envelopes queued before (a prefix of the batch, delivered as usual); the rest were not.
         The whole batch is held encoded before it is queued: send batches of thousands, not millions.
+
+        With ``atomic=True`` the batch is one JetStream atomic batch: the stream stores all of it,
+        contiguously and in order, or none of it, and the futures resolve together (each with its
+        own `PublishAck`, or all with the same error). It is queued whole or not at all (`QueueFull`
+        with no futures); `InvalidBatch` for a batch that cannot be one (more than
+        ``config.max_batch`` events, an event id twice, core NATS); a stream without
+        ``allow_atomic`` fails it with `EventRejected`. A resent batch that the stream had stored
+        already resolves as stored (``duplicate=True``, no sequence): never twice, never failed.
         """
-        if atomic:
-            raise NotImplementedError("atomic batches: issue 20, in progress")
+        if atomic and not self._config.jetstream:
+            raise InvalidBatch("atomic batches are a JetStream feature: this publisher publishes to core NATS")
         worker = self._worker
         if worker is None or self._pid != _getpid():
             worker = self._ensure_worker()
         envelopes = envelopes if isinstance(envelopes, list) else list(envelopes)
         items = self._router.prepare_many(envelopes, worker.max_payload, self._futures_condition, worker.hand_over)
-        if not items:
+        if atomic:
+            check_atomic(items, self._config.max_batch)
+            if len(items) > self._config.max_queue:
+                raise InvalidBatch(
+                    f"an atomic batch of {len(items)} events never fits the queue (max_queue={self._config.max_queue})"
+                )
+            Group(items)
+            worker.atomic = True
+        elif not items:
             return []
         telemetry = self._telemetry
         if telemetry is not None:
@@ -288,7 +304,10 @@ class NatsPublisher:
                 spooling.accept_many(items)  # SpoolFull: nothing written, nothing queued
             elif not worker.connected:
                 wait = 0.0
-        queued = self._queue.put_many(items, wait, worker.wake)
+        if atomic:
+            queued = len(items) if self._queue.put_whole(items, wait, worker.wake) else 0
+        else:
+            queued = self._queue.put_many(items, wait, worker.wake)
         worker.wake()
         if self._worker is not worker:
             self._rescue()
@@ -373,6 +392,8 @@ class NatsPublisher:
                 in_flight=worker.outstanding.count if worker is not None else 0,
                 retried=tally.retried,
                 duplicates=tally.duplicates,
+                acknowledged_atomic=tally.atomic,
+                acknowledged_fast=tally.fast,
                 failures=tally.failures,
                 spooled=spooling.kept if spooling is not None else 0,
                 replayed=spooling.replayed if spooling is not None else 0,

@@ -57,6 +57,10 @@ class PublisherStats:
     #: Attempts retried after a transient failure, and acks that were JetStream duplicates.
     retried: int = 0
     duplicates: int = 0
+    #: Events acknowledged as part of an atomic batch (``publish_many(atomic=True)``), and
+    #: through fast-ingest batches (one ack for many events): both are also in ``acknowledged``.
+    acknowledged_atomic: int = 0
+    acknowledged_fast: int = 0
     #: Failed events by their error's type (e.g. ``{"PublishTimeout": 3}``); sums to ``failed``.
     failures: Mapping[str, int] = attrs.field(factory=dict)
     #: With a spool: events resolved as spooled (``PublishAck.spooled``: on disk, not delivered

@@ -33,7 +33,7 @@ TRANSIENT = {10023, 10063, 10158, 10163, 10167, 10210, 10211}
 @pytest.mark.parametrize("err_code", sorted(JS_PUBLISH_ERRORS))
 def test_every_known_err_code_is_classified(err_code: int) -> None:
     """Each err_code a publish can get back (nats-server's table) maps to BrokerUnavailable or EventRejected."""
-    error = refusal("e-1", {"code": 400, "err_code": err_code, "description": "some text"})
+    error = refusal("event e-1", {"code": 400, "err_code": err_code, "description": "some text"})
     assert isinstance(error, BrokerUnavailable if err_code in TRANSIENT else EventRejected)
     assert error.retryable is (err_code in TRANSIENT)
     assert "e-1" in str(error)
@@ -43,8 +43,8 @@ def test_every_known_err_code_is_classified(err_code: int) -> None:
 
 def test_store_failure_is_permanent_unless_the_store_is_closed() -> None:
     """10077 (the store refused the message) is permanent, except "store is closed" (the stream is stopping)."""
-    full = refusal("e", {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"})
-    closed = refusal("e", {"code": 503, "err_code": 10077, "description": "store is closed"})
+    full = refusal("event e", {"code": 503, "err_code": 10077, "description": "maximum messages exceeded"})
+    closed = refusal("event e", {"code": 503, "err_code": 10077, "description": "store is closed"})
     assert isinstance(full, EventRejected)
     assert full.err_code == 10077
     assert full.code == 503
@@ -54,7 +54,7 @@ def test_store_failure_is_permanent_unless_the_store_is_closed() -> None:
 @pytest.mark.parametrize(("code", "transient"), [(503, True), (429, True), (400, False), (500, False), (None, False)])
 def test_unknown_err_codes_fall_back_to_the_status(code: int | None, transient: bool) -> None:
     """An err_code the table does not know is transient only with a 429 or 503 status."""
-    error = refusal("e", {"code": code, "err_code": 99999, "description": "new in a later server"})
+    error = refusal("event e", {"code": code, "err_code": 99999, "description": "new in a later server"})
     assert error.retryable is transient
 
 

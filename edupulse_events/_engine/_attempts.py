@@ -48,6 +48,11 @@ class DrainLoop(Protocol):
         ...
 
     @property
+    def atomic(self) -> bool:
+        """Whether atomic batches were ever queued (until then the senders never look for them)."""
+        ...
+
+    @property
     def aborted(self) -> bool:
         """Whether close()'s deadline passed: nothing is retried any more."""
         ...

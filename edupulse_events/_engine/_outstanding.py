@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._nats._acks import Ack
-from .._pipeline._routing import Item
+from .._pipeline._routing import Group, Item
 from .._spool._spooling import DELETE_DELAY
 from ..errors import PublisherClosed, PublisherCrashed
 from ..futures import new_ack, settle
@@ -73,6 +73,9 @@ class Outstanding:
         #: events failed by their error's type (what stats() and the metrics report).
         self.retried = 0
         self.duplicates = 0
+        #: Events acknowledged in atomic batches and through fast ingest.
+        self.atomic = 0
+        self.fast = 0
         self.failures: dict[str, int] = {}
         #: Ids of the events failed most recently (for the publisher's closing log).
         self.failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
@@ -107,8 +110,18 @@ class Outstanding:
             telemetry.record(items, time.monotonic())
 
     def fail(self, item: Item, exc: BaseException) -> bool:
-        """Fail ``item``'s future with ``exc``; False if it had already resolved, or if the spool
-        takes it instead (a transient error, resolved as spooled once written: see `report`)."""
+        """Fail ``item``'s future with ``exc`` (every event of its atomic batch, if it is in one);
+        False if it had already resolved, or if the spool takes it instead (a transient error,
+        resolved as spooled once written: see `report`)."""
+        group = item.group
+        if group is None:
+            return self._fail(item, exc)
+        failed = False
+        for member in group.items:
+            failed = self._fail(member, exc) or failed
+        return failed
+
+    def _fail(self, item: Item, exc: BaseException) -> bool:
         if self.spooling is not None and (item.replay or self.spooling.keeps(item, exc)):
             if item.future.resolved():
                 return False
@@ -143,6 +156,27 @@ class Outstanding:
             inflight[seq] = item
             seq += 1
 
+    def send_group(self, group: Group, seq: int, now: float) -> None:
+        """``group`` is written as one atomic batch whose commit answers on publish sequence
+        ``seq``: in flight from ``now`` as its last event (one more attempt each)."""
+        for item in group.items:
+            item.attempts += 1
+            item.sent_at = now
+        self.inflight[seq] = group.last
+
+    def succeed_group(self, group: Group, stream: str | None, last: int | None) -> None:
+        """``group`` was stored, its last event at stream sequence ``last`` (the others just
+        before it, in order: the server stores a batch contiguously); ``last`` None: the stream
+        refused a resent batch for holding its event ids already (duplicates: stored before)."""
+        n = len(group.items)
+        if last is None:
+            results = [new_ack(None, stream, True)] * n
+            self.duplicates += n
+        else:
+            results = [new_ack(seq, stream, False) for seq in range(last - n + 1, last + 1)]
+        self.atomic += n
+        self.succeed(group.items, results)
+
     def settle_acks(self, acks: Iterable[Ack]) -> list[tuple[Item, dict[str, Any]]]:
         """Resolve the in-flight events these acks answer, together (a late ack for an attempt
         already retried is ignored: the retry gets its own). Acks that are errors come back with
@@ -160,6 +194,8 @@ class Outstanding:
             error = ack[4]
             if error is not None:
                 refused.append((item, error))
+            elif item.group is not None:  # an atomic batch's commit: all of it was stored
+                self.succeed_group(item.group, ack[1], ack[2])
             elif ack[3]:  # a duplicate: rare, so a PublishAck now
                 self.duplicates += 1
                 items.append(item)
@@ -365,6 +401,9 @@ class Tally:
         self.peak = 0
         self.retried = 0
         self.duplicates = 0
+        #: Events acknowledged in atomic batches and through fast ingest.
+        self.atomic = 0
+        self.fast = 0
         self.failures: dict[str, int] = {}
         #: Ids of the events these threads failed, the most recent `FAILED_IDS_KEPT` (for the closing log).
         self.failed_ids: collections.deque[str] = collections.deque(maxlen=FAILED_IDS_KEPT)
@@ -376,6 +415,8 @@ class Tally:
         self.peak = max(self.peak, out.peak)
         self.retried += out.retried
         self.duplicates += out.duplicates
+        self.atomic += out.atomic
+        self.fast += out.fast
         add(self.failures, dict(out.failures))  # a copy: the publisher thread may be adding keys
         self.failed_ids.extend(list(out.failed_ids))  # one C call: no list mutated mid-copy
 
@@ -391,6 +432,7 @@ class Tally:
         total = Tally()
         total.batches, total.peak = self.batches, self.peak
         total.retried, total.duplicates = self.retried, self.duplicates
+        total.atomic, total.fast = self.atomic, self.fast
         add(total.failures, self.failures)
         if thread is not None:
             total.absorb(thread)

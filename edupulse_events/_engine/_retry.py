@@ -21,7 +21,7 @@ import tenacity
 from ..config import RetryPolicy
 from ..errors import BrokerError, BrokerUnavailable, EventRejected
 
-__all__ = ["JS_PUBLISH_ERRORS", "Backoff", "refusal"]
+__all__ = ["JS_PUBLISH_ERRORS", "Backoff", "batch_refusal", "refusal"]
 
 #: err_code -> (nats-server's constant, transient). A transient error leaves the same bytes with
 #: the same Nats-Msg-Id a chance later (or an ack as a duplicate); retrying a permanent one cannot help.
@@ -60,10 +60,10 @@ JS_PUBLISH_ERRORS: dict[int, tuple[str, bool]] = {
     10212: ("JSMessageSchedulesSchedulerInvalidErr", False),
     10223: ("JSMessageSchedulesTimeZoneInvalidErr", False),
     10227: ("JSMessageSourceHdrNotAllowedErr", False),
-    # atomic and fast batch publishing (headers and reply subjects this library never sends)
+    # atomic and fast batch publishing (`batch_refusal` reads an atomic batch's commit answer)
     10174: ("JSAtomicPublishDisabledErr", False),
     10175: ("JSAtomicPublishMissingSeqErr", False),
-    10176: ("JSAtomicPublishIncompleteBatchErr", False),
+    10176: ("JSAtomicPublishIncompleteBatchErr", False),  # transient for this library's batches: batch_refusal
     10177: ("JSAtomicPublishUnsupportedHeaderBatchErr", False),
     10179: ("JSAtomicPublishInvalidBatchIDErr", False),
     10185: ("JSRequiredApiLevelErr", False),
@@ -92,13 +92,14 @@ def is_transient(code: object, err_code: object, description: str) -> bool:
     return code in _TRY_AGAIN
 
 
-def refusal(event_id: str, error: dict[str, Any]) -> BrokerError:
-    """The library's error for a JetStream error object ``{"code", "err_code", "description"}``."""
+def refusal(what: str, error: dict[str, Any]) -> BrokerError:
+    """The library's error for a JetStream error object ``{"code", "err_code", "description"}``
+    answering ``what`` (``"event <id>"``, or an atomic batch)."""
     code, err_code = error.get("code"), error.get("err_code")
     text = str(error.get("description", "unknown error"))
     known = JS_PUBLISH_ERRORS.get(err_code) if isinstance(err_code, int) else None
     name = f" {known[0]}" if known is not None else ""
-    message = f"JetStream rejected event {event_id}: {text} (code {code}, err_code {err_code}{name})"
+    message = f"JetStream rejected {what}: {text} (code {code}, err_code {err_code}{name})"
     if is_transient(code, err_code, text):
         return BrokerUnavailable(message)
     return EventRejected(
@@ -106,6 +107,39 @@ def refusal(event_id: str, error: dict[str, Any]) -> BrokerError:
         code=code if isinstance(code, int) else None,
         err_code=err_code if isinstance(err_code, int) else None,
     )
+
+
+_BATCH_INCOMPLETE = 10176
+_BATCH_DISABLED = 10174
+_BATCH_DUPLICATE = 10201
+_BATCH_TOO_LARGE = 10199
+
+
+def batch_refusal(first_id: str, count: int, error: dict[str, Any], resent: bool) -> BrokerError | None:
+    """The library's error for a JetStream error object answering an atomic batch's commit
+    (``first_id``: its first event, ``count`` events), or None where it says the batch is
+    stored: a batch ``resent`` after an attempt that got no answer, refused for holding event
+    ids the stream has (10201), was stored by that attempt (the server stores a batch whole)."""
+    err_code = error.get("err_code")
+    what = f"atomic batch of {count} events (from event {first_id})"
+    if err_code == _BATCH_DUPLICATE and resent:
+        return None
+    if err_code == _BATCH_INCOMPLETE:  # always sent whole: the server dropped it (full, leader change, timeout)
+        return BrokerUnavailable(f"JetStream abandoned the {what} before its commit (err_code 10176): sending it again")
+    error = dict(error)
+    if err_code == _BATCH_DISABLED:
+        error["description"] = (
+            "the stream does not allow atomic batches: set allow_atomic on it (nats-server 2.12 or later; "
+            "create_stream=True creates streams that allow them)"
+        )
+    elif err_code == _BATCH_DUPLICATE:
+        error["description"] = (
+            "an event of the batch is stored already (published before, within the stream's duplicate window): "
+            "the batch was refused whole, none of it stored"
+        )
+    elif err_code == _BATCH_TOO_LARGE:
+        error["description"] = f"{error.get('description')}: set PublisherConfig.max_batch to the server's limit"
+    return refusal(what, error)
 
 
 class Backoff:

@@ -3,7 +3,8 @@
 The publisher thread's drain loop hands each batch to one of two small strategies:
 
 - `JetStreamSender` numbers every event (its ack arrives on ``reply prefix + number``),
-  registers it in flight and writes the batch; `on_acks` settles a run of acks at once: a
+  registers it in flight and writes the batch; an atomic batch (`Group`) goes as one, numbered
+  once (only its commit is answered), under a new batch id each attempt; `on_acks` settles a run of acks at once: a
   stream sequence, a duplicate, an error (`_retry.refusal` says transient or permanent), or
   "no responders" (then the events are parked and one stream check per subject decides:
   no stream captures it, a permanent `EventRejected`; one does, a leader election, retried).
@@ -18,24 +19,32 @@ move events only through `Outstanding`'s methods, set timers and start tasks thr
 
 from __future__ import annotations
 
+import base64
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
+from .._nats import BATCH_HEADERS
 from .._nats._acks import Ack
-from .._pipeline._routing import Item
+from .._pipeline._routing import Group, Item
 from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable, EventRejected, InvalidEvent
 from ..futures import PublishAck
 from ._attempts import Attempts, DrainLoop
 from ._outstanding import Outstanding
-from ._retry import refusal
+from ._retry import batch_refusal, refusal
 from ._supervisor import Supervisor
 
 __all__ = ["CoreSender", "JetStreamSender"]
 
 _CORE_ACK = PublishAck(None, None, False)
 _NO_LIMIT = 1 << 62
+
+
+def _batch_id() -> bytes:
+    """A new atomic batch id: 16 random characters (the server takes up to 64)."""
+    return base64.urlsafe_b64encode(os.urandom(12))
 
 
 class _Sender:
@@ -57,13 +66,14 @@ class _Sender:
 
     def _fitting(self, batch: Sequence[Item]) -> Sequence[Item]:
         """``batch`` without the events larger than the server's max_payload (learnt after they
-        were queued), which fail with `InvalidEvent`."""
+        were queued), which fail with `InvalidEvent` (with their atomic batch, if in one: counted
+        with the batch headers it adds)."""
         limit = self._loop.max_payload or _NO_LIMIT
         if all(item.size <= limit for item in batch):
             return batch
         fitting = []
         for item in batch:
-            if item.size <= limit:
+            if item.size + (BATCH_HEADERS if item.group is not None else 0) <= limit:
                 fitting.append(item)
                 continue
             why = (
@@ -91,11 +101,37 @@ class JetStreamSender(_Sender):
 
     async def send(self, batch: Sequence[Item]) -> None:
         batch = self._fitting(batch)
+        if self._loop.atomic and any(item.group is not None for item in batch):
+            await self._send_with_groups(batch)
+            return
         first = self._seq + 1
         self._out.send_js(batch, first, time.monotonic())
         self._seq += len(batch)
         # Not sent on a failure here: the events stay in flight and are resent at attempt_timeout.
         await self._loop.transport.publish_js(batch, first)
+
+    async def _send_with_groups(self, batch: Sequence[Item]) -> None:
+        """A batch that holds atomic batches (whole, or as their last event when resent): each
+        goes as one, in its place among the other events."""
+        run: list[Item] = []
+        for item in batch:
+            group = item.group
+            if group is None:
+                run.append(item)
+            elif item is group.last and not item.future.resolved():  # (resolved: one event was too large)
+                if run:
+                    await self.send(run)
+                    run = []
+                await self._send_group(group)
+        if run:
+            await self.send(run)
+
+    async def _send_group(self, group: Group) -> None:
+        """One atomic batch: a new batch id each attempt (the server may still hold an attempt
+        it abandoned), the same ``Nats-Msg-Id``s; only the commit asks for an answer."""
+        self._seq += 1
+        self._out.send_group(group, self._seq, time.monotonic())
+        await self._loop.transport.publish_atomic(group.items, _batch_id(), self._seq)
 
     def on_acks(self, acks: list[Ack]) -> None:
         """Acks as they arrived (`_acks.Ack` tuples): settle the events they answer, together."""
@@ -117,7 +153,16 @@ class JetStreamSender(_Sender):
                     item, BrokerUnavailable(f"JetStream answered event {item.event_id} with status {status}")
                 )
             return
-        self._attempts.failed(item, refusal(item.event_id, error))
+        group = item.group
+        if group is None:
+            self._attempts.failed(item, refusal(f"event {item.event_id}", error))
+            return
+        resent = item.attempts > 1 or item.replay
+        exc = batch_refusal(group.items[0].event_id, len(group.items), error, resent)
+        if exc is None:
+            self._out.succeed_group(group, self._config.stream, None)
+        else:
+            self._attempts.failed(item, exc)
 
     def _no_responders(self, item: Item) -> None:
         """No stream answered: ask once per subject whether any captures it; park the events

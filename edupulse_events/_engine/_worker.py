@@ -117,6 +117,8 @@ class Worker:
         self._stopping = False
         self._stop_deadline: float | None = None
         self.aborted = False
+        #: Set by the publisher before it first queues an atomic batch (`publish_many(atomic=True)`).
+        self.atomic = False
         self._shutting_down = False
         self._owner_told = False
         self._waiting_room = False
@@ -372,6 +374,8 @@ class Worker:
             retries = out.retries
             room = window - out.count
             fresh = queue.take(room, window_bytes - out.nbytes, not out.count) if room > 0 else []
+            if fresh and fresh[-1].group is not None and fresh[-1] is not fresh[-1].group.last:
+                fresh += self._rest_of_group(fresh[-1])  # an atomic batch goes whole, window or not
             spooling = self.spooling
             if spooling is not None and spooling.replay_pending and not retries:
                 spare = min(room - len(fresh), self._half_window or 1)  # new events first: never starved
@@ -396,6 +400,13 @@ class Worker:
             self.batches += 1
             await self._sender.send(batch)
             self._in_hand = ()
+
+    def _rest_of_group(self, taken: Item) -> list[Item]:
+        """The events of ``taken``'s atomic batch queued behind it (the queue holds a batch
+        contiguously: `BatchQueue.put_whole`)."""
+        items = taken.group.items  # type: ignore[union-attr]  # the caller checked
+        rest = len(items) - items.index(taken) - 1
+        return self.queue.take(rest, 1 << 62, True)
 
     def _replaying(self) -> bool:
         """Spooled events (own or adopted) wait to be sent and the broker is up: a stop delivers

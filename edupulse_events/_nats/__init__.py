@@ -10,11 +10,13 @@ and demos.
 
 from __future__ import annotations
 
+from ._batches import BATCH_HEADERS
 from ._client import NatsTransport, cancel_and_wait, check_broker
 from ._paths import PATH_ENV, prepare_process
 from ._stream import StoredMessage, read_stream, read_stream_async
 
 __all__ = [
+    "BATCH_HEADERS",
     "PATH_ENV",
     "NatsTransport",
     "StoredMessage",

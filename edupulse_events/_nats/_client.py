@@ -51,6 +51,8 @@ class Path(Protocol):
 
     async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]: ...
 
+    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None: ...
+
     @property
     def backlog(self) -> int: ...
 
@@ -188,6 +190,13 @@ class NatsTransport:
         if self._path is None:
             raise BrokerUnavailable("not connected to the broker")
         await self._path.publish_js(items, first_seq)
+
+    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None:
+        """Publish ``items`` as one JetStream atomic batch ``batch_id``; its commit's ack comes to
+        ``on_acks`` as publish sequence ``seq`` (the other events are not answered)."""
+        if self._path is None:
+            raise BrokerUnavailable("not connected to the broker")
+        await self._path.publish_atomic(items, batch_id, seq)
 
     async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]:
         """Publish ``items`` to core NATS; the returned future is done once the server read them."""

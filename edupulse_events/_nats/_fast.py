@@ -28,6 +28,7 @@ from nats.protocol import parser as nats_parser
 from .._pipeline._routing import Item
 from ..errors import BrokerUnavailable
 from ._acks import Ack, AckReader, ack_matchers, ignored, read_ack, valid_status
+from ._batches import batch_headers
 
 __all__ = ["FastPath", "check_internals", "prepare_acks"]
 
@@ -218,6 +219,30 @@ class FastPath:
             append(item.payload)
             append(b"\r\n")
             size += len(line) + item.size + 2
+        nc = self._nc
+        nc._pending.extend(pieces)  # noqa: SLF001
+        nc._pending_data_size += size  # noqa: SLF001
+        await self._kick()
+
+    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None:
+        """One atomic batch: the batch headers put in front of each event's own, the commit on
+        the last, which alone replies (to ``prefix + seq``)."""
+        prefix, last = self._prefix, len(items)
+        pieces: list[bytes] = []
+        append = pieces.append
+        size = 0
+        for n, item in enumerate(items, 1):
+            headers = batch_headers(item.headers, batch_id, n, n == last)
+            total = len(headers) + len(item.payload)
+            if n < last:
+                line = b"HPUB %s %d %d\r\n" % (item.subject, len(headers), total)
+            else:
+                line = b"HPUB %s %s%d %d %d\r\n" % (item.subject, prefix, seq, len(headers), total)
+            append(line)
+            append(headers)
+            append(item.payload)
+            append(b"\r\n")
+            size += len(line) + total + 2
         nc = self._nc
         nc._pending.extend(pieces)  # noqa: SLF001
         nc._pending_data_size += size  # noqa: SLF001

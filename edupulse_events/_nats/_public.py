@@ -24,6 +24,7 @@ from nats.aio.msg import Msg
 from .._pipeline._routing import Item
 from ..errors import BrokerUnavailable
 from ._acks import Ack, ignored, read_ack, valid_status
+from ._batches import batch_headers
 
 __all__ = ["PublicPath", "header_dict"]
 
@@ -105,6 +106,16 @@ class PublicPath:
                 await publish(
                     item.subject.decode(), item.payload, reply=f"{prefix}{seq}", headers=header_dict(item.headers)
                 )
+        except (nats.errors.Error, OSError) as exc:
+            raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc
+
+    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None:
+        publish, last = self._nc.publish, len(items)
+        try:
+            for n, item in enumerate(items, 1):
+                headers = header_dict(batch_headers(item.headers, batch_id, n, n == last))
+                reply = f"{self._prefix}{seq}" if n == last else ""
+                await publish(item.subject.decode(), item.payload, reply=reply, headers=headers)
         except (nats.errors.Error, OSError) as exc:
             raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc
 

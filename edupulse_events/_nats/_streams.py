@@ -1,5 +1,6 @@
-"""JetStream streams as a publisher needs them: the configured one exists (or is created) and
-captures every subject the publisher writes to, and whether any stream captures a subject."""
+"""JetStream streams as a publisher needs them: the configured one exists (or is created, allowing
+atomic and fast-ingest batches) and captures every subject the publisher writes to, and whether
+any stream captures a subject."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import logging
 
 import nats.js.errors
 from nats.aio.client import Client
+from nats.js.api import StreamConfig
 
 from ..config import PublisherConfig
 from ..errors import BrokerError
@@ -14,6 +16,15 @@ from ..errors import BrokerError
 __all__ = ["ensure_stream", "stream_captures", "subject_covered"]
 
 log = logging.getLogger("edupulse_events")
+
+
+#: Streams this library creates allow atomic and fast-ingest batches (nats-server 2.12+; older
+#: servers ignore the fields), where the installed nats-py knows the fields (2.12+).
+_BATCH_FLAGS = {
+    name: True
+    for name in ("allow_atomic", "allow_batched")
+    if name in getattr(StreamConfig, "__dataclass_fields__", {})
+}
 
 
 def subject_covered(pattern: str, subject: str) -> bool:
@@ -55,7 +66,7 @@ async def ensure_stream(nc: Client, cfg: PublisherConfig) -> None:
                 raise BrokerError(
                     f"JetStream stream {cfg.stream!r} does not exist: create it, or pass create_stream=True"
                 ) from None
-            await jsm.add_stream(name=cfg.stream, subjects=[wanted], num_replicas=cfg.stream_replicas)
+            await jsm.add_stream(name=cfg.stream, subjects=[wanted], num_replicas=cfg.stream_replicas, **_BATCH_FLAGS)
             log.info("created JetStream stream %s for subject %s", cfg.stream, wanted)
             return
     except BrokerError:

@@ -130,6 +130,42 @@ class BatchQueue(Generic[Q]):
         finally:
             mutex.release()
 
+    def put_whole(self, items: Sequence[Q], timeout: float, wake: Callable[[], None]) -> bool:
+        """Add all of ``items`` (contiguous, one deadline) or none: wait up to ``timeout`` s for
+        room for all of them; False if it did not come (nothing added). An empty queue takes them
+        whatever their size (as `put` takes a lone large event)."""
+        n, size = len(items), sum(item.size for item in items)
+        mutex = self._mutex
+        if not mutex.acquire(False):
+            _acquire(mutex)
+        try:
+            q = self._items
+            if q and (len(q) + n > self.maxsize or self.nbytes + size > self.maxbytes):
+                wake()
+                end = time.monotonic() + timeout
+                self.blocked_puts += 1
+                self._waiting_puts += 1
+                try:
+                    while q and (len(q) + n > self.maxsize or self.nbytes + size > self.maxbytes):
+                        remaining = end - time.monotonic()
+                        if remaining <= 0.0:
+                            return False
+                        self._not_full.wait(remaining)
+                finally:
+                    self._waiting_puts -= 1
+            deadline = time.monotonic() + self.ttl
+            total = self._bytes_in
+            for item in items:
+                total += item.size
+                item.mark = total
+                item.deadline = deadline
+            self._bytes_in = total
+            self.accepted += n
+            q.extend(items)
+            return True
+        finally:
+            mutex.release()
+
     def _has_room(self, size: int) -> bool:
         n = len(self._items)
         return n == 0 or (n < self.maxsize and self._bytes_in - self._bytes_out + size <= self.maxbytes)

@@ -38,7 +38,7 @@ from ..errors import InvalidBatch, InvalidEvent
 from ..events import event_type_name
 from ..futures import PublishFuture, new_future
 
-__all__ = ["HEADERS", "Item", "Router", "check_atomic", "header_value", "tenant_from_token", "tenant_token"]
+__all__ = ["HEADERS", "Group", "Item", "Router", "check_atomic", "header_value", "tenant_from_token", "tenant_token"]
 
 #: The header names `Router` writes (what a spooled row may carry: `_spooling.RowCheck`).
 HEADERS = frozenset(
@@ -60,6 +60,7 @@ class Item:
         "deadline",
         "event_id",
         "future",
+        "group",
         "headers",
         "mark",
         "payload",
@@ -86,6 +87,25 @@ class Item:
         #: Its row in the spool (0: not on disk), and whether it came from there (no caller waits).
         self.spool_id = 0
         self.replay = False
+        #: The atomic batch it belongs to (None: an event on its own).
+        self.group: Group | None = None
+
+
+class Group:
+    """The events of one ``publish_many(atomic=True)``: stored together, in order, or not at all.
+
+    Wherever the publisher thread keeps events waiting (in flight, for a retry, parked), a group
+    is there as its last event, the one that carries the commit (`Group.last`); the others wait
+    here. It resolves whole: every future with its own ack, or every one with the same error.
+    """
+
+    __slots__ = ("items", "last")
+
+    def __init__(self, items: list[Item]) -> None:
+        self.items = items
+        self.last = items[-1]
+        for item in items:
+            item.group = self
 
 
 _TOKENS: dict[str | None, str] = {}
