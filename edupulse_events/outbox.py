@@ -133,7 +133,8 @@ class OutboxRelay:
 
     Settings (float seconds; `ConfigError` at construction): ``table``; ``codec`` decodes the stored
     bodies (default: the publisher's ``config.codec``, else the default codec); ``max_batch``
-    events per atomic batch (default: the publisher's ``config.max_batch``, else 1,000); ``claim``
+    events per atomic batch (default and most: the publisher's ``config.max_batch`` and
+    ``max_queue``, else 1,000); ``claim``
     rows read per pass; ``poll_interval`` between looks when idle (PostgreSQL relays are woken at
     once by ``LISTEN/NOTIFY``); ``keep_delivered`` seconds to keep delivered rows (0: delete at
     once); ``wait_timeout`` for the publisher to take and acknowledge a batch; ``db_timeout`` for
@@ -164,9 +165,15 @@ class OutboxRelay:
         if codec is None:
             codec = getattr(config, "codec", None)
         check_codec(None, None, codec)
+        limit = min(getattr(config, "max_batch", 1000), getattr(config, "max_queue", 1000))
         if max_batch is None:
-            max_batch = getattr(config, "max_batch", 1000)
+            max_batch = limit
         count_validator("max_batch")(None, None, max_batch)
+        if max_batch > limit:
+            raise ConfigError(
+                f"max_batch ({max_batch}) is more than the publisher takes in one atomic batch ({limit}: its "
+                "config.max_batch and max_queue)"
+            )
         count_validator("claim")(None, None, claim)
         for name, value in (
             ("poll_interval", poll_interval),

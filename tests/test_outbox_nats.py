@@ -11,14 +11,14 @@ import signal
 import subprocess
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 import pytest
+from nats.js.api import DiscardPolicy
 from helpers import LogWatcher, envelope, envelopes
-from outbox_support import Database, atomic_stream, publisher_to, stored_ids
+from outbox_support import SUBJECT, Database, atomic_stream, publisher_to, stored_ids
 
-from edupulse_events import EventEnvelope, LessonPublished, OutboxRelay
+from edupulse_events import EventEnvelope, NatsPublisher, OutboxRelay
 from edupulse_events.testing import NatsServer
 
 #: A relay in its own process: delivers until killed, logging each batch it sends to stderr.
@@ -128,43 +128,44 @@ def test_a_relay_killed_mid_delivery_delivers_nothing_twice(
 
 
 def test_a_refused_transaction_goes_to_the_dead_letters(tmp_path: Path, nats_server: NatsServer) -> None:
-    """A transaction the stream refuses for good (an event over its max_msg_size) goes to the dead
-    letters with the broker's reason; the transactions after it are delivered."""
+    """A transaction the stream refuses for good (two events on one subject where the stream keeps
+    one per subject, discarding new ones) goes whole to the dead letters with the broker's reason;
+    the transaction sent in the same batch, and those after, are delivered."""
     database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
     database.create()
-    large = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "x" * 2000), tenant_id="school-1")
-    refused, after = [envelope(0), large], envelopes(2)
+    refused, after = [envelope(0, tenant="t1"), envelope(2, tenant="t1")], envelopes(2)
     database.commit(refused)
     database.commit(after)
-    with atomic_stream(nats_server, max_msg_size=1024) as publisher, OutboxRelay(database.url, publisher) as relay:
-        relay.run_once(timeout=30.0)
+    limits = {"max_msgs_per_subject": 1, "discard": DiscardPolicy.NEW, "discard_new_per_subject": True}
+    with atomic_stream(nats_server, **limits) as publisher, OutboxRelay(database.url, publisher) as relay:
+        assert relay.run_once(timeout=30.0) == 2
         dead = relay.dead()
         stats = relay.stats()
     database.close()
     assert stored_ids(nats_server, 2) == _ids(after)
     assert [d.event_id for d in dead] == _ids(refused)
-    assert "max_msg_size" in dead[0].reason or "maximum" in dead[0].reason
+    assert "maximum messages per subject exceeded" in dead[0].reason
     assert (stats.pending, stats.dead, stats.dead_lettered) == (0, 2, 2)
 
 
-def test_a_stream_without_atomic_batches_gets_each_event_in_order(tmp_path: Path, nats_server: NatsServer) -> None:
-    """On a stream that does not allow atomic batches (err_code 10174) the relay says so once and
-    sends event by event, in order."""
+@pytest.mark.parametrize("core", [False, True], ids=["allow_atomic=False", "core NATS"])
+def test_without_atomic_batches_each_event_goes_in_order(tmp_path: Path, nats_server: NatsServer, core: bool) -> None:
+    """Where atomic batches cannot be had (a stream without allow_atomic, err_code 10174; a core NATS
+    publisher) the relay says so once and sends event by event, in order."""
     database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
     database.create()
     batches = [envelopes(3) for _ in range(3)]
     for batch in batches:
         database.commit(batch)
-    with (
-        LogWatcher() as logs,
-        atomic_stream(nats_server, allow_atomic=False) as publisher,
-        OutboxRelay(database.url, publisher) as relay,
-    ):
-        assert relay.run_once(timeout=30.0) == 9
-        assert not relay.atomic
+    with atomic_stream(nats_server, allow_atomic=False) as jetstream:
+        publisher = NatsPublisher.connect(nats_server.url, SUBJECT, jetstream=False) if core else jetstream
+        with LogWatcher() as logs, publisher, OutboxRelay(database.url, publisher) as relay:
+            assert relay.run_once(timeout=30.0) == 9
+            assert not relay.atomic
     database.close()
     assert stored_ids(nats_server, 9) == [i for batch in batches for i in _ids(batch)]
-    assert logs.text.count("10174") == 1
+    assert logs.text.count("sending event by event") == 1
+    assert ("core NATS" if core else "10174") in logs.text
 
 
 @pytest.mark.slow

@@ -16,10 +16,11 @@ Outcomes, per batch:
   several transactions is sent again one transaction at a time, and only the transaction refused
   goes to the dead-letter table, with the reason; the others go on. A row whose body does not
   decode takes its transaction to the dead letters too (never half of it to the stream).
-- ``err_code`` 10201 (an id already in the stream's duplicate window: a batch sent before a crash
-  and stored, its rows not yet deleted): sent again event by event, each acknowledged as a duplicate.
-- ``err_code`` 10174 (the stream does not allow atomic batches): from then on this relay sends
-  event by event, in order, each waiting for its ack before the next (logged once).
+- ``err_code`` 10174 (the stream does not allow atomic batches), or `InvalidBatch` (a publisher
+  that has none: core NATS): from then on this relay sends event by event, in order, each waiting
+  for its ack before the next (logged once).
+- a batch resent after a relay died between the ack and deleting its rows: `NatsPublisher`
+  resolves it as stored (the stream refuses it for holding stored ids, 10201): delivered once.
 - anything else (no connection, no ack in time, the publisher closed): the pass stops there;
   what was acknowledged before is settled, the rest stays pending for the next pass.
 """
@@ -33,7 +34,16 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..errors import BrokerError, DecodeError, EventRejected, InvalidEvent, PublisherClosed, QueueFull, WaitTimeout
+from ..errors import (
+    BrokerError,
+    DecodeError,
+    EventRejected,
+    InvalidBatch,
+    InvalidEvent,
+    PublisherClosed,
+    QueueFull,
+    WaitTimeout,
+)
 from ._schema import StoredRow
 
 if TYPE_CHECKING:
@@ -43,14 +53,12 @@ if TYPE_CHECKING:
     from ._otel import RelayTelemetry
     from ._stores import Store
 
-__all__ = ["ATOMIC_DISABLED", "DUPLICATE_IN_BATCH", "Delivery", "Outage", "Pass", "groups", "pack"]
+__all__ = ["ATOMIC_DISABLED", "Delivery", "Outage", "Pass", "groups", "pack"]
 
 log = logging.getLogger("edupulse_events.outbox")
 
 #: JSAtomicPublishDisabledErr: the stream was not created with allow_atomic.
 ATOMIC_DISABLED = 10174
-#: JSAtomicPublishContainsDuplicateMessageErr: an id of the batch is in the duplicate window already.
-DUPLICATE_IN_BATCH = 10201
 
 
 class Pass(NamedTuple):
@@ -206,11 +214,11 @@ class Delivery:
             return
         try:
             futures = self.publisher.publish_many(envelopes, atomic=True, timeout=self.wait_timeout)
-        except NotImplementedError:  # a publisher without atomic batches
-            self._atomic_off("the publisher does not send atomic batches")
+        except InvalidBatch as exc:  # a publisher that cannot (core NATS): nothing was queued
+            self._atomic_off(f"the publisher sends no atomic batches ({' '.join(str(exc).split())})")
             self._send_each(rows, envelopes, delivered, dead)
             return
-        except InvalidEvent as exc:  # InvalidBatch included: nothing was queued
+        except InvalidEvent as exc:  # an event the publisher refuses (nothing was queued)
             self._refused(batch, exc, delivered, dead)
             return
         except (QueueFull, PublisherClosed, BrokerError) as exc:
@@ -220,10 +228,6 @@ class Delivery:
             delivered += [row.id for row in rows]
         elif isinstance(error, EventRejected) and error.err_code == ATOMIC_DISABLED:
             self._atomic_off("the stream does not allow atomic batches (allow_atomic); err_code 10174")
-            self._send_each(rows, envelopes, delivered, dead)
-        elif isinstance(error, EventRejected) and error.err_code == DUPLICATE_IN_BATCH:
-            # stored before (a relay stopped between the ack and deleting the rows): each again,
-            # the stream acknowledges each as a duplicate (or stores one it lacks)
             self._send_each(rows, envelopes, delivered, dead)
         elif isinstance(error, EventRejected):
             self._refused(batch, error, delivered, dead)
