@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from nats.js.api import DiscardPolicy
 from helpers import LogWatcher, envelope, envelopes
+from nats.js.api import DiscardPolicy
 from outbox_support import SUBJECT, Database, atomic_stream, publisher_to, stored_ids
 
 from edupulse_events import EventEnvelope, NatsPublisher, OutboxRelay
@@ -190,9 +190,10 @@ def test_a_broker_outage_of_a_minute_leaves_rows_waiting(tmp_path: Path, nats_se
         done = threading.Event()
 
         def commit_for_a_minute() -> None:
+            conn = database.connect()
             while not stop.wait(0.05):
                 batch = envelopes(5)
-                database.commit(batch)
+                database.commit(batch, conn=conn)
                 expected.extend(_ids(batch))
             done.set()
 
