@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sqlite3
 import statistics
 import sys
@@ -37,8 +38,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nats
-
 from _common import machine, make_envelopes, percentile
+
 from edupulse_events import EventEnvelope, NatsPublisher, Outbox, OutboxRelay
 from edupulse_events.errors import ServerNotFound
 from edupulse_events.testing import NatsServer, PostgresServer
@@ -51,10 +52,8 @@ async def _fresh_stream(url: str) -> None:
     nc = await nats.connect(url)
     try:
         js = nc.jetstream()
-        try:
+        with contextlib.suppress(Exception):  # no stream yet
             await js.delete_stream(STREAM)
-        except Exception:  # noqa: BLE001 - no stream yet
-            pass
         await js.add_stream(name=STREAM, subjects=["outbox.>"], allow_atomic=True)
     finally:
         await nc.close()
@@ -214,7 +213,8 @@ def main() -> None:
                     Outbox().create_table(setup_pg)
                     setup_pg.commit()
                     setup_pg.close()
-                    candidates.append(("relay postgresql", lambda name=name: psycopg.connect(pg.dsn(name)), pg.url(name)))  # type: ignore[misc]
+                    dsn = pg.dsn(name)
+                    candidates.append(("relay postgresql", lambda: psycopg.connect(dsn), pg.url(name)))
                 for label, connect, db in candidates:
                     rate = relay_rate(url, connect, db, make_envelopes(args.events), args.per_tx)
                     rates[label].append(rate)
@@ -223,7 +223,9 @@ def main() -> None:
                     f"round {r + 1}: publish_many {base:,.0f}/s, "
                     + ", ".join(f"{label} {rates[label][-1]:,.0f}/s" for label, _, _ in candidates)
                 )
-            print(f"\nthroughput, {args.events:,} events, {args.per_tx} per transaction, {args.rounds} rounds (median):")
+            print(
+                f"\nthroughput, {args.events:,} events, {args.per_tx} per transaction, {args.rounds} rounds (median):"
+            )
             for label, values in rates.items():
                 if values:
                     ratio = f"  ratio {statistics.median(ratios[label]):.2f}" if label in ratios else ""

@@ -253,6 +253,7 @@ class OutboxRelay:
                     if done.claimed < self._delivery.claim or (end is not None and time.monotonic() >= end):
                         break
                 self._purge(force=True)
+                self._count()
             except OutboxDatabaseError:
                 self._store.close()  # a new connection next time
                 raise
@@ -266,8 +267,7 @@ class OutboxRelay:
                     return False
                 done = self._delivery.run_pass()
                 self._purge(force=False)
-                if self._telemetry is not None and self._telemetry.metering:
-                    self._telemetry.counts = self._store.counts()
+                self._count()
             except OutboxDatabaseError:
                 self._store.close()
                 raise
@@ -342,6 +342,11 @@ class OutboxRelay:
         with self._lock:
             self._store.close()
 
+    def _count(self) -> None:
+        """Count the table for the pending and oldest-age gauges (only while a metrics SDK is configured)."""
+        if self._telemetry is not None and self._telemetry.metering:
+            self._telemetry.counts = self._store.counts()
+
     def _purge(self, force: bool) -> None:
         if self._keep <= 0:
             return
@@ -361,6 +366,8 @@ class OutboxRelay:
             counts = store.counts()
         finally:
             store.close()
+        if self._telemetry is not None:
+            self._telemetry.counts = counts
         age = None if counts.oldest is None else max(0.0, time.time() - counts.oldest)
         return OutboxStats(counts.pending, age, counts.dead, self._delivery.delivered, self._delivery.dead)
 

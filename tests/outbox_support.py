@@ -36,7 +36,11 @@ class Database:
         return self.url.removeprefix("sqlite:///")
 
     def connect(self) -> Any:
-        conn: Any = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False) if self.family == "sqlite" else psycopg.connect(self.url)
+        conn: Any = (
+            sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
+            if self.family == "sqlite"
+            else psycopg.connect(self.url)
+        )
         with self._lock:
             self._opened.append(conn)
         return conn

@@ -87,6 +87,7 @@ class RelayTelemetry:
         self.counts: Counts | None = None
         self.tracing = False
         self.metering = False
+        self.recheck()
 
     def recheck(self) -> None:
         """Whether a tracing or metrics SDK is configured now (once per pass: cheap)."""
