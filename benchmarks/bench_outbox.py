@@ -214,7 +214,7 @@ def main() -> None:
                     setup_pg.commit()
                     setup_pg.close()
                     dsn = pg.dsn(name)
-                    candidates.append(("relay postgresql", lambda: psycopg.connect(dsn), pg.url(name)))
+                    candidates.append(("relay postgresql", lambda dsn=dsn: psycopg.connect(dsn), pg.url(name)))  # type: ignore[misc]
                 for label, connect, db in candidates:
                     rate = relay_rate(url, connect, db, make_envelopes(args.events), args.per_tx)
                     rates[label].append(rate)

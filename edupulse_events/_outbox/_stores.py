@@ -340,12 +340,15 @@ class PostgresStore:
                 cur.execute(statement)
 
     def insert(self, conn: Any, rows: Sequence[Row]) -> None:
-        sql = f"INSERT INTO {self.table} ({_INSERT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s)"
+        # one statement per 1,000 rows: one round trip, one trigger (executemany: one of each per row)
         with conn.cursor() as cur:
-            if len(rows) == 1:
-                cur.execute(sql, rows[0])
-            else:
-                cur.executemany(sql, rows)
+            for start in range(0, len(rows), 1000):
+                chunk = rows[start : start + 1000]
+                values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(chunk))
+                cur.execute(
+                    f"INSERT INTO {self.table} ({_INSERT_COLUMNS}) VALUES {values}",
+                    [value for row in chunk for value in row],
+                )
 
     def _db(self) -> Any:
         if self._conn is None:
