@@ -174,6 +174,13 @@ def add_cost(connect: Callable[[], Any], family: str, transactions: int = 1000) 
     }
 
 
+def _create(conn: Any) -> None:
+    """Create the outbox's tables with ``conn``, then close it."""
+    Outbox().create_table(conn)
+    conn.commit()
+    conn.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20000)
@@ -198,10 +205,7 @@ def main() -> None:
                 base = baseline(url, envelopes)
                 rates["publish_many"].append(base)
                 path = f"{tmp}/app-{r}.db"
-                setup = sqlite3.connect(path)
-                Outbox().create_table(setup)
-                setup.commit()
-                setup.close()
+                _create(sqlite3.connect(path))
                 candidates: list[tuple[str, Callable[[], Any], str]] = [
                     ("relay sqlite", lambda path=path: sqlite3.connect(path), f"sqlite:///{path}")  # type: ignore[misc]
                 ]
@@ -209,11 +213,8 @@ def main() -> None:
                     import psycopg
 
                     name = pg.create_database()
-                    setup_pg = psycopg.connect(pg.dsn(name))
-                    Outbox().create_table(setup_pg)
-                    setup_pg.commit()
-                    setup_pg.close()
                     dsn = pg.dsn(name)
+                    _create(psycopg.connect(dsn))
                     candidates.append(("relay postgresql", lambda dsn=dsn: psycopg.connect(dsn), pg.url(name)))  # type: ignore[misc]
                 for label, connect, db in candidates:
                     rate = relay_rate(url, connect, db, make_envelopes(args.events), args.per_tx)
@@ -231,13 +232,10 @@ def main() -> None:
                     ratio = f"  ratio {statistics.median(ratios[label]):.2f}" if label in ratios else ""
                     print(f"  {label:<18} {statistics.median(values):>10,.0f} events/s{ratio}")
             if pg is not None:
-                name = pg.create_database()
                 import psycopg
 
-                setup_pg = psycopg.connect(pg.dsn(name))
-                Outbox().create_table(setup_pg)
-                setup_pg.commit()
-                setup_pg.close()
+                name = pg.create_database()
+                _create(psycopg.connect(pg.dsn(name)))
                 values = sorted(latency(url, pg, name, args.latency))
                 print(
                     f"\ncommit-to-stored, idle PostgreSQL relay (LISTEN/NOTIFY), {len(values)} commits: "

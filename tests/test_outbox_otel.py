@@ -3,32 +3,16 @@ links to it, and the metrics report pending rows, the oldest one's age, delivere
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from helpers import envelopes
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from outbox_support import Database
 
 from edupulse_events import InMemoryPublisher, OutboxRelay
-
-
-@pytest.fixture
-def otel() -> Iterator[tuple[TracerProvider, InMemorySpanExporter, MeterProvider, InMemoryMetricReader]]:
-    """SDK providers of the test's own (the process-wide ones stay untouched)."""
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    yield tracer_provider, spans, meter_provider, reader
-    tracer_provider.shutdown()
-    meter_provider.shutdown()
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, float]:

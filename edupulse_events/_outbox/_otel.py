@@ -22,12 +22,12 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
+from .._engine._otel import shared
 from .._version import __version__
 from ._schema import StoredRow
 from ._stores import Counts
@@ -101,7 +101,7 @@ class RelayTelemetry:
                 "edupulse_events.outbox", __version__, tracer_provider=self._tracer_provider
             )
             meter = metrics.get_meter("edupulse_events.outbox", __version__, meter_provider=self._meter_provider)
-            _shared(self._meter_provider or metrics.get_meter_provider(), meter).join(self)
+            shared(self._meter_provider or metrics.get_meter_provider(), meter, _Instruments).join(self)
             self._ready = True
         tracers = self._tracer_provider or self._trace.get_tracer_provider()
         meters = self._meter_provider or self._metrics.get_meter_provider()
@@ -201,15 +201,3 @@ class _Instruments:
 
     def join(self, member: RelayTelemetry) -> None:
         self._members.add(member)
-
-
-_instruments: dict[int, tuple[Any, _Instruments]] = {}
-_instruments_lock = threading.Lock()
-
-
-def _shared(provider: Any, meter: Any) -> _Instruments:
-    with _instruments_lock:
-        entry = _instruments.get(id(provider))
-        if entry is None or entry[0] is not provider:
-            entry = _instruments[id(provider)] = (provider, _Instruments(meter))
-        return entry[1]

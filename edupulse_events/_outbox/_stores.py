@@ -224,12 +224,7 @@ class SqliteStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if dead:
-                    conn.executemany(
-                        f"INSERT INTO {t}_dead (original_id, txid, event_id, subject, headers, body, created_at, "
-                        "traceparent, failed_at, reason) SELECT id, txid, event_id, subject, headers, body, "
-                        f"created_at, traceparent, ?, ? FROM {t} WHERE id = ?",
-                        [(now, reason, row_id) for row_id, reason in dead],
-                    )
+                    conn.executemany(_to_dead(t, "?"), [(now, reason, row_id) for row_id, reason in dead])
                     conn.executemany(f"DELETE FROM {t} WHERE id = ?", [(row_id,) for row_id, _ in dead])
                 if keep:
                     conn.executemany(
@@ -284,11 +279,7 @@ class SqliteStore:
         with _database("retry the dead letters", (sqlite3.Error,)):
             conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute(
-                    f"INSERT INTO {t} (txid, {_INSERT_COLUMNS}) SELECT txid, {_INSERT_COLUMNS} FROM {t}_dead "
-                    f"{where} ORDER BY id",
-                    params,
-                )
+                conn.execute(_back_from_dead(t, where), params)
                 moved = conn.execute(f"DELETE FROM {t}_dead {where}", params).rowcount
                 conn.execute("COMMIT")
             except BaseException:
@@ -305,6 +296,21 @@ class SqliteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+
+def _to_dead(table: str, mark: str) -> str:
+    """The statement copying a row (by id) to the dead letters with when and why (``mark``: the placeholder)."""
+    return (
+        f"INSERT INTO {table}_dead (original_id, txid, event_id, subject, headers, body, created_at, traceparent, "
+        f"failed_at, reason) SELECT id, txid, event_id, subject, headers, body, created_at, traceparent, {mark}, "
+        f"{mark} FROM {table} WHERE id = {mark}"
+    )
+
+
+def _back_from_dead(table: str, where: str) -> str:
+    """The statement copying dead rows (``where``) back into the outbox, each with its transaction."""
+    columns = f"txid, {_INSERT_COLUMNS}"
+    return f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {table}_dead {where} ORDER BY id"
 
 
 def _which(ids: Sequence[int] | None, mark: str) -> tuple[str, tuple[Any, ...]]:
@@ -400,12 +406,7 @@ class PostgresStore:
             try:
                 with conn.cursor() as cur:
                     if dead:
-                        cur.executemany(
-                            f"INSERT INTO {t}_dead (original_id, txid, event_id, subject, headers, body, created_at, "
-                            "traceparent, failed_at, reason) SELECT id, txid, event_id, subject, headers, body, "
-                            f"created_at, traceparent, %s, %s FROM {t} WHERE id = %s",
-                            [(now, reason, row_id) for row_id, reason in dead],
-                        )
+                        cur.executemany(_to_dead(t, "%s"), [(now, reason, row_id) for row_id, reason in dead])
                         cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", ([row_id for row_id, _ in dead],))
                     if delivered:
                         if keep:
@@ -513,11 +514,7 @@ class PostgresStore:
         with _database("retry the dead letters", _psycopg_errors()):
             try:
                 with conn.cursor() as cur:
-                    cur.execute(
-                        f"INSERT INTO {t} (txid, {_INSERT_COLUMNS}) SELECT txid, {_INSERT_COLUMNS} FROM {t}_dead "
-                        f"{where} ORDER BY id",
-                        params,
-                    )
+                    cur.execute(_back_from_dead(t, where), params)
                     cur.execute(f"DELETE FROM {t}_dead {where}", params)
                     moved = cur.rowcount
                 conn.commit()
