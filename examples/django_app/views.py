@@ -46,11 +46,9 @@ def _body(request: HttpRequest) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def publish_lesson(request: HttpRequest) -> HttpResponse:
-    """Publish one `LessonPublished` (JSON body: optional ``title`` and ``author_id``); answer 201 with its ids.
-
-    An API for other services, not a form: the project has no CSRF middleware.
-    """
+def _lesson(request: HttpRequest) -> HttpResponse | tuple[EventEnvelope, dict[str, Any]]:
+    """The request's `LessonPublished` envelope (JSON body: optional ``title`` and ``author_id``;
+    correlation id and tenant from the request's context) and its body, or the error response."""
     if request.method != "POST":
         return HttpResponseNotAllowed(["POST"])
     body = _body(request)
@@ -60,9 +58,20 @@ def publish_lesson(request: HttpRequest) -> HttpResponse:
         lesson = LessonPublished(
             lesson_id=uuid.uuid4(), author_id=body.get("author_id", uuid.uuid4()), title=body.get("title", "Untitled")
         )
-        envelope = EventEnvelope.new(lesson)  # correlation id and tenant: the request's context
+        return EventEnvelope.new(lesson), body
     except InvalidEvent as exc:
         return JsonResponse({"error": str(exc)}, status=400)
+
+
+def publish_lesson(request: HttpRequest) -> HttpResponse:
+    """Publish one `LessonPublished` (JSON body: optional ``title`` and ``author_id``); answer 201 with its ids.
+
+    An API for other services, not a form: the project has no CSRF middleware.
+    """
+    made = _lesson(request)
+    if isinstance(made, HttpResponse):
+        return made
+    envelope = made[0]
     try:
         ack = publisher.publish(envelope).result(timeout=RESULT_TIMEOUT)
     except (EventsError, TimeoutError, concurrent.futures.TimeoutError) as exc:
@@ -84,16 +93,11 @@ def save_lesson(request: HttpRequest) -> HttpResponse:
     neither the lesson nor the event remains."""
     from .models import Lesson
 
-    if request.method != "POST":
-        return HttpResponseNotAllowed(["POST"])
-    body = _body(request)
-    if body is None:
-        return JsonResponse({"error": "the body must be a JSON object"}, status=400)
-    try:
-        lesson = LessonPublished(lesson_id=uuid.uuid4(), author_id=uuid.uuid4(), title=body.get("title", "Untitled"))
-        envelope = EventEnvelope.new(lesson)
-    except InvalidEvent as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
+    made = _lesson(request)
+    if isinstance(made, HttpResponse):
+        return made
+    envelope, body = made
+    lesson = envelope.data
     with transaction.atomic():
         Lesson.objects.create(id=lesson.lesson_id, title=lesson.title)
         add_event(envelope)  # same transaction: published by the relay once this commits
