@@ -29,6 +29,7 @@ from .errors import (
     EventsError,
     InvalidBatch,
     InvalidEvent,
+    OutboxDatabaseError,
     PublisherClosed,
     PublisherCrashed,
     PublishTimeout,
@@ -56,6 +57,7 @@ from .events import (
 from .factory import build_from_env
 from .futures import PublishAck, PublishFuture
 from .nats_publisher import NatsPublisher, PublisherState
+from .outbox import Outbox, OutboxRelay, OutboxStats
 from .publisher import EventPublisher, InMemoryPublisher
 from .stats import PublisherStats
 
@@ -88,6 +90,10 @@ __all__ = [
     "InvalidEvent",
     "LessonPublished",
     "NatsPublisher",
+    "Outbox",
+    "OutboxDatabaseError",
+    "OutboxRelay",
+    "OutboxStats",
     "PaymentProcessed",
     "PublishAck",
     "PublishFuture",

@@ -9,6 +9,8 @@ Commands:
 - ``publish [FILE...]``: JSON-lines events to the broker (`_cli._publish`).
 - ``tail``: print the events on a subject or in a stream (`_cli._tail`).
 - ``bench [NAME]``: run a benchmark script of a source checkout (`_cli._bench`).
+- ``outbox relay|inspect|retry-dead --db URL``: deliver a transactional outbox table's committed
+  events, see what it holds, move dead letters back (`_cli._outbox`).
 
 A closed standard output (``... | head``) ends any command quietly with exit code 141, as a
 program killed by SIGPIPE (`_output_closed`).
@@ -34,6 +36,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from ._cli._bench import add_bench_command
+from ._cli._outbox import add_outbox_commands
 from ._cli._publish import add_publish_command
 from ._cli._schema import add_schema_commands
 from ._cli._spool import add_spool_commands
@@ -114,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_publish_command(sub)
     add_tail_command(sub)
     add_bench_command(sub)
+    add_outbox_commands(sub)
     try:
         try:
             args = parser.parse_args(argv)

@@ -7,7 +7,14 @@ the optional setting ``EDUPULSE_EVENTS_TENANT``: a callable, or the dotted path 
 the ``HttpRequest`` and returning the tenant id (a str) or ``None``. Without it the tenant is
 ``None``.
 
-Django is imported only when the middleware is built (importing this module needs no Django).
+The transactional outbox: `add_event` (and `add_events`) add envelopes to the outbox table in the
+current ``transaction.atomic()`` block of a Django database connection, so the events are
+published if and only if that block commits (`edupulse_events.outbox`); `create_outbox_tables`
+is the ``RunPython`` function of a migration that creates the table (in a migration with
+``atomic = False``, so a SQLite file can be switched to WAL mode).
+
+Django is imported only when the middleware is built or an event added (importing this module
+needs no Django).
 Unlike the WSGI middleware, this one runs the view in the server's own context (Django keeps
 per-context state, such as its cache connections, that must outlive a request). A streaming
 response's body is generated after the middleware returns, so each step of it runs inside the
@@ -18,15 +25,20 @@ ASGI, Django runs it in a thread, and an asynchronous streaming body is left as 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
 
 from .context import EventContext, event_context
+from .envelope import EventEnvelope
+from .errors import ConfigError
+from .outbox import Outbox
 from .wsgi import correlation_id_from_environ
 
-__all__ = ["TENANT_SETTING", "EventContextMiddleware"]
+__all__ = ["TENANT_SETTING", "EventContextMiddleware", "add_event", "add_events", "create_outbox_tables"]
+
+_outbox = Outbox()
 
 #: The Django setting naming the tenant callable (or its dotted path).
 TENANT_SETTING = "EDUPULSE_EVENTS_TENANT"
@@ -86,3 +98,37 @@ class EventContextMiddleware:
         ):
             response.streaming_content = _steps_within(context, iter(response.streaming_content))
         return response
+
+
+def _atomic_connection(using: str) -> Any:
+    """The DB-API connection of Django's database ``using``, inside a ``transaction.atomic()`` block."""
+    from django.db import connections  # type: ignore[import-untyped]
+
+    connection = connections[using]
+    if not connection.in_atomic_block:
+        raise ConfigError(
+            "add_event() outside transaction.atomic() would commit the event on its own: "
+            "call it inside the block that saves the rows it is about"
+        )
+    connection.ensure_connection()
+    return connection.connection
+
+
+def add_event(envelope: EventEnvelope, *, outbox: Outbox | None = None, using: str = "default") -> None:
+    """Add ``envelope`` to the outbox in the current ``transaction.atomic()`` block of the database
+    ``using``: validated and encoded now (`InvalidEvent`), published by the relay if the block
+    commits. `ConfigError` outside an atomic block. ``outbox``: another table than the default."""
+    (outbox or _outbox).add(_atomic_connection(using), envelope)
+
+
+def add_events(envelopes: Iterable[EventEnvelope], *, outbox: Outbox | None = None, using: str = "default") -> None:
+    """`add_event` for several envelopes, in order (all validated before any is added)."""
+    (outbox or _outbox).add_many(_atomic_connection(using), envelopes)
+
+
+def create_outbox_tables(apps: Any, schema_editor: Any) -> None:
+    """A migration's ``RunPython`` step: create the outbox's tables on the migrated database
+    (idempotent). Give the migration ``atomic = False`` so a SQLite database is switched to WAL mode."""
+    connection = schema_editor.connection
+    connection.ensure_connection()
+    _outbox.create_table(connection.connection)

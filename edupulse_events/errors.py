@@ -17,6 +17,7 @@
     │   ├── PublishTimeout                    the event failed: not acknowledged before its delivery deadline
     │   └── PublisherCrashed                  the publisher thread crashed; it restarts on the next publish()
     ├── DeadlockError     (RuntimeError)  waiting on a future from the publisher's own thread
+    ├── OutboxDatabaseError (ConnectionError) the outbox relay could not use its database (retried with backoff)
     ├── ServerError       (RuntimeError)  a .testing nats-server failed to start, or was misused
     ├── ServerNotFound    (FileNotFoundError) .testing found no nats-server executable
     └── SpoolError        (OSError)       a spool file could not be used (corrupt, foreign, unwritable)
@@ -49,6 +50,7 @@ __all__ = [
     "EventsError",
     "InvalidBatch",
     "InvalidEvent",
+    "OutboxDatabaseError",
     "PublishTimeout",
     "PublisherClosed",
     "PublisherCrashed",
@@ -172,6 +174,12 @@ class PublisherCrashed(BrokerError):
 
 class DeadlockError(EventsError, RuntimeError):
     """A blocking call was made from the publisher's own thread, where it could never finish."""
+
+
+class OutboxDatabaseError(EventsError, ConnectionError):
+    """The outbox relay could not use its database: unreachable, locked past its timeout, or a
+    statement failed. Nothing was lost (undelivered rows stay); `OutboxRelay.run` retries with
+    backoff, `OutboxRelay.run_once` raises it. The driver's exception is the ``__cause__``."""
 
 
 class ServerError(EventsError, RuntimeError):

@@ -6,13 +6,19 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from edupulse_events._spool._store import Spool
 from edupulse_events.errors import ServerNotFound
 from edupulse_events.testing import NatsCluster, NatsServer, PostgresServer, nats_server_binary
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 
 def _pid_gone(pid: int) -> bool:
@@ -126,3 +132,36 @@ def postgres_server() -> Iterator[PostgresServer]:
 def postgres_url(postgres_server: PostgresServer) -> str:
     """The URL of a new, empty PostgreSQL database (``postgresql://postgres@127.0.0.1:<port>/test_<n>``)."""
     return postgres_server.url(postgres_server.create_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def outbox_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    """An empty outbox database of each family (`outbox_support.Database`), its table created."""
+    from outbox_support import Database
+
+    if request.param == "sqlite":
+        database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
+    else:
+        database = Database("postgresql", request.getfixturevalue("postgres_url"))
+    database.create()
+    yield database
+    database.close()
+
+
+@pytest.fixture
+def otel() -> Iterator[tuple[TracerProvider, InMemorySpanExporter, MeterProvider, InMemoryMetricReader]]:
+    """OpenTelemetry SDK providers of the test's own (the process-wide ones stay untouched)."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    spans = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+    reader = InMemoryMetricReader()
+    meter_provider = MeterProvider(metric_readers=[reader])
+    yield tracer_provider, spans, meter_provider, reader
+    tracer_provider.shutdown()
+    meter_provider.shutdown()

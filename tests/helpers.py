@@ -165,13 +165,14 @@ def serve_once(app: Any, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
-def add_stream(url: str, name: str, subjects: list[str]) -> None:
-    """Create JetStream stream ``name`` capturing ``subjects`` on the server at ``url``."""
+def add_stream(url: str, name: str, subjects: list[str], **config: Any) -> None:
+    """Create JetStream stream ``name`` capturing ``subjects`` on the server at ``url`` (``config``:
+    more `StreamConfig` fields, e.g. ``allow_atomic=True``)."""
 
     async def add() -> None:
         nc = await nats.connect(url)
         try:
-            await nc.jetstream().add_stream(StreamConfig(name=name, subjects=subjects))
+            await nc.jetstream().add_stream(StreamConfig(name=name, subjects=subjects, **config))
         finally:
             await nc.close()
 

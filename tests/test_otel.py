@@ -6,35 +6,20 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from faults_support import STREAM, SUBJECT, connect
 from helpers import envelope, envelopes, read_stream
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from edupulse_events import EventRejected, NatsPublisher, RetryPolicy
 from edupulse_events.testing import NatsServer
-
-
-@pytest.fixture
-def otel() -> Iterator[tuple[TracerProvider, InMemorySpanExporter, MeterProvider, InMemoryMetricReader]]:
-    """SDK providers of the test's own (the process-wide ones stay untouched)."""
-    spans = InMemorySpanExporter()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
-    reader = InMemoryMetricReader()
-    meter_provider = MeterProvider(metric_readers=[reader])
-    yield tracer_provider, spans, meter_provider, reader
-    tracer_provider.shutdown()
-    meter_provider.shutdown()
 
 
 def metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:

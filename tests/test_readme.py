@@ -37,6 +37,7 @@ CLAIMS = {
     "spool": "spool_dir=",
     "registry": "class CourseArchived",
     "atomic": "atomic=True)  # all three",
+    "outbox": 'OutboxRelay("sqlite:///app.db"',
 }
 
 
@@ -162,6 +163,18 @@ WEB_DRIVER = textwrap.dedent(
     print(answer.status_code, json.loads(body)["broker_sequence"])
     """
 )
+
+
+def test_the_outbox_example(nats_server: NatsServer, tmp_path: Path) -> None:
+    """The outbox example commits a lesson with its event, and its relay stores that event."""
+    code = block("outbox").replace(README_URL, nats_server.url) + "\nprint(delivered)\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "1"
+    [stored] = read_stream(nats_server.url, "EDUPULSE")
+    assert stored.headers["Edupulse-Event-Type"] == "LessonPublished"
 
 
 def test_a_newcomers_path_readme_then_examples_on_one_broker(nats_server: NatsServer) -> None:

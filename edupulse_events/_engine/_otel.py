@@ -30,7 +30,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from .._version import __version__
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from ..envelope import EventEnvelope
     from ..stats import PublisherStats
 
-__all__ = ["RECHECK_EVERY", "Telemetry", "telemetry_for"]
+__all__ = ["RECHECK_EVERY", "Telemetry", "shared", "telemetry_for"]
 
 #: Publishes between two looks at whether a tracing or metrics SDK has been configured.
 RECHECK_EVERY = 1024
@@ -101,7 +101,7 @@ class Telemetry:
         self._tracer = trace.get_tracer("edupulse_events", __version__, tracer_provider=self._tracer_provider)
         meter = metrics.get_meter("edupulse_events", __version__, meter_provider=self._meter_provider)
         provider = self._meter_provider or metrics.get_meter_provider()
-        self.duration = _shared(provider, meter).join(self)
+        self.duration = shared(provider, meter, _Instruments).join(self)
         self._ready = True
 
     def observe(self, field: str) -> tuple[int, Mapping[str, Any]]:
@@ -202,17 +202,21 @@ class _Instruments:
         return self.duration
 
 
-#: Instruments by meter provider (kept for the process's life, as the providers themselves are).
-_instruments: dict[int, tuple[Any, _Instruments]] = {}
+#: Instruments by meter provider and kind (kept for the process's life, as the providers themselves are).
+_instruments: dict[tuple[int, Callable[[Any], Any]], tuple[Any, Any]] = {}
 _instruments_lock = threading.Lock()
 
+_T = TypeVar("_T")
 
-def _shared(provider: Any, meter: Any) -> _Instruments:
-    """The instruments of ``provider`` (whose meter is ``meter``), created at its first publisher."""
+
+def shared(provider: Any, meter: Any, make: Callable[[Any], _T]) -> _T:
+    """The instruments ``make(meter)`` builds for ``provider`` (whose meter is ``meter``), built at
+    its first user and shared by every later one (an SDK keeps the first registration of a name)."""
     with _instruments_lock:
-        entry = _instruments.get(id(provider))
+        key = (id(provider), make)
+        entry = _instruments.get(key)
         if entry is None or entry[0] is not provider:
-            entry = _instruments[id(provider)] = (provider, _Instruments(meter))
+            entry = _instruments[key] = (provider, make(meter))
         return entry[1]
 
 

@@ -6,4 +6,8 @@ from django.urls import path  # type: ignore[import-untyped]  # Django ships no 
 
 from . import views
 
-urlpatterns = [path("lessons", views.publish_lesson, name="publish-lesson")]
+urlpatterns = [
+    path("lessons", views.publish_lesson, name="publish-lesson"),
+    path("lessons/outbox", views.save_lesson, name="save-lesson"),
+    path("health", views.health, name="health"),
+]
