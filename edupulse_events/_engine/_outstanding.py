@@ -85,6 +85,7 @@ class Outstanding:
         #: The spool (`PublisherConfig.spool_dir`): events failing for a transient reason go there.
         self.spooling: Spooling | None = None
         self._keep: list[tuple[Item, BaseException]] = []
+        self._keeping: set[Item] = set()  # the events in _keep
         self._delete_timer: asyncio.TimerHandle | None = None
         self._acked = 0
         self._failed = 0
@@ -123,9 +124,11 @@ class Outstanding:
         return failed
 
     def _fail(self, item: Item, exc: BaseException) -> bool:
-        if self.spooling is not None and (item.replay or self.spooling.keeps(item, exc)):
-            if item.future.resolved():
+        spooling = self.spooling
+        if spooling is not None and (item.replay or spooling.keeps(item, exc)):
+            if item.future.resolved() or item in self._keeping:  # (an atomic batch is failed once per event)
                 return False
+            self._keeping.add(item)
             self.count -= 1
             self.nbytes -= item.size
             self._keep.append((item, exc))
@@ -133,6 +136,8 @@ class Outstanding:
             return False
         if not _set_exception(item, exc):
             return False
+        if spooling is not None and item.spool_id:  # refused for good: its write-ahead row goes
+            spooling.discard(item)
         self.count -= 1
         self.nbytes -= item.size
         self._failed += 1
@@ -383,21 +388,22 @@ class Outstanding:
 
     def _to_spool(self, spooling: Spooling) -> None:
         """Write the events `fail` handed to the spool; fail those it could not keep. Rows of
-        acknowledged events are deleted in batches (a timer deletes the last ones)."""
+        acknowledged events (and of those refused for good) are deleted in batches (a timer
+        deletes the last ones): after `Spooling.keep`, which adds the refused replays' rows."""
+        if self._keep:
+            pairs, self._keep = self._keep, []
+            self._keeping.clear()
+            rest, kept = spooling.keep(pairs)
+            self._kept += kept
+            for item, exc in rest:
+                if _set_exception(item, exc):
+                    self._failed += 1
+                    kind = type(exc).__name__
+                    self.failures[kind] = self.failures.get(kind, 0) + 1
+                    self.failed_ids.append(item.event_id)
         closing = self._loop.is_closed()
         if spooling.flush(force=closing) and self._delete_timer is None and not closing:
             self._delete_timer = self._supervisor.call_at(self._loop.time() + DELETE_DELAY, self._delete_late, spooling)
-        if not self._keep:
-            return
-        pairs, self._keep = self._keep, []
-        rest, kept = spooling.keep(pairs)
-        self._kept += kept
-        for item, exc in rest:
-            if _set_exception(item, exc):
-                self._failed += 1
-                kind = type(exc).__name__
-                self.failures[kind] = self.failures.get(kind, 0) + 1
-                self.failed_ids.append(item.event_id)
 
 
 class Counted(Protocol):

@@ -388,7 +388,10 @@ class Worker:
             if spooling is not None and spooling.replay_pending and not retries:
                 spare = min(room - len(fresh), self._half_window or 1)  # new events first: never starved
                 if spare > 0:
-                    fresh = [*fresh, *spooling.claim(spare)]
+                    replays = spooling.claim(spare)
+                    if replays and not self.atomic and any(item.group is not None for item in replays):
+                        self.atomic = True  # spooled atomic batches go as such again
+                    fresh = [*fresh, *replays]
             batch = retries + fresh if retries and fresh else retries or fresh
             if not batch:
                 if out.count and (len(queue) or (spooling is not None and spooling.replay_pending)):

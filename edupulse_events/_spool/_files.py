@@ -18,6 +18,10 @@ planted in the directory can neither make this process create or open a file els
 hang it. Suspect files are only ever opened read-only (`problem`), so what is moved aside is
 byte for byte what was found; `move_aside` writes the reason beside it (``*.why``).
 
+Formats: a spool this code writes is `FORMAT` (``events.batch`` names the first row of a row's
+atomic batch); 0.7.0's `FORMAT_1` (no ``batch``) is still sound. `problem` wants the columns of
+the format the file names, and each batch to be consecutive rows starting at the one it names.
+
 POSIX locks belong to a process, not to a file descriptor: the process's lock would not stop
 its own second ``lockf``, and closing *any* descriptor of the file drops it. So this process
 never opens a lock file it holds or is taking: `held` names them (per pid, as a forked child
@@ -48,10 +52,14 @@ from ..errors import ConfigError
 
 __all__ = [
     "COLUMNS",
+    "COLUMNS_1",
     "FORMAT",
+    "FORMATS",
+    "FORMAT_1",
     "SCHEMA",
     "YOUNG",
     "SpoolFileInfo",
+    "batched",
     "check_directory",
     "claim",
     "claim_lock",
@@ -71,10 +79,13 @@ __all__ = [
     "spool_files",
 ]
 
-#: The ``meta`` table's ``format`` value: a spool this code can adopt.
-FORMAT = "edupulse-spool-1"
-#: ``PRAGMA table_info(events)`` rows as (name, type, notnull, pk).
-COLUMNS = [
+#: The ``meta`` table's ``format`` value of the spools this code writes: ``events`` has a
+#: ``batch`` column (the id of the first row of the row's atomic batch, 0 for an event on its own).
+FORMAT = "edupulse-spool-2"
+#: The format of 0.7.0's spools, without ``batch``: adopted too, their rows as events on their own.
+FORMAT_1 = "edupulse-spool-1"
+#: ``PRAGMA table_info(events)`` rows as (name, type, notnull, pk), by format.
+COLUMNS_1 = [
     ("id", "INTEGER", 0, 1),
     ("event_id", "TEXT", 1, 0),
     ("subject", "BLOB", 1, 0),
@@ -83,10 +94,13 @@ COLUMNS = [
     ("accepted", "REAL", 1, 0),
     ("parked", "INTEGER", 1, 0),
 ]
+COLUMNS = [*COLUMNS_1, ("batch", "INTEGER", 1, 0)]
+FORMATS = {FORMAT: COLUMNS, FORMAT_1: COLUMNS_1}
 #: The schema a `_spool.Spool` creates (in one transaction).
 SCHEMA = (
     "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, event_id TEXT NOT NULL, subject BLOB NOT NULL,"
-    " headers BLOB NOT NULL, payload BLOB NOT NULL, accepted REAL NOT NULL, parked INTEGER NOT NULL)",
+    " headers BLOB NOT NULL, payload BLOB NOT NULL, accepted REAL NOT NULL, parked INTEGER NOT NULL,"
+    " batch INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS events_parked ON events (id) WHERE parked = 1",
     "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     f"INSERT OR IGNORE INTO meta (key, value) VALUES ('format', '{FORMAT}')",
@@ -96,6 +110,13 @@ _MISTYPED = (
     "SELECT id FROM events WHERE typeof(subject) != 'blob' OR typeof(headers) != 'blob'"
     " OR typeof(payload) != 'blob' OR typeof(event_id) != 'text' OR typeof(accepted) NOT IN ('real', 'integer')"
     " ORDER BY id LIMIT 1"
+)
+#: ... and, in a file with atomic batches, rows whose ``batch`` is not an integer.
+_MISTYPED_BATCH = "SELECT id FROM events WHERE typeof(batch) != 'integer' ORDER BY id LIMIT 1"
+#: Atomic batches that are not what a spool writes: rows with consecutive ids, ``batch`` the first's.
+_BROKEN_BATCH = (
+    "SELECT batch FROM events WHERE batch != 0 GROUP BY batch"
+    " HAVING min(id) != batch OR max(id) - min(id) + 1 != count(*) ORDER BY batch LIMIT 1"
 )
 #: A ``.db`` with no ``.lock`` younger than this (seconds) may still be being created.
 YOUNG = 5.0
@@ -329,9 +350,16 @@ def problem(db: Path, check: Callable[[str, bytes, bytes], str | None] | None = 
 
 
 def _row_problem(conn: sqlite3.Connection, check: Callable[[str, bytes, bytes], str | None] | None) -> str | None:
+    with_batches = batched(conn)
     bad = conn.execute(_MISTYPED).fetchone()
+    if bad is None and with_batches:
+        bad = conn.execute(_MISTYPED_BATCH).fetchone()
     if bad is not None:
         return f"row {bad[0]}: a column does not hold the type a spool writes"
+    if with_batches:
+        broken = conn.execute(_BROKEN_BATCH).fetchone()
+        if broken is not None:
+            return f"atomic batch {broken[0]}: its rows are not consecutive rows from the one it names"
     if check is not None:
         for row_id, event_id, subject, headers in conn.execute(
             "SELECT id, event_id, subject, headers FROM events ORDER BY id"
@@ -351,14 +379,21 @@ def _problem(conn: sqlite3.Connection) -> str | None:
         if not {"meta", "events"} <= tables:
             return f"not an edupulse spool: tables {sorted(tables)}"
         fmt = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
-        if fmt is None or fmt[0] != FORMAT:
-            return f"not an edupulse spool: format {fmt[0] if fmt else None!r}, expected {FORMAT!r}"
+        expected = FORMATS.get(fmt[0]) if fmt is not None else None
+        if expected is None:
+            return f"not an edupulse spool: format {fmt[0] if fmt else None!r}, expected {FORMAT!r} or {FORMAT_1!r}"
         columns = [(row[1], row[2], row[3], row[5]) for row in conn.execute("PRAGMA table_info(events)")]
-        if columns != COLUMNS:
-            return f"not an edupulse spool: events columns {columns}"
+        if columns != expected:
+            return f"not an edupulse spool: events columns {columns} (format {fmt[0]!r})"
     except sqlite3.Error as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+def batched(conn: sqlite3.Connection, schema: str = "main") -> bool:
+    """Whether the spool ``schema`` (a sound one: `problem`) has the ``batch`` column (`FORMAT`;
+    0.7.0's `FORMAT_1` has none: every row an event on its own)."""
+    return any(row[1] == "batch" for row in conn.execute(f"PRAGMA {schema}.table_info(events)"))
 
 
 def move_aside(db: Path, why: str) -> Path:

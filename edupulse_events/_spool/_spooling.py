@@ -13,6 +13,9 @@ disk, how their futures resolve, and how spooled events come back. The files the
   them; their futures resolve with `SPOOLED` (``PublishAck(spooled=True)``). Permanent
   refusals still fail (and their rows go). `claim` turns parked rows, and rows adopted from
   processes that died, into items sent again with the same ``Nats-Msg-Id``, oldest first.
+- atomic batches (`Group`): written all or none (`accept_many`, `refused`, `keep`), claimed
+  whole and replayed as one `Group` again (``item.replay``: a batch the stream holds already
+  resolves as stored).
 
 Rows adopted from other processes' files are not trusted: `RowCheck` lets through only a row
 whose subject this publisher's subject template could have made (no other subject, no
@@ -28,6 +31,7 @@ never in ``acknowledged``/``failed`` (so flush() keeps counting this publisher's
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import re
 import sys
@@ -39,13 +43,13 @@ from urllib.parse import unquote
 
 from .._pipeline._cloudevents import HEADERS as CLOUDEVENTS_HEADERS
 from .._pipeline._routing import HEADERS as ROUTING_HEADERS
-from .._pipeline._routing import Item, tenant_from_token
+from .._pipeline._routing import Group, Item, tenant_from_token
 from ..config import PublisherConfig
 from ..errors import BrokerUnavailable, PublisherClosed, PublisherCrashed, PublishTimeout, SpoolError, SpoolFull
 from ..futures import PublishAck, new_future
 
 if TYPE_CHECKING:
-    from ._store import Spool
+    from ._store import Spool, Stored
 
 __all__ = ["DELETE_DELAY", "SPOOLED", "RowCheck", "Spooling"]
 
@@ -185,7 +189,7 @@ class Spooling:
     def accept_many(self, items: Sequence[Item]) -> None:
         """write-ahead, `publish_many`: put ``items`` on disk in one transaction; `SpoolFull`
         (nothing left written) if they do not all fit."""
-        ids = self.store.append_many([_row(item) for item in items], parked=False)
+        ids = self.store.append_many([_row(item) for item in items], parked=False, batches=_batches(items))
         if len(ids) < len(items):
             if ids:
                 self.store.delete(ids, sum(item.size for item in items[: len(ids)]))
@@ -205,6 +209,9 @@ class Spooling:
             for item in rest:
                 item.spool_id = 0
             return False
+        if items[0].group is not None:  # an atomic batch, queued whole or not at all: on disk whole
+            self._overflow_batch(items)
+            return True
         for index, item in enumerate(rest, queued):
             try:
                 self.overflow(item)
@@ -228,6 +235,20 @@ class Spooling:
             self.kept += 1
         item.future.set_result(SPOOLED)
 
+    def _overflow_batch(self, items: Sequence[Item]) -> None:
+        """overflow: an atomic batch the queue has no room for goes to disk whole (resolved as
+        spooled), or `SpoolFull` with no futures (none of it accepted)."""
+        if not self.store.append_many([_row(item) for item in items], parked=True, batches=_batches(items)):
+            raise SpoolFull(
+                f"the spool {self.store.path} has no room for this atomic batch of {len(items)} events "
+                f"({self.store.max_bytes} bytes)"
+            )
+        self.replay_pending = True
+        with self._lock:
+            self.kept += len(items)
+        for item in items:
+            item.future.set_result(SPOOLED)
+
     # ----------------------------------------------------------------- publisher thread (and close())
     @staticmethod
     def keeps(item: Item, exc: BaseException) -> bool:
@@ -235,9 +256,9 @@ class Spooling:
         return isinstance(exc, _TRANSIENT)
 
     def keep(self, pairs: Sequence[Pair]) -> tuple[list[Pair], int]:
-        """Keep on disk the events of ``pairs`` whose error is transient and resolve their futures
-        as spooled; returns the pairs to fail as before (permanent errors, or no room on disk) and
-        how many futures it resolved."""
+        """Keep on disk the events of ``pairs`` whose error is transient (an atomic batch's all
+        together, or none) and resolve their futures as spooled; returns the pairs to fail as
+        before (permanent errors, or no room on disk) and how many futures it resolved."""
         kept: list[Item] = []
         rest: list[Pair] = []
         for item, exc in pairs:
@@ -250,11 +271,13 @@ class Spooling:
                     self._forget(item)
                 rest.append((item, exc))
         on_disk = [item for item in kept if item.spool_id]
-        new = [item for item in kept if not item.spool_id]
+        new = _together([item for item in kept if not item.spool_id])
         try:
             if on_disk:
                 self.store.park([item.spool_id for item in on_disk])
-            written = self.store.append_many([_row(item) for item in new], parked=True) if new else []
+            written = (
+                self.store.append_many([_row(item) for item in new], parked=True, batches=_batches(new)) if new else []
+            )
         except SpoolError as exc:
             log.error("could not keep %d events in the spool: %s", len(kept), exc)
             return rest + [(item, error) for item, error in pairs if item in kept and not item.replay], 0
@@ -323,23 +346,21 @@ class Spooling:
             return self._emptied.wait_for(lambda: not self.store.count, timeout)
 
     def claim(self, limit: int) -> list[Item]:
-        """Up to ``limit`` spooled events to send again (oldest first), as items with private futures."""
+        """Up to ``limit`` spooled events to send again (oldest first), as items with private futures;
+        the events of an atomic batch come whole (past ``limit`` if need be) and go as one again."""
         rows = self.store.claim_parked(limit)
         if len(rows) < limit:
             self.replay_pending = False
         if not rows:
             return []
-        now, wall = time.monotonic(), time.time()
-        items = []
-        late = 0
-        for row in rows:
-            item = Item(new_future(self._condition), row.subject, row.headers, row.payload, row.event_id)
-            item.spool_id = row.id
-            item.replay = True
-            item.deadline = now + self._delivery_timeout
-            items.append(item)
-            if wall - row.accepted > DUPLICATE_WINDOW:
-                late += 1
+        deadline, wall = time.monotonic() + self._delivery_timeout, time.time()
+        items: list[Item] = []
+        for batch, run in itertools.groupby(rows, key=lambda row: row.batch):
+            replays = [self._replay(row, deadline) for row in run]
+            if batch:  # the rows of one atomic batch (consecutive: `Spool.claim_parked`)
+                Group(replays)
+            items += replays
+        late = sum(1 for row in rows if wall - row.accepted > DUPLICATE_WINDOW)
         if late:
             with self._lock:
                 self.late += late
@@ -352,6 +373,13 @@ class Spooling:
         log.info("replaying %d spooled events from %s", len(items), self.store.path)
         return items
 
+    def _replay(self, row: Stored, deadline: float) -> Item:
+        item = Item(new_future(self._condition), row.subject, row.headers, row.payload, row.event_id)
+        item.spool_id = row.id
+        item.replay = True
+        item.deadline = deadline
+        return item
+
     def adopt(self) -> None:
         """Take over the spool files of processes that died (their events are replayed from ours)."""
         try:
@@ -363,6 +391,11 @@ class Spooling:
     def close(self) -> None:
         self.flush()
         self.store.close()
+
+    def discard(self, item: Item) -> None:
+        """``item`` failed for good (a refusal): its row goes at the next `flush` (write-ahead)."""
+        self._forget(item)
+        item.spool_id = 0
 
     def _forget(self, item: Item) -> None:
         """``item``'s row goes at the next `flush` (acknowledged, or refused for good)."""
@@ -378,3 +411,22 @@ class Spooling:
 
 def _row(item: Item) -> tuple[bytes, bytes, bytes, str, float]:
     return (item.subject, item.headers, item.payload, item.event_id, time.time())
+
+
+def _together(items: list[Item]) -> list[Item]:
+    """``items`` with the events of each atomic batch together, in order, where its first is
+    (they come so from `Outstanding.fail`: this only makes sure the spool gets them so)."""
+    if all(item.group is None for item in items):
+        return items
+    first: dict[int, int] = {}
+    keys = [first.setdefault(id(item.group or item), index) for index, item in enumerate(items)]
+    return [items[index] for index in sorted(range(len(items)), key=keys.__getitem__)]
+
+
+def _batches(items: Sequence[Item]) -> list[int] | None:
+    """For `Spool.append_many`: the index of the first event of each item's atomic batch in
+    ``items`` (-1: on its own); None when none is in one."""
+    if all(item.group is None for item in items):
+        return None
+    first: dict[int, int] = {}
+    return [-1 if item.group is None else first.setdefault(id(item.group), index) for index, item in enumerate(items)]

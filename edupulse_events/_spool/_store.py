@@ -16,7 +16,9 @@ every row: the column types and `Spool.check`, the publisher's subject template 
 headers); an unsound one — a single bad row is enough: a file someone planted or altered is not
 trusted in part — is moved aside, never deleted, with the reason logged and written beside it.
 A sound one is attached and its rows copied, parked (to be replayed) and in order, after this
-spool's own ids, in one transaction. Then its files go, the lock last. The lock makes it exactly
+spool's own ids, in one transaction (an atomic batch's rows stay consecutive and keep naming
+their first row: `_files.FORMAT`; a 0.7.0 file, `_files.FORMAT_1`, has no batches). Then its
+files go, the lock last. The lock makes it exactly
 once, even when several processes adopt at the same time; a process killed between the copy and
 the delete leaves the orphan to be adopted again (at least once: the same ``Nats-Msg-Id``, so
 JetStream stores it once within its duplicate window).
@@ -25,6 +27,9 @@ Trust: the directory must be this uid's and writable by nobody else (`ConfigErro
 `Spool` opens, `_files.check_directory`); the files are created ``0600`` and never through
 a symlink. Adopted rows pass `Spool.check` (the publisher's: the subject fits its subject
 template, the headers are the routing headers it writes) or their whole file is moved aside.
+
+Atomic batches: `append_many` writes a batch's rows (consecutive ids, ``batch`` = the first's id)
+all or none, and `claim_parked` hands a batch out whole, so the publisher sends it as one again.
 
 Writes: one connection in autocommit mode, used by caller threads and the publisher thread under
 one lock (``_db``), holding its database in exclusive locking mode (no other process reads a
@@ -61,6 +66,7 @@ from ..errors import SpoolError, SpoolFull
 from ._files import (
     SCHEMA,
     SpoolFileInfo,
+    batched,
     check_directory,
     claim,
     connect,
@@ -81,15 +87,19 @@ __all__ = ["Spool", "SpoolFileInfo", "Stored", "purge", "spool_files"]
 log = logging.getLogger("edupulse_events")
 T = TypeVar("T")
 
-Row = tuple[bytes, bytes, bytes, str, float]  # subject, headers, payload, event_id, accepted
+Row = tuple[bytes, bytes, bytes, str, float]  # subject, headers, payload, event_id, accepted (batches: append_many)
 #: (event_id, subject, headers) -> why that row must not be published, or None (`Spool.check`).
 RowCheck = Callable[[str, bytes, bytes], "str | None"]
 
-INSERT = "INSERT INTO events (id, subject, headers, payload, event_id, accepted, parked) VALUES (?, ?, ?, ?, ?, ?, ?)"
+INSERT = (
+    "INSERT INTO events (id, subject, headers, payload, event_id, accepted, batch, parked)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 SIZE = "coalesce(sum(length(headers) + length(payload)), 0)"
 CHUNK = 500  # ids per IN (...) list, well under SQLite's bound on variables
 
 DELETE_RUN = "DELETE FROM events WHERE id BETWEEN ? AND ?"
+CLAIM = "SELECT id, event_id, subject, headers, payload, accepted, batch FROM events WHERE parked = 1"
 
 #: What fork()ed children gave up on (`Spool.forget`): kept so garbage collection never closes it.
 _abandoned: list[object] = []
@@ -105,6 +115,8 @@ class Stored:
     headers: bytes
     payload: bytes
     accepted: float
+    #: The id of the first row of its atomic batch (0: an event on its own).
+    batch: int = 0
 
 
 class _Batch:
@@ -212,12 +224,22 @@ class Spool:
             self.transactions += 1
         return result
 
-    def _insert(self, conn: sqlite3.Connection, rows: Sequence[Row], parked: int) -> int:
-        """Write ``rows`` in one transaction (holding ``_db``); returns the first id."""
+    def _insert(
+        self, conn: sqlite3.Connection, rows: Sequence[Row], parked: int, batches: Sequence[int] | None = None
+    ) -> int:
+        """Write ``rows`` in one transaction (holding ``_db``); returns the first id. ``batches``:
+        see `append_many`."""
         first = self._next_id
+        if batches is None:
+            values = [(first + i, *row, 0, parked) for i, row in enumerate(rows)]
+        else:
+            values = [
+                (first + i, *row, first + b if b >= 0 else 0, parked)
+                for i, (row, b) in enumerate(zip(rows, batches, strict=True))
+            ]
         if len(rows) == 1:  # one statement is its own transaction: no BEGIN/COMMIT round trips
             try:
-                conn.execute(INSERT, (first, *rows[0], parked))
+                conn.execute(INSERT, values[0])
             except sqlite3.Error as exc:
                 if is_full(exc):
                     raise self._full("database or disk is full") from exc
@@ -225,7 +247,7 @@ class Spool:
             with self._state:
                 self.transactions += 1
         else:
-            self._run(conn, lambda: conn.executemany(INSERT, [(first + i, *row, parked) for i, row in enumerate(rows)]))
+            self._run(conn, lambda: conn.executemany(INSERT, values))
         self._next_id = first + len(rows)
         return first
 
@@ -286,9 +308,12 @@ class Spool:
             self._committing = False
             self._outcome.notify_all()
 
-    def append_many(self, rows: Sequence[Row], *, parked: bool) -> list[int]:
+    def append_many(self, rows: Sequence[Row], *, parked: bool, batches: Sequence[int] | None = None) -> list[int]:
         """Write, in one transaction and in order, the rows that fit under ``max_bytes``, stopping at the
-        first that does not; returns their ids (the caller fails the rest). Disk full: writes none, returns []."""
+        first that does not; returns their ids (the caller fails the rest). Disk full: writes none, returns [].
+
+        ``batches``: for each row, the index in ``rows`` of the first row of its atomic batch (-1: an
+        event on its own); the rows of a batch are consecutive, and are written all or none."""
         with self._db:
             conn = self._connection()
             with self._state:
@@ -297,11 +322,15 @@ class Spool:
                     if nbytes + len(headers) + len(payload) > room:
                         break
                     take, nbytes = take + 1, nbytes + len(headers) + len(payload)
+                if batches is not None and take < len(rows) and 0 <= batches[take] < take:
+                    cut = batches[take]  # the batch the room ends in is left out whole
+                    nbytes -= sum(len(row[1]) + len(row[2]) for row in rows[cut:take])
+                    take = cut
                 self._reserved += nbytes
             first = 0
             try:
                 if take:
-                    first = self._insert(conn, rows[:take], int(parked))
+                    first = self._insert(conn, rows[:take], int(parked), batches and batches[:take])
             except SpoolFull:
                 pass  # the disk is full: nothing written
             finally:
@@ -362,18 +391,17 @@ class Spool:
                 self._run(conn, lambda: self._over(conn, "UPDATE events SET parked = 1 WHERE id IN ({})", unique))
 
     def claim_parked(self, limit: int) -> list[Stored]:
-        """At most ``limit`` parked rows, oldest (lowest id) first, unparked in the same transaction."""
+        """At most ``limit`` parked rows, oldest (lowest id) first, unparked in the same transaction;
+        an atomic batch comes whole (past ``limit`` if the limit ends inside it)."""
         with self._db:
             conn = self._connection()
             if limit <= 0:  # SQLite reads LIMIT -1 as no limit
                 return []
 
             def work() -> list[Stored]:
-                rows = conn.execute(
-                    "SELECT id, event_id, subject, headers, payload, accepted FROM events"
-                    " WHERE parked = 1 ORDER BY id LIMIT ?",
-                    (limit,),
-                ).fetchall()
+                rows = conn.execute(f"{CLAIM} ORDER BY id LIMIT ?", (limit,)).fetchall()
+                if rows and rows[-1][-1]:  # the rest of the last row's batch
+                    rows += conn.execute(f"{CLAIM} AND batch = ? AND id > ? ORDER BY id", (rows[-1][-1], rows[-1][0]))
                 self._over(conn, "UPDATE events SET parked = 0 WHERE id IN ({})", [row[0] for row in rows])
                 return [Stored(*row) for row in rows]
 
@@ -436,14 +464,17 @@ class Spool:
         return int(count)
 
     def _copy_orphan(self, conn: sqlite3.Connection) -> tuple[int, int, int, int]:
-        """Copy orphan.events into main.events, parked, ids kept in order after ours; (rows, bytes, min id, max id)."""
+        """Copy orphan.events into main.events, parked, ids kept in order after ours (an atomic batch
+        keeps naming its first row; a 0.7.0 file has no batches); (rows, bytes, min id, max id)."""
         count, nbytes, low, high = conn.execute(
             f"SELECT count(*), {SIZE}, min(id), max(id) FROM orphan.events"
         ).fetchone()
+        batch = "CASE batch WHEN 0 THEN 0 ELSE batch - :low + :next END" if batched(conn, "orphan") else "0"
         conn.execute(
-            "INSERT INTO main.events (id, event_id, subject, headers, payload, accepted, parked)"
-            " SELECT id - ? + ?, event_id, subject, headers, payload, accepted, 1 FROM orphan.events ORDER BY id",
-            (low or 0, self._next_id),
+            "INSERT INTO main.events (id, event_id, subject, headers, payload, accepted, batch, parked)"
+            f" SELECT id - :low + :next, event_id, subject, headers, payload, accepted, {batch}, 1"
+            " FROM orphan.events ORDER BY id",
+            {"low": low or 0, "next": self._next_id},
         )
         return count, nbytes, low or 0, high or 0
 
