@@ -10,7 +10,8 @@ from pathlib import Path
 
 import nats
 import pytest
-from helpers import envelope, envelopes, read_stream
+from faults_support import sized
+from helpers import add_stream, envelope, envelopes, read_stream
 
 from edupulse_events import InvalidEvent, NatsPublisher, PublishAck, QueueFull, SpoolFull, encode
 from edupulse_events.testing import NatsServer
@@ -167,3 +168,17 @@ def test_overflow_spool_keeps_what_the_queue_cannot_take(
     finally:
         pub.close(timeout=5)
     assert sorted(m.data for m in read_stream(server.url, STREAM)) == sorted(encode(e) for e in batch)
+
+
+def test_an_atomic_batch_with_an_event_the_stream_refuses_fails_at_once_naming_it(nats_server: NatsServer) -> None:
+    """An event over max_msg_size mid-batch: the server drops the batch (10176); the resend asks every
+    event and the batch fails with that event's refusal (EventRejected naming it), nothing stored."""
+    add_stream(nats_server.url, "SMALL", ["edupulse.small"], max_msg_size=4_000, allow_atomic=True)
+    batch = [*envelopes(5), sized(6_000), *envelopes(5)]
+    with NatsPublisher.connect(nats_server.url, "edupulse.small", stream="SMALL", delivery_timeout=20.0) as pub:
+        errors = [f.exception(timeout=10) for f in pub.publish_many(batch, atomic=True)]
+        fine = pub.publish_many(envelopes(3), atomic=True)
+        assert [f.result(timeout=10).broker_sequence for f in fine] == [1, 2, 3]  # the publisher goes on
+    assert {type(e).__name__ for e in errors} == {"EventRejected"}
+    assert f"its event {batch[5].event_id}" in str(errors[0])
+    assert "10054" in str(errors[0])

@@ -14,12 +14,15 @@ type) and after how long (exponential backoff with jitter).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tenacity
 
 from ..config import RetryPolicy
 from ..errors import BrokerError, BrokerUnavailable, EventRejected
+
+if TYPE_CHECKING:
+    from .._pipeline._routing import Group
 
 __all__ = ["JS_PUBLISH_ERRORS", "Backoff", "batch_refusal", "refusal"]
 
@@ -115,17 +118,25 @@ _BATCH_DUPLICATE = 10201
 _BATCH_TOO_LARGE = 10199
 
 
-def batch_refusal(first_id: str, count: int, error: dict[str, Any], resent: bool) -> BrokerError | None:
-    """The library's error for a JetStream error object answering an atomic batch's commit
-    (``first_id``: its first event, ``count`` events), or None where it says the batch is
-    stored: a batch ``resent`` after an attempt that got no answer, refused for holding event
-    ids the stream has (10201), was stored by that attempt (the server stores a batch whole)."""
+def batch_refusal(group: Group, error: dict[str, Any], resent: bool) -> BrokerError | None:
+    """The library's error for a JetStream error object answering atomic batch ``group``'s
+    commit, or None where it says the batch is stored: a batch ``resent`` after an attempt that
+    got no answer, refused for holding event ids the stream has (10201), was stored by that
+    attempt (the server stores a batch whole). "Incomplete" (10176) means the server dropped the
+    batch before its commit — it is always sent whole — for a reason told to the event it
+    refused: the batch is sent again with every event asking for an answer (`Group.verbose`),
+    and that event's refusal, once known, is the batch's."""
     err_code = error.get("err_code")
-    what = f"atomic batch of {count} events (from event {first_id})"
+    what = f"atomic batch of {len(group.items)} events (from event {group.items[0].event_id})"
     if err_code == _BATCH_DUPLICATE and resent:
         return None
-    if err_code == _BATCH_INCOMPLETE:  # always sent whole: the server dropped it (full, leader change, timeout)
-        return BrokerUnavailable(f"JetStream abandoned the {what} before its commit (err_code 10176): sending it again")
+    if err_code == _BATCH_INCOMPLETE:
+        if group.refused is not None:
+            item, reason = group.refused
+            group.refused = None
+            return refusal(f"{what}: its event {item.event_id}", reason)
+        group.verbose = True
+        return BrokerUnavailable(f"JetStream dropped the {what} before its commit (err_code 10176): sending it again")
     error = dict(error)
     if err_code == _BATCH_DISABLED:
         error["description"] = (

@@ -106,6 +106,8 @@ class JetStreamSender(_Sender):
         self._stream_seen: set[bytes] = set()
         #: Open fast-ingest batches: id -> [first publish sequence, events, events stored so far].
         self._fast: dict[bytes, list[int]] = {}
+        #: Events of verbose atomic batches awaiting their own answer, by publish sequence.
+        self._parts: dict[int, tuple[Group, Item]] = {}
         self._fast_off = False
 
     async def send(self, batch: Sequence[Item]) -> None:
@@ -206,6 +208,7 @@ class JetStreamSender(_Sender):
         """A new connection: the fast-ingest batches of the old one are over (their events,
         resent by the worker, go in new ones)."""
         self._fast.clear()
+        self._parts.clear()
 
     async def _send_with_groups(self, batch: Sequence[Item]) -> None:
         """A batch that holds atomic batches (whole, or as their last event when resent): each
@@ -225,10 +228,23 @@ class JetStreamSender(_Sender):
 
     async def _send_group(self, group: Group) -> None:
         """One atomic batch: a new batch id each attempt (the server may still hold an attempt
-        it abandoned), the same ``Nats-Msg-Id``s; only the commit asks for an answer."""
+        it abandoned), the same ``Nats-Msg-Id``s; the commit asks for an answer, and after the
+        server dropped an attempt every event does (`on_part`: the one it refuses says why)."""
+        parts = 0
+        if group.verbose:
+            parts = self._seq + 1
+            for n, item in enumerate(group.items[:-1]):
+                self._parts[parts + n] = (group, item)
+            self._seq += len(group.items) - 1
         self._seq += 1
         self._out.send_group(group, self._seq, time.monotonic())
-        await self._loop.transport.publish_atomic(group.items, _batch_id(), self._seq)
+        await self._loop.transport.publish_atomic(group.items, _batch_id(), self._seq, parts)
+
+    def on_part(self, seq: int, error: dict[str, Any] | None) -> None:
+        """The answer to an event of a verbose atomic batch: staged (None), or refused."""
+        entry = self._parts.pop(seq, None)
+        if entry is not None and error is not None and entry[0].refused is None:
+            entry[0].refused = (entry[1], error)
 
     def on_acks(self, acks: list[Ack]) -> None:
         """Acks as they arrived (`_acks.Ack` tuples): settle the events they answer, together."""
@@ -255,7 +271,7 @@ class JetStreamSender(_Sender):
             self._attempts.failed(item, refusal(f"event {item.event_id}", error))
             return
         resent = item.attempts > 1 or item.replay
-        exc = batch_refusal(group.items[0].event_id, len(group.items), error, resent)
+        exc = batch_refusal(group, error, resent)
         if exc is None:
             self._out.succeed_group(group, self._config.stream, None)
         else:

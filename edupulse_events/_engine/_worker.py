@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._nats import NatsTransport, cancel_and_wait
 from .._nats._acks import Ack
@@ -185,6 +185,9 @@ class Worker:
         except BaseException as exc:  # noqa: BLE001 - supervision (called from nats-py's read loop)
             self.supervisor.crash(exc)
 
+    def _on_part(self, seq: int, error: dict[str, Any] | None) -> None:
+        self.supervisor.guard(self._sender.on_part, seq, error)  # type: ignore[union-attr]  # JetStream only
+
     def _on_fast(self, batch_id: bytes, reply: FastReply) -> None:
         self.supervisor.guard(self._sender.on_fast, batch_id, reply)  # type: ignore[union-attr]  # JetStream only
 
@@ -270,8 +273,8 @@ class Worker:
         for item in items:
             error = undelivered(item, crash, "acknowledged")
             try:
-                if self.outstanding.fail(item, error) and crash is None:
-                    self.abandoned.append(item.event_id)
+                if self.outstanding.fail(item, error) and crash is None:  # (a batch: every event of it)
+                    self.abandoned += [m.event_id for m in item.group.items] if item.group else [item.event_id]
             except BaseException:  # noqa: BLE001 - the books are broken: fail the future directly
                 with contextlib.suppress(concurrent.futures.InvalidStateError):
                     item.future.set_exception(error)
@@ -310,6 +313,7 @@ class Worker:
     def _new_transport(self) -> NatsTransport:
         transport = NatsTransport(self.config, self._on_acks, self._on_state, self._on_closed)
         transport.on_fast(self._on_fast)
+        transport.on_part(self._on_part)
         return transport
 
     async def _connect_forever(self) -> None:

@@ -29,7 +29,7 @@ from nats.aio.msg import Msg
 from .._pipeline._routing import Item
 from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable
-from ._acks import Ack, ignored
+from ._acks import Ack, ignored, read_ack
 from ._batches import FastReply, fast_head, read_fast
 from ._fast import FastPath
 from ._paths import fast_path_refusal, log_public_path, nats_py_version
@@ -53,7 +53,9 @@ class Path(Protocol):
 
     async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]: ...
 
-    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None: ...
+    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int, parts: int = 0) -> None: ...
+
+    on_part: Callable[[int, bytes], None]
 
     async def publish_fast(self, items: Sequence[Item], head: bytes) -> None: ...
 
@@ -157,6 +159,7 @@ class NatsTransport:
         self._on_state = on_state
         self._on_closed = on_closed
         self._on_fast: Callable[[bytes, FastReply], None] = lambda _batch, _reply: None
+        self._on_part: Callable[[int, dict[str, Any] | None], None] = lambda _seq, _error: None
         #: The fast-ingest reply inbox (``<inbox>.``), once the stream was found to allow it.
         self._fast_prefix: bytes | None = None
         self._fast_batches = 0
@@ -211,12 +214,27 @@ class NatsTransport:
             raise BrokerUnavailable("not connected to the broker")
         await self._path.publish_js(items, first_seq)
 
-    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None:
+    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int, parts: int = 0) -> None:
         """Publish ``items`` as one JetStream atomic batch ``batch_id``; its commit's ack comes to
-        ``on_acks`` as publish sequence ``seq`` (the other events are not answered)."""
+        ``on_acks`` as publish sequence ``seq``; with ``parts``, every other event is answered
+        too, as publish sequences ``parts``, ``parts + 1``, ... (to ``on_part``)."""
         if self._path is None:
             raise BrokerUnavailable("not connected to the broker")
-        await self._path.publish_atomic(items, batch_id, seq)
+        await self._path.publish_atomic(items, batch_id, seq, parts)
+
+    def on_part(self, callback: Callable[[int, dict[str, Any] | None], None]) -> None:
+        """Where the answers to the events of verbose atomic batches go: staged (None) or an error."""
+        self._on_part = callback
+
+    def _part(self, seq: int, body: bytes) -> None:
+        if not body:  # staged
+            self._on_part(seq, None)
+            return
+        ack = read_ack(seq, body, self._config.stream)
+        if ack is None or ack[4] is None:
+            ignored(seq, body)
+            return
+        self._on_part(seq, ack[4])
 
     async def publish_fast(self, items: Sequence[Item]) -> bytes:
         """Publish ``items`` (two or more) as one fast-ingest batch; what the server says of it
@@ -369,10 +387,12 @@ class NatsTransport:
             if why is None:
                 fast = FastPath(self._nc, self._on_acks, self._config.stream)
                 if await fast.start(probe_timeout):
+                    fast.on_part = self._part
                     self._path = fast
                     return
                 why = "the fast path's probe failed"
             public = PublicPath(self._nc, self._on_acks, self._config.stream)
+            public.on_part = self._part
             await public.start(probe_timeout)
         except (nats.errors.Error, OSError, asyncio.TimeoutError) as exc:
             raise BrokerUnavailable(f"could not subscribe to the ack inbox: {exc!r}") from exc

@@ -104,6 +104,8 @@ class FastPath:
     def __init__(self, nc: Client, on_acks: Callable[[list[Ack]], None], stream: str | None = None) -> None:
         self._nc = nc
         self.on_acks = on_acks
+        #: Answers to the events of verbose atomic batches (publish sequence, body).
+        self.on_part: Callable[[int, bytes], None] = lambda _seq, _body: None
         #: The stream whose acks count (None: any stream's); see `read_ack`.
         self._stream = stream
         self._prefix = b""
@@ -134,6 +136,9 @@ class FastPath:
                 await original(sid_, subject, reply, data, headers)
                 return
             token = subject[start:]  # a publish sequence, unless a stranger chose the subject
+            if token[:1] == b"b" and _is_seq(token[1:]):  # an event of a verbose atomic batch
+                self.on_part(int(token[1:]), data)
+                return
             ack = status_ack(int(token), data, headers, self._stream) if _is_seq(token) else None
             if ack is None:
                 ignored(token, data)
@@ -224,9 +229,10 @@ class FastPath:
         nc._pending_data_size += size  # noqa: SLF001
         await self._kick()
 
-    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None:
+    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int, parts: int = 0) -> None:
         """One atomic batch: the batch headers put in front of each event's own, the commit on
-        the last, which alone replies (to ``prefix + seq``)."""
+        the last, which replies to ``prefix + seq``; with ``parts``, the others reply too, to
+        ``prefix + "b" + (parts, parts + 1, ...)`` (`on_part`)."""
         prefix, last = self._prefix, len(items)
         pieces: list[bytes] = []
         append = pieces.append
@@ -234,7 +240,9 @@ class FastPath:
         for n, item in enumerate(items, 1):
             headers = batch_headers(item.headers, batch_id, n, n == last)
             total = len(headers) + len(item.payload)
-            if n < last:
+            if n < last and parts:
+                line = b"HPUB %s %sb%d %d %d\r\n" % (item.subject, prefix, parts + n - 1, len(headers), total)
+            elif n < last:
                 line = b"HPUB %s %d %d\r\n" % (item.subject, len(headers), total)
             else:
                 line = b"HPUB %s %s%d %d %d\r\n" % (item.subject, prefix, seq, len(headers), total)

@@ -29,6 +29,7 @@ from ._batches import batch_headers, fast_op
 __all__ = ["PublicPath", "header_dict"]
 
 _MARKER = "m"  # core batch markers arrive on "<prefix>m<key>", acks on "<prefix><sequence>"
+_PART = "b"  # the events of a verbose atomic batch answer on "<prefix>b<sequence>"
 
 
 def header_dict(block: bytes) -> dict[str, str]:
@@ -52,6 +53,8 @@ class PublicPath:
     def __init__(self, nc: Client, on_acks: Callable[[list[Ack]], None], stream: str | None = None) -> None:
         self._nc = nc
         self.on_acks = on_acks
+        #: Answers to the events of verbose atomic batches (publish sequence, body).
+        self.on_part: Callable[[int, bytes], None] = lambda _seq, _body: None
         self._stream = stream
         self._prefix = ""
         self._acks: list[Ack] = []
@@ -68,6 +71,9 @@ class PublicPath:
 
     async def _on_msg(self, msg: Msg) -> None:
         token = msg.subject[len(self._prefix) :]
+        if token.startswith(_PART) and 1 < len(token) < 21 and token[1:].isascii() and token[1:].isdigit():
+            self.on_part(int(token[1:]), msg.data)
+            return
         if token.startswith(_MARKER):
             entry = self._markers.get(token[1:])
             if entry is None or msg.data != entry[1]:
@@ -118,12 +124,12 @@ class PublicPath:
         except (nats.errors.Error, OSError) as exc:
             raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc
 
-    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int) -> None:
+    async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int, parts: int = 0) -> None:
         publish, last = self._nc.publish, len(items)
         try:
             for n, item in enumerate(items, 1):
                 headers = header_dict(batch_headers(item.headers, batch_id, n, n == last))
-                reply = f"{self._prefix}{seq}" if n == last else ""
+                reply = f"{self._prefix}{seq}" if n == last else f"{self._prefix}b{parts + n - 1}" if parts else ""
                 await publish(item.subject.decode(), item.payload, reply=reply, headers=headers)
         except (nats.errors.Error, OSError) as exc:
             raise BrokerUnavailable(f"could not publish to the broker: {exc!r}") from exc

@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import quote, unquote
 
 from ..codec import ENVELOPE_LAYOUT, encode
@@ -102,11 +103,15 @@ class Group:
     here. It resolves whole: every future with its own ack, or every one with the same error.
     """
 
-    __slots__ = ("items", "last")
+    __slots__ = ("items", "last", "refused", "verbose")
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items
         self.last = items[-1]
+        #: Every event asks for an answer (after the server abandoned an attempt: to learn why).
+        self.verbose = False
+        #: The first event the server refused while staging it, and its error (verbose attempts).
+        self.refused: tuple[Item, dict[str, Any]] | None = None
         for item in items:
             item.group = self
 
