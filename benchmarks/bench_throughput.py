@@ -123,8 +123,9 @@ def library(
         def work(i: int) -> None:
             if batch:
                 publish_many, mine = pub.publish_many, chunks[i]
+                extra = {"atomic": True} if atomic else {}  # (runs against releases before atomic= too)
                 for start in range(0, len(mine), batch):
-                    results[i] += publish_many(mine[start : start + batch], atomic=atomic)
+                    results[i] += publish_many(mine[start : start + batch], **extra)
                 return
             publish = pub.publish
             results[i] = [publish(env) for env in chunks[i]]
