@@ -6,7 +6,10 @@ sequence), in a core batch awaiting its PONG, waiting out a retry backoff (a tim
 to be resent, or parked while the one stream check for its subject runs. `Outstanding`
 holds them all, counts them and their bytes (the window's two bounds), resolves futures
 (counting each transition once, reported to the publisher once per loop iteration), and
-gives everything back at once — `abandon_all` — when the thread stops or crashes.
+gives everything back at once — `abandon_all` — when the thread stops or crashes. An atomic
+batch (a `Group`) waits in these places as its last event and resolves whole (`send_group`,
+`succeed_group`, `fail`); fast-ingest events wait in flight like any other and are settled
+by the hundred (`settle_fast`).
 
 The senders and `Attempts` move events only through its methods (`send_js`, `settle_acks`,
 `add_core`, `pop_core`, `park`, `unpark`, `delay`, `requeue`, `overdue`, ...): the places
