@@ -27,7 +27,7 @@ from ._engine._outstanding import Tally
 from ._engine._processes import keep_orphan, own_process, prepare_uwsgi_workers, track, untrack
 from ._engine._restarts import Restarts
 from ._engine._worker import Worker, refuse_threadless_uwsgi
-from ._nats import check_broker
+from ._nats import BATCH_HEADERS, check_broker
 from ._pipeline._cloudevents import router_for
 from ._pipeline._queue import BatchQueue
 from ._pipeline._routing import Group, Item, check_atomic
@@ -269,7 +269,9 @@ class NatsPublisher:
         own `PublishAck`, or all with the same error). It is queued whole or not at all (`QueueFull`
         with no futures); `InvalidBatch` for a batch that cannot be one (more than
         ``config.max_batch`` events, an event id twice, core NATS); a stream without
-        ``allow_atomic`` fails it with `EventRejected`. A resent batch that the stream had stored
+        ``allow_atomic`` fails it with `EventRejected`. An event that fits the server's max_payload alone but
+        not with the batch headers is an `InvalidBatch` too (an `InvalidEvent` on the futures if
+        the limit was learnt after it was queued). A resent batch that the stream had stored
         already resolves as stored (``duplicate=True``, no sequence): never twice, never failed.
         """
         if atomic and not self._config.jetstream:
@@ -280,7 +282,7 @@ class NatsPublisher:
         envelopes = envelopes if isinstance(envelopes, list) else list(envelopes)
         items = self._router.prepare_many(envelopes, worker.max_payload, self._futures_condition, worker.hand_over)
         if atomic:
-            check_atomic(items, self._config.max_batch)
+            check_atomic(items, self._config.max_batch, worker.max_payload, BATCH_HEADERS)
             if len(items) > self._config.max_queue:
                 raise InvalidBatch(
                     f"an atomic batch of {len(items)} events never fits the queue (max_queue={self._config.max_queue})"

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from edupulse_events._nats import PATH_ENV
 from edupulse_events._spool._store import Spool
 from edupulse_events.errors import ServerNotFound
 from edupulse_events.testing import NatsCluster, NatsServer, PostgresServer, nats_server_binary
@@ -87,6 +88,14 @@ def nats_cluster(nats_binary: str) -> Iterator[NatsCluster]:
         yield cluster
     finally:
         _close_all(cluster.nodes)
+
+
+@pytest.fixture(params=["fast", "public"])
+def nats_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs twice: on the fast path and on nats-py's public API (``PATH_ENV=public``)."""
+    if request.param == "public":
+        monkeypatch.setenv(PATH_ENV, "public")
+    return str(request.param)
 
 
 @pytest.fixture

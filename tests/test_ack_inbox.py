@@ -18,21 +18,12 @@ from hypothesis import strategies as st
 from nats.aio.client import Client
 
 from edupulse_events import EventEnvelope, NatsPublisher, PublishAck, PublisherState, RetryPolicy
-from edupulse_events._nats import PATH_ENV
 from edupulse_events._nats._acks import Ack, AckReader, ack_matchers, ignored
 from edupulse_events.testing import NatsServer
 
 STREAM = "FORGE"
 SUBJECT = "forge.events"
 HUGE = b"9" * 5000  # past int()'s 4,300-digit limit
-
-
-@pytest.fixture(params=["fast", "public"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test on the fast path and on nats-py's public API."""
-    if request.param == "public":
-        monkeypatch.setenv(PATH_ENV, "public")
-    return str(request.param)
 
 
 def publisher(url: str, **kwargs: Any) -> NatsPublisher:
@@ -110,7 +101,7 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("body", MALFORMED, ids=[f"m{i}" for i in range(len(MALFORMED))])
-def test_a_malformed_ack_leaves_the_event_to_its_real_ack(nats_server: NatsServer, path: str, body: bytes) -> None:
+def test_a_malformed_ack_leaves_the_event_to_its_real_ack(nats_server: NatsServer, nats_path: str, body: bytes) -> None:
     """A stranger's malformed answer neither resolves nor fails the event: its retry gets the real ack."""
     before = ignored.count
     with publisher(nats_server.url) as pub:
@@ -124,7 +115,7 @@ def test_a_malformed_ack_leaves_the_event_to_its_real_ack(nats_server: NatsServe
 
 @pytest.mark.parametrize("configured", [True, False], ids=["stream-configured", "any-stream"])
 def test_only_this_streams_acks_count_where_the_stream_is_configured(
-    nats_server: NatsServer, path: str, configured: bool
+    nats_server: NatsServer, nats_path: str, configured: bool
 ) -> None:
     """With stream= given, an ack naming another stream is ignored; without it, a valid one is believed."""
     with publisher(nats_server.url) as setup:  # creates the stream for the unconfigured publisher too
@@ -136,7 +127,7 @@ def test_only_this_streams_acks_count_where_the_stream_is_configured(
         assert future.result(timeout=15) == expected
 
 
-def test_huge_numbers_on_the_inbox_do_not_stall_the_publisher(nats_server: NatsServer, path: str) -> None:
+def test_huge_numbers_on_the_inbox_do_not_stall_the_publisher(nats_server: NatsServer, nats_path: str) -> None:
     """5,000-digit sequences in an ack body or a reply subject are ignored; every event is still acked at once."""
     answers = [
         ("{reply}", b'{"stream":"FORGE","seq":' + HUGE + b"}"),
@@ -156,7 +147,7 @@ def test_huge_numbers_on_the_inbox_do_not_stall_the_publisher(nats_server: NatsS
         assert pub.stats().failed == 0
 
 
-def test_forged_statuses_are_retried_with_the_same_msg_id(nats_server: NatsServer, path: str) -> None:
+def test_forged_statuses_are_retried_with_the_same_msg_id(nats_server: NatsServer, nats_path: str) -> None:
     """Status headers from a stranger ("503" no responders, others, nonsense) at worst make the event retry:
     it is stored once and acked with its sequence, never failed."""
     answers: list[Answer] = [("{reply}", b"", {"Status": status}) for status in ("503", "408", "5x3", "")]

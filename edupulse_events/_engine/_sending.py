@@ -75,15 +75,18 @@ class _Sender:
         were queued), which fail with `InvalidEvent` (with their atomic batch, if in one: counted
         with the batch headers it adds)."""
         limit = self._loop.max_payload or _NO_LIMIT
-        if all(item.size <= limit for item in batch):
+        bound = limit - BATCH_HEADERS if self._loop.atomic else limit  # (whether this batch holds one or not)
+        if all(item.size <= bound for item in batch):
             return batch
         fitting = []
         for item in batch:
-            if item.size + (BATCH_HEADERS if item.group is not None else 0) <= limit:
+            extra = BATCH_HEADERS if item.group is not None else 0
+            if item.size + extra <= limit:
                 fitting.append(item)
                 continue
+            more = f" (up to {extra} more in an atomic batch)" if extra else ""
             why = (
-                f"event {item.event_id} is {item.size} bytes with headers, "
+                f"event {item.event_id} is {item.size} bytes with headers{more}, "
                 f"more than the server's max_payload of {limit} bytes"
             )
             self._out.fail(item, InvalidEvent(why))

@@ -269,9 +269,10 @@ class Router:
         return items
 
 
-def check_atomic(items: list[Item], limit: int) -> None:
+def check_atomic(items: list[Item], limit: int, max_payload: int | None = None, batch_headers: int = 0) -> None:
     """`InvalidBatch` unless ``items`` can be one atomic batch: 1 to ``limit`` events (the server's
-    ``max_batch_size``), no event id twice (the server would refuse the whole batch)."""
+    ``max_batch_size``), no event id twice (the server would refuse the whole batch), each within
+    the server's ``max_payload`` (when known) with the ``batch_headers`` bytes a batch adds to it."""
     if not items:
         raise InvalidBatch("an atomic batch needs at least one event")
     if len(items) > limit:
@@ -287,3 +288,9 @@ def check_atomic(items: list[Item], limit: int) -> None:
                     f"event {item.event_id} is twice in one atomic batch (the server refuses the whole batch)"
                 )
             seen.add(item.event_id)
+    if max_payload is not None and max(item.size for item in items) + batch_headers > max_payload:
+        index, item = next((i, item) for i, item in enumerate(items) if item.size + batch_headers > max_payload)
+        raise InvalidBatch(
+            f"envelopes[{index}]: event {item.event_id} is {item.size} bytes with headers, and in an atomic batch "
+            f"up to {batch_headers} more: over the server's max_payload of {max_payload} bytes"
+        )
