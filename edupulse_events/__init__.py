@@ -16,19 +16,23 @@ import logging
 from ._frozen import FrozenMap
 from ._version import __version__ as __version__
 from .codec import Codec, decode, encode, make_converter
-from .config import PublisherConfig, RetryPolicy
+from .config import ConsumerConfig, PublisherConfig, RetryPolicy
+from .consumer import Inbox, NatsConsumer, ReceivedMessage
 from .context import INHERIT, EventContext, current_event_context, event_context
 from .envelope import EventEnvelope, Timestamp
 from .errors import (
+    AlreadySettled,
     BrokerError,
     BrokerUnavailable,
     ConfigError,
+    ConsumerClosed,
     DeadlockError,
     DecodeError,
     EventRejected,
     EventsError,
     InvalidBatch,
     InvalidEvent,
+    PermanentFailure,
     PublisherClosed,
     PublisherCrashed,
     PublishTimeout,
@@ -57,7 +61,7 @@ from .factory import build_from_env
 from .futures import PublishAck, PublishFuture
 from .nats_publisher import NatsPublisher, PublisherState
 from .publisher import EventPublisher, InMemoryPublisher
-from .stats import PublisherStats
+from .stats import ConsumerStats, PublisherStats
 
 # A library never configures logging: without this, an application that set up none would get
 # the library's warnings on stderr through Python's last-resort handler.
@@ -69,11 +73,15 @@ __all__ = [
     "INHERIT",
     "U32",
     "U64",
+    "AlreadySettled",
     "BadgeAwarded",
     "BrokerError",
     "BrokerUnavailable",
     "Codec",
     "ConfigError",
+    "ConsumerClosed",
+    "ConsumerConfig",
+    "ConsumerStats",
     "DeadlockError",
     "DecodeError",
     "EventContext",
@@ -84,11 +92,14 @@ __all__ = [
     "EventsError",
     "FrozenMap",
     "InMemoryPublisher",
+    "Inbox",
     "InvalidBatch",
     "InvalidEvent",
     "LessonPublished",
+    "NatsConsumer",
     "NatsPublisher",
     "PaymentProcessed",
+    "PermanentFailure",
     "PublishAck",
     "PublishFuture",
     "PublishTimeout",
@@ -99,6 +110,7 @@ __all__ = [
     "PublisherStats",
     "QueueFull",
     "QuizSubmitted",
+    "ReceivedMessage",
     "RetryPolicy",
     "ServerError",
     "ServerNotFound",
