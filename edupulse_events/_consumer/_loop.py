@@ -243,7 +243,7 @@ class ConsumerLoop:
         try:
             async for attempt in tenacity.AsyncRetrying(
                 stop=tenacity.stop_after_delay(limit),
-                wait=tenacity.wait_exponential_jitter(initial=0.1, max=1.0, jitter=0.1),
+                wait=tenacity.wait_exponential(multiplier=0.1, max=1.0) + tenacity.wait_random(0, 0.1),
                 retry=tenacity.retry_if_exception_type(BrokerUnavailable),
                 reraise=True,
             ):
@@ -282,14 +282,32 @@ class ConsumerLoop:
             if self.broken is not None:
                 raise self.broken
             got = await source.fetch(min(cfg.batch, free), POLL)
-            self.held += len(got)
+            self._took(got)
             for delivery in got:
                 deliver(delivery)
+
+    async def flush(self, timeout: float) -> bool:
+        """On the loop: send the queued outcomes, wait for dead letters and writes in flight, and
+        for the server to have read them all; False if that took longer than ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._send()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
+            self._send()  # what the dead letters settled
+            if self._tasks:
+                await asyncio.wait(set(self._tasks), timeout=max(0.0, deadline - loop.time()))
+        return await self.source.flush(max(0.1, deadline - loop.time())) and not self._tasks
 
     async def fetch(self, batch: int, wait: float) -> list[Delivery]:
         """On the loop: a ``fetch()``'s messages (held from here until settled)."""
         if self.broken is not None:
             raise self.broken
         got = await self.source.fetch(batch, wait)
-        self.held += len(got)
+        self._took(got)
         return got
+
+    def _took(self, got: list[Delivery]) -> None:
+        if got:
+            self.held += len(got)
+            self.tally.add(received=len(got), redelivered=sum(d.num_delivered > 1 for d in got))

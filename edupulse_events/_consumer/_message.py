@@ -34,9 +34,9 @@ class Backoff:
     by the number of deliveries so far (1 s, 2 s, 4 s, ... up to the maximum, by default)."""
 
     def __init__(self, config: ConsumerConfig) -> None:
-        self._wait = tenacity.wait_exponential_jitter(
-            initial=config.backoff_initial, max=config.backoff_maximum, jitter=config.backoff_jitter
-        )
+        self._wait = tenacity.wait_exponential(
+            multiplier=config.backoff_initial, max=config.backoff_maximum
+        ) + tenacity.wait_random(0, config.backoff_jitter)
 
     def __call__(self, num_delivered: int) -> float:
         state = tenacity.RetryCallState(None, None, (), {})  # type: ignore[arg-type]  # only attempt_number is read
@@ -150,10 +150,7 @@ def decode_deliveries(
 ) -> list[ReceivedMessage]:
     """Decode each delivery; one that does not decode is dead-lettered with the reason, not returned."""
     out = []
-    redelivered = 0
     for delivery in deliveries:
-        if delivery.num_delivered > 1:
-            redelivered += 1
         try:
             envelope = decode(delivery.data)
         except (DecodeError, ValueError) as exc:  # DecodeError is one; a codec maps all it finds to it
@@ -161,5 +158,4 @@ def decode_deliveries(
             loop.dead_letter(delivery, f"undecodable: {exc}")
             continue
         out.append(ReceivedMessage(delivery, envelope, loop, tally, backoff))
-    tally.add(received=len(deliveries), redelivered=redelivered)
     return out

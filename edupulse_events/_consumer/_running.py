@@ -52,8 +52,10 @@ class _Run:
         backoff: Backoff,
         permanent: tuple[type[BaseException], ...],
         tracing: Tracing | None,
+        stop: threading.Event | None,
     ) -> None:
         self.loop = loop
+        self.user_stop = stop
         self.handler = handler
         self.decode = decode
         self.tally = tally
@@ -74,14 +76,14 @@ class _Run:
     def work(self) -> None:
         """One handler thread: take, decode, handle, settle; until stopping."""
         me = threading.get_ident()
-        get, stopping = self.queue.get, self.stopping
+        get, stopping, user_stop = self.queue.get, self.stopping, self.user_stop
         try:
             while not stopping.is_set():
                 try:
                     delivery = get(timeout=_GET_WAIT)
                 except queue.Empty:
                     continue
-                if stopping.is_set():
+                if stopping.is_set() or (user_stop is not None and user_stop.is_set()):
                     self.queue.put(delivery)  # nak'ed with the rest by the coordinator
                     return
                 for message in decode_deliveries([delivery], self.decode, self.loop, self.tally, self.backoff):
@@ -172,7 +174,7 @@ def run_handlers(
     name: str,
 ) -> str:
     """Run until stopped (see the module's docstring); returns why it stopped."""
-    run = _Run(loop, handler, decode, tally, backoff, (PermanentFailure, *permanent), tracing)
+    run = _Run(loop, handler, decode, tally, backoff, (PermanentFailure, *permanent), tracing, stop)
     threads = [
         threading.Thread(target=run.work, name=f"{name}-handler-{i + 1}", daemon=True) for i in range(concurrency)
     ]
@@ -228,3 +230,11 @@ def _stop(run: _Run, loop: ConsumerLoop, pump: Any, threads: list[threading.Thre
     run.tally.add(nacked=nacked + abandoned)
     if nacked:
         log.info("stopping (%s): %d messages held were nak'ed for redelivery", run.reason, nacked)
+    remaining = max(1.0, deadline - time.monotonic())
+    try:
+        flushed = loop.call(lambda: loop.flush(remaining), remaining + 1.0)
+    except Exception as exc:  # noqa: BLE001 - the connection is gone: the server redelivers after ack_wait
+        log.warning("stopping: outcomes not confirmed by the server (%s); unconfirmed ones come again", exc)
+    else:
+        if not flushed:
+            log.warning("stopping: the server did not confirm every outcome in time; unconfirmed ones come again")
