@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 import threading
 from collections.abc import Mapping
@@ -19,7 +20,18 @@ from nats.js.api import StreamConfig
 
 from edupulse_events import EventEnvelope, NatsPublisher
 
-__all__ = ["ack_pending", "dead_letters", "fill", "publish_raw", "read_ids"]
+__all__ = ["ack_pending", "consume_in_child", "dead_letters", "fill", "publish_raw", "read_ids"]
+
+CHILD = Path(__file__)
+
+
+def consume_in_child(
+    url: str, stream: str, durable: str, out: Path, *, kill_at: int = 0, inbox_db: str = "", ack_wait: float = 2.0
+) -> subprocess.Popen[bytes]:
+    """Start a consumer process (`_child`) recording the event ids it handles in ``out``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(CHILD.parent.parent), os.environ.get("PYTHONPATH", "")])}
+    args = [url, stream, durable, str(out), str(kill_at), inbox_db, str(ack_wait)]
+    return subprocess.Popen([sys.executable, str(CHILD), *args], env=env)
 
 
 def fill(url: str, stream: str, prefix: str, events: list[EventEnvelope], replicas: int = 1) -> None:
@@ -87,53 +99,46 @@ def read_ids(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
 
 
-def _child(url: str, stream: str, durable: str, out: str, kill_at: int, inbox_db: str) -> None:
-    """A consumer process: handle until nothing comes for 2 s, recording each event id (one
+def _child(url: str, stream: str, durable: str, out: str, kill_at: int, inbox_db: str, ack_wait: float) -> None:
+    """A consumer process: handle until a run of 1.5 s gets nothing, recording each event id (one
     unbuffered write each); with ``kill_at`` > 0, SIGKILL itself while handling that message (after
-    its effect, before the ack); with ``inbox_db``, apply through an SQLite inbox."""
+    its effect, before the ack); with ``inbox_db`` (an SQLite file or a postgresql:// URL), record
+    the effect (a row in ``effects``) through an `Inbox`."""
     from edupulse_events import Inbox, NatsConsumer
 
     fd = os.open(out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     inbox = Inbox(durable)
-    db = None
-    if inbox_db:
-        db = sqlite3.connect(inbox_db, timeout=30.0, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.isolation_level = ""  # transactions as `with db:` opens them
+    db: Any = None
+    if inbox_db.startswith("postgresql://"):
+        import psycopg
+
+        db = psycopg.connect(inbox_db)
+    elif inbox_db:
+        db = sqlite3.connect(inbox_db, timeout=30.0, check_same_thread=False)
+    mark = "%s" if inbox_db.startswith("postgresql://") else "?"
     lock = threading.Lock()
     handled = 0
-    idle = threading.Event()
-    last = [0.0]
 
     def handle(message: Any) -> None:
         nonlocal handled
         event_id = str(message.envelope.event_id)
         with lock:
             handled += 1
-            count = handled
             if db is not None:
-
-                def apply() -> None:
-                    db.execute("INSERT INTO effects (event_id) VALUES (?)", (event_id,))
-
-                inbox.handle(db, event_id, apply)
+                inbox.handle(db, event_id, lambda: db.execute(f"INSERT INTO effects VALUES ({mark})", (event_id,)))
             os.write(fd, f"{event_id}\n".encode())
-        if count == kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-        last[0] = 0.0
+            if handled == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    with NatsConsumer.connect(url, stream=stream, durable=durable, ack_wait=2.0, batch=20, max_buffered=40) as consumer:
-        print("ready", flush=True)
+    options = {"ack_wait": ack_wait, "batch": 20, "max_buffered": 40}
+    with NatsConsumer.connect(url, stream=stream, durable=durable, **options) as consumer:
         while True:
             before = consumer.stats().received
-            consumer.run(handle, concurrency=2, timeout=2.0, stop_timeout=5.0)
+            consumer.run(handle, concurrency=2, timeout=1.5, stop_timeout=5.0)
             if consumer.stats().received == before:
                 break
-    idle.set()
     os.close(fd)
 
 
 if __name__ == "__main__":
-    _child(
-        sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), sys.argv[6] if len(sys.argv) > 6 else ""
-    )
+    _child(*sys.argv[1:5], int(sys.argv[5]), sys.argv[6], float(sys.argv[7]))

@@ -88,9 +88,9 @@ def test_fetch_is_idle_then_closed(server: NatsServer, stream: tuple[str, str]) 
 
 
 def test_run_failing_handler_every_event_handled_once(server: NatsServer, stream: tuple[str, str]) -> None:
-    """2 % of 2,000 events fail their first try: all handled successfully exactly once, failures after their backoff."""
+    """2 % of 10,000 events fail their first try: all handled successfully once, failures after their backoff."""
     name, prefix = stream
-    events = envelopes(2000)
+    events = envelopes(10_000)
     failing = {e.event_id for e in events[::50]}
     fill(server.url, name, prefix, events)
     done: collections.Counter[uuid.UUID] = collections.Counter()
@@ -121,34 +121,9 @@ def test_run_failing_handler_every_event_handled_once(server: NatsServer, stream
     assert set(done.values()) == {1}
     assert set(redelivered_at) == failing == set(failed_at)
     assert all(redelivered_at[i] - failed_at[i] >= 0.5 for i in failing)  # the nak's delay was kept
-    assert (stats.handler_errors, stats.nacked, stats.redelivered) == (40, 40, 40)
-    assert stats.acknowledged == 2000
+    assert (stats.handler_errors, stats.nacked, stats.redelivered) == (200, 200, 200)
+    assert stats.acknowledged == 10_000
     assert ack_pending(server.url, name, "d") == (0, 0)
-
-
-@pytest.mark.slow
-def test_run_failing_handler_ten_thousand(server: NatsServer, stream: tuple[str, str]) -> None:
-    """The issue's count: 10,000 events, 2 % failing their first try, each handled successfully once."""
-    name, prefix = stream
-    events = envelopes(10_000)
-    failing = {e.event_id for e in events[::50]}
-    fill(server.url, name, prefix, events)
-    done: collections.Counter[uuid.UUID] = collections.Counter()
-    lock = threading.Lock()
-    stop = threading.Event()
-
-    def handle(message: ReceivedMessage) -> None:
-        with lock:
-            if message.envelope.event_id in failing and message.num_delivered == 1:
-                raise RuntimeError("first try fails")
-            done[message.envelope.event_id] += 1
-            if len(done) == len(events):
-                stop.set()
-
-    with NatsConsumer.connect(server.url, stream=name, durable="d", backoff_initial=0.2) as consumer:
-        consumer.run(handle, concurrency=4, stop=stop, timeout=120.0)
-    assert set(done) == {e.event_id for e in events}
-    assert set(done.values()) == {1}
 
 
 def test_dead_letters_undecodable_permanent_and_max_deliver(server: NatsServer, stream: tuple[str, str]) -> None:
@@ -271,7 +246,7 @@ def test_handler_running_past_stop_timeout_is_nacked(server: NatsServer, stream:
 
 
 def test_binding_checks(server: NatsServer, stream: tuple[str, str]) -> None:
-    """No stream, no durable with create=False, a durable with another filter, an uncaptured dead letter: BrokerError."""
+    """No stream, no durable (create=False), another filter, an uncaptured dead letter: each a BrokerError."""
     name, prefix = stream
     with pytest.raises(BrokerError, match="does not exist"):
         NatsConsumer.connect(server.url, stream=name, durable="d")
