@@ -65,7 +65,6 @@ class ConsumerLoop:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._done: asyncio.Future[float] | None = None
         self._room = asyncio.Event()
-        self._pump_stop = False
         #: Messages delivered to this process and not settled yet (changed on the loop only).
         self.held = 0
         #: Why the connection cannot be used any more (nats-py gave up on it), or None.
@@ -132,9 +131,9 @@ class ConsumerLoop:
                 reason,
             )
 
-    def start_pump(self, deliver: Callable[[Delivery], None]) -> concurrent.futures.Future[None]:
-        """Fetch while there is room and hand every message to ``deliver`` until `stop_pump`."""
-        self._pump_stop = False
+    def start_pump(self, deliver: Callable[[list[Delivery]], None]) -> concurrent.futures.Future[None]:
+        """Fetch while there is room and hand each fetched batch to ``deliver`` until `stop_pump`."""
+        self.source.begin_stream()
         return asyncio.run_coroutine_threadsafe(self._pump(deliver), self._loop)
 
     def stop_pump(self) -> None:
@@ -185,8 +184,7 @@ class ConsumerLoop:
         await self._shutdown(deadline)
 
     async def _shutdown(self, deadline: float) -> None:
-        self._pump_stop = True
-        self._room.set()
+        self._end_pump()
         loop = asyncio.get_running_loop()
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=max(0.1, deadline - loop.time() - 0.5))
@@ -268,23 +266,24 @@ class ConsumerLoop:
         self._send()
 
     def _end_pump(self) -> None:
-        self._pump_stop = True
+        self.source.end_stream()
         self._room.set()
 
-    async def _pump(self, deliver: Callable[[Delivery], None]) -> None:
-        cfg, source, room = self.config, self.source, self._room
-        while not self._pump_stop:
-            free = cfg.max_buffered - self.held
-            if free < min(cfg.batch, cfg.max_buffered // 2 or 1):  # wait for room for a batch
-                room.clear()
-                await room.wait()
-                continue
+    async def _pump(self, deliver: Callable[[list[Delivery]], None]) -> None:
+        cfg = self.config
+
+        def room() -> int:
             if self.broken is not None:
                 raise self.broken
-            got = await source.fetch(min(cfg.batch, free), POLL)
+            return cfg.max_buffered - self.held
+
+        def took(got: list[Delivery]) -> None:
             self._took(got)
-            for delivery in got:
-                deliver(delivery)
+            deliver(got)
+
+        await self.source.stream(room, took, self._room, POLL)
+        if self.broken is not None:
+            raise self.broken
 
     async def flush(self, timeout: float) -> bool:
         """On the loop: send the queued outcomes, wait for dead letters and writes in flight, and

@@ -1,6 +1,7 @@
 """``NatsConsumer.run()``: handler threads fed by the pump, outcomes by return or exception, a clean stop.
 
-The pump (`ConsumerLoop.start_pump`) puts fetched messages on a queue; ``concurrency`` handler
+The pump (`ConsumerLoop.start_pump`) puts each fetched batch on a queue, cut in one share per
+handler thread (one queue operation per share, not per message); ``concurrency`` handler
 threads take them, decode them in their own thread and call the handler. Its return acks the
 message (unless the handler settled it itself); an exception naks it with the consumer's
 backoff (`Backoff`; on the durable's last delivery it goes to the dead letter instead); a
@@ -62,7 +63,8 @@ class _Run:
         self.backoff = backoff
         self.permanent = permanent
         self.tracing = tracing
-        self.queue: queue.SimpleQueue[Delivery] = queue.SimpleQueue()
+        self.queue: queue.SimpleQueue[list[Delivery]] = queue.SimpleQueue()
+        self.shares = 1
         self.stopping = threading.Event()
         self.in_hand: dict[int, ReceivedMessage] = {}  # thread ident -> the message it handles
         self.fatal: BaseException | None = None
@@ -73,33 +75,49 @@ class _Run:
             self.reason = reason
             self.stopping.set()
 
+    def deliver(self, batch: list[Delivery]) -> None:
+        """On the loop: a fetched batch, one share per handler thread."""
+        shares, put = self.shares, self.queue.put
+        if shares == 1 or len(batch) < 2 * shares:
+            put(batch)
+            return
+        size = -(-len(batch) // shares)
+        for start in range(0, len(batch), size):
+            put(batch[start : start + size])
+
     def work(self) -> None:
         """One handler thread: take, decode, handle, settle; until stopping."""
         me = threading.get_ident()
         get, stopping, user_stop = self.queue.get, self.stopping, self.user_stop
+        decode, loop, tally, backoff = self.decode, self.loop, self.tally, self.backoff
         try:
             while not stopping.is_set():
                 try:
-                    delivery = get(timeout=_GET_WAIT)
+                    share = get(timeout=_GET_WAIT)
                 except queue.Empty:
                     continue
-                if stopping.is_set() or (user_stop is not None and user_stop.is_set()):
-                    self.queue.put(delivery)  # nak'ed with the rest by the coordinator
-                    return
-                for message in decode_deliveries([delivery], self.decode, self.loop, self.tally, self.backoff):
-                    self.in_hand[me] = message
-                    try:
-                        self.handle(message)
-                    finally:
-                        self.in_hand.pop(me, None)
+                for i, delivery in enumerate(share):
+                    if stopping.is_set() or (user_stop is not None and user_stop.is_set()):
+                        self.queue.put(share[i:])  # nak'ed with the rest by the coordinator
+                        return
+                    for message in decode_deliveries([delivery], decode, loop, tally, backoff):
+                        self.in_hand[me] = message
+                        try:
+                            self.handle(message)
+                        finally:
+                            self.in_hand.pop(me, None)
         except BaseException as exc:  # noqa: BLE001 - reported by run() in the caller's thread
             self.fatal = self.fatal or exc
             self.stop(f"a handler thread failed: {type(exc).__name__}: {exc}")
 
     def handle(self, message: ReceivedMessage) -> None:
+        tracing = self.tracing
         try:
-            with self._span(message):
+            if tracing is None or not tracing.active:
                 self.handler(message)
+            else:
+                with tracing.span(message):
+                    self.handler(message)
         except self.permanent as exc:
             self.tally.add(handler_errors=1)
             if message.try_settle("dead_letter"):
@@ -119,24 +137,16 @@ class _Run:
                 self.tally.add(acknowledged=1)
                 self.loop.respond(message._delivery.reply, b"+ACK")  # noqa: SLF001
 
-    @contextlib.contextmanager
-    def _span(self, message: ReceivedMessage) -> Iterator[None]:
-        tracing = self.tracing
-        if tracing is None or not tracing.active:
-            yield
-            return
-        with tracing.span(message):
-            yield
-
     def nak_queued(self) -> int:
         count = 0
         while True:
             try:
-                delivery = self.queue.get_nowait()
+                share = self.queue.get_nowait()
             except queue.Empty:
                 return count
-            self.loop.respond(delivery.reply, b"-NAK")
-            count += 1
+            for delivery in share:
+                self.loop.respond(delivery.reply, b"-NAK")
+            count += len(share)
 
 
 @contextlib.contextmanager
@@ -178,12 +188,13 @@ def run_handlers(
     threads = [
         threading.Thread(target=run.work, name=f"{name}-handler-{i + 1}", daemon=True) for i in range(concurrency)
     ]
-    pump = loop.start_pump(run.queue.put)
-    for thread in threads:
-        thread.start()
+    run.shares = concurrency
     deadline = None if timeout is None else time.monotonic() + timeout
     interrupted: BaseException | None = None
-    with _sigterm_stops(run, handle_signals):
+    with _sigterm_stops(run, handle_signals):  # before any message is taken
+        pump = loop.start_pump(run.deliver)
+        for thread in threads:
+            thread.start()
         try:
             while not run.stopping.is_set():
                 if stop is not None and stop.is_set():
@@ -214,7 +225,7 @@ def _stop(run: _Run, loop: ConsumerLoop, pump: Any, threads: list[threading.Thre
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     with contextlib.suppress(Exception):
-        pump.result(max(0.0, min(POLL + 1.0, deadline - time.monotonic() + POLL)))
+        pump.result(POLL + 2.0)
     nacked += run.nak_queued()  # what the pump's last fetch brought
     abandoned = 0
     for message in list(run.in_hand.values()):  # handlers still running past stop_timeout

@@ -7,7 +7,11 @@ asked), checks that a stream captures the dead-letter subject, and then:
 
 - `fetch` asks for up to ``batch`` messages for up to ``wait`` seconds (an idle heartbeat on long
   waits) and returns them as `Delivery` tuples (bytes and metadata, no nats-py type): an empty
-  list when none came, a leader election or a reconnection under way;
+  list when none came, a leader election or a reconnection under way (nats-py's ``fetch``);
+- `stream` keeps pull requests outstanding on an inbox of its own for as long as its caller says
+  there is room, and hands over the messages of each socket read as they come (the way nats.go's
+  ``Consume`` does): no waiting for a whole batch, and the next request is on its way while the
+  last one's messages are handled (nats-py's ``fetch`` waits for each message in turn);
 - `respond` writes acks (``+ACK``, ``-NAK {"delay": ns}``, ``+TERM reason``, ``+WPI``) to the
   messages' reply subjects, many per wake-up of the loop;
 - `dead_letter` publishes a message to the dead-letter subject through JetStream (waiting for the
@@ -24,9 +28,10 @@ Every nats-py failure becomes a `BrokerError` (`BrokerUnavailable` when a retry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import nats.errors
@@ -38,6 +43,7 @@ from nats.aio.msg import Msg
 from ..config import ConsumerConfig
 from ..errors import BrokerError, BrokerUnavailable
 from ._connection import close_connection, open_connection
+from ._paths import fast_path_refusal
 from ._streams import stream_captures
 
 __all__ = ["DEAD_LETTER_HEADERS", "Delivery", "PullConsumer", "nak_payload", "term_payload"]
@@ -92,6 +98,28 @@ class Delivery(NamedTuple):
 
 
 def _delivery(msg: Msg) -> Delivery:
+    """The delivery's metadata read from its reply subject: ``$JS.ACK.<stream>.<consumer>.
+    <delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`` (or the form with a domain and
+    an account hash before the stream), by hand where it has one of the two shapes (nats-py's
+    ``metadata`` costs a few µs more per message), else by nats-py."""
+    reply = msg.reply
+    tokens = reply.split(".")
+    base = 2 if len(tokens) == 9 else 4 if len(tokens) >= 11 else -1
+    if base > 0 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        try:
+            return Delivery(
+                msg.subject,
+                msg.data,
+                msg.headers,
+                reply,
+                int(tokens[base + 3]),
+                int(tokens[base + 4]),
+                int(tokens[base + 2]),
+                int(tokens[base + 6]),
+                int(tokens[base + 5]) / 1e9,
+            )
+        except ValueError:
+            pass
     meta = msg.metadata
     stamp = meta.timestamp
     return Delivery(
@@ -117,6 +145,13 @@ class PullConsumer:
         self._closing = False
         self._on_closed = on_closed
         self._advisories: Any = None
+        self.max_deliver: int | None = None
+        self._requested = 0
+        self._streaming = False
+        self._closing_sub: Any = None
+        self._late: set[asyncio.Task[None]] = set()
+        #: Acks written into nats-py's buffer directly (see `respond`).
+        self._raw = fast_path_refusal() is None
 
     @property
     def connected(self) -> bool:
@@ -212,9 +247,116 @@ class PullConsumer:
             raise BrokerUnavailable(f"fetching from {self._config.durable!r}: {exc or type(exc).__name__}") from exc
         return [_delivery(msg) for msg in msgs if msg.reply]
 
-    async def respond(self, responses: Iterable[tuple[str, bytes]]) -> None:
-        """Write each ``(reply subject, ack payload)``; a lost connection loses them (redelivery follows)."""
-        publish = self._nc.publish
+    async def stream(
+        self, room: Callable[[], int], deliver: Callable[[list[Delivery]], None], wake: asyncio.Event, poll: float
+    ) -> None:
+        """Pull until cancelled or `end_stream`: while ``room()`` (messages the caller can take
+        now) allows, keep up to two requests of up to ``batch`` outstanding, each expiring after
+        ``poll`` s; give ``deliver`` the messages of each read. ``wake`` is set by the caller when
+        room opens. Messages that arrive after the end are nak'ed at once."""
+        cfg, nc = self._config, self._nc
+        loop = asyncio.get_running_loop()
+        subject = f"$JS.API.CONSUMER.MSG.NEXT.{cfg.stream}.{cfg.durable}"
+        inbox = nc.new_inbox()
+        group: list[Delivery] = []
+        self._requested = 0
+        last_request = loop.time()
+        accepting = True
+
+        def flush_group() -> None:
+            batch = group[:]
+            group.clear()
+            if accepting:
+                deliver(batch)
+            else:  # after the end (a request that outlived its expiry): give them back now
+                task = loop.create_task(self.respond([(d.reply, b"-NAK") for d in batch]))
+                self._late.add(task)
+                task.add_done_callback(self._late.discard)
+
+        async def on_msg(msg: Msg) -> None:
+            reply = msg.reply
+            if reply:
+                if not group:
+                    loop.call_soon(flush_group)
+                group.append(_delivery(msg))
+                self._requested -= 1
+                return
+            status = (msg.headers or {}).get("Status", "")
+            if status == "100":  # idle heartbeat
+                return
+            if status in ("404", "408"):  # the request ended: what it did not deliver is not coming
+                left = (msg.headers or {}).get("Nats-Pending-Messages")
+                self._requested -= int(left) if left and left.isdigit() else self._requested
+            else:  # 409 (leadership change, max waiting...), 503: start over with new requests
+                why = (msg.headers or {}).get("Description")
+                log.debug("pull request on %s ended: %s %s", cfg.durable, status, why)
+                self._requested = 0
+            self._requested = max(0, self._requested)
+            wake.set()
+
+        if self._closing_sub is not None:  # the last stream's inbox: its requests have expired
+            with contextlib.suppress(Exception):
+                await self._closing_sub.unsubscribe()
+        sub = await nc.subscribe(inbox, cb=on_msg)
+        try:
+            half = max(1, cfg.batch // 2)
+            while self._streaming:
+                wake.clear()
+                if self._requested > 0 and loop.time() - last_request > poll + 2.0:
+                    self._requested = 0  # lost with a connection, or never answered: ask again
+                free = room() - self._requested
+                if self._requested <= half and free >= min(cfg.batch, half) and nc.is_connected:
+                    n = min(cfg.batch, free)
+                    body = b'{"batch":%d,"expires":%d}' % (n, int(poll * 1e9))
+                    self._requested += n
+                    last_request = loop.time()
+                    await nc.publish(subject, body, reply=inbox)
+                    continue
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), poll)
+            # Requests still outstanding end within poll s (the server's 408). Until then their
+            # messages are delivered as usual (the caller naks what it will not handle): a nak now
+            # would send a message straight back to the same waiting request, a delivery burnt each time.
+            end = last_request + poll + 1.0
+            while self._requested > 0 and loop.time() < end:
+                wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(wake.wait(), end - loop.time())
+            await asyncio.sleep(0)  # the last read's group
+        finally:
+            self._streaming = False
+            accepting = False
+            if group:
+                flush_group()
+            self._closing_sub = sub
+
+    def begin_stream(self) -> None:
+        """Before `stream` is scheduled: an `end_stream` from then on is kept, even before it runs."""
+        self._streaming = True
+
+    def end_stream(self) -> None:
+        """`stream` returns at its next look (messages still arriving are nak'ed)."""
+        self._streaming = False
+
+    async def respond(self, responses: Sequence[tuple[str, bytes]]) -> None:
+        """Write each ``(reply subject, ack payload)``; a lost connection loses them (redelivery follows).
+
+        Where the publisher's fast path may be used (`fast_path_refusal`), the ``PUB`` commands go
+        straight into nats-py's pending buffer with one kick of its flusher per batch, as the
+        publisher's fast path writes events; else through ``publish()``, one call each."""
+        nc = self._nc
+        if self._raw:
+            if nc.is_closed:
+                log.warning("acks to %s not sent (connection closed): those messages come again", self._config.durable)
+                return
+            pieces = [b"PUB %s %d\r\n%s\r\n" % (reply.encode(), len(payload), payload) for reply, payload in responses]
+            nc._pending.extend(pieces)  # noqa: SLF001
+            nc._pending_data_size += sum(map(len, pieces))  # noqa: SLF001
+            queue = nc._flush_queue  # noqa: SLF001
+            if queue is None or queue.empty():
+                await nc._flush_pending()  # noqa: SLF001
+            return
+        publish = nc.publish
         try:
             for reply, payload in responses:
                 await publish(reply, payload)
@@ -284,6 +426,8 @@ class PullConsumer:
     async def flush(self, timeout: float) -> bool:
         """Wait until the server has read everything written (acks included); False if it did not in time."""
         try:
+            if self._raw and self._nc.is_connected:  # nats-py's PING goes straight to the socket:
+                await asyncio.wait_for(self._nc._flush_pending(force_flush=True), timeout)  # noqa: SLF001 - acks first
             await self._nc.flush(timeout=max(1, round(timeout)))
         except (nats.errors.Error, *_TIMEOUTS):
             return False
