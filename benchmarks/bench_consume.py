@@ -77,7 +77,7 @@ def library(url: str, n: int, durable: str, threads: int, latency: list[float] |
     arrived: dict[str, float] = {}
     clock = time.perf_counter
     if latency is not None:  # stamp each batch as the pump gets it (bench-only instrumentation)
-        took = _loop.ConsumerLoop._took
+        took = _loop.ConsumerLoop._took  # noqa: SLF001 - bench-only instrumentation
 
         def stamped(self: Any, got: list[Any]) -> None:
             now = clock()
@@ -85,7 +85,7 @@ def library(url: str, n: int, durable: str, threads: int, latency: list[float] |
                 arrived[d.reply] = now
             took(self, got)
 
-        _loop.ConsumerLoop._took = stamped  # type: ignore[method-assign]
+        _loop.ConsumerLoop._took = stamped  # type: ignore[method-assign]  # noqa: SLF001
 
     def handle(message: ReceivedMessage) -> None:
         message.ack()
@@ -103,7 +103,7 @@ def library(url: str, n: int, durable: str, threads: int, latency: list[float] |
             consumer.run(handle, concurrency=threads, stop=stop, timeout=300.0)
     finally:
         if latency is not None:
-            _loop.ConsumerLoop._took = took  # type: ignore[method-assign]
+            _loop.ConsumerLoop._took = took  # type: ignore[method-assign]  # noqa: SLF001
     return end[0] - t0
 
 

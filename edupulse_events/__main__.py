@@ -8,6 +8,7 @@ Commands:
 - ``schema jsonschema|asyncapi``: the wire's JSON Schema, an AsyncAPI document (`_cli._schema`).
 - ``publish [FILE...]``: JSON-lines events to the broker (`_cli._publish`).
 - ``tail``: print the events on a subject or in a stream (`_cli._tail`).
+- ``consume``: run a handler over a JetStream durable until stopped (`_cli._consume`).
 - ``bench [NAME]``: run a benchmark script of a source checkout (`_cli._bench`).
 
 A closed standard output (``... | head``) ends any command quietly with exit code 141, as a
@@ -34,6 +35,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from ._cli._bench import add_bench_command
+from ._cli._consume import add_consume_command
 from ._cli._publish import add_publish_command
 from ._cli._schema import add_schema_commands
 from ._cli._spool import add_spool_commands
@@ -113,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_schema_commands(sub)
     add_publish_command(sub)
     add_tail_command(sub)
+    add_consume_command(sub)
     add_bench_command(sub)
     try:
         try:
