@@ -221,12 +221,13 @@ def run_handlers(
 def _stop(run: _Run, loop: ConsumerLoop, pump: Any, threads: list[threading.Thread], stop_timeout: float) -> None:
     deadline = time.monotonic() + stop_timeout
     loop.stop_pump()
-    nacked = run.nak_queued()
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
     with contextlib.suppress(Exception):
         pump.result(POLL + 2.0)
-    nacked += run.nak_queued()  # what the pump's last fetch brought
+    # Only now, with no pull request of ours left on the server: a nak while one is still waiting
+    # would bring the message straight back into it.
+    nacked = run.nak_queued()
     abandoned = 0
     for message in list(run.in_hand.values()):  # handlers still running past stop_timeout
         if message.try_settle("nak"):

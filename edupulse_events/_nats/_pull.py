@@ -435,4 +435,6 @@ class PullConsumer:
 
     async def close(self, timeout: float) -> None:
         self._closing = True
+        if self._late:  # naks of messages that came after a stream ended
+            await asyncio.wait(set(self._late), timeout=timeout / 2)
         await close_connection(self._nc, timeout)
