@@ -63,7 +63,8 @@ def test_inbox_after_sigkill_nothing_applied_twice(
 
 
 def test_three_processes_share_one_durable(nats_server: NatsServer, tmp_path: Path) -> None:
-    """Three consumer processes on one durable: 3,000 events, each handled by exactly one of them, once."""
+    """Three consumer processes on one durable: 3,000 events, each handled by one of them, once (how the
+    work splits depends on when each started: one may take it all)."""
     events = envelopes(3000)
     fill(nats_server.url, "M", "m", events)
     outs = [tmp_path / f"ids{i}" for i in range(3)]
@@ -72,7 +73,6 @@ def test_three_processes_share_one_durable(nats_server: NatsServer, tmp_path: Pa
     per_process = [read_ids(out) for out in outs]
     every = [i for ids in per_process for i in ids]
     assert sorted(every) == sorted(str(e.event_id) for e in events)
-    assert all(per_process)  # the work was shared
 
 
 def _run_through(consumer: NatsConsumer, total: int, at: int, fault: threading.Event) -> collections.Counter[uuid.UUID]:
