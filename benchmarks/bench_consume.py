@@ -116,7 +116,7 @@ def main() -> None:
     n = args.events
     rates: dict[str, list[float]] = {"B": [], "lib 1 thread": [], "lib 4 threads": []}
     ratios: dict[str, list[float]] = {"lib 1 thread": [], "lib 4 threads": []}
-    lat: dict[str, list[float]] = {"B": [], "lib 1 thread": [], "lib 4 threads": []}
+    lat: dict[str, list[list[float]]] = {"B": [], "lib 1 thread": [], "lib 4 threads": []}
     names = iter(range(1, 1 << 30))
     with NatsServer() as server:
         fill(server.url, n)

@@ -130,8 +130,8 @@ def _child(url: str, stream: str, durable: str, out: str, kill_at: int, inbox_db
             if handled == kill_at:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    options = {"ack_wait": ack_wait, "batch": 20, "max_buffered": 40}
-    with NatsConsumer.connect(url, stream=stream, durable=durable, **options) as consumer:
+    consumer = NatsConsumer.connect(url, stream=stream, durable=durable, ack_wait=ack_wait, batch=20, max_buffered=40)
+    with consumer:
         while True:
             before = consumer.stats().received
             consumer.run(handle, concurrency=2, timeout=1.5, stop_timeout=5.0)
@@ -141,4 +141,5 @@ def _child(url: str, stream: str, durable: str, out: str, kill_at: int, inbox_db
 
 
 if __name__ == "__main__":
-    _child(*sys.argv[1:5], int(sys.argv[5]), sys.argv[6], float(sys.argv[7]))
+    url, stream, durable, out = sys.argv[1:5]
+    _child(url, stream, durable, out, int(sys.argv[5]), sys.argv[6], float(sys.argv[7]))

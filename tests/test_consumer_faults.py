@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from consumer_support import consume_in_child, fill, read_ids
@@ -41,6 +42,7 @@ def test_inbox_after_sigkill_nothing_applied_twice(
     """SIGKILL after the 100th effect committed, before its ack: redelivered, and the inbox applies each event once."""
     events = envelopes(300)
     fill(nats_server.url, "I", "i", events)
+    db: Any
     if database == "sqlite":
         target = str(tmp_path / "app.db")
         db = sqlite3.connect(target)
