@@ -15,10 +15,11 @@ reach it three ways:
   dropped.
 
 The pump (`start_pump`, used by ``run()``) keeps at most ``max_buffered`` messages held by this
-process (delivered and not yet settled): it fetches up to ``batch`` at a time while there is
-room and hands each to the caller's queue. `stop` lets the pump's last fetch end (its
-messages are handed over too, to be nak'ed), waits for dead letters in flight, writes the
-queued acks, flushes them to the server and closes the connection within its timeout.
+process (delivered and not yet settled): `PullConsumer.stream` keeps pull requests of up to
+``batch`` outstanding while there is room and hands each read's messages to the caller's queue.
+`stop_pump` lets the outstanding requests end (their messages are handed over too, to be
+nak'ed); `stop` waits for dead letters in flight, writes the queued acks, flushes them to the
+server and closes the connection within its timeout.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ __all__ = ["ConsumerLoop"]
 
 log = logging.getLogger("edupulse_events")
 T = TypeVar("T")
-#: Longest single wait of the pump's fetches: a stop is noticed within it.
+#: How long each of the pump's pull requests lasts: a stop ends within about it.
 POLL = 1.0
 
 
@@ -137,7 +138,7 @@ class ConsumerLoop:
         return asyncio.run_coroutine_threadsafe(self._pump(deliver), self._loop)
 
     def stop_pump(self) -> None:
-        """The pump fetches no more (its fetch under way ends by its expiry, at most `POLL` s)."""
+        """The pump asks for no more (its requests under way end by their expiry, at most `POLL` s)."""
         with contextlib.suppress(RuntimeError):
             self._loop.call_soon_threadsafe(self._end_pump)
 
