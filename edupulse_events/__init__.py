@@ -16,13 +16,16 @@ import logging
 from ._frozen import FrozenMap
 from ._version import __version__ as __version__
 from .codec import Codec, decode, encode, make_converter
-from .config import PublisherConfig, RetryPolicy
+from .config import ConsumerConfig, PublisherConfig, RetryPolicy
+from .consumer import Inbox, NatsConsumer, ReceivedMessage
 from .context import INHERIT, EventContext, current_event_context, event_context
 from .envelope import EventEnvelope, Timestamp
 from .errors import (
+    AlreadySettled,
     BrokerError,
     BrokerUnavailable,
     ConfigError,
+    ConsumerClosed,
     DeadlockError,
     DecodeError,
     EventRejected,
@@ -30,6 +33,7 @@ from .errors import (
     InvalidBatch,
     InvalidEvent,
     OutboxDatabaseError,
+    PermanentFailure,
     PublisherClosed,
     PublisherCrashed,
     PublishTimeout,
@@ -59,7 +63,7 @@ from .futures import PublishAck, PublishFuture
 from .nats_publisher import NatsPublisher, PublisherState
 from .outbox import Outbox, OutboxRelay, OutboxStats
 from .publisher import EventPublisher, InMemoryPublisher
-from .stats import PublisherStats
+from .stats import ConsumerStats, PublisherStats
 
 # A library never configures logging: without this, an application that set up none would get
 # the library's warnings on stderr through Python's last-resort handler.
@@ -71,11 +75,15 @@ __all__ = [
     "INHERIT",
     "U32",
     "U64",
+    "AlreadySettled",
     "BadgeAwarded",
     "BrokerError",
     "BrokerUnavailable",
     "Codec",
     "ConfigError",
+    "ConsumerClosed",
+    "ConsumerConfig",
+    "ConsumerStats",
     "DeadlockError",
     "DecodeError",
     "EventContext",
@@ -86,15 +94,18 @@ __all__ = [
     "EventsError",
     "FrozenMap",
     "InMemoryPublisher",
+    "Inbox",
     "InvalidBatch",
     "InvalidEvent",
     "LessonPublished",
+    "NatsConsumer",
     "NatsPublisher",
     "Outbox",
     "OutboxDatabaseError",
     "OutboxRelay",
     "OutboxStats",
     "PaymentProcessed",
+    "PermanentFailure",
     "PublishAck",
     "PublishFuture",
     "PublishTimeout",
@@ -105,6 +116,7 @@ __all__ = [
     "PublisherStats",
     "QueueFull",
     "QuizSubmitted",
+    "ReceivedMessage",
     "RetryPolicy",
     "ServerError",
     "ServerNotFound",

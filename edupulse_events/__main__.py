@@ -8,6 +8,7 @@ Commands:
 - ``schema jsonschema|asyncapi``: the wire's JSON Schema, an AsyncAPI document (`_cli._schema`).
 - ``publish [FILE...]``: JSON-lines events to the broker (`_cli._publish`).
 - ``tail``: print the events on a subject or in a stream (`_cli._tail`).
+- ``consume``: run a handler over a JetStream durable until stopped (`_cli._consume`).
 - ``bench [NAME]``: run a benchmark script of a source checkout (`_cli._bench`).
 - ``outbox relay|inspect|retry-dead --db URL``: deliver a transactional outbox table's committed
   events, see what it holds, move dead letters back (`_cli._outbox`).
@@ -36,6 +37,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from ._cli._bench import add_bench_command
+from ._cli._consume import add_consume_command
 from ._cli._outbox import add_outbox_commands
 from ._cli._publish import add_publish_command
 from ._cli._schema import add_schema_commands
@@ -116,6 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_schema_commands(sub)
     add_publish_command(sub)
     add_tail_command(sub)
+    add_consume_command(sub)
     add_bench_command(sub)
     add_outbox_commands(sub)
     try:

@@ -1,11 +1,11 @@
-"""Publisher settings: one validated, immutable object holding every knob.
+"""Publisher and consumer settings: one validated, immutable object each, holding every knob.
 
-`PublisherConfig` is checked when it is built (bad values raise `ConfigError` there, not
-later in a background thread). `PublisherConfig.from_env()` reads the
-``EDUPULSE_EVENT_BROKER_*`` variables. Every server URL is checked here the way nats-py will
-read it (scheme, host, port, credentials holding ``/``, ``?`` or ``#``): a URL problem is a
-`ConfigError` that quotes no credential. `redact_url` keeps credentials out of logs, reprs and
-error messages; the config's own repr never shows a token or password.
+`PublisherConfig` and `ConsumerConfig` (which shares its connection fields) are checked when
+they are built (bad values raise `ConfigError` there, not later in a background thread).
+`PublisherConfig.from_env()` reads the ``EDUPULSE_EVENT_BROKER_*`` variables. Every server URL
+is checked here the way nats-py will read it (scheme, host, port, credentials holding ``/``,
+``?`` or ``#``): a URL problem is a `ConfigError` that quotes no credential. `redact_url` keeps
+credentials out of logs, reprs and error messages; the config's own repr never shows a token or password.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ __all__ = [
     "ENV_PREFIX",
     "MAX_SUBJECT_BYTES",
     "SPOOL_MODES",
+    "ConsumerConfig",
     "EnvelopeCodec",
     "PublisherConfig",
     "RetryPolicy",
@@ -217,6 +218,26 @@ def check_subject(_inst: object, _attr: object, subject: str) -> None:
         )
 
 
+def check_auth(nkey_seed: str | None, creds_file: str | None) -> None:
+    """NKey and JWT authentication need the nkeys package and valid material."""
+    if nkey_seed is None and creds_file is None:
+        return
+    if importlib.util.find_spec("nkeys") is None:
+        raise ConfigError(
+            "NKey and JWT (.creds) authentication need the nkeys package: pip install 'edupulse_events[nkeys]'"
+        )
+    if nkey_seed is not None and not (isinstance(nkey_seed, str) and nkey_seed.startswith("SU")):
+        raise ConfigError("nkey_seed must be a user NKey seed (it starts with 'SU')")
+    if nkey_seed is not None and creds_file is not None:
+        raise ConfigError("give nkey_seed or creds_file, not both (a .creds file holds its own seed)")
+    if creds_file is not None:
+        path = Path(creds_file).expanduser()
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ConfigError(f"creds_file {str(path)!r} is not a readable file")
+        if "-----BEGIN NATS USER JWT-----" not in path.read_text(encoding="utf-8", errors="replace"):
+            raise ConfigError(f"creds_file {str(path)!r} holds no NATS user JWT")
+
+
 @attrs.frozen
 class PublisherConfig:
     """Everything a `NatsPublisher` needs; invalid combinations raise `ConfigError` here.
@@ -329,23 +350,7 @@ class PublisherConfig:
             raise ConfigError(f"spool_dir {str(path)!r} is not writable by this process")
 
     def _check_auth(self) -> None:
-        """NKey and JWT authentication need the nkeys package and valid material."""
-        if self.nkey_seed is None and self.creds_file is None:
-            return
-        if importlib.util.find_spec("nkeys") is None:
-            raise ConfigError(
-                "NKey and JWT (.creds) authentication need the nkeys package: pip install 'edupulse_events[nkeys]'"
-            )
-        if self.nkey_seed is not None and not (isinstance(self.nkey_seed, str) and self.nkey_seed.startswith("SU")):
-            raise ConfigError("nkey_seed must be a user NKey seed (it starts with 'SU')")
-        if self.nkey_seed is not None and self.creds_file is not None:
-            raise ConfigError("give nkey_seed or creds_file, not both (a .creds file holds its own seed)")
-        if self.creds_file is not None:
-            path = Path(self.creds_file).expanduser()
-            if not path.is_file() or not os.access(path, os.R_OK):
-                raise ConfigError(f"creds_file {str(path)!r} is not a readable file")
-            if "-----BEGIN NATS USER JWT-----" not in path.read_text(encoding="utf-8", errors="replace"):
-                raise ConfigError(f"creds_file {str(path)!r} holds no NATS user JWT")
+        check_auth(self.nkey_seed, self.creds_file)
 
     @property
     def redacted_servers(self) -> str:
@@ -393,3 +398,106 @@ class PublisherConfig:
             kwargs["create_stream"] = create in _TRUE
         kwargs.update(overrides)
         return cls(**kwargs)
+
+
+def _check_filter(_inst: object, _attr: object, subject: str | None) -> None:
+    """A consumer's filter is a NATS subject that may use ``*`` and a final ``>``."""
+    if subject is None:
+        return
+    tokens = subject.split(".") if isinstance(subject, str) else [""]
+    bad = (
+        not subject
+        or any(not t or any(c in t for c in " \t\r\n") for t in tokens)
+        or any(("*" in t and t != "*") or (">" in t and t != ">") for t in tokens)
+        or ">" in tokens[:-1]
+    )
+    if bad:
+        raise ConfigError(f"filter_subject {subject!r} is not a NATS subject filter (tokens, '*', a last '>')")
+
+
+def _check_dead_letter(_inst: object, _attr: object, subject: str | None) -> None:
+    if subject is not None:
+        check_subject(_inst, _attr, subject)
+        if "{" in subject:
+            raise ConfigError(f"dead_letter_subject {subject!r} is a subject, not a template")
+
+
+def _check_name(what: str) -> Callable[[object, object, str], None]:
+    def check(_inst: object, _attr: object, name: str) -> None:
+        if not isinstance(name, str) or not _STREAM_NAME.match(name):
+            raise ConfigError(f"{what} {name!r} must be a non-empty name without spaces, '.', '*', '>', '/' or '\\'")
+
+    return check
+
+
+@attrs.frozen
+class ConsumerConfig:
+    """Everything a `NatsConsumer` needs; invalid values raise `ConfigError` here.
+
+    The connection fields (``servers`` to ``inbox_prefix``) mean what they mean in
+    `PublisherConfig`. Times are float seconds. The durable consumer ``durable`` on ``stream``
+    is created with these settings when missing (``create=True``) or bound as it is.
+    """
+
+    servers: tuple[str, ...] = attrs.field(converter=_servers, repr=lambda v: repr(tuple(redact_url(s) for s in v)))
+    stream: str = attrs.field(validator=_check_name("stream"))
+    durable: str = attrs.field(validator=_check_name("durable"))
+    #: Only messages on subjects matching this filter (None: all the stream holds).
+    filter_subject: str | None = attrs.field(default=None, validator=_check_filter)
+    #: Create the durable consumer when it does not exist (False: it must exist; bind to it).
+    create: bool = True
+    #: How long the server waits for an ack before it delivers a message again.
+    ack_wait: float = attrs.field(default=30.0, validator=seconds_validator("ack_wait"))
+    #: Deliveries of one message at most; a message failing its last one goes to the dead letter.
+    max_deliver: int = attrs.field(default=5, validator=count_validator("max_deliver"))
+    #: Messages delivered and not yet acknowledged, per durable (all its processes): flow control.
+    max_ack_pending: int = attrs.field(default=1000, validator=count_validator("max_ack_pending"))
+    #: Messages asked for per pull request in ``run()``, and held at most by one consumer.
+    batch: int = attrs.field(default=100, validator=count_validator("batch"))
+    max_buffered: int = attrs.field(default=200, validator=count_validator("max_buffered"))
+    #: Idle heartbeat of a long pull request: a silent server is noticed within twice this.
+    heartbeat: float = attrs.field(default=1.0, validator=seconds_validator("heartbeat"))
+    #: Redelivery delay after a handler's failure: exponential from ``backoff_initial`` up to
+    #: ``backoff_maximum``, with up to ``backoff_jitter`` seconds of random jitter (tenacity).
+    backoff_initial: float = attrs.field(default=1.0, validator=seconds_validator("backoff_initial"))
+    backoff_maximum: float = attrs.field(default=60.0, validator=seconds_validator("backoff_maximum"))
+    backoff_jitter: float = attrs.field(default=0.5)
+    #: Where undecodable messages, permanent failures and messages past ``max_deliver`` go (with
+    #: their original headers and the reason); a JetStream stream must capture it. None: they
+    #: are terminated and logged (event id and reason) only.
+    dead_letter_subject: str | None = attrs.field(default=None, validator=_check_dead_letter)
+    #: The `Codec` messages are decoded with (None: the default codec).
+    codec: EnvelopeCodec | None = attrs.field(default=None, validator=check_codec)
+    auth_token: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    user: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    password: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    nkey_seed: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "'***'")
+    creds_file: str | None = None
+    tls: ssl.SSLContext | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "<SSLContext>")
+    connect_timeout: float = attrs.field(default=5.0, validator=seconds_validator("connect_timeout"))
+    reconnect_wait: float = attrs.field(default=0.25, validator=seconds_validator("reconnect_wait"))
+    client_name: str = "edupulse_events"
+    inbox_prefix: str = attrs.field(default="_INBOX", validator=check_inbox_prefix)
+    #: How long the interpreter-exit hook waits for held messages to be settled.
+    exit_timeout: float = attrs.field(default=5.0, validator=seconds_validator("exit_timeout"))
+    #: OpenTelemetry tracer provider for the CONSUMER spans (default: the global one).
+    tracer_provider: Any = attrs.field(default=None, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.tls is not None and not isinstance(self.tls, ssl.SSLContext):
+            raise ConfigError(f"tls must be an ssl.SSLContext, got {type(self.tls).__name__}")
+        check_auth(self.nkey_seed, self.creds_file)
+        if self.backoff_maximum < self.backoff_initial:
+            raise ConfigError(
+                f"backoff_maximum ({self.backoff_maximum}) must be >= backoff_initial ({self.backoff_initial})"
+            )
+        jitter = self.backoff_jitter
+        if isinstance(jitter, bool) or not isinstance(jitter, (int, float)) or not (0 <= jitter < math.inf):
+            raise ConfigError(f"backoff_jitter must be a finite number >= 0, got {jitter!r}")
+        if self.max_buffered < self.batch:
+            raise ConfigError(f"max_buffered ({self.max_buffered}) must be >= batch ({self.batch})")
+
+    @property
+    def redacted_servers(self) -> str:
+        """The server list as it may appear in logs and errors (credentials hidden)."""
+        return redact_url(",".join(self.servers))

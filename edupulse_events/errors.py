@@ -16,8 +16,11 @@
     │   ├── EventRejected                     permanent: the stream refused this event (err_code says why)
     │   ├── PublishTimeout                    the event failed: not acknowledged before its delivery deadline
     │   └── PublisherCrashed                  the publisher thread crashed; it restarts on the next publish()
-    ├── DeadlockError     (RuntimeError)  waiting on a future from the publisher's own thread
+    ├── DeadlockError     (RuntimeError)  waiting on a future from the publisher's (or consumer's) own thread
     ├── OutboxDatabaseError (ConnectionError) the outbox relay could not use its database (retried with backoff)
+    ├── ConsumerClosed    (RuntimeError)  fetch() or run() on a closed NatsConsumer
+    ├── AlreadySettled    (RuntimeError)  a second ack/nak/term of one received message
+    ├── PermanentFailure                  raised by a consumer's handler: never retried, dead-lettered
     ├── ServerError       (RuntimeError)  a .testing nats-server failed to start, or was misused
     ├── ServerNotFound    (FileNotFoundError) .testing found no nats-server executable
     └── SpoolError        (OSError)       a spool file could not be used (corrupt, foreign, unwritable)
@@ -41,9 +44,11 @@ import sys
 from typing import Any, ClassVar
 
 __all__ = [
+    "AlreadySettled",
     "BrokerError",
     "BrokerUnavailable",
     "ConfigError",
+    "ConsumerClosed",
     "DeadlockError",
     "DecodeError",
     "EventRejected",
@@ -51,6 +56,7 @@ __all__ = [
     "InvalidBatch",
     "InvalidEvent",
     "OutboxDatabaseError",
+    "PermanentFailure",
     "PublishTimeout",
     "PublisherClosed",
     "PublisherCrashed",
@@ -180,6 +186,19 @@ class OutboxDatabaseError(EventsError, ConnectionError):
     """The outbox relay could not use its database: unreachable, locked past its timeout, or a
     statement failed. Nothing was lost (undelivered rows stay); `OutboxRelay.run` retries with
     backoff, `OutboxRelay.run_once` raises it. The driver's exception is the ``__cause__``."""
+
+
+class ConsumerClosed(EventsError, RuntimeError):
+    """The consumer is closed (or its thread ended): nothing more is fetched."""
+
+
+class AlreadySettled(EventsError, RuntimeError):
+    """A received message was acked, nak'ed or terminated already: it takes one outcome."""
+
+
+class PermanentFailure(EventsError):
+    """Raised by a consumer's handler: this message can never be handled. It is not retried:
+    it goes to the dead letter (with this error as its reason) and is terminated."""
 
 
 class ServerError(EventsError, RuntimeError):

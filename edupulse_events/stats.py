@@ -1,5 +1,6 @@
-"""`PublisherStats`: a snapshot of a publisher's counters, and `PublisherState` (data only: the
-engine's `_outstanding.Tally` sums the counters of publisher threads that ended into it)."""
+"""`PublisherStats` and `ConsumerStats`: snapshots of a publisher's and a consumer's counters, and
+`PublisherState` (data only: the engine's `_outstanding.Tally` sums the counters of publisher
+threads that ended into it)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Mapping
 
 import attrs
 
-__all__ = ["PublisherState", "PublisherStats"]
+__all__ = ["ConsumerStats", "PublisherState", "PublisherStats"]
 
 #: Ids of failed events a publisher keeps for its closing log (the most recent ones).
 FAILED_IDS_KEPT = 10_000
@@ -77,3 +78,29 @@ def add(into: dict[str, int], counts: Mapping[str, int]) -> None:
     """Add ``counts`` into ``into``, key by key."""
     for key, n in counts.items():
         into[key] = into.get(key, 0) + n
+
+
+@attrs.frozen
+class ConsumerStats:
+    """Counters of a `NatsConsumer` since it was created (or since fork, in a child process)."""
+
+    #: Messages fetched (decodable or not), and how many of them were redeliveries.
+    received: int = 0
+    redelivered: int = 0
+    #: Outcomes: acked, nak'ed (to come again), terminated (dead letters included), dead-lettered.
+    acknowledged: int = 0
+    nacked: int = 0
+    terminated: int = 0
+    dead_lettered: int = 0
+    #: Dead letters the broker did not store (those messages were nak'ed instead).
+    dead_letter_failures: int = 0
+    #: Messages that did not decode (dead-lettered), and handler calls that raised.
+    undecodable: int = 0
+    handler_errors: int = 0
+    #: Messages the server gave up on after max_deliver (from its advisories; dead-lettered).
+    expired: int = 0
+    in_progress: int = 0
+    #: Messages delivered to this process and not settled yet.
+    held: int = 0
+    #: "new" (not connected yet), "running", or "closed".
+    state: str = "new"

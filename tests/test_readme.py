@@ -38,6 +38,7 @@ CLAIMS = {
     "registry": "class CourseArchived",
     "atomic": "atomic=True)  # all three",
     "outbox": 'OutboxRelay("sqlite:///app.db"',
+    "consume": "inbox.handle(db",
 }
 
 
@@ -87,6 +88,15 @@ def test_the_custom_registry_example() -> None:
     """The custom-registry example publishes an event of its own registry (its assertion included)."""
     proc = run(block("registry"))
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_consuming_example(nats_server: NatsServer, tmp_path: Path) -> None:
+    """The consuming example (docs/consuming.md) grants one badge per event of the batch script, via its inbox."""
+    assert run(block("batch").replace(README_URL, nats_server.url)).returncode == 0
+    code = block("consume").replace(README_URL, nats_server.url).replace("badges.db", str(tmp_path / "b.db"))
+    proc = run(code + "\nprint(db.execute('SELECT COUNT(DISTINCT event_id), COUNT(*) FROM badges').fetchone())\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == "(1000, 1000)"
 
 
 def test_the_batch_script_example(nats_server: NatsServer) -> None:

@@ -1,8 +1,9 @@
 """`NatsTransport`: one nats-py connection, owned by the publisher thread's event loop.
 
-It connects (mapping every nats-py failure to a library error that says why), refuses to
-fall back to plain text when TLS was asked for, creates or checks streams, and reports the
-connection's state to the worker. Publishing and acks go through one of two paths, chosen
+It connects through `open_connection` (``_connection.py``, shared with ``tail`` and the
+consumer: every nats-py failure mapped to a library error that says why, no fall-back to plain
+text when TLS was asked for), creates or checks streams, and reports the connection's state to
+the worker. Publishing and acks go through one of two paths, chosen
 at each connection: the fast path (``_fast.py``, nats-py internals, checked and probed) or
 the public path (``_public.py``, nats-py's documented API); ``_paths.py`` decides which and
 says so. The path is named in each connection's log line, the publisher's ``stats()`` and ``repr``.
@@ -12,16 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
-import inspect
 import logging
-import ssl
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
-import nats
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -31,6 +27,7 @@ from ..config import PublisherConfig
 from ..errors import BrokerError, BrokerUnavailable
 from ._acks import Ack, ignored, read_ack
 from ._batches import FastReply, fast_head, read_fast
+from ._connection import cancel_and_wait, close_connection, open_connection
 from ._fast import FastPath
 from ._paths import fast_path_refusal, log_public_path, nats_py_version
 from ._public import PublicPath
@@ -65,85 +62,6 @@ class Path(Protocol):
     def disconnected(self) -> None: ...
 
 
-async def cancel_and_wait(task: asyncio.Future[Any], limit: float) -> None:
-    """Cancel ``task`` and wait (at most ``limit`` seconds) until it has ended. nats-py's
-    connect loop swallows a cancellation that lands while it closes a failed attempt, and
-    then goes on connecting: cancel again until the task is done."""
-    deadline = asyncio.get_running_loop().time() + limit
-    while not task.done():
-        task.cancel()
-        remaining = deadline - asyncio.get_running_loop().time()
-        if remaining <= 0:
-            return
-        await asyncio.wait({task}, timeout=min(0.05, remaining))
-    if not task.cancelled():
-        task.exception()  # retrieved: a failed attempt is not "never retrieved"
-
-
-def _describe(exc: BaseException, tls_given: bool = True) -> str:
-    """A short, credential-free description of a connection error.
-
-    ``tls_given=False`` (no ``tls=`` SSLContext in the config) adds a hint to TLS errors: the
-    server asked for TLS and only the system's CAs were trusted.
-    """
-    text = str(exc) or type(exc).__name__
-    hint = (
-        ""
-        if tls_given
-        else " (the server requires TLS and no tls= SSLContext was given: pass one that trusts the server's CA)"
-    )
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"TLS certificate verification failed: {exc.verify_message or text}{hint}"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS error: {text}{hint}"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if "Authorization Violation" in text or "Authentication" in text or isinstance(exc, nats.errors.AuthorizationError):
-        return "authentication failed (Authorization Violation)"
-    if isinstance(exc, nats.errors.SecureConnWantedError):
-        return (
-            "TLS was asked for (a tls:// URL or a tls= SSLContext) but the server does not offer TLS; "
-            "refusing to connect in plain text"
-        )
-    if "secure connection" in text.lower() or isinstance(
-        exc, (nats.errors.SecureConnRequiredError, nats.errors.SecureConnFailedError)
-    ):
-        return f"TLS required/failed: {text}"
-    return text
-
-
-def _is_fatal(exc: BaseException) -> bool:
-    """Errors that retrying the connection cannot fix (bad credentials, bad certificates, no TLS)."""
-    text = str(exc)
-    return (
-        isinstance(
-            exc, (ssl.SSLCertVerificationError, nats.errors.AuthorizationError, nats.errors.SecureConnWantedError)
-        )
-        or "Authorization Violation" in text
-        or "Authentication" in text
-    )
-
-
-def _wants_tls(config: PublisherConfig, scheme: str) -> bool:
-    """Whether a connection to a server with this URL scheme must be encrypted."""
-    return scheme == "tls" or (config.tls is not None and scheme == "nats")
-
-
-_signatures: dict[Any, tuple[str, ...]] = {}
-
-
-def _parameters(method: Any) -> tuple[str, ...]:
-    """The parameter names of a (bound) method, read once per function: inspecting a signature
-    costs each pre-fork worker time on its first connection (docs/performance.md)."""
-    key = getattr(method, "__func__", method)
-    if key not in _signatures:
-        try:
-            _signatures[key] = tuple(inspect.signature(method).parameters)
-        except (TypeError, ValueError):
-            _signatures[key] = ()
-    return _signatures[key]
-
-
 class NatsTransport:
     """One nats-py connection, owned by the publisher thread's event loop."""
 
@@ -168,8 +86,6 @@ class NatsTransport:
         self.fast_ingest = False
         self._nc = Client()
         self._path: Path | None = None
-        self._last_error: BaseException | None = None
-        self._fatal: asyncio.Future[BaseException] | None = None
         self.max_payload: int | None = None
         self._closing = False
         #: The configured stream was found (or made) capturing the subject: by this connection, or
@@ -276,90 +192,36 @@ class NatsTransport:
     async def connect(self, timeout: float | None) -> None:
         """Connect (retrying servers until ``timeout``; None = forever) or raise `BrokerError`."""
         cfg = self._config
-        loop = asyncio.get_running_loop()
-        fatal: asyncio.Future[BaseException] = loop.create_future()
-        self._fatal = fatal
-        tls_given = cfg.tls is not None
-        self._refuse_plain_text()
 
-        async def error_cb(exc: Exception) -> None:
-            self._last_error = exc
-            if _is_fatal(exc):
-                log.error("broker %s: %s", cfg.redacted_servers, _describe(exc, tls_given))
-                if not fatal.done():
-                    fatal.set_result(exc)
-            else:
-                log.debug("broker %s: %s", cfg.redacted_servers, _describe(exc, tls_given))
-
-        async def disconnected_cb() -> None:
-            if not self._closing:
-                log.warning("disconnected from broker %s", cfg.redacted_servers)
+        def disconnected() -> None:
             if self._path is not None:
                 self._path.disconnected()
             self._on_state(False)
 
-        async def reconnected_cb() -> None:
+        def reconnected() -> None:
             self.max_payload = self._nc.max_payload
-            log.info("reconnected to broker %s", cfg.redacted_servers)
             self._on_state(True)
 
-        async def closed_cb() -> None:
-            # nats-py gives up on a connection for good after some server errors (-ERR):
-            # tell the worker, which builds a new one, instead of timing out forever.
-            if not self._closing:
-                last = self._nc.last_error
-                why = _describe(last) if last is not None else "no error"
-                log.error("broker connection %s was closed by the client library (%s)", cfg.redacted_servers, why)
-                self._on_state(False)
-                self._on_closed()
+        def closed() -> None:
+            self._on_state(False)
+            self._on_closed()
 
-        connect = asyncio.ensure_future(
-            self._nc.connect(
-                servers=list(cfg.servers),
-                error_cb=error_cb,
-                disconnected_cb=disconnected_cb,
-                reconnected_cb=reconnected_cb,
-                closed_cb=closed_cb,
-                name=cfg.client_name,
-                inbox_prefix=cfg.inbox_prefix,
-                allow_reconnect=True,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=cfg.reconnect_wait,  # type: ignore[arg-type]  # nats-py annotates int
-                connect_timeout=min(cfg.connect_timeout, 2.0),  # type: ignore[arg-type]  # likewise
-                ping_interval=5,
-                max_outstanding_pings=2,
-                token=cfg.auth_token,
-                user=cfg.user,
-                password=cfg.password,
-                nkeys_seed_str=cfg.nkey_seed,
-                user_credentials=cfg.creds_file,
-                tls=cfg.tls,
-                # Room for the whole window and the sweep's resends: a publish never forces a flush
-                # (which, cancelled, kills the flusher of nats-py before 2.10).
-                pending_size=2 * cfg.window_bytes + 4 * 1024 * 1024,
-            )
+        def abandoned() -> None:
+            self._closing = True
+
+        await open_connection(
+            self._nc,
+            cfg,
+            timeout,
+            # Room for the whole window and the sweep's resends: a publish never forces a flush
+            # (which, cancelled, kills the flusher of nats-py before 2.10).
+            pending_size=2 * cfg.window_bytes + 4 * 1024 * 1024,
+            closing=lambda: self._closing,
+            on_disconnected=disconnected,
+            on_reconnected=reconnected,
+            on_closed=closed,
+            on_abandoned=abandoned,
         )
-        try:
-            waits: set[asyncio.Future[Any]] = {connect, fatal}
-            done, _ = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:  # the worker is stopping: do not leave nats-py connecting
-            await cancel_and_wait(connect, 1.0)
-            raise
-        if connect not in done:
-            await cancel_and_wait(connect, 1.0)
-            await self._abandon()
-            # a fatal error (bad credentials or certificate) is the reason, even when nats-py's
-            # next attempt failed otherwise (the server may reset the connection after -ERR)
-            error = fatal.result() if fatal.done() else self._last_error
-            why = _describe(error, tls_given) if error is not None else "no answer"
-            if fatal.done():  # it came at once: no waiting to report
-                raise BrokerError(f"could not connect to {cfg.redacted_servers}: {why}") from error
-            raise BrokerUnavailable(f"could not connect to {cfg.redacted_servers} within {timeout} s: {why}") from error
-        try:
-            connect.result()
-        except Exception as exc:
-            await self._abandon()
-            raise BrokerError(f"could not connect to {cfg.redacted_servers}: {_describe(exc, tls_given)}") from exc
         self.max_payload = self._nc.max_payload
         try:
             if not self.check_only:
@@ -399,57 +261,6 @@ class NatsTransport:
         self._path = public
         log_public_path(why)
 
-    def _refuse_plain_text(self) -> None:
-        """Never fall back to plain text when TLS was asked for.
-
-        nats-py upgrades to TLS only when the server's INFO says ``tls_required``: with a
-        ``tls://`` URL (or a ``tls=`` context) and a server without TLS it would silently send
-        the credentials and every event in clear. Checked on every (re)connection, before the
-        CONNECT carrying the credentials: a server that offers TLS without requiring it
-        (``allow_non_tls``) is upgraded; one without TLS is refused (a fatal `BrokerError`).
-        """
-        nc = self._nc
-        original = getattr(nc, "_process_info", None)  # the one place nats-py reads the server's INFO
-        config = self._config
-        wants_tls = any(_wants_tls(config, urlsplit(url).scheme) for url in config.servers)
-        params = _parameters(original) if original is not None else ()
-        if original is None or params[:2] != ("info", "initial_connection"):
-            if wants_tls:  # without the check TLS could silently be skipped: refuse instead
-                raise BrokerError(
-                    f"nats-py {nats_py_version()} reads the server's INFO differently than "
-                    "expected; refusing to connect, since TLS could not be enforced"
-                )
-            return
-
-        def check(info: dict[str, Any], initial_connection: bool) -> None:
-            server = nc._current_server  # noqa: SLF001
-            wanted = initial_connection and server is not None and _wants_tls(config, server.uri.scheme)
-            if wanted and not info.get("tls_required"):
-                if not info.get("tls_available"):
-                    raise nats.errors.SecureConnWantedError()
-                info["tls_required"] = True  # the same dict nats-py reads next: it upgrades
-
-        # nats-py before 2.10 calls it without await: the wrapper must be of the same kind.
-        if inspect.iscoroutinefunction(original):
-
-            async def process_info(info: dict[str, Any], initial_connection: bool = False) -> None:
-                check(info, initial_connection)
-                await original(info, initial_connection=initial_connection)
-
-            nc._process_info = process_info  # type: ignore[method-assign]  # noqa: SLF001
-        else:
-
-            def process_info_sync(info: dict[str, Any], initial_connection: bool = False) -> None:
-                check(info, initial_connection)
-                original(info, initial_connection=initial_connection)
-
-            nc._process_info = process_info_sync  # type: ignore[assignment,method-assign]  # noqa: SLF001
-
-    async def _abandon(self) -> None:
-        self._closing = True
-        with contextlib.suppress(Exception):  # a half-open connection may fail to close in any way
-            await asyncio.wait_for(self._nc.close(), 1.0)
-
     async def stream_captures(self, subject: str, timeout: float) -> bool | None:
         """Whether some JetStream stream captures ``subject`` (None if the server did not say)."""
         return await stream_captures(self._nc, subject, timeout)
@@ -457,13 +268,7 @@ class NatsTransport:
     async def close(self, timeout: float) -> None:
         """Close the connection, waiting at most ``timeout`` seconds."""
         self._closing = True
-        try:
-            await asyncio.wait_for(self._nc.close(), timeout)
-        except Exception:  # noqa: BLE001 - closing a broken connection may fail in any way
-            transport = getattr(self._nc, "_transport", None)
-            writer = getattr(transport, "_io_writer", None) or getattr(transport, "_writer", None)
-            if writer is not None:  # do not leave the socket to the garbage collector
-                writer.transport.abort()
+        await close_connection(self._nc, timeout)
 
 
 def check_broker(config: PublisherConfig, timeout: float) -> None:
