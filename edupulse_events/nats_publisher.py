@@ -251,7 +251,12 @@ class NatsPublisher:
         return item.future
 
     def publish_many(
-        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None, atomic: bool = False
+        self,
+        envelopes: Iterable[EventEnvelope],
+        *,
+        timeout: float | None = None,
+        atomic: bool = False,
+        resend: bool = False,
     ) -> list[concurrent.futures.Future[PublishAck]]:
         """`publish` for a batch, in order, one future per envelope, without `publish`'s per-call
         costs (a lock acquisition, a wake-up and a process check per event).
@@ -273,6 +278,9 @@ class NatsPublisher:
         not with the batch headers is an `InvalidBatch` too (an `InvalidEvent` on the futures if
         the limit was learnt after it was queued). A resent batch that the stream had stored
         already resolves as stored (``duplicate=True``, no sequence): never twice, never failed.
+        ``resend=True`` says the same of a first attempt — the batch may have been published whole
+        before, by a process that died before it learnt the outcome (what an outbox relay sends
+        again after a crash): if the stream holds its event ids already, it resolves as stored.
         """
         if atomic and not self._config.jetstream:
             raise InvalidBatch("atomic batches are a JetStream feature: this publisher publishes to core NATS")
@@ -287,7 +295,7 @@ class NatsPublisher:
                 raise InvalidBatch(
                     f"an atomic batch of {len(items)} events never fits the queue (max_queue={self._config.max_queue})"
                 )
-            Group(items)
+            Group(items, resend)
             worker.atomic = True
         elif not items:
             return []

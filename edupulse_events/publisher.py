@@ -33,7 +33,12 @@ class EventPublisher(Protocol):
     ) -> concurrent.futures.Future[PublishAck]: ...
 
     def publish_many(
-        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None, atomic: bool = False
+        self,
+        envelopes: Iterable[EventEnvelope],
+        *,
+        timeout: float | None = None,
+        atomic: bool = False,
+        resend: bool = False,
     ) -> list[concurrent.futures.Future[PublishAck]]: ...
 
     def flush(self, timeout: float | None = None) -> bool: ...
@@ -182,7 +187,12 @@ class InMemoryPublisher:
         return item.future
 
     def publish_many(
-        self, envelopes: Iterable[EventEnvelope], *, timeout: float | None = None, atomic: bool = False
+        self,
+        envelopes: Iterable[EventEnvelope],
+        *,
+        timeout: float | None = None,
+        atomic: bool = False,
+        resend: bool = False,
     ) -> list[concurrent.futures.Future[PublishAck]]:
         """`publish` for a batch, in order, as `NatsPublisher.publish_many` does: every envelope
         validated and encoded first (`InvalidEvent` naming the index; nothing kept), then kept
@@ -190,7 +200,7 @@ class InMemoryPublisher:
         if the channel stayed full. With ``atomic=True`` the batch is kept whole or not at all:
         `InvalidBatch` for one that could not be an atomic batch on a broker (more than
         ``max_batch`` events, an event id twice), `QueueFull` (no futures) if room for all of
-        it did not come within ``timeout``."""
+        it did not come within ``timeout``. ``resend`` changes nothing here (nothing is stored twice)."""
         if self._queue.closed:
             raise PublisherClosed("publish_many() on a closed InMemoryPublisher")
         envelopes = envelopes if isinstance(envelopes, list) else list(envelopes)

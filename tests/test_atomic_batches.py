@@ -301,3 +301,18 @@ def test_a_stream_without_allow_atomic_fails_the_batch_naming_the_flag(nats_serv
         assert "set allow_atomic on it" in str(errors[0])
         assert pub.publish(envelope()).result(timeout=10).broker_sequence == 1
     assert check_atomic_batches(read_stream(nats_server.url, STREAM), [refused]) == {"EventRejected": 1}
+
+
+def test_a_batch_published_before_by_another_process_resolves_as_stored_with_resend(nats_server: NatsServer) -> None:
+    """The same batch sent again by a new publisher: with resend=True it resolves as stored (duplicate),
+    without it the stream's refusal (10201) fails it; either way the stream holds it once."""
+    batch = envelopes(4)
+    with connect(nats_server.url) as first:
+        stored = [f.result(timeout=10).broker_sequence for f in first.publish_many(batch, atomic=True)]
+    with connect(nats_server.url) as second:  # a new process: its first attempt of this batch
+        again = [f.result(timeout=10) for f in second.publish_many(batch, atomic=True, resend=True)]
+        refused = [f.exception(timeout=10) for f in second.publish_many(batch, atomic=True)]
+    assert stored == [1, 2, 3, 4]
+    assert {(ack.duplicate, ack.broker_sequence) for ack in again} == {(True, None)}
+    assert {getattr(e, "err_code", None) for e in refused} == {10201}
+    assert list(iter_ids(read_stream(nats_server.url, STREAM))) == [str(e.event_id) for e in batch]

@@ -273,7 +273,7 @@ class JetStreamSender(_Sender):
         if group is None:
             self._attempts.failed(item, refusal(f"event {item.event_id}", error))
             return
-        resent = item.attempts > 1 or item.replay
+        resent = item.attempts > 1 or item.replay or group.resend
         exc = batch_refusal(group, error, resent)
         if exc is None:
             self._out.succeed_group(group, self._config.stream, None)

@@ -103,11 +103,14 @@ class Group:
     here. It resolves whole: every future with its own ack, or every one with the same error.
     """
 
-    __slots__ = ("items", "last", "refused", "verbose")
+    __slots__ = ("items", "last", "refused", "resend", "verbose")
 
-    def __init__(self, items: list[Item]) -> None:
+    def __init__(self, items: list[Item], resend: bool = False) -> None:
         self.items = items
         self.last = items[-1]
+        #: It may have been published before, whole (a process died before learning the outcome):
+        #: a stream that holds its ids already (10201) stored it.
+        self.resend = resend
         #: Every event asks for an answer (after the server abandoned an attempt: to learn why).
         self.verbose = False
         #: The first event the server refused while staging it, and its error (verbose attempts).
