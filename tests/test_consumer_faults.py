@@ -113,9 +113,9 @@ def test_holder_killed_on_last_delivery_is_dead_lettered_from_the_advisory(
 
 
 def test_three_processes_share_one_durable(nats_server: NatsServer, tmp_path: Path) -> None:
-    """Three consumer processes on one durable: 3,000 events, each handled by one of them, once (how the
-    work splits depends on when each started: one may take it all)."""
-    events = envelopes(3000)
+    """Three consumer processes on one durable: 10,000 events, each handled by one of them, once, and acked
+    (how the work splits depends on when each started: one may take it all)."""
+    events = envelopes(10_000)
     fill(nats_server.url, "M", "m", events)
     outs = [tmp_path / f"ids{i}" for i in range(3)]
     procs = [consume_in_child(nats_server.url, "M", "shared", out, ack_wait=30.0) for out in outs]
@@ -123,6 +123,7 @@ def test_three_processes_share_one_durable(nats_server: NatsServer, tmp_path: Pa
     per_process = [read_ids(out) for out in outs]
     every = [i for ids in per_process for i in ids]
     assert sorted(every) == sorted(str(e.event_id) for e in events)
+    assert ack_pending(nats_server.url, "M", "shared") == (0, 0)  # each one acked
 
 
 def _run_through(consumer: NatsConsumer, total: int, at: int, fault: threading.Event) -> collections.Counter[uuid.UUID]:
