@@ -10,6 +10,7 @@ import collections
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from consumer_support import ack_pending, consume_in_child, dead_letters, fill, publish_raw, read_ids
 from helpers import envelopes
 
-from edupulse_events import Inbox, NatsConsumer, ReceivedMessage, encode
+from edupulse_events import BrokerError, Inbox, NatsConsumer, ReceivedMessage, encode
 from edupulse_events.testing import NatsCluster, NatsServer
 
 
@@ -124,6 +125,26 @@ def test_three_processes_share_one_durable(nats_server: NatsServer, tmp_path: Pa
     every = [i for ids in per_process for i in ids]
     assert sorted(every) == sorted(str(e.event_id) for e in events)
     assert ack_pending(nats_server.url, "M", "shared") == (0, 0)  # each one acked
+
+
+def test_connection_nats_py_gives_up_on_is_rebuilt_by_the_next_call(make_server: Callable[..., NatsServer]) -> None:
+    """A server -ERR after which nats-py closes the connection for good ('Maximum Subscriptions Exceeded': connecting
+    and binding take two subscriptions, run()'s pull inbox is a third): run() raises BrokerError, and the next
+    fetch() connects anew and reads every event."""
+    server = make_server(extra_config="max_subscriptions: 2")
+    events = envelopes(3)
+    fill(server.url, "X", "x", events)
+    handled: list[ReceivedMessage] = []
+    with NatsConsumer.connect(server.url, stream="X", durable="d") as consumer:
+        with pytest.raises(BrokerError, match=r"closed the connection .* for good"):
+            consumer.run(handled.append, timeout=30.0)
+        got = consumer.fetch(10, timeout=5.0)
+        for message in got:
+            message.ack()
+        assert consumer.stats().state == "running"
+    assert handled == []
+    assert [(m.envelope, m.num_delivered) for m in got] == [(e, 1) for e in events]
+    assert ack_pending(server.url, "X", "d") == (0, 0)
 
 
 def _run_through(consumer: NatsConsumer, total: int, at: int, fault: threading.Event) -> collections.Counter[uuid.UUID]:

@@ -211,6 +211,8 @@ def run_handlers(
         _stop(run, loop, pump, threads, stop_timeout)
     if interrupted is not None:
         raise interrupted
+    if loop.broken is not None:  # nats-py gave up on the connection: the loop ended, the pump was cancelled
+        raise loop.broken
     if pump.done() and not pump.cancelled() and pump.exception() is not None:
         raise pump.exception()  # type: ignore[misc]  # a BrokerError: the connection is gone
     if run.fatal is not None:
