@@ -33,6 +33,7 @@ from typing import Any
 from ._consumer._inbox import Inbox
 from ._consumer._loop import ConsumerLoop
 from ._consumer._message import Backoff, ReceivedMessage, decode_deliveries
+from ._consumer._metrics import metrics_for
 from ._consumer._running import Handler, run_handlers
 from ._consumer._tally import Tally
 from ._consumer._tracing import tracing_for
@@ -63,8 +64,10 @@ class NatsConsumer:
         self._decode = config.codec.decode if config.codec is not None else default_decode
         self._backoff = Backoff(config)
         self._tracing = tracing_for(config)
-        self._name = f"edupulse-consumer-{next(_names)}"
+        number = next(_names)
+        self._name = f"edupulse-consumer-{number}"
         self._reset()
+        self._metrics = metrics_for(config, f"{config.client_name}-consumer-{number}", self.stats)
         track(self)
 
     def _reset(self) -> None:
@@ -123,6 +126,8 @@ class NatsConsumer:
             loop = ConsumerLoop(self._config, self._name, self._tally)
             loop.start(self._config.connect_timeout)
             self._loop = loop
+            if self._metrics is not None:
+                self._metrics.recheck()
             return loop
 
     def fetch(self, batch: int = 1, *, timeout: float) -> list[ReceivedMessage]:
@@ -173,6 +178,8 @@ class NatsConsumer:
         try:
             if self._tracing is not None:
                 self._tracing.recheck()
+            if self._metrics is not None:
+                self._metrics.recheck()
             return run_handlers(
                 loop,
                 handler,
@@ -180,6 +187,7 @@ class NatsConsumer:
                 tally=self._tally,
                 backoff=self._backoff,
                 tracing=self._tracing,
+                metrics=self._metrics,
                 concurrency=concurrency,
                 stop=stop,
                 timeout=timeout,
