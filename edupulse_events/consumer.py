@@ -18,8 +18,10 @@ dead-letter subject with the reason and its original headers, and is terminated:
 for ever, never dropped silently. `Inbox` gives handlers that write to a database an
 exactly-once effect. The consumer connects on `start` (or `connect`), or lazily on the first
 ``fetch``/``run`` — so one built before a pre-fork server forks connects in each worker; a
-forked child never uses its parent's thread or connection. This module owns the life cycle
-(new, running, closed), ``stats()``, and closing at interpreter exit.
+forked child never uses its parent's thread or connection; one whose connection nats-py gave up
+on connects anew at the next call. With OpenTelemetry configured, handler calls get CONSUMER
+spans (`_consumer._tracing`) and the consumer reports metrics (`_consumer._metrics`). This
+module owns the life cycle (new, running, closed), ``stats()``, and closing at interpreter exit.
 """
 
 from __future__ import annotations
