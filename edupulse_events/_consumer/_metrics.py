@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .._engine._otel import shared
+from .._engine._otel import Readings, shared
 from .._version import __version__
 
 if TYPE_CHECKING:
@@ -103,31 +102,22 @@ class _Instruments:
     """The consumer instruments of one meter provider, created once, reporting every live consumer."""
 
     def __init__(self, meter: Any) -> None:
-        from opentelemetry.metrics import CallbackOptions, Observation
-
-        self._members: weakref.WeakSet[Metrics] = weakref.WeakSet()
-
-        def reading(what: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
-            def observe(_options: CallbackOptions) -> Iterable[Observation]:
-                return [Observation(*point) for member in list(self._members) for point in member.observe(what)]
-
-            return observe
-
+        self._readings = readings = Readings()
         meter.create_observable_counter(
             "messaging.client.consumed.messages",
-            [reading("consumed")],
+            [readings.reading("consumed")],
             unit="{message}",
             description="Messages delivered to the consumer",
         )
         meter.create_observable_counter(
             "edupulse.consumer.settled",
-            [reading("settled")],
+            [readings.reading("settled")],
             unit="{message}",
             description="Messages settled, by edupulse.consumer.outcome (ack, nak, term, dead_letter)",
         )
         meter.create_observable_gauge(
             "edupulse.consumer.in_flight",
-            [reading("in_flight")],
+            [readings.reading("in_flight")],
             unit="{message}",
             description="Messages delivered to the consumer and not settled yet",
         )
@@ -137,5 +127,5 @@ class _Instruments:
 
     def join(self, member: Metrics) -> Any:
         """Report ``member`` from now on (for as long as it lives); returns the duration histogram."""
-        self._members.add(member)
+        self._readings.join(member)
         return self.duration
