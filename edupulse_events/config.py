@@ -480,8 +480,9 @@ class ConsumerConfig:
     inbox_prefix: str = attrs.field(default="_INBOX", validator=check_inbox_prefix)
     #: How long the interpreter-exit hook waits for held messages to be settled.
     exit_timeout: float = attrs.field(default=5.0, validator=seconds_validator("exit_timeout"))
-    #: OpenTelemetry tracer provider for the CONSUMER spans (default: the global one).
+    #: OpenTelemetry providers for the CONSUMER spans and the consumer's metrics (default: the global ones).
     tracer_provider: Any = attrs.field(default=None, repr=False)
+    meter_provider: Any = attrs.field(default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if self.tls is not None and not isinstance(self.tls, ssl.SSLContext):

@@ -18,8 +18,10 @@ dead-letter subject with the reason and its original headers, and is terminated:
 for ever, never dropped silently. `Inbox` gives handlers that write to a database an
 exactly-once effect. The consumer connects on `start` (or `connect`), or lazily on the first
 ``fetch``/``run`` — so one built before a pre-fork server forks connects in each worker; a
-forked child never uses its parent's thread or connection. This module owns the life cycle
-(new, running, closed), ``stats()``, and closing at interpreter exit.
+forked child never uses its parent's thread or connection; one whose connection nats-py gave up
+on connects anew at the next call. With OpenTelemetry configured, handler calls get CONSUMER
+spans (`_consumer._tracing`) and the consumer reports metrics (`_consumer._metrics`). This
+module owns the life cycle (new, running, closed), ``stats()``, and closing at interpreter exit.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 from ._consumer._inbox import Inbox
 from ._consumer._loop import ConsumerLoop
 from ._consumer._message import Backoff, ReceivedMessage, decode_deliveries
+from ._consumer._metrics import metrics_for
 from ._consumer._running import Handler, run_handlers
 from ._consumer._tally import Tally
 from ._consumer._tracing import tracing_for
@@ -63,8 +66,10 @@ class NatsConsumer:
         self._decode = config.codec.decode if config.codec is not None else default_decode
         self._backoff = Backoff(config)
         self._tracing = tracing_for(config)
-        self._name = f"edupulse-consumer-{next(_names)}"
+        number = next(_names)
+        self._name = f"edupulse-consumer-{number}"
         self._reset()
+        self._metrics = metrics_for(config, f"{config.client_name}-consumer-{number}", self.stats)
         track(self)
 
     def _reset(self) -> None:
@@ -123,6 +128,8 @@ class NatsConsumer:
             loop = ConsumerLoop(self._config, self._name, self._tally)
             loop.start(self._config.connect_timeout)
             self._loop = loop
+            if self._metrics is not None:
+                self._metrics.recheck()
             return loop
 
     def fetch(self, batch: int = 1, *, timeout: float) -> list[ReceivedMessage]:
@@ -173,6 +180,8 @@ class NatsConsumer:
         try:
             if self._tracing is not None:
                 self._tracing.recheck()
+            if self._metrics is not None:
+                self._metrics.recheck()
             return run_handlers(
                 loop,
                 handler,
@@ -180,6 +189,7 @@ class NatsConsumer:
                 tally=self._tally,
                 backoff=self._backoff,
                 tracing=self._tracing,
+                metrics=self._metrics,
                 concurrency=concurrency,
                 stop=stop,
                 timeout=timeout,

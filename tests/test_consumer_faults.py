@@ -1,7 +1,8 @@
 """The consumer when things break: a consumer process SIGKILLed mid-batch and restarted (nothing
 lost; with the inbox, on SQLite and PostgreSQL, nothing applied twice), three processes sharing
-one durable (each event handled once), and an R3 cluster losing the stream's leader or a server
-restarting mid-run (nothing lost)."""
+one durable (each event handled once), an R3 cluster losing the stream's leader or a server
+restarting mid-run (nothing lost), and a message whose holder died on its last delivery (dead-lettered
+from the server's MAX_DELIVERIES advisory)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import collections
 import sqlite3
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from consumer_support import consume_in_child, fill, read_ids
+from consumer_support import ack_pending, consume_in_child, dead_letters, fill, publish_raw, read_ids
 from helpers import envelopes
 
-from edupulse_events import Inbox, NatsConsumer, ReceivedMessage
+from edupulse_events import BrokerError, Inbox, NatsConsumer, ReceivedMessage, encode
 from edupulse_events.testing import NatsCluster, NatsServer
 
 
@@ -64,10 +66,57 @@ def test_inbox_after_sigkill_nothing_applied_twice(
     assert len(read_ids(out)) > len(events)  # while some were delivered (and handled) twice
 
 
+def test_holder_killed_on_last_delivery_is_dead_lettered_from_the_advisory(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A process SIGKILLed holding a message's last delivery: when its ack_wait runs out, another consumer
+    on the durable dead-letters it (from the server's MAX_DELIVERIES advisory) with the reason and the
+    original headers, and goes on handling what comes next."""
+    url = nats_server.url
+    [doomed] = envelopes(1)
+    dead_letters(url, "DLA", "dead.a")
+    fill(url, "A", "a", [])
+    publish_raw(
+        url, "a.school-1.LessonPublished", encode(doomed), {"Nats-Msg-Id": str(doomed.event_id), "X-Origin": "lms"}
+    )
+    with NatsConsumer.connect(
+        url, stream="A", durable="d", max_deliver=1, ack_wait=1.0, dead_letter_subject="dead.a"
+    ) as survivor:
+        out = tmp_path / "ids"
+        assert consume_in_child(url, "A", "d", out, kill_at=1).wait(60) == -9  # died holding it, unacked
+        assert read_ids(out) == [str(doomed.event_id)]
+        with NatsConsumer.connect(url, stream="DLA", durable="reader") as reader:
+            [letter] = reader.fetch(1, timeout=15.0)  # stored once the ack wait ran out
+            letter.ack()
+        later = envelopes(20)
+        fill(url, "A", "a", later)
+        handled: list[str] = []
+        stop = threading.Event()
+
+        def handle(message: ReceivedMessage) -> None:
+            handled.append(str(message.envelope.event_id))
+            if len(handled) == len(later):
+                stop.set()
+
+        assert survivor.run(handle, stop=stop, timeout=30.0) == "stop event"
+        stats = survivor.stats()
+    assert letter.envelope == doomed
+    headers = letter.headers
+    assert headers["Edupulse-Dead-Letter-Reason"] == "max_deliver reached (1 deliveries, none acked)"
+    assert headers["X-Origin"] == "lms"
+    assert headers["Edupulse-Original-Msg-Id"] == str(doomed.event_id)
+    assert (headers["Edupulse-Dead-Letter-Stream"], headers["Edupulse-Dead-Letter-Sequence"]) == ("A", "1")
+    assert headers["Edupulse-Dead-Letter-Subject"] == "a.school-1.LessonPublished"
+    assert (headers["Edupulse-Dead-Letter-Consumer"], headers["Edupulse-Dead-Letter-Deliveries"]) == ("d", "1")
+    assert handled == [str(e.event_id) for e in later]  # the consumer went on, in order
+    assert (stats.expired, stats.dead_lettered, stats.dead_letter_failures, stats.acknowledged) == (1, 1, 0, 20)
+    assert ack_pending(url, "A", "d") == (0, 0)
+
+
 def test_three_processes_share_one_durable(nats_server: NatsServer, tmp_path: Path) -> None:
-    """Three consumer processes on one durable: 3,000 events, each handled by one of them, once (how the
-    work splits depends on when each started: one may take it all)."""
-    events = envelopes(3000)
+    """Three consumer processes on one durable: 10,000 events, each handled by one of them, once, and acked
+    (how the work splits depends on when each started: one may take it all)."""
+    events = envelopes(10_000)
     fill(nats_server.url, "M", "m", events)
     outs = [tmp_path / f"ids{i}" for i in range(3)]
     procs = [consume_in_child(nats_server.url, "M", "shared", out, ack_wait=30.0) for out in outs]
@@ -75,6 +124,27 @@ def test_three_processes_share_one_durable(nats_server: NatsServer, tmp_path: Pa
     per_process = [read_ids(out) for out in outs]
     every = [i for ids in per_process for i in ids]
     assert sorted(every) == sorted(str(e.event_id) for e in events)
+    assert ack_pending(nats_server.url, "M", "shared") == (0, 0)  # each one acked
+
+
+def test_connection_nats_py_gives_up_on_is_rebuilt_by_the_next_call(make_server: Callable[..., NatsServer]) -> None:
+    """A server -ERR after which nats-py closes the connection for good ('Maximum Subscriptions Exceeded': connecting
+    and binding take two subscriptions, run()'s pull inbox is a third): run() raises BrokerError, and the next
+    fetch() connects anew and reads every event."""
+    server = make_server(extra_config="max_subscriptions: 2")
+    events = envelopes(3)
+    fill(server.url, "X", "x", events)
+    handled: list[ReceivedMessage] = []
+    with NatsConsumer.connect(server.url, stream="X", durable="d") as consumer:
+        with pytest.raises(BrokerError, match=r"closed the connection .* for good"):
+            consumer.run(handled.append, timeout=30.0)
+        got = consumer.fetch(10, timeout=5.0)
+        for message in got:
+            message.ack()
+        assert consumer.stats().state == "running"
+    assert handled == []
+    assert [(m.envelope, m.num_delivered) for m in got] == [(e, 1) for e in events]
+    assert ack_pending(server.url, "X", "d") == (0, 0)
 
 
 def _run_through(consumer: NatsConsumer, total: int, at: int, fault: threading.Event) -> collections.Counter[uuid.UUID]:

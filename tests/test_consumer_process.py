@@ -1,21 +1,25 @@
-"""The consumer around it: CONSUMER spans that continue the publisher's trace (OpenTelemetry SDK
-in memory), and fork safety — a consumer built before fork() connects afresh in the child and
-never uses the parent's thread or connection."""
+"""The consumer around it: CONSUMER spans that continue the publisher's trace and the consumer's
+metrics (OpenTelemetry SDK in memory), and fork safety — a consumer built before fork() connects
+afresh in the child and never uses the parent's thread or connection."""
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
+from typing import Any
 
 import pytest
-from consumer_support import fill
+from consumer_support import dead_letters, fill
 from helpers import envelopes
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from edupulse_events import ConsumerConfig, NatsConsumer, NatsPublisher, ReceivedMessage
+from edupulse_events import ConsumerConfig, NatsConsumer, NatsPublisher, PermanentFailure, ReceivedMessage
 from edupulse_events.testing import NatsServer
 
 
@@ -59,6 +63,98 @@ def test_handler_spans_continue_the_producer_trace(nats_server: NatsServer) -> N
     assert [(attrs[id(s)]["edupulse.stream.sequence"], attrs[id(s)]["error.type"]) for s in failed] == [
         (2, "RuntimeError")
     ]
+
+
+def _metric_points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    """The data points of each metric the reader collects now."""
+    data = reader.get_metrics_data()
+    assert data is not None
+    points: dict[str, list[Any]] = collections.defaultdict(list)
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                points[metric.name].extend(metric.data.data_points)
+    return points
+
+
+def test_metrics_count_outcomes_time_handlers_and_show_what_is_in_flight(
+    nats_server: NatsServer, otel: tuple[TracerProvider, InMemorySpanExporter, MeterProvider, InMemoryMetricReader]
+) -> None:
+    """Outcomes by kind (ack, nak, term, dead letter), messages consumed, in flight while handled, and a
+    handler-duration histogram by error.type; each consumer on the meter provider reported apart."""
+    _, _, meter_provider, reader = otel
+    events = envelopes(10)
+    fill(nats_server.url, "MT", "mt", events)
+    dead_letters(nats_server.url, "DLMT", "dead.mt")
+    doomed, flaky, ended = (e.event_id for e in events[:3])
+    handled: set[object] = set()
+    in_flight_seen: list[int] = []
+    stop = threading.Event()
+
+    def handle(message: ReceivedMessage) -> None:
+        event_id = message.envelope.event_id
+        if event_id == doomed:
+            raise PermanentFailure("no such course")
+        if event_id == flaky and message.num_delivered == 1:
+            raise RuntimeError("once")
+        if event_id == ended:
+            message.term("not ours")
+        if event_id == events[5].event_id:
+            in_flight_seen.extend(p.value for p in _metric_points(reader)["edupulse.consumer.in_flight"])
+        handled.add(event_id)
+        if len(handled) == 9:
+            stop.set()
+
+    idle = NatsConsumer(
+        ConsumerConfig(servers=nats_server.url, stream="MT", durable="idle", meter_provider=meter_provider)
+    )
+    with NatsConsumer.connect(
+        nats_server.url,
+        stream="MT",
+        durable="d",
+        dead_letter_subject="dead.mt",
+        backoff_initial=0.05,
+        meter_provider=meter_provider,
+    ) as consumer:
+        assert consumer.run(handle, stop=stop, timeout=30.0) == "stop event"
+        points = _metric_points(reader)
+    idle.close()
+    mine = "edupulse_events-consumer-"
+    by_client: dict[str, dict[str, Any]] = collections.defaultdict(dict)
+    for name in ("messaging.client.consumed.messages", "edupulse.consumer.in_flight"):
+        for point in points[name]:
+            by_client[point.attributes["messaging.client.id"]][name] = point.value
+    settled: dict[tuple[str, str], int] = {}
+    for point in points["edupulse.consumer.settled"]:
+        assert point.attributes["messaging.client.id"].startswith(mine)
+        settled[point.attributes["messaging.consumer.group.name"], point.attributes["edupulse.consumer.outcome"]] = (
+            point.value
+        )
+    assert {k: v for k, v in settled.items() if k[0] == "d"} == {
+        ("d", "ack"): 8,
+        ("d", "nak"): 1,
+        ("d", "term"): 1,
+        ("d", "dead_letter"): 1,
+    }
+    assert {k: v for k, v in settled.items() if k[0] == "idle"} == dict.fromkeys(
+        [("idle", "ack"), ("idle", "nak"), ("idle", "term"), ("idle", "dead_letter")], 0
+    )
+    assert sorted(by_client.values(), key=lambda v: -v["messaging.client.consumed.messages"]) == [
+        {"messaging.client.consumed.messages": 11, "edupulse.consumer.in_flight": 0},
+        {"messaging.client.consumed.messages": 0, "edupulse.consumer.in_flight": 0},
+    ]
+    assert all(client.startswith(mine) for client in by_client)
+    assert max(in_flight_seen) >= 1  # the message being handled, at least
+    durations = {
+        (p.attributes.get("error.type"), p.attributes["messaging.consumer.group.name"]): p
+        for p in points["messaging.process.duration"]
+    }
+    assert {k: p.count for k, p in durations.items()} == {
+        (None, "d"): 9,
+        ("PermanentFailure", "d"): 1,
+        ("RuntimeError", "d"): 1,
+    }
+    assert all(p.sum >= 0 for p in durations.values())
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

@@ -39,6 +39,7 @@ CLAIMS = {
     "atomic": "atomic=True)  # all three",
     "outbox": 'OutboxRelay("sqlite:///app.db"',
     "consume": "inbox.handle(db",
+    "prune": "inbox.prune(db",
 }
 
 
@@ -91,12 +92,17 @@ def test_the_custom_registry_example() -> None:
 
 
 def test_the_consuming_example(nats_server: NatsServer, tmp_path: Path) -> None:
-    """The consuming example (docs/consuming.md) grants one badge per event of the batch script, via its inbox."""
+    """The consuming example (docs/consuming.md) grants one badge per event of the batch script, via its
+    inbox; the pruning example then forgets none of those fresh ids."""
     assert run(block("batch").replace(README_URL, nats_server.url)).returncode == 0
     code = block("consume").replace(README_URL, nats_server.url).replace("badges.db", str(tmp_path / "b.db"))
     proc = run(code + "\nprint(db.execute('SELECT COUNT(DISTINCT event_id), COUNT(*) FROM badges').fetchone())\n")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[-1] == "(1000, 1000)"
+    code = block("prune").replace("badges.db", str(tmp_path / "b.db"))
+    proc = run(code + "\nprint(db.execute('SELECT COUNT(*) FROM edupulse_inbox').fetchone())\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-2:] == ["0 event ids older than a week forgotten", "(1000,)"]
 
 
 def test_the_batch_script_example(nats_server: NatsServer) -> None:

@@ -5,7 +5,9 @@ its ack reached the server gets the message again. The inbox records each handle
 in a table, in the handler's own transaction: the redelivery finds the id there and is
 skipped, and a handler that died before committing left neither its effect nor the id. The
 table's primary key is (consumer, event id): two durables (two applications) sharing a
-database each apply an event once.
+database each apply an event once. Each row keeps when it was recorded (the database's clock),
+so `Inbox.prune` can forget ids older than any redelivery can be: the table does not grow for
+ever.
 
 Self-contained on purpose (the DB-API connection's own placeholders and transactions, no other
 module of this package): ``sqlite3`` connections (a ``with connection:`` transaction) and
@@ -15,6 +17,7 @@ psycopg 3 connections (``connection.transaction()``) are the ones tested.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -33,6 +36,11 @@ def _placeholder(connection: Any) -> str:
     module = sys.modules.get(type(connection).__module__.split(".")[0])
     style = getattr(module, "paramstyle", "qmark")
     return "?" if style == "qmark" else "%s"
+
+
+def _is_sqlite(connection: Any) -> bool:
+    """Whether ``connection`` is SQLite's (``sqlite3`` or a drop-in such as ``pysqlite3``)."""
+    return "sqlite" in type(connection).__module__.split(".")[0]
 
 
 @contextlib.contextmanager
@@ -71,7 +79,7 @@ class Inbox:
             connection.execute(
                 f"CREATE TABLE IF NOT EXISTS {self.table} ("
                 "consumer TEXT NOT NULL, event_id TEXT NOT NULL, "
-                "handled_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (consumer, event_id))"
+                "handled_at TIMESTAMP WITH TIME ZONE DEFAULT CURRENT_TIMESTAMP, PRIMARY KEY (consumer, event_id))"
             )
 
     def claim(self, connection: Any, event_id: object) -> bool:
@@ -93,6 +101,29 @@ class Inbox:
                 return False
             apply()
         return True
+
+    def prune(self, connection: Any, *, older_than: float) -> int:
+        """Forget this inbox's event ids recorded more than ``older_than`` seconds ago (by the
+        database's clock), in a transaction of its own; returns how many rows went.
+
+        A forgotten id that is delivered again is applied again: keep ``older_than`` well above
+        the longest time one message can be redelivered — ``max_deliver`` × (``ack_wait`` +
+        ``backoff_maximum``) with the defaults is under 8 minutes; a day or a week is typical.
+        It deletes without an index on the time (one scan of the table): call it now and then
+        (a daily job), not per message."""
+        if isinstance(older_than, bool) or not isinstance(older_than, (int, float)) or not 0 < older_than < math.inf:
+            raise ValueError(f"older_than must be a number of seconds > 0, got {older_than!r}")
+        mark = _placeholder(connection)
+        age: str | float
+        if _is_sqlite(connection):  # CURRENT_TIMESTAMP there is UTC text, 'YYYY-MM-DD HH:MM:SS'
+            cutoff, age = "datetime('now', ?)", f"-{older_than:.6f} seconds"
+        else:  # PostgreSQL: a timestamp with time zone, compared as such
+            cutoff, age = f"CURRENT_TIMESTAMP - {mark} * INTERVAL '1 second'", float(older_than)
+        with _transaction(connection):
+            cursor = connection.execute(
+                f"DELETE FROM {self.table} WHERE consumer = {mark} AND handled_at < {cutoff}", (self.name, age)
+            )
+        return int(cursor.rowcount)
 
     def seen(self, connection: Any, event_id: object) -> bool:
         """Whether ``event_id`` is recorded (committed, or in this transaction)."""

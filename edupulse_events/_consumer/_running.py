@@ -14,6 +14,10 @@ is queued and what the pump's last fetch brings (redelivered at once, to this pr
 another), and, past ``stop_timeout``, naks on their behalf the messages of handlers still
 running (their late outcome is then ignored). Then the acks are flushed to the server. Nothing
 is left held: every message taken is acked, nak'ed, terminated or dead-lettered.
+
+Where OpenTelemetry is configured (looked up at ``run()``'s start), each handler call runs in
+its CONSUMER span (`_tracing`) and its duration is recorded (`_metrics`); otherwise the handler
+is called as it is.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .._nats._pull import Delivery
 from ..errors import PermanentFailure
 from ._loop import POLL, ConsumerLoop
 from ._message import Backoff, ReceivedMessage, decode_deliveries
+from ._metrics import Metrics
 from ._tally import Tally
 from ._tracing import Tracing
 
@@ -47,22 +52,20 @@ class _Run:
     def __init__(
         self,
         loop: ConsumerLoop,
-        handler: Handler,
+        call: Handler,
         decode: Callable[[bytes], Any],
         tally: Tally,
         backoff: Backoff,
         permanent: tuple[type[BaseException], ...],
-        tracing: Tracing | None,
         stop: threading.Event | None,
     ) -> None:
         self.loop = loop
         self.user_stop = stop
-        self.handler = handler
+        self.call = call  # the handler, traced and timed where an SDK is configured (`_observed`)
         self.decode = decode
         self.tally = tally
         self.backoff = backoff
         self.permanent = permanent
-        self.tracing = tracing
         self.queue: queue.SimpleQueue[list[Delivery]] = queue.SimpleQueue()
         self.shares = 1
         self.stopping = threading.Event()
@@ -111,13 +114,8 @@ class _Run:
             self.stop(f"a handler thread failed: {type(exc).__name__}: {exc}")
 
     def handle(self, message: ReceivedMessage) -> None:
-        tracing = self.tracing
         try:
-            if tracing is None or not tracing.active:
-                self.handler(message)
-            else:
-                with tracing.span(message):
-                    self.handler(message)
+            self.call(message)
         except self.permanent as exc:
             self.tally.add(handler_errors=1)
             if message.try_settle("dead_letter"):
@@ -149,6 +147,34 @@ class _Run:
             count += len(share)
 
 
+def _observed(handler: Handler, tracing: Tracing | None, metrics: Metrics | None) -> Handler:
+    """``handler`` as run() calls it: in its CONSUMER span and timed where a tracing or metrics SDK
+    is configured (looked up at run()'s start), else ``handler`` itself (nothing per message)."""
+    span = tracing.span if tracing is not None and tracing.active else None
+    record = metrics.record if metrics is not None and metrics.metering else None
+    if span is None and record is None:
+        return handler
+    clock = time.perf_counter
+
+    def call(message: ReceivedMessage) -> object:
+        started = clock()
+        try:
+            if span is None:
+                result = handler(message)
+            else:
+                with span(message):
+                    result = handler(message)
+        except BaseException as exc:
+            if record is not None:
+                record(clock() - started, exc)
+            raise
+        if record is not None:
+            record(clock() - started, None)
+        return result
+
+    return call
+
+
 @contextlib.contextmanager
 def _sigterm_stops(run: _Run, enabled: bool) -> Iterator[None]:
     """In the main thread: SIGTERM stops the run; the previous handler comes back after."""
@@ -175,6 +201,7 @@ def run_handlers(
     tally: Tally,
     backoff: Backoff,
     tracing: Tracing | None,
+    metrics: Metrics | None,
     concurrency: int,
     stop: threading.Event | None,
     timeout: float | None,
@@ -184,7 +211,8 @@ def run_handlers(
     name: str,
 ) -> str:
     """Run until stopped (see the module's docstring); returns why it stopped."""
-    run = _Run(loop, handler, decode, tally, backoff, (PermanentFailure, *permanent), tracing, stop)
+    call = _observed(handler, tracing, metrics)
+    run = _Run(loop, call, decode, tally, backoff, (PermanentFailure, *permanent), stop)
     threads = [
         threading.Thread(target=run.work, name=f"{name}-handler-{i + 1}", daemon=True) for i in range(concurrency)
     ]
@@ -211,6 +239,8 @@ def run_handlers(
         _stop(run, loop, pump, threads, stop_timeout)
     if interrupted is not None:
         raise interrupted
+    if loop.broken is not None:  # nats-py gave up on the connection: the loop ended, the pump was cancelled
+        raise loop.broken
     if pump.done() and not pump.cancelled() and pump.exception() is not None:
         raise pump.exception()  # type: ignore[misc]  # a BrokerError: the connection is gone
     if run.fatal is not None:

@@ -20,6 +20,9 @@ process): the instruments of a meter are created once and report every publisher
 
 With the API but no SDK configured, nothing is started or recorded: whether an SDK is there is
 looked up when the publisher is built and every `RECHECK_EVERY` publishes after.
+
+`shared` (instruments made once per meter provider) and `Readings` (the observable instruments'
+callbacks over the live members) serve the consumer's and the outbox's instruments too.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from .._version import __version__
@@ -41,7 +44,7 @@ if TYPE_CHECKING:
     from ..envelope import EventEnvelope
     from ..stats import PublisherStats
 
-__all__ = ["RECHECK_EVERY", "Telemetry", "shared", "telemetry_for"]
+__all__ = ["RECHECK_EVERY", "Observed", "Readings", "Telemetry", "shared", "telemetry_for"]
 
 #: Publishes between two looks at whether a tracing or metrics SDK has been configured.
 RECHECK_EVERY = 1024
@@ -200,6 +203,32 @@ class _Instruments:
         """Report ``member`` from now on (for as long as it lives); returns the duration histogram."""
         self._members.add(member)
         return self.duration
+
+
+class Observed(Protocol):
+    """What `Readings` reads: one member's points (value, attributes) for an instrument."""
+
+    def observe(self, what: str) -> Iterable[tuple[float, Mapping[str, Any]]]: ...
+
+
+class Readings:
+    """The live members an instrument set reports (weakly held: a member reports while it lives), and
+    the callbacks of its observable instruments, each reading every member's points."""
+
+    def __init__(self) -> None:
+        self._members: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def join(self, member: Observed) -> None:
+        self._members.add(member)
+
+    def reading(self, what: str) -> Callable[[Any], Iterable[Any]]:
+        """The callback of an observable instrument: ``member.observe(what)`` of every live member."""
+        from opentelemetry.metrics import Observation
+
+        def observe(_options: Any) -> Iterable[Any]:
+            return [Observation(*point) for member in list(self._members) for point in member.observe(what)]
+
+        return observe
 
 
 #: Instruments by meter provider and kind (kept for the process's life, as the providers themselves are).
