@@ -1,11 +1,15 @@
 """The relay's delivery: committed outbox rows to the broker, one claim at a time.
 
-A pass claims pending rows of whole transactions (`Store.claim`), oldest first, turns them back
-into envelopes (the stored body decoded with the codec: the publisher encodes them again, to the
-same bytes), and hands them to the publisher as atomic batches (``publish_many(atomic=True)``):
-whole transactions packed into one batch up to ``max_batch`` events, so a stream holds all of a
-transaction's events or none, in the order they were added, and several small transactions
-cost one batch. A transaction longer than ``max_batch`` goes in chunks of ``max_batch``: each
+A pass claims pending rows of whole transactions (`Store.claim`), oldest first, and hands them
+to the publisher as atomic batches, as they were stored (``publish_encoded(atomic=True)``: the
+subject, header block and body the writer made, checked by the publisher, neither decoded nor
+encoded again): whole transactions packed into one batch up to ``max_batch`` events, so a stream
+holds all of a transaction's events or none, in the order they were added, and several small
+transactions cost one batch. A batch the publisher does not take as it is (a row it could not
+have written: another subject template, a CloudEvents publisher; a publisher without
+``publish_encoded``), and every batch once atomic batches are off, is decoded with the codec and
+published with ``publish_many``/``publish``, which route and encode it again, as the publisher
+would any envelope. A transaction longer than ``max_batch`` goes in chunks of ``max_batch``: each
 chunk is atomic, the transaction is not. One batch is in flight at a time: the next is sent
 after the previous is acknowledged, so the stream's order is the claim's order.
 
@@ -15,7 +19,8 @@ Outcomes, per batch:
 - ``EventRejected`` (refused for good) or ``InvalidEvent`` (the publisher refused it): a batch of
   several transactions is sent again one transaction at a time, and only the transaction refused
   goes to the dead-letter table, with the reason; the others go on. A row whose body does not
-  decode takes its transaction to the dead letters too (never half of it to the stream).
+  decode (when it must be decoded) takes its transaction to the dead letters too (never half of
+  it to the stream).
 - ``err_code`` 10174 (the stream does not allow atomic batches), or `InvalidBatch` (a publisher
   that has none: core NATS): from then on this relay sends event by event, in order, each waiting
   for its ack before the next (logged once).
@@ -31,9 +36,10 @@ import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from .._pipeline._encoded import EncodedEvent
 from ..errors import (
     BrokerError,
     DecodeError,
@@ -53,12 +59,21 @@ if TYPE_CHECKING:
     from ._otel import RelayTelemetry
     from ._stores import Store
 
-__all__ = ["ATOMIC_DISABLED", "Delivery", "Outage", "Pass", "groups", "pack"]
+__all__ = ["ATOMIC_DISABLED", "Delivery", "EncodedPublisher", "Outage", "Pass", "groups", "pack"]
 
 log = logging.getLogger("edupulse_events.outbox")
 
 #: JSAtomicPublishDisabledErr: the stream was not created with allow_atomic.
 ATOMIC_DISABLED = 10174
+
+
+@runtime_checkable
+class EncodedPublisher(Protocol):
+    """A publisher that sends events as they were stored (`NatsPublisher`, `InMemoryPublisher`)."""
+
+    def publish_encoded(
+        self, events: Iterable[EncodedEvent], *, timeout: float | None = None, atomic: bool = False
+    ) -> list[concurrent.futures.Future[Any]]: ...
 
 
 class Pass(NamedTuple):
@@ -104,21 +119,19 @@ def pack(transactions: Sequence[list[StoredRow]], max_batch: int) -> Iterator[li
         yield batch
 
 
-def _once(
-    rows: list[StoredRow], envelopes: list[EventEnvelope], delivered: list[int]
-) -> tuple[list[StoredRow], list[EventEnvelope]]:
-    """The same event added twice (one id) is sent once; the later rows are delivered with it."""
+def _once(rows: list[StoredRow]) -> tuple[list[int], list[int]]:
+    """The same event added twice (one id) is sent once: the indexes of ``rows`` to send, and the
+    ids of the later rows, delivered with the first."""
     seen: set[str] = set()
-    kept_rows: list[StoredRow] = []
-    kept: list[EventEnvelope] = []
-    for row, envelope in zip(rows, envelopes, strict=True):
+    kept: list[int] = []
+    twins: list[int] = []
+    for index, row in enumerate(rows):
         if row.event_id in seen:
-            delivered.append(row.id)
+            twins.append(row.id)
             continue
         seen.add(row.event_id)
-        kept_rows.append(row)
-        kept.append(envelope)
-    return kept_rows, kept
+        kept.append(index)
+    return kept, twins
 
 
 class Delivery:
@@ -141,6 +154,9 @@ class Delivery:
 
         self.store = store
         self.publisher = publisher
+        #: The publisher's ``publish_encoded`` (stored rows sent as they are), if it has one.
+        self.encoded = publisher if isinstance(publisher, EncodedPublisher) else None
+        self._unfit_said = False  # logged once: a row the publisher did not take as it is
         self._decode = decode if codec is None else codec.decode
         self.max_batch = max_batch
         self.claim = claim
@@ -181,6 +197,88 @@ class Delivery:
         return Pass(len(rows), len(delivered), len(dead))
 
     # ------------------------------------------------------------------ sending
+    def _send(self, batch: list[list[StoredRow]], delivered: list[int], dead: list[tuple[int, str]]) -> None:
+        if self.atomic and self.encoded is not None and self._send_encoded(batch, delivered, dead):
+            return
+        batch, envelopes = self._envelopes(batch, dead)
+        if not envelopes:
+            return
+        rows = [row for transaction in batch for row in transaction]
+        twins: list[int] = []
+        if len({row.event_id for row in rows}) < len(rows):
+            kept, twins = _once(rows)
+            rows, envelopes = [rows[i] for i in kept], [envelopes[i] for i in kept]
+        log.debug("outbox relay: sending %d events of %d transactions, decoded", len(rows), len(batch))
+        if not self.atomic:
+            delivered += twins
+            self._send_each(rows, envelopes, delivered, dead)
+            return
+        try:
+            futures = self.publisher.publish_many(envelopes, atomic=True, timeout=self.wait_timeout)
+        except InvalidBatch as exc:  # a publisher that cannot (core NATS): nothing was queued
+            self._atomic_off(f"the publisher sends no atomic batches ({' '.join(str(exc).split())})")
+            delivered += twins
+            self._send_each(rows, envelopes, delivered, dead)
+            return
+        except InvalidEvent as exc:  # an event the publisher refuses (nothing was queued)
+            self._refused(batch, exc, delivered, dead)
+            return
+        except (QueueFull, PublisherClosed, BrokerError) as exc:
+            raise Outage(exc) from exc
+        error = self._wait(futures)
+        if error is None:
+            delivered += twins
+            delivered += [row.id for row in rows]
+        elif isinstance(error, EventRejected) and error.err_code == ATOMIC_DISABLED:
+            self._atomic_off("the stream does not allow atomic batches (allow_atomic); err_code 10174")
+            delivered += twins
+            self._send_each(rows, envelopes, delivered, dead)
+        elif isinstance(error, EventRejected):
+            self._refused(batch, error, delivered, dead)
+        else:
+            raise Outage(error)
+
+    def _send_encoded(self, batch: list[list[StoredRow]], delivered: list[int], dead: list[tuple[int, str]]) -> bool:
+        """Send ``batch`` as stored (``publish_encoded``, atomic); False when the publisher took
+        none of it (a row it could not have written, no atomic batches): `_send` decodes it then."""
+        assert self.encoded is not None
+        rows = [row for transaction in batch for row in transaction]
+        twins: list[int] = []
+        if len({row.event_id for row in rows}) < len(rows):
+            kept, twins = _once(rows)
+            rows = [rows[i] for i in kept]
+        events = [EncodedEvent(row.event_id, row.subject, row.headers, row.body) for row in rows]
+        log.debug("outbox relay: sending %d events of %d transactions", len(rows), len(batch))
+        try:
+            futures = self.encoded.publish_encoded(events, atomic=True, timeout=self.wait_timeout)
+        except InvalidEvent as exc:  # nothing was queued: decoded, routed and encoded by the publisher
+            if not self._unfit_said:
+                self._unfit_said = True
+                log.warning(
+                    "outbox relay: the publisher does not send a stored row as it is (%s); such batches are "
+                    "decoded and encoded again by the publisher (slower; a row whose body does not decode goes "
+                    "to the dead letters with its transaction)",
+                    " ".join(str(exc).split()),
+                )
+            return False
+        except InvalidBatch as exc:  # a publisher that cannot (core NATS): nothing was queued
+            self._atomic_off(f"the publisher sends no atomic batches ({' '.join(str(exc).split())})")
+            return False
+        except (QueueFull, PublisherClosed, BrokerError) as exc:
+            raise Outage(exc) from exc
+        error = self._wait(futures)
+        if error is None:
+            delivered += twins
+            delivered += [row.id for row in rows]
+        elif isinstance(error, EventRejected) and error.err_code == ATOMIC_DISABLED:
+            self._atomic_off("the stream does not allow atomic batches (allow_atomic); err_code 10174")
+            return False
+        elif isinstance(error, EventRejected):  # (its twins go with it: resent, or dead-lettered)
+            self._refused(batch, error, delivered, dead)
+        else:
+            raise Outage(error)
+        return True
+
     def _envelopes(
         self, batch: list[list[StoredRow]], dead: list[tuple[int, str]]
     ) -> tuple[list[list[StoredRow]], list[EventEnvelope]]:
@@ -200,39 +298,6 @@ class Delivery:
             kept.append(transaction)
             envelopes += decoded
         return kept, envelopes
-
-    def _send(self, batch: list[list[StoredRow]], delivered: list[int], dead: list[tuple[int, str]]) -> None:
-        batch, envelopes = self._envelopes(batch, dead)
-        if not envelopes:
-            return
-        rows = [row for transaction in batch for row in transaction]
-        if len({row.event_id for row in rows}) < len(rows):
-            rows, envelopes = _once(rows, envelopes, delivered)
-        log.debug("outbox relay: sending %d events of %d transactions", len(rows), len(batch))
-        if not self.atomic:
-            self._send_each(rows, envelopes, delivered, dead)
-            return
-        try:
-            futures = self.publisher.publish_many(envelopes, atomic=True, timeout=self.wait_timeout)
-        except InvalidBatch as exc:  # a publisher that cannot (core NATS): nothing was queued
-            self._atomic_off(f"the publisher sends no atomic batches ({' '.join(str(exc).split())})")
-            self._send_each(rows, envelopes, delivered, dead)
-            return
-        except InvalidEvent as exc:  # an event the publisher refuses (nothing was queued)
-            self._refused(batch, exc, delivered, dead)
-            return
-        except (QueueFull, PublisherClosed, BrokerError) as exc:
-            raise Outage(exc) from exc
-        error = self._wait(futures)
-        if error is None:
-            delivered += [row.id for row in rows]
-        elif isinstance(error, EventRejected) and error.err_code == ATOMIC_DISABLED:
-            self._atomic_off("the stream does not allow atomic batches (allow_atomic); err_code 10174")
-            self._send_each(rows, envelopes, delivered, dead)
-        elif isinstance(error, EventRejected):
-            self._refused(batch, error, delivered, dead)
-        else:
-            raise Outage(error)
 
     def _refused(
         self, batch: list[list[StoredRow]], error: Exception, delivered: list[int], dead: list[tuple[int, str]]
