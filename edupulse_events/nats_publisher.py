@@ -44,6 +44,7 @@ __all__ = ["NatsPublisher", "PublisherState"]
 log = logging.getLogger("edupulse_events")
 _getpid = os.getpid
 _names = iter(range(1, 1 << 62))
+_CORE_NATS = "atomic batches are a JetStream feature: this publisher publishes to core NATS"
 
 
 class NatsPublisher:
@@ -275,7 +276,7 @@ class NatsPublisher:
         already resolves as stored (``duplicate=True``, no sequence): never twice, never failed.
         """
         if atomic and not self._config.jetstream:
-            raise InvalidBatch("atomic batches are a JetStream feature: this publisher publishes to core NATS")
+            raise InvalidBatch(_CORE_NATS)
         worker = self._worker
         if worker is None or self._pid != _getpid():
             worker = self._ensure_worker()
@@ -304,7 +305,12 @@ class NatsPublisher:
         the same queue, futures, ``atomic`` batches, `InvalidBatch`, `QueueFull` and tracing.
         """
         if atomic and not self._config.jetstream:
-            raise InvalidBatch("atomic batches are a JetStream feature: this publisher publishes to core NATS")
+            raise InvalidBatch(_CORE_NATS)
+        return self._queue_checked(self._check_encoded(events), timeout=timeout, atomic=atomic)
+
+    def _check_encoded(self, events: Iterable[EncodedEvent]) -> list[Item]:
+        """`publish_encoded`'s checks alone: ``events`` as items ready for `_queue_checked` (once).
+        The outbox relay checks its next batch this way while the one before is in flight."""
         worker = self._worker
         if worker is None or self._pid != _getpid():
             worker = self._ensure_worker()
@@ -312,7 +318,17 @@ class NatsPublisher:
         if check is None:
             check = self._row_check = RowCheck(self._config.subject, cloudevents=self._config.cloudevents)
         events = events if isinstance(events, Sequence) else list(events)
-        items = encoded_items(events, check, worker.max_payload, self._futures_condition, worker.hand_over)
+        return encoded_items(events, check, worker.max_payload, self._futures_condition, worker.hand_over)
+
+    def _queue_checked(
+        self, items: list[Item], *, timeout: float | None, atomic: bool
+    ) -> list[concurrent.futures.Future[PublishAck]]:
+        """Queue the items of `_check_encoded` as `publish_encoded` does."""
+        if atomic and not self._config.jetstream:
+            raise InvalidBatch(_CORE_NATS)
+        worker = self._worker
+        if worker is None or self._pid != _getpid():
+            worker = self._ensure_worker()
         if not self._batch(items, worker, atomic):
             return []
         telemetry = self._telemetry

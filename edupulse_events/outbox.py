@@ -42,6 +42,9 @@ log = logging.getLogger("edupulse_events.outbox")
 
 #: The outbox table's default name (its dead letters are in ``<table>_dead``).
 DEFAULT_TABLE = "edupulse_outbox"
+#: How long one pass of `OutboxRelay.run` reads new claims before it looks at its stop event,
+#: purges and counts (seconds).
+_PASS_TIME = 0.5
 
 
 class Outbox:
@@ -243,14 +246,14 @@ class OutboxRelay:
                     return 0
                 while True:
                     try:
-                        done = self._delivery.run_pass()
+                        done = self._delivery.run_pass(end)
                     except Outage as outage:
                         raise BrokerUnavailable(
                             f"outbox relay: the broker did not take a batch ({type(outage.error).__name__}: "
                             f"{outage.error}); {total} delivered by this run, the rest waits"
                         ) from outage.error
                     total += done.delivered
-                    if done.claimed < self._delivery.claim or (end is not None and time.monotonic() >= end):
+                    if not done.more or (end is not None and time.monotonic() >= end):
                         break
                 self._purge(force=True)
                 self._count()
@@ -265,13 +268,13 @@ class OutboxRelay:
             try:
                 if not self._store.exclusive():
                     return False
-                done = self._delivery.run_pass()
+                done = self._delivery.run_pass(time.monotonic() + _PASS_TIME)
                 self._purge(force=False)
                 self._count()
             except OutboxDatabaseError:
                 self._store.close()
                 raise
-        return done.claimed >= self._delivery.claim
+        return done.more
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until ``stop`` is set: a pass, then (when it found less than a full claim) a

@@ -32,11 +32,12 @@ Outcomes, per batch:
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from .._pipeline._encoded import EncodedEvent
@@ -57,11 +58,14 @@ if TYPE_CHECKING:
     from ..envelope import EventEnvelope
     from ..publisher import EventPublisher
     from ._otel import RelayTelemetry
-    from ._stores import Store
+    from ._stores import Claim, Store
 
-__all__ = ["ATOMIC_DISABLED", "Delivery", "EncodedPublisher", "Outage", "Pass", "groups", "pack"]
+__all__ = ["ATOMIC_DISABLED", "CheckingPublisher", "Delivery", "EncodedPublisher", "Outage", "Pass", "groups", "pack"]
 
 log = logging.getLogger("edupulse_events.outbox")
+
+#: Dead-lettered rows: (id, why).
+Dead = list[tuple[int, str]]
 
 #: JSAtomicPublishDisabledErr: the stream was not created with allow_atomic.
 ATOMIC_DISABLED = 10174
@@ -76,12 +80,26 @@ class EncodedPublisher(Protocol):
     ) -> list[concurrent.futures.Future[Any]]: ...
 
 
+@runtime_checkable
+class CheckingPublisher(Protocol):
+    """A publisher that checks encoded events apart from queueing them (`NatsPublisher`), so that
+    the relay checks its next batch while the one before is in flight."""
+
+    def _check_encoded(self, events: Iterable[EncodedEvent]) -> list[Any]: ...
+
+    def _queue_checked(
+        self, items: list[Any], *, timeout: float | None, atomic: bool
+    ) -> list[concurrent.futures.Future[Any]]: ...
+
+
 class Pass(NamedTuple):
-    """One pass: rows claimed, delivered, dead-lettered."""
+    """One pass: rows claimed, delivered, dead-lettered; ``more``: its last claim was full (more
+    may be pending)."""
 
     claimed: int
     delivered: int
     dead: int
+    more: bool
 
 
 class Outage(Exception):
@@ -119,19 +137,64 @@ def pack(transactions: Sequence[list[StoredRow]], max_batch: int) -> Iterator[li
         yield batch
 
 
-def _once(rows: list[StoredRow]) -> tuple[list[int], list[int]]:
-    """The same event added twice (one id) is sent once: the indexes of ``rows`` to send, and the
-    ids of the later rows, delivered with the first."""
+def _unique(rows: list[StoredRow]) -> tuple[list[StoredRow], list[int]]:
+    """The same event added twice (one id) is sent once: the rows to send, and the ids of the
+    later rows, delivered with the first."""
+    if len({row.event_id for row in rows}) == len(rows):
+        return rows, []
     seen: set[str] = set()
-    kept: list[int] = []
+    kept: list[StoredRow] = []
     twins: list[int] = []
-    for index, row in enumerate(rows):
+    for row in rows:
         if row.event_id in seen:
             twins.append(row.id)
             continue
         seen.add(row.event_id)
-        kept.append(index)
+        kept.append(row)
     return kept, twins
+
+
+class _Open:
+    """A claim on its way: its rows packed in batches, what became of them so far, its span."""
+
+    __slots__ = ("batches", "claim", "dead", "delivered", "outage", "span")
+
+    def __init__(self, claim: Claim, span: Any, max_batch: int) -> None:
+        self.claim = claim
+        self.span = span
+        self.batches = collections.deque(pack(groups(claim.rows), max_batch))
+        self.delivered: list[int] = []
+        self.dead: Dead = []
+        self.outage: Outage | None = None
+
+
+class _Once:
+    """``work()`` called the first time this is (a batch's "meanwhile"), then nothing."""
+
+    __slots__ = ("_work",)
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._work: Callable[[], None] | None = work
+
+    def __call__(self) -> None:
+        work, self._work = self._work, None
+        if work is not None:
+            work()
+
+
+class _Staged:
+    """A batch ready to queue: its rows (each event once), the ids of their twins, the events as
+    stored, and (a publisher that checks ahead) the publisher's checked items, or why it refused them."""
+
+    __slots__ = ("batch", "error", "events", "items", "rows", "twins")
+
+    def __init__(self, batch: list[list[StoredRow]], rows: list[StoredRow], twins: list[int]) -> None:
+        self.batch = batch
+        self.rows = rows
+        self.twins = twins
+        self.events = [EncodedEvent(row.event_id, row.subject, row.headers, row.body) for row in rows]
+        self.items: list[Any] | None = None
+        self.error: InvalidEvent | None = None
 
 
 class Delivery:
@@ -156,6 +219,7 @@ class Delivery:
         self.publisher = publisher
         #: The publisher's ``publish_encoded`` (stored rows sent as they are), if it has one.
         self.encoded = publisher if isinstance(publisher, EncodedPublisher) else None
+        self.checking = publisher if isinstance(publisher, CheckingPublisher) else None
         self._unfit_said = False  # logged once: a row the publisher did not take as it is
         self._decode = decode if codec is None else codec.decode
         self.max_batch = max_batch
@@ -169,88 +233,144 @@ class Delivery:
         self.dead = 0
 
     # ------------------------------------------------------------------ one pass
-    def run_pass(self) -> Pass:
-        """Claim, send, settle. Raises `Outage` (after settling what was acknowledged) when the
-        broker could not take a batch, `OutboxDatabaseError` when the database failed."""
-        rows = self.store.claim(self.claim)
-        if not rows:
-            return Pass(0, 0, 0)
-        delivered: list[int] = []
-        dead: list[tuple[int, str]] = []
-        outage: Outage | None = None
-        with self.telemetry.span(rows) if self.telemetry is not None else contextlib.nullcontext() as span:
-            try:
-                for batch in pack(groups(rows), self.max_batch):
-                    self._send(batch, delivered, dead)
-            except Outage as exc:
-                outage = exc
-            except BaseException:
-                self.store.release()
-                raise
-            self.store.settle(delivered, dead, time.time(), self.keep)
-            if self.telemetry is not None:
-                self.telemetry.outcome(span, len(delivered), len(dead), outage)
-        self.delivered += len(delivered)
-        self.dead += len(dead)
-        if outage is not None:
-            raise outage
-        return Pass(len(rows), len(delivered), len(dead))
+    def run_pass(self, until: float | None = None) -> Pass:
+        """Claim, send, settle: claim after claim while each comes back full, until ``until``
+        (`time.monotonic`) if given. One batch is in flight at a time, in claim order; while it
+        is, the claims acknowledged before it are settled, the next claim is read (during the last
+        batch of a claim) and the next batch is checked by the publisher. Raises `Outage` (after
+        settling what was acknowledged) when the broker could not take a batch,
+        `OutboxDatabaseError` when the database failed (every open claim given back: what was sent
+        is sent again, and stored once)."""
+        parent = self.telemetry.context() if self.telemetry is not None else None
+        current = self._open(parent)
+        if not current.claim.rows:
+            self.store.release(current.claim)
+            return Pass(0, 0, 0, False)
+        acknowledged: list[_Open] = []  # claims all of whose batches resolved, to settle
+        upcoming: list[_Open] = []  # the next claim, once read
+        staged: list[_Staged] = []  # the next batch, once checked
+        totals = [0, 0, 0]
+
+        def meanwhile() -> None:
+            self._settle(acknowledged, totals)
+            if not current.batches and current.claim.full and (until is None or time.monotonic() < until):
+                upcoming.append(self._open(parent))
+            following = current.batches or (upcoming[0].batches if upcoming else None)
+            if following and self.atomic and self.encoded is not None:
+                staged[:] = [self._stage(following[0])]
+
+        try:
+            while True:
+                while current.batches:
+                    batch = current.batches.popleft()
+                    ready = staged.pop() if staged and staged[0].batch is batch else None
+                    with self._current(current):
+                        self._send(batch, current.delivered, current.dead, _Once(meanwhile), ready)
+                acknowledged.append(current)
+                if not upcoming or not upcoming[0].claim.rows:
+                    break
+                current = upcoming.pop()
+            more = current.claim.full and not upcoming
+            for empty in upcoming:
+                self.store.release(empty.claim)
+            self._settle(acknowledged, totals)
+        except Outage as outage:
+            current.outage = outage
+            if current not in acknowledged:
+                acknowledged.append(current)  # what it delivered and dead-lettered; the rest waits
+            for claimed in upcoming:
+                self._end(claimed, None)
+                self.store.release(claimed.claim)
+            self._settle(acknowledged, totals)
+            raise
+        except BaseException as exc:
+            self.store.release()
+            for claimed in {id(c): c for c in [*acknowledged, current, *upcoming]}.values():
+                self._end(claimed, exc)
+            raise
+        return Pass(totals[0], totals[1], totals[2], more)
+
+    def _open(self, parent: Any) -> _Open:
+        claim = self.store.claim(self.claim)
+        span = self.telemetry.start(claim.rows, parent) if self.telemetry is not None and claim.rows else None
+        return _Open(claim, span, self.max_batch)
+
+    def _current(self, claimed: _Open) -> contextlib.AbstractContextManager[Any]:
+        """``claimed``'s span as the current one (the publisher's spans its children)."""
+        if self.telemetry is None or claimed.span is None:
+            return contextlib.nullcontext()
+        return self.telemetry.current(claimed.span)
+
+    def _settle(self, acknowledged: list[_Open], totals: list[int]) -> None:
+        """Settle the claims in ``acknowledged`` (emptied) and add them to ``totals`` and the counters."""
+        while acknowledged:
+            claimed = acknowledged[0]
+            self.store.settle(claimed.claim, claimed.delivered, claimed.dead, time.time(), self.keep)
+            acknowledged.pop(0)
+            self._end(claimed, claimed.outage)
+            self.delivered += len(claimed.delivered)
+            self.dead += len(claimed.dead)
+            totals[0] += len(claimed.claim.rows)
+            totals[1] += len(claimed.delivered)
+            totals[2] += len(claimed.dead)
+
+    def _end(self, claimed: _Open, error: BaseException | None) -> None:
+        if self.telemetry is not None and claimed.span is not None:
+            self.telemetry.finish(claimed.span, len(claimed.delivered), len(claimed.dead), error)
+            claimed.span = None
 
     # ------------------------------------------------------------------ sending
-    def _send(self, batch: list[list[StoredRow]], delivered: list[int], dead: list[tuple[int, str]]) -> None:
-        if self.atomic and self.encoded is not None and self._send_encoded(batch, delivered, dead):
-            return
-        batch, envelopes = self._envelopes(batch, dead)
-        if not envelopes:
-            return
-        rows = [row for transaction in batch for row in transaction]
-        twins: list[int] = []
-        if len({row.event_id for row in rows}) < len(rows):
-            kept, twins = _once(rows)
-            rows, envelopes = [rows[i] for i in kept], [envelopes[i] for i in kept]
-        log.debug("outbox relay: sending %d events of %d transactions, decoded", len(rows), len(batch))
-        if not self.atomic:
-            delivered += twins
-            self._send_each(rows, envelopes, delivered, dead)
-            return
-        try:
-            futures = self.publisher.publish_many(envelopes, atomic=True, timeout=self.wait_timeout)
-        except InvalidBatch as exc:  # a publisher that cannot (core NATS): nothing was queued
-            self._atomic_off(f"the publisher sends no atomic batches ({' '.join(str(exc).split())})")
-            delivered += twins
-            self._send_each(rows, envelopes, delivered, dead)
-            return
-        except InvalidEvent as exc:  # an event the publisher refuses (nothing was queued)
-            self._refused(batch, exc, delivered, dead)
-            return
-        except (QueueFull, PublisherClosed, BrokerError) as exc:
-            raise Outage(exc) from exc
-        error = self._wait(futures)
-        if error is None:
-            delivered += twins
-            delivered += [row.id for row in rows]
-        elif isinstance(error, EventRejected) and error.err_code == ATOMIC_DISABLED:
-            self._atomic_off("the stream does not allow atomic batches (allow_atomic); err_code 10174")
-            delivered += twins
-            self._send_each(rows, envelopes, delivered, dead)
-        elif isinstance(error, EventRejected):
-            self._refused(batch, error, delivered, dead)
-        else:
-            raise Outage(error)
+    def _send(
+        self,
+        batch: list[list[StoredRow]],
+        delivered: list[int],
+        dead: Dead,
+        meanwhile: Callable[[], None] = lambda: None,
+        staged: _Staged | None = None,
+    ) -> None:
+        """Send ``batch`` and record its outcome; ``meanwhile`` runs once, while it is in flight
+        (or after it, when it was settled without waiting for the broker); ``staged``: ``batch``
+        checked ahead (`_stage`)."""
+        if not (
+            self.atomic and self.encoded is not None and self._send_encoded(batch, delivered, dead, meanwhile, staged)
+        ):
+            self._send_decoded(batch, delivered, dead, meanwhile)
+        meanwhile()
 
-    def _send_encoded(self, batch: list[list[StoredRow]], delivered: list[int], dead: list[tuple[int, str]]) -> bool:
+    def _stage(self, batch: list[list[StoredRow]]) -> _Staged:
+        """``batch`` ready to queue as stored: each event once, checked by the publisher if it can
+        check apart from queueing."""
+        staged = _Staged(batch, *_unique([row for transaction in batch for row in transaction]))
+        if self.checking is not None:
+            try:
+                staged.items = self.checking._check_encoded(staged.events)  # noqa: SLF001 - CheckingPublisher
+            except InvalidEvent as exc:
+                staged.error = exc
+        return staged
+
+    def _send_encoded(
+        self,
+        batch: list[list[StoredRow]],
+        delivered: list[int],
+        dead: Dead,
+        meanwhile: Callable[[], None],
+        staged: _Staged | None,
+    ) -> bool:
         """Send ``batch`` as stored (``publish_encoded``, atomic); False when the publisher took
         none of it (a row it could not have written, no atomic batches): `_send` decodes it then."""
         assert self.encoded is not None
-        rows = [row for transaction in batch for row in transaction]
-        twins: list[int] = []
-        if len({row.event_id for row in rows}) < len(rows):
-            kept, twins = _once(rows)
-            rows = [rows[i] for i in kept]
-        events = [EncodedEvent(row.event_id, row.subject, row.headers, row.body) for row in rows]
-        log.debug("outbox relay: sending %d events of %d transactions", len(rows), len(batch))
+        if staged is None:
+            staged = self._stage(batch)
+        log.debug("outbox relay: sending %d events of %d transactions", len(staged.rows), len(batch))
         try:
-            futures = self.encoded.publish_encoded(events, atomic=True, timeout=self.wait_timeout)
+            if staged.error is not None:
+                raise staged.error
+            if staged.items is not None and self.checking is not None:
+                futures = self.checking._queue_checked(  # noqa: SLF001 - the CheckingPublisher protocol
+                    staged.items, timeout=self.wait_timeout, atomic=True
+                )
+            else:
+                futures = self.encoded.publish_encoded(staged.events, atomic=True, timeout=self.wait_timeout)
         except InvalidEvent as exc:  # nothing was queued: decoded, routed and encoded by the publisher
             if not self._unfit_said:
                 self._unfit_said = True
@@ -266,6 +386,54 @@ class Delivery:
             return False
         except (QueueFull, PublisherClosed, BrokerError) as exc:
             raise Outage(exc) from exc
+        meanwhile()
+        return self._outcome(futures, batch, staged.rows, staged.twins, delivered, dead)
+
+    def _send_decoded(
+        self,
+        batch: list[list[StoredRow]],
+        delivered: list[int],
+        dead: list[tuple[int, str]],
+        meanwhile: Callable[[], None],
+    ) -> None:
+        """Send ``batch`` decoded (``publish_many``, atomic, or event by event once atomic batches are off)."""
+        batch, envelopes = self._envelopes(batch, dead)
+        if not envelopes:
+            return
+        every = [row for transaction in batch for row in transaction]
+        rows, twins = _unique(every)
+        if len(rows) < len(every):
+            index = {id(row): n for n, row in enumerate(every)}
+            envelopes = [envelopes[index[id(row)]] for row in rows]
+        log.debug("outbox relay: sending %d events of %d transactions, decoded", len(rows), len(batch))
+        if self.atomic:
+            try:
+                futures = self.publisher.publish_many(envelopes, atomic=True, timeout=self.wait_timeout)
+            except InvalidBatch as exc:  # a publisher that cannot (core NATS): nothing was queued
+                self._atomic_off(f"the publisher sends no atomic batches ({' '.join(str(exc).split())})")
+            except InvalidEvent as exc:  # an event the publisher refuses (nothing was queued)
+                self._refused(batch, exc, delivered, dead)
+                return
+            except (QueueFull, PublisherClosed, BrokerError) as exc:
+                raise Outage(exc) from exc
+            else:
+                meanwhile()
+                if self._outcome(futures, batch, rows, twins, delivered, dead):
+                    return
+        delivered += twins
+        self._send_each(rows, envelopes, delivered, dead)
+
+    def _outcome(
+        self,
+        futures: list[concurrent.futures.Future[Any]],
+        batch: list[list[StoredRow]],
+        rows: list[StoredRow],
+        twins: list[int],
+        delivered: list[int],
+        dead: list[tuple[int, str]],
+    ) -> bool:
+        """Wait for an atomic batch and record what became of it; False when the stream said it
+        takes no atomic batches (then it is to be sent event by event)."""
         error = self._wait(futures)
         if error is None:
             delivered += twins
@@ -273,7 +441,7 @@ class Delivery:
         elif isinstance(error, EventRejected) and error.err_code == ATOMIC_DISABLED:
             self._atomic_off("the stream does not allow atomic batches (allow_atomic); err_code 10174")
             return False
-        elif isinstance(error, EventRejected):  # (its twins go with it: resent, or dead-lettered)
+        elif isinstance(error, EventRejected):  # (its twins go with it: sent again, or dead-lettered)
             self._refused(batch, error, delivered, dead)
         else:
             raise Outage(error)
@@ -335,15 +503,20 @@ class Delivery:
                 raise Outage(error)
 
     def _wait(self, futures: list[concurrent.futures.Future[Any]]) -> BaseException | None:
-        """The first error among ``futures`` once all resolved (`WaitTimeout` if they did not in time)."""
-        _done, pending = concurrent.futures.wait(futures, timeout=self.wait_timeout)
-        if pending:
-            return WaitTimeout(f"{len(pending)} of {len(futures)} events not acknowledged within {self.wait_timeout} s")
-        for future in futures:
-            error = future.exception(timeout=0)
-            if error is not None:
-                return error
-        return None
+        """The first error among ``futures`` once all resolved (`WaitTimeout` if they did not in time).
+        One future after the other: an atomic batch's resolve together, so only the first waits."""
+        end = time.monotonic() + self.wait_timeout
+        first: BaseException | None = None
+        for n, future in enumerate(futures):
+            try:
+                error = future.exception(timeout=max(0.0, end - time.monotonic()))
+            except (WaitTimeout, concurrent.futures.TimeoutError):
+                return WaitTimeout(
+                    f"{len(futures) - n} of {len(futures)} events not acknowledged within {self.wait_timeout} s"
+                )
+            if first is None:
+                first = error
+        return first
 
     def _atomic_off(self, why: str) -> None:
         if self.atomic:
