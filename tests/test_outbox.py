@@ -154,7 +154,7 @@ def test_claims_open_side_by_side_hold_different_transactions(outbox_db: Databas
     try:
         first, second = store.claim(2), store.claim(2)
         assert (ids(first), ids(second), first.full, second.full) == (_env(batches[0]), _env(batches[1]), True, True)
-        store.settle(first, [row.id for row in first.rows], [], 0.0, False)
+        store.settle(first, [row.id for row in first.rows], [], 0.0, False).result(timeout=10.0)
         third = store.claim(10)
         assert (ids(third), third.full) == (_env(batches[2]), False)
         store.release()

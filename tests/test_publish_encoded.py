@@ -55,15 +55,15 @@ def test_an_event_this_publisher_could_not_have_written_is_refused(nats_server: 
     index, and nothing is queued; a CloudEvents publisher refuses rows without its ce- headers."""
     add_stream(nats_server.url, STREAM, ["edupulse.>"], allow_atomic=True)
     correlation = str(uuid.uuid4()).encode()
-    good, other = encoded([envelope(0), envelope(1, correlation_id=correlation.decode())], SUBJECT)
+    good, other = encoded([envelope(0, correlation_id=correlation.decode()), envelope(1)], SUBJECT)
     forged = b"X-Forged: 1\r\n\r\n"
-    forgeries: dict[str, object] = {
+    forgeries: dict[str, object] = {  # each after ``good``, which the publisher then knows the shape of
         "another subject": good._replace(subject="edupulse.school-1.PaymentProcessed"),
         "a header it does not write": good._replace(headers=good.headers[:-2] + forged),
         "another event's id": good._replace(event_id=other.event_id),
         "another event's body": good._replace(body=other.body),
-        "a correlation id the body lacks": other._replace(
-            headers=other.headers.replace(correlation, str(uuid.uuid4()).encode())
+        "a correlation id the body lacks": good._replace(
+            headers=good.headers.replace(correlation, str(uuid.uuid4()).encode())
         ),
         "not an EncodedEvent": tuple(good),
         "bytes for the subject": good._replace(subject=good.subject.encode()),

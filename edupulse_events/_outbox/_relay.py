@@ -47,6 +47,7 @@ from ..errors import (
     EventRejected,
     InvalidBatch,
     InvalidEvent,
+    OutboxDatabaseError,
     PublisherClosed,
     QueueFull,
     WaitTimeout,
@@ -247,12 +248,14 @@ class Delivery:
             self.store.release(current.claim)
             return Pass(0, 0, 0, False)
         acknowledged: list[_Open] = []  # claims all of whose batches resolved, to settle
+        settling: list[tuple[_Open, concurrent.futures.Future[None]]] = []  # handed to the store's thread
         upcoming: list[_Open] = []  # the next claim, once read
         staged: list[_Staged] = []  # the next batch, once checked
         totals = [0, 0, 0]
 
         def meanwhile() -> None:
-            self._settle(acknowledged, totals)
+            self._settle(acknowledged, settling)
+            self._settled(settling, totals, wait=False)
             if not current.batches and current.claim.full and (until is None or time.monotonic() < until):
                 upcoming.append(self._open(parent))
             following = current.batches or (upcoming[0].batches if upcoming else None)
@@ -273,7 +276,8 @@ class Delivery:
             more = current.claim.full and not upcoming
             for empty in upcoming:
                 self.store.release(empty.claim)
-            self._settle(acknowledged, totals)
+            self._settle(acknowledged, settling)
+            self._settled(settling, totals, wait=True)
         except Outage as outage:
             current.outage = outage
             if current not in acknowledged:
@@ -281,9 +285,11 @@ class Delivery:
             for claimed in upcoming:
                 self._end(claimed, None)
                 self.store.release(claimed.claim)
-            self._settle(acknowledged, totals)
+            self._settle(acknowledged, settling)
+            self._settled(settling, totals, wait=True)
             raise
         except BaseException as exc:
+            self._abandon(settling, totals, exc)
             self.store.release()
             for claimed in {id(c): c for c in [*acknowledged, current, *upcoming]}.values():
                 self._end(claimed, exc)
@@ -301,18 +307,54 @@ class Delivery:
             return contextlib.nullcontext()
         return self.telemetry.current(claimed.span)
 
-    def _settle(self, acknowledged: list[_Open], totals: list[int]) -> None:
-        """Settle the claims in ``acknowledged`` (emptied) and add them to ``totals`` and the counters."""
+    def _settle(self, acknowledged: list[_Open], settling: list[tuple[_Open, concurrent.futures.Future[None]]]) -> None:
+        """Hand the claims in ``acknowledged`` (emptied) to the store's thread to settle (``settling``)."""
+        now = time.time()
         while acknowledged:
-            claimed = acknowledged[0]
-            self.store.settle(claimed.claim, claimed.delivered, claimed.dead, time.time(), self.keep)
-            acknowledged.pop(0)
-            self._end(claimed, claimed.outage)
-            self.delivered += len(claimed.delivered)
-            self.dead += len(claimed.dead)
-            totals[0] += len(claimed.claim.rows)
-            totals[1] += len(claimed.delivered)
-            totals[2] += len(claimed.dead)
+            claimed = acknowledged.pop(0)
+            settling.append(
+                (claimed, self.store.settle(claimed.claim, claimed.delivered, claimed.dead, now, self.keep))
+            )
+
+    def _settled(
+        self, settling: list[tuple[_Open, concurrent.futures.Future[None]]], totals: list[int], *, wait: bool
+    ) -> None:
+        """Count the claims of ``settling`` settled (in order; with ``wait``, all of them, each within
+        ``wait_timeout``): raises the `OutboxDatabaseError` of one that failed."""
+        while settling:
+            claimed, future = settling[0]
+            if not wait and not future.done():
+                return
+            try:
+                future.result(timeout=self.wait_timeout)
+            except concurrent.futures.TimeoutError:
+                raise OutboxDatabaseError(
+                    f"outbox settle: {len(claimed.claim.rows)} rows not settled within {self.wait_timeout} s"
+                ) from None
+            settling.pop(0)
+            self._count(claimed, totals)
+
+    def _abandon(
+        self, settling: list[tuple[_Open, concurrent.futures.Future[None]]], totals: list[int], error: BaseException
+    ) -> None:
+        """A pass failing: wait (each within ``wait_timeout``) for the settles under way, counting
+        those that committed."""
+        for claimed, future in settling:
+            done, _ = concurrent.futures.wait([future], timeout=self.wait_timeout)
+            if done and future.exception() is None:
+                self._count(claimed, totals)
+            else:
+                self._end(claimed, error)
+        settling.clear()
+
+    def _count(self, claimed: _Open, totals: list[int]) -> None:
+        """``claimed`` is settled: its span ends; the counters and the pass's ``totals`` count it."""
+        self._end(claimed, claimed.outage)
+        self.delivered += len(claimed.delivered)
+        self.dead += len(claimed.dead)
+        totals[0] += len(claimed.claim.rows)
+        totals[1] += len(claimed.delivered)
+        totals[2] += len(claimed.dead)
 
     def _end(self, claimed: _Open, error: BaseException | None) -> None:
         if self.telemetry is not None and claimed.span is not None:

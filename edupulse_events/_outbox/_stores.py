@@ -23,6 +23,7 @@ settle is one ``BEGIN IMMEDIATE`` transaction; one relay at a time holds the fil
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -35,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 from ..errors import ConfigError, OutboxDatabaseError
 from ._connections import Connector, sqlite_path
 from ._schema import COLUMNS, Row, StoredRow, check_table, ddl
+from ._settler import Settler
 
 __all__ = ["Claim", "Counts", "DeadRow", "PostgresStore", "SqliteStore", "Store", "store_for"]
 
@@ -93,12 +95,14 @@ class Store(Protocol):
 
     def settle(
         self, claim: Claim, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool
-    ) -> None:
+    ) -> concurrent.futures.Future[None]:
         """Commit the outcome of ``claim``: ``delivered`` rows deleted (or marked, ``keep``),
-        ``dead`` rows moved to the dead-letter table with their reasons; the rest pending again."""
+        ``dead`` rows moved to the dead-letter table with their reasons; the rest pending again.
+        In the store's own thread (`Settler`), after the settles before it: the future resolves
+        once committed (or with the `OutboxDatabaseError`); the claim stays open until then."""
 
     def release(self, claim: Claim | None = None) -> None:
-        """Give ``claim`` (None: every open claim) back untouched."""
+        """Give ``claim`` (None: every open claim, once the settles under way are done) back untouched."""
 
     def prepare(self) -> None:
         """Before a relay's first pass: start listening for commits (PostgreSQL), so that none
@@ -156,10 +160,13 @@ class SqliteStore:
         self.table = check_table(table)
         self._connect = connect
         self._path = path
-        self._conn: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None  # the relay thread's: claims and looks
+        self._writer: sqlite3.Connection | None = None  # the settler thread's: settles
+        self._settler = Settler(f"edupulse-outbox-settle-{table}")
         self._lock_fd: int | None = None
         #: Open claims: token -> their highest id (a claim read beside them starts after it).
         self._open: dict[int, int] = {}
+        self._open_lock = threading.Lock()
         self._tokens = itertools.count(1)
 
     # ------------------------------------------------------------------ the writer's side
@@ -193,14 +200,22 @@ class SqliteStore:
     # ------------------------------------------------------------------ the relay's side
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            if self._connect is None:
-                raise ConfigError("this outbox store has no database to open (a writer's store)")
-            with _database("connect", (sqlite3.Error,)):
-                conn = self._connect()
-                conn.isolation_level = None  # autocommit: each read sees the last commit
-                conn.execute("PRAGMA journal_mode=WAL").fetchall()
-            self._conn = conn
+            self._conn = self._open_connection()
         return self._conn
+
+    def _writer_db(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = self._open_connection()
+        return self._writer
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connect is None:
+            raise ConfigError("this outbox store has no database to open (a writer's store)")
+        with _database("connect", (sqlite3.Error,)):
+            conn: sqlite3.Connection = self._connect()
+            conn.isolation_level = None  # autocommit: each read sees the last commit
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        return conn
 
     def exclusive(self) -> bool:
         if self._lock_fd is not None:
@@ -223,7 +238,8 @@ class SqliteStore:
         # (or settled) and the next claim starts after it.
         conn = self._db()
         t = self.table
-        after = max(self._open.values(), default=0)
+        with self._open_lock:
+            after = max(self._open.values(), default=0)
         with _database("claim", (sqlite3.Error,)):
             rows = conn.execute(
                 f"SELECT {_STORED} FROM {t} WHERE delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?", (after, limit)
@@ -237,20 +253,27 @@ class SqliteStore:
                 ).fetchall()
         token = next(self._tokens)
         if rows:
-            self._open[token] = rows[-1][0]
+            with self._open_lock:
+                self._open[token] = rows[-1][0]
         return Claim([StoredRow(*row) for row in rows], full, token)
 
     def settle(
         self, claim: Claim, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool
-    ) -> None:
-        try:
-            if delivered or dead:
-                self._settle(delivered, dead, now, keep)
-        finally:
-            self._open.pop(claim.token, None)
+    ) -> concurrent.futures.Future[None]:
+        delivered, dead = list(delivered), list(dead)
+
+        def settle() -> None:
+            try:
+                if delivered or dead:
+                    self._settle(delivered, dead, now, keep)
+            finally:
+                with self._open_lock:
+                    self._open.pop(claim.token, None)
+
+        return self._settler.submit(settle)
 
     def _settle(self, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool) -> None:
-        conn = self._db()
+        conn = self._writer_db()
         t = self.table
         with _database("settle", (sqlite3.Error,)):
             conn.execute("BEGIN IMMEDIATE")
@@ -271,9 +294,12 @@ class SqliteStore:
     def release(self, claim: Claim | None = None) -> None:
         # nothing held in the database: a SQLite claim is a plain read under the relay lock
         if claim is None:
-            self._open.clear()
-        else:
-            self._open.pop(claim.token, None)
+            self._settler.drain(timeout=60.0)  # the settles under way first
+        with self._open_lock:
+            if claim is None:
+                self._open.clear()
+            else:
+                self._open.pop(claim.token, None)
 
     def prepare(self) -> None:
         pass  # SQLite has no notifications: the relay polls
@@ -322,8 +348,17 @@ class SqliteStore:
                 raise
         return int(moved)
 
+    def _close_writer(self) -> None:
+        """In the settler thread (its connection's): close it."""
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.close()
+            self._writer = None
+
     def close(self) -> None:
-        self._open.clear()
+        self._settler.close(self._close_writer, timeout=10.0)
+        with self._open_lock:
+            self._open.clear()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
@@ -388,6 +423,8 @@ class PostgresStore:
         #: the first holds one (each open claim is its connection's transaction and row locks).
         self._conns: list[Any] = []
         self._holding: dict[int, Any] = {}  # open claims: token -> the connection holding them
+        self._holding_lock = threading.Lock()
+        self._settler = Settler(f"edupulse-outbox-settle-{table}")
         self._tokens = itertools.count(1)
         self._listener: Any = None
 
@@ -425,7 +462,8 @@ class PostgresStore:
         # other open claim). When every one is taken, the next window is looked at. Index scans
         # only, whatever the table's statistics say (a correlated "is there a lower pending row"
         # test was planned as a quadratic join on a table not analyzed yet: seconds per claim).
-        busy = [id(conn) for conn in self._holding.values()]
+        with self._holding_lock:
+            busy = [id(conn) for conn in self._holding.values()]
         index = next((i for i, conn in enumerate(self._conns) if id(conn) not in busy), len(self._conns))
         conn = self._db(index)
         t = self.table
@@ -478,39 +516,53 @@ class PostgresStore:
             lowest.setdefault(row[1], row[0])
         mine = {txid for head, txid in heads.items() if lowest.get(txid) == head}
         token = next(self._tokens)
-        self._holding[token] = conn
+        with self._holding_lock:
+            self._holding[token] = conn
         return Claim([StoredRow(*row) for row in rows if row[1] in mine], full, token)
 
     def settle(
         self, claim: Claim, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool
-    ) -> None:
-        conn = self._holding.pop(claim.token, None)
+    ) -> concurrent.futures.Future[None]:
+        delivered, dead = list(delivered), list(dead)
+        return self._settler.submit(lambda: self._settle(claim, delivered, dead, now, keep))
+
+    def _settle(self, claim: Claim, delivered: list[int], dead: list[tuple[int, str]], now: float, keep: bool) -> None:
+        """In the settler thread: the claim's connection (its transaction and locks) commits its outcome."""
+        with self._holding_lock:
+            conn = self._holding.get(claim.token)
         if conn is None:
             return  # an empty claim holds nothing
         t = self.table
-        with _database("settle", _psycopg_errors()):
-            try:
-                with conn.cursor() as cur:
-                    if dead:
-                        cur.executemany(_to_dead(t, "%s"), [(now, reason, row_id) for row_id, reason in dead])
-                        cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", ([row_id for row_id, _ in dead],))
-                    if delivered:
-                        if keep:
-                            cur.execute(f"UPDATE {t} SET delivered_at = %s WHERE id = ANY(%s)", (now, list(delivered)))
-                        else:
-                            cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", (list(delivered),))
-                conn.commit()
-            except BaseException:
-                _rollback(conn)
-                raise
+        try:
+            with _database("settle", _psycopg_errors()):
+                try:
+                    with conn.cursor() as cur:
+                        if dead:
+                            cur.executemany(_to_dead(t, "%s"), [(now, reason, row_id) for row_id, reason in dead])
+                            cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", ([row_id for row_id, _ in dead],))
+                        if delivered:
+                            if keep:
+                                cur.execute(f"UPDATE {t} SET delivered_at = %s WHERE id = ANY(%s)", (now, delivered))
+                            else:
+                                cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", (delivered,))
+                    conn.commit()
+                except BaseException:
+                    _rollback(conn)
+                    raise
+        finally:
+            with self._holding_lock:
+                self._holding.pop(claim.token, None)  # its connection is free for the next claim
 
     def release(self, claim: Claim | None = None) -> None:
         if claim is None:
-            holding = list(self._holding.values())
-            self._holding.clear()
-        else:
-            held = self._holding.pop(claim.token, None)
-            holding = [] if held is None else [held]
+            self._settler.drain(timeout=60.0)  # the settles under way first
+        with self._holding_lock:
+            if claim is None:
+                holding = list(self._holding.values())
+                self._holding.clear()
+            else:
+                held = self._holding.pop(claim.token, None)
+                holding = [] if held is None else [held]
         for conn in holding:
             _rollback(conn)
 
@@ -622,8 +674,10 @@ class PostgresStore:
         return int(moved)
 
     def close(self) -> None:
+        self._settler.close(None, timeout=10.0)
         self._close_listener()
-        self._holding.clear()
+        with self._holding_lock:
+            self._holding.clear()
         for conn in self._conns:
             with contextlib.suppress(Exception):
                 conn.close()

@@ -63,7 +63,9 @@ TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
 _TRACE_VALUE = re.compile(rb"[ -~]*")
 
 _ID_LINE = b"NATS/1.0\r\nNats-Msg-Id: "
+_ID_LEN = len(_ID_LINE)
 _CORRELATION = b"Edupulse-Correlation-Id: "
+_CORRELATION_LEN = len(_CORRELATION)
 _CORRELATION_TAIL = len(_CORRELATION) + 36 + 4  # the line, its UUID, "\r\n" and the block's end "\r\n"
 _PASSED_LIMIT = 4096  # (subject, block) pairs a RowCheck remembers; emptied when it gets there
 
@@ -104,15 +106,15 @@ class RowCheck:
         parts.append(re.escape(template[last:].encode()))
         self._subject = re.compile(b"".join(parts))
         #: (subject, the block without its per-event ids) of plain blocks that passed the full check.
-        self._passed: set[tuple[bytes, bytes]] = set()
+        self.passed: set[tuple[bytes, bytes]] = set()
 
     def __call__(self, event_id: str, subject: bytes, headers: bytes) -> str | None:
-        key = _key(event_id, headers)
-        if key is not None and (subject, key) in self._passed:
+        key = _key(event_id.encode(), headers)
+        if key is not None and (subject, key) in self.passed:
             return None if _UUID.fullmatch(event_id) else "its event id is not a UUID"
         why = self._check(event_id, subject, headers)
         if why is None and key is not None and self._plain(headers):
-            passed = self._passed
+            passed = self.passed
             if len(passed) >= _PASSED_LIMIT:
                 passed.clear()
             passed.add((subject, key))
@@ -159,21 +161,17 @@ class RowCheck:
         return None
 
 
-def _key(event_id: str, headers: bytes) -> bytes | None:
+def _key(own: bytes, headers: bytes) -> bytes | None:
     """``headers`` without its per-event ids, when it begins with the ``Nats-Msg-Id`` line of
-    ``event_id`` and any ``Edupulse-Correlation-Id`` line (last) holds a UUID; else None."""
-    start = len(_ID_LINE) + len(event_id)
-    if (
-        not headers.startswith(_ID_LINE)
-        or not headers.endswith(b"\r\n\r\n")
-        or headers[len(_ID_LINE) : start] != event_id.encode()
-    ):
+    the event id ``own`` and any ``Edupulse-Correlation-Id`` line (last) holds a UUID; else None."""
+    start = _ID_LEN + len(own)
+    if headers[_ID_LEN:start] != own or headers[:_ID_LEN] != _ID_LINE or headers[-4:] != b"\r\n\r\n":
         return None
     end = len(headers) - _CORRELATION_TAIL
-    if headers[end : end + len(_CORRELATION)] == _CORRELATION:
-        if not _UUID_BYTES.fullmatch(headers, end + len(_CORRELATION), len(headers) - 4):
+    if headers[end : end + _CORRELATION_LEN] == _CORRELATION:
+        if not _UUID_BYTES.fullmatch(headers, end + _CORRELATION_LEN, len(headers) - 4):
             return None
-        return headers[start : end + len(_CORRELATION)]
+        return headers[start : end + _CORRELATION_LEN]
     return headers[start:]
 
 
@@ -181,6 +179,22 @@ _PREFIX, _EVENT_ID, _CAUSATION_AT = ENVELOPE_LAYOUT.prefix, ENVELOPE_LAYOUT.even
 _CORRELATION_KEY = ENVELOPE_LAYOUT.correlation_key
 _AFTER_NULL, _AFTER_UUID = ENVELOPE_LAYOUT.correlation_at_null, ENVELOPE_LAYOUT.correlation_at_uuid
 _HEADER_CORRELATION = b"\r\n" + _CORRELATION
+_PREFIX_LEN, _KEY_LEN, _N = len(_PREFIX), len(_CORRELATION_KEY), ord("n")
+_SHORTEST = _AFTER_UUID + 37  # a body shorter than this is checked the long way
+
+
+def _fast_key(own: bytes, headers: bytes, body: bytes) -> bytes | None:
+    """`_key`, for a block whose correlation line, if any, is last, and whose body begins with
+    the same event id and correlation id (the codec's layout); else None (the long way decides)."""
+    key = _key(own, headers)
+    if key is None or len(body) < _SHORTEST or body[:_PREFIX_LEN] != _PREFIX or body[_EVENT_ID] != own:
+        return None
+    at = _AFTER_NULL if body[_CAUSATION_AT] == _N else _AFTER_UUID
+    if body[at - _KEY_LEN : at] != _CORRELATION_KEY:
+        return None
+    if key[-_CORRELATION_LEN:] == _CORRELATION:  # the header's correlation id is the block's last 40 bytes
+        return key if body[at] != _N and body[at + 1 : at + 37] == headers[-40:-4] else None
+    return key if body[at] == _N and _HEADER_CORRELATION not in key else None
 
 
 def _body_mismatch(event_id: str, headers: bytes, body: bytes) -> str | None:
@@ -211,6 +225,8 @@ def encoded_items(
     publisher's ``ce-`` headers, ``max_payload``) raises `InvalidEvent` naming its index
     (``events[i]: ...``), and then none is queued. ``pause`` as in `Router.prepare_many`."""
     cloudevents = check.cloudevents
+    passed = check.passed  # the plain blocks `check` passed (a CloudEvents publisher needs its ce- lines)
+    uuid = _UUID_BYTES.fullmatch
     items: list[Item] = []
     append = items.append
     for index, event in enumerate(events):
@@ -228,11 +244,14 @@ def encoded_items(
                 f"({', '.join(type(value).__name__ for value in event)})"
             )
         encoded_subject = subject.encode()
-        why = check(event_id, encoded_subject, headers) or _body_mismatch(event_id, headers, body)
-        if why is None and cloudevents and b"\r\nce-specversion: " not in headers:
-            why = "it has no ce- headers, which this publisher (cloudevents=True) sends with every event"
-        if why is not None:
-            raise InvalidEvent(f"events[{index}]: event {event_id[:60]!r}: {why}")
+        own = event_id.encode()
+        key = None if cloudevents else _fast_key(own, headers, body)
+        if key is None or (encoded_subject, key) not in passed or not uuid(own):
+            why = check(event_id, encoded_subject, headers) or _body_mismatch(event_id, headers, body)
+            if why is None and cloudevents and b"\r\nce-specversion: " not in headers:
+                why = "it has no ce- headers, which this publisher (cloudevents=True) sends with every event"
+            if why is not None:
+                raise InvalidEvent(f"events[{index}]: event {event_id[:60]!r}: {why}")
         item = Item(new_future(condition), encoded_subject, headers, body, event_id)
         if max_payload is not None and item.size > max_payload:
             raise InvalidEvent(
