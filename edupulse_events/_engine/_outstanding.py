@@ -178,8 +178,8 @@ class Outstanding:
         if last is None:
             results = [new_ack(None, stream, True)] * n
             self.duplicates += n
-        else:
-            results = [new_ack(seq, stream, False) for seq in range(last - n + 1, last + 1)]
+        else:  # ack tuples: each future makes its PublishAck when asked (`futures.settle`)
+            results = [(0, stream, seq, False, None) for seq in range(last - n + 1, last + 1)]
         self.atomic += n
         self.succeed(group.items, results)
 
