@@ -175,6 +175,7 @@ class Outstanding:
         before it, in order: the server stores a batch contiguously); ``last`` None: the stream
         refused a resent batch for holding its event ids already (duplicates: stored before)."""
         n = len(group.items)
+        results: list[Any]
         if last is None:
             results = [new_ack(None, stream, True)] * n
             self.duplicates += n

@@ -405,6 +405,10 @@ def _which(ids: Sequence[int] | None, mark: str) -> tuple[str, tuple[Any, ...]]:
     return f"WHERE id IN ({', '.join([mark] * len(ids))})", tuple(ids)
 
 
+#: The relay's connections for claims: one holds the claim in flight, the other reads the next.
+_CLAIM_CONNECTIONS = 2
+
+
 def _psycopg_errors() -> tuple[type[BaseException], ...]:
     import psycopg
 
@@ -462,9 +466,10 @@ class PostgresStore:
         # other open claim). When every one is taken, the next window is looked at. Index scans
         # only, whatever the table's statistics say (a correlated "is there a lower pending row"
         # test was planned as a quadratic join on a table not analyzed yet: seconds per claim).
-        with self._holding_lock:
-            busy = [id(conn) for conn in self._holding.values()]
-        index = next((i for i, conn in enumerate(self._conns) if id(conn) not in busy), len(self._conns))
+        index = self._free_connection()
+        if index >= _CLAIM_CONNECTIONS:  # both hold a claim: the one being settled is free once it is
+            self._settler.drain(timeout=60.0)
+            index = self._free_connection()
         conn = self._db(index)
         t = self.table
         with _database("claim", _psycopg_errors()):
@@ -519,6 +524,12 @@ class PostgresStore:
         with self._holding_lock:
             self._holding[token] = conn
         return Claim([StoredRow(*row) for row in rows if row[1] in mine], full, token)
+
+    def _free_connection(self) -> int:
+        """The index of the first connection holding no claim (one past the last: a new one)."""
+        with self._holding_lock:
+            busy = [id(conn) for conn in self._holding.values()]
+        return next((i for i, conn in enumerate(self._conns) if id(conn) not in busy), len(self._conns))
 
     def settle(
         self, claim: Claim, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool
