@@ -4,8 +4,9 @@
 validates and encodes an envelope exactly as ``publish()`` does (`InvalidEvent` at the call
 site) and inserts the row in the caller's open transaction; it never commits and sends nothing.
 `OutboxRelay` delivers what committed: it claims whole transactions, publishes each as an atomic
-batch (``publish_many(atomic=True)``: all of a transaction's events or none, in the order they were
-added) with any `EventPublisher`, and deletes the rows once acknowledged. ``Nats-Msg-Id`` is the
+batch (all of a transaction's events or none, in the order they were added; the rows as stored,
+``publish_encoded(atomic=True)``, where the publisher offers it) with any `EventPublisher`, and
+deletes the rows once acknowledged. ``Nats-Msg-Id`` is the
 event id, so a relay that dies between the ack and the delete delivers nothing twice (within the
 stream's duplicate window).
 
@@ -51,8 +52,9 @@ class Outbox:
     """Adds events to the outbox table in the caller's transaction.
 
     ``table`` names the table (default ``edupulse_outbox``); ``subject`` is the subject template
-    and ``codec`` the codec the rows are encoded with, as a publisher's (the relay's publisher
-    routes them again with its own template when it sends them).
+    and ``codec`` the codec the rows are encoded with, as a publisher's: give them the relay's
+    publisher's, and it sends the rows as they are stored (rows for another template are decoded
+    and routed again by the publisher, which costs what encoding them cost here).
     """
 
     def __init__(
@@ -135,12 +137,14 @@ class OutboxRelay:
     returns; `run` (or `start`, in a thread) keeps delivering until stopped.
 
     Settings (float seconds; `ConfigError` at construction): ``table``; ``codec`` decodes the stored
-    bodies (default: the publisher's ``config.codec``, else the default codec); ``max_batch``
+    bodies the publisher does not send as they are (default: the publisher's ``config.codec``, else
+    the default codec); ``max_batch``
     events per atomic batch (default and most: the publisher's ``config.max_batch`` and
     ``max_queue``, else 1,000); ``claim``
     rows read per pass; ``poll_interval`` between looks when idle (PostgreSQL relays are woken at
     once by ``LISTEN/NOTIFY``); ``keep_delivered`` seconds to keep delivered rows (0: delete at
-    once); ``wait_timeout`` for the publisher to take and acknowledge a batch; ``db_timeout`` for
+    once); ``wait_timeout`` for the publisher to take and acknowledge a batch, and for the database
+    to settle a claim; ``db_timeout`` for
     connecting and for SQLite's locks; ``retry``: the backoff after a broker or database failure;
     ``tracer_provider``/``meter_provider`` as `PublisherConfig`'s.
     """

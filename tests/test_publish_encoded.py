@@ -66,7 +66,7 @@ def test_an_event_this_publisher_could_not_have_written_is_refused(nats_server: 
             headers=good.headers.replace(correlation, str(uuid.uuid4()).encode())
         ),
         "not an EncodedEvent": tuple(good),
-        "bytes for the subject": good._replace(subject=good.subject.encode()),
+        "bytes for the subject": good._replace(subject=good.subject.encode()),  # type: ignore[arg-type]
     }
     refused = {}
     with connect(nats_server) as pub:

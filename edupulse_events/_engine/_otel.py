@@ -2,7 +2,8 @@
 installed (the ``otel`` extra) — `telemetry_for` returns None otherwise, and the publish path then
 pays one ``is None`` check.
 
-Tracing (OpenTelemetry's messaging conventions): each ``publish()`` starts a PRODUCER span
+Tracing (OpenTelemetry's messaging conventions): each event (``publish()``, and each of
+``publish_many()`` and ``publish_encoded()``) starts a PRODUCER span
 ``publish <subject template>`` in the caller's context, with ``messaging.system`` = ``nats``,
 ``messaging.operation.type`` = ``send``, the destination (subject and template), the message id
 (the event id), the conversation id (the correlation id) and the body size; the W3C

@@ -1,4 +1,4 @@
-"""The relay's delivery: committed outbox rows to the broker, one claim at a time.
+"""The relay's delivery: committed outbox rows to the broker, claim after claim, one batch in flight.
 
 A pass claims pending rows of whole transactions (`Store.claim`), oldest first, and hands them
 to the publisher as atomic batches, as they were stored (``publish_encoded(atomic=True)``: the
@@ -11,7 +11,11 @@ have written: another subject template, a CloudEvents publisher; a publisher wit
 published with ``publish_many``/``publish``, which route and encode it again, as the publisher
 would any envelope. A transaction longer than ``max_batch`` goes in chunks of ``max_batch``: each
 chunk is atomic, the transaction is not. One batch is in flight at a time: the next is sent
-after the previous is acknowledged, so the stream's order is the claim's order.
+after the previous is acknowledged, so the stream's order is the claim's order. While a batch is
+in flight the relay's thread does the rest: it hands the claims acknowledged before to the
+store's thread to settle, reads the next claim (during a claim's last batch), and has the
+publisher check the next batch (`CheckingPublisher`), so that little stands between an ack and
+the next send.
 
 Outcomes, per batch:
 

@@ -16,9 +16,12 @@ Transactions (what ``txid`` groups):
   and the probe always reads the last commit): `Outbox.create_table` and the relay set it, and
   the writer refuses a database in another mode.
 
-The relay's SQLite connection is in autocommit mode: a read sees every commit before it, a
-settle is one ``BEGIN IMMEDIATE`` transaction; one relay at a time holds the file lock
-``<database>-<table>.relay-lock`` (`fcntl.flock`, released if the process dies).
+The relay's SQLite connections are in autocommit mode: claims read on one (a read sees every
+commit before it), settles write on another, in the store's settler thread (`_settler`), each
+one ``BEGIN IMMEDIATE`` transaction; one relay at a time holds the file lock
+``<database>-<table>.relay-lock`` (`fcntl.flock`, released if the process dies). A PostgreSQL
+relay's claim is its connection's transaction (its locks); the next claim is read on a second
+connection while the first is in flight, and a claim's settle commits it, in the settler thread.
 """
 
 from __future__ import annotations
