@@ -162,7 +162,8 @@ class InMemoryPublisher:
         self._max_batch = max_batch
         self._queue = _Channel(max_queue)
         self._router = Router(subject, codec)
-        self._check = RowCheck(subject, cloudevents=False)
+        self._subject = subject
+        self._check: RowCheck | None = None  # publish_encoded()'s, made at its first call
         self._decode = decode if codec is None else codec.decode
         self._publish_timeout = publish_timeout
         self._discard_oldest = discard_oldest
@@ -232,6 +233,8 @@ class InMemoryPublisher:
         if self._queue.closed:
             raise PublisherClosed("publish_encoded() on a closed InMemoryPublisher")
         events = events if isinstance(events, list) else list(events)
+        if self._check is None:
+            self._check = RowCheck(self._subject, cloudevents=False)
         encoded_items(events, self._check, None)
         envelopes: list[EventEnvelope] = []
         for index, event in enumerate(events):
