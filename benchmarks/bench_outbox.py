@@ -8,9 +8,11 @@ throw-away PostgreSQL (the machine's initdb/pg_ctl; without one, SQLite only), t
 
   publish_many   N typical ~440-byte envelopes straight to the broker in batches of 1,000
                  (publish_many, then flush): the baseline
-  relay sqlite   the same N committed to a SQLite outbox in transactions of --per-tx events,
-                 then OutboxRelay.run_once(): from its start to the last batch acknowledged and
-                 its rows deleted (events/s), its ratio to the baseline of the same round
+  relay sqlite   the same N committed to a SQLite outbox in transactions of --per-tx events
+                 (written for the publisher's subject template, so the relay sends them as
+                 stored), then OutboxRelay.run_once(): from its start to the last batch
+                 acknowledged and its rows deleted (events/s), its ratio to the baseline of the
+                 same round
   relay postgresql  the same from PostgreSQL
 
 Then, on PostgreSQL, an idle relay (woken by LISTEN/NOTIFY; polling every 60 s, so only the
@@ -77,7 +79,7 @@ def baseline(url: str, envelopes: list[EventEnvelope]) -> float:
 def relay_rate(url: str, connect: Callable[[], Any], db: str, envelopes: list[EventEnvelope], per_tx: int) -> float:
     """events/s of OutboxRelay.run_once() over ``envelopes`` committed ``per_tx`` per transaction."""
     asyncio.run(_fresh_stream(url))
-    outbox = Outbox()
+    outbox = Outbox(subject=SUBJECT)  # the publisher's template: rows are sent as stored
     conn = connect()
     for i in range(0, len(envelopes), per_tx):
         outbox.add_many(conn, envelopes[i : i + per_tx])
@@ -119,7 +121,7 @@ def latency(url: str, pg: PostgresServer, dsn_db: str, count: int) -> list[float
     listener = threading.Thread(target=lambda: asyncio.run(subscribe()), daemon=True)
     listener.start()
     ready.wait(10)
-    outbox = Outbox()
+    outbox = Outbox(subject=SUBJECT)
     conn = psycopg.connect(pg.dsn(dsn_db))
     out: list[float] = []
     with _publisher(url) as publisher, OutboxRelay(pg.url(dsn_db), publisher, poll_interval=60.0) as relay:
@@ -141,7 +143,7 @@ def latency(url: str, pg: PostgresServer, dsn_db: str, count: int) -> list[float
 
 def add_cost(connect: Callable[[], Any], family: str, transactions: int = 1000) -> dict[str, float]:
     """µs per event that add() (and add_many() of 10) adds to a one-row business transaction."""
-    outbox = Outbox()
+    outbox = Outbox(subject=SUBJECT)
     mark = "?" if family == "sqlite" else "%s"
     conn = connect()
     conn.execute("CREATE TABLE IF NOT EXISTS orders (id INTEGER, note TEXT)")

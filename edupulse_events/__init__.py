@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from ._frozen import FrozenMap
+from ._pipeline._encoded import EncodedEvent
 from ._version import __version__ as __version__
 from .codec import Codec, decode, encode, make_converter
 from .config import ConsumerConfig, PublisherConfig, RetryPolicy
@@ -86,6 +87,7 @@ __all__ = [
     "ConsumerStats",
     "DeadlockError",
     "DecodeError",
+    "EncodedEvent",
     "EventContext",
     "EventEnvelope",
     "EventPublisher",

@@ -22,13 +22,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ._engine._closing import fail_taken, log_closed
-from ._engine._otel import telemetry_for
+from ._engine._otel import Telemetry, correlation_of, telemetry_for
 from ._engine._outstanding import Tally
 from ._engine._processes import keep_orphan, own_process, prepare_uwsgi_workers, track, untrack
 from ._engine._restarts import Restarts
 from ._engine._worker import Worker, refuse_threadless_uwsgi
 from ._nats import BATCH_HEADERS, check_broker
 from ._pipeline._cloudevents import router_for
+from ._pipeline._encoded import EncodedEvent, RowCheck, encoded_items
 from ._pipeline._queue import BatchQueue
 from ._pipeline._routing import Group, Item, check_atomic
 from ._spool._spooling import Spooling
@@ -43,6 +44,7 @@ __all__ = ["NatsPublisher", "PublisherState"]
 log = logging.getLogger("edupulse_events")
 _getpid = os.getpid
 _names = iter(range(1, 1 << 62))
+_CORE_NATS = "atomic batches are a JetStream feature: this publisher publishes to core NATS"
 
 
 class NatsPublisher:
@@ -63,6 +65,7 @@ class NatsPublisher:
         self._telemetry = telemetry_for(config, self.stats)
         self._name = f"edupulse-publisher-{next(_names)}"
         self._stream_verified = False  # check() or a thread found the stream: later connections skip it
+        self._row_check: RowCheck | None = None  # publish_encoded()'s, made at its first call
         self._reset()
         track(self)
 
@@ -225,7 +228,7 @@ class NatsPublisher:
             if telemetry.countdown <= 0:
                 telemetry.recheck()
             if telemetry.tracing:
-                telemetry.trace(item, envelope)
+                telemetry.trace(item, envelope.correlation_id)
         wait = self._publish_timeout if timeout is None else timeout
         spooling = self._spooling
         if spooling is not None:
@@ -283,12 +286,76 @@ class NatsPublisher:
         again after a crash): if the stream holds its event ids already, it resolves as stored.
         """
         if atomic and not self._config.jetstream:
-            raise InvalidBatch("atomic batches are a JetStream feature: this publisher publishes to core NATS")
+            raise InvalidBatch(_CORE_NATS)
         worker = self._worker
         if worker is None or self._pid != _getpid():
             worker = self._ensure_worker()
         envelopes = envelopes if isinstance(envelopes, list) else list(envelopes)
         items = self._router.prepare_many(envelopes, worker.max_payload, self._futures_condition, worker.hand_over)
+        if not self._batch(items, worker, atomic, resend):
+            return []
+        telemetry = self._telemetry
+        if telemetry is not None and self._tracing(telemetry, len(items)):
+            for item, envelope in zip(items, envelopes, strict=True):
+                telemetry.trace(item, envelope.correlation_id)
+        return self._put_batch(items, worker, timeout, atomic)
+
+    def publish_encoded(
+        self,
+        events: Iterable[EncodedEvent],
+        *,
+        timeout: float | None = None,
+        atomic: bool = False,
+        resend: bool = False,
+    ) -> list[concurrent.futures.Future[PublishAck]]:
+        """`publish_many` for events already encoded (`EncodedEvent`: what `Outbox.add` stores),
+        sent as they are: the bytes given are the bytes published, none decoded or encoded again.
+
+        Each is checked to be one this publisher could have written: its subject fits
+        ``config.subject``, its header block holds only the routing headers (and, with
+        ``cloudevents``, the ``ce-`` ones) with ``Nats-Msg-Id`` = its event id and the type and
+        tenant its subject names, its body begins with that event id and correlation id, and it
+        fits ``max_payload``. The first that is not raises `InvalidEvent` naming its index
+        (``events[3]: ...``), and nothing is queued. From there on, exactly as `publish_many`:
+        the same queue, futures, ``atomic`` batches (and ``resend``), `InvalidBatch`, `QueueFull`
+        and tracing.
+        """
+        if atomic and not self._config.jetstream:
+            raise InvalidBatch(_CORE_NATS)
+        return self._queue_checked(self._check_encoded(events), timeout=timeout, atomic=atomic, resend=resend)
+
+    def _check_encoded(self, events: Iterable[EncodedEvent]) -> list[Item]:
+        """`publish_encoded`'s checks alone: ``events`` as items ready for `_queue_checked` (once).
+        The outbox relay checks its next batch this way while the one before is in flight."""
+        worker = self._worker
+        if worker is None or self._pid != _getpid():
+            worker = self._ensure_worker()
+        check = self._row_check
+        if check is None:
+            check = self._row_check = RowCheck(self._config.subject, cloudevents=self._config.cloudevents)
+        events = events if isinstance(events, Sequence) else list(events)
+        return encoded_items(events, check, worker.max_payload, self._futures_condition, worker.hand_over)
+
+    def _queue_checked(
+        self, items: list[Item], *, timeout: float | None, atomic: bool, resend: bool = False
+    ) -> list[concurrent.futures.Future[PublishAck]]:
+        """Queue the items of `_check_encoded` as `publish_encoded` does."""
+        if atomic and not self._config.jetstream:
+            raise InvalidBatch(_CORE_NATS)
+        worker = self._worker
+        if worker is None or self._pid != _getpid():
+            worker = self._ensure_worker()
+        if not self._batch(items, worker, atomic, resend):
+            return []
+        telemetry = self._telemetry
+        if telemetry is not None and self._tracing(telemetry, len(items)):
+            for item in items:
+                telemetry.trace(item, correlation_of(item.headers))
+        return self._put_batch(items, worker, timeout, atomic)
+
+    def _batch(self, items: list[Item], worker: Worker, atomic: bool, resend: bool = False) -> bool:
+        """Mark ``items`` as one atomic batch (`InvalidBatch` if they cannot be one; ``resend``:
+        see `publish_many`) or as bulk; False when there is nothing to queue."""
         if atomic:
             check_atomic(items, self._config.max_batch, worker.max_payload, BATCH_HEADERS)
             if len(items) > self._config.max_queue:
@@ -298,18 +365,24 @@ class NatsPublisher:
             Group(items, resend)
             worker.atomic = True
         elif not items:
-            return []
+            return False
         else:
             for item in items:
                 item.bulk = True
-        telemetry = self._telemetry
-        if telemetry is not None:
-            telemetry.countdown -= len(items)
-            if telemetry.countdown <= 0:
-                telemetry.recheck()
-            if telemetry.tracing:
-                for item, envelope in zip(items, envelopes, strict=True):
-                    telemetry.trace(item, envelope)
+        return True
+
+    @staticmethod
+    def _tracing(telemetry: Telemetry, count: int) -> bool:
+        """Count ``count`` publishes towards the telemetry's next look at the SDK; whether it traces."""
+        telemetry.countdown -= count
+        if telemetry.countdown <= 0:
+            telemetry.recheck()
+        return telemetry.tracing
+
+    def _put_batch(
+        self, items: list[Item], worker: Worker, timeout: float | None, atomic: bool
+    ) -> list[concurrent.futures.Future[PublishAck]]:
+        """Queue prepared ``items`` (spool first, when write-ahead) as `publish_many` says."""
         wait = self._publish_timeout if timeout is None else timeout
         spooling = self._spooling
         if spooling is not None:

@@ -4,8 +4,9 @@
 validates and encodes an envelope exactly as ``publish()`` does (`InvalidEvent` at the call
 site) and inserts the row in the caller's open transaction; it never commits and sends nothing.
 `OutboxRelay` delivers what committed: it claims whole transactions, publishes each as an atomic
-batch (``publish_many(atomic=True)``: all of a transaction's events or none, in the order they were
-added) with any `EventPublisher`, and deletes the rows once acknowledged. ``Nats-Msg-Id`` is the
+batch (all of a transaction's events or none, in the order they were added; the rows as stored,
+``publish_encoded(atomic=True)``, where the publisher offers it) with any `EventPublisher`, and
+deletes the rows once acknowledged. ``Nats-Msg-Id`` is the
 event id, so a relay that dies between the ack and the delete delivers nothing twice (within the
 stream's duplicate window).
 
@@ -42,14 +43,18 @@ log = logging.getLogger("edupulse_events.outbox")
 
 #: The outbox table's default name (its dead letters are in ``<table>_dead``).
 DEFAULT_TABLE = "edupulse_outbox"
+#: How long one pass of `OutboxRelay.run` reads new claims before it looks at its stop event,
+#: purges and counts (seconds).
+_PASS_TIME = 0.5
 
 
 class Outbox:
     """Adds events to the outbox table in the caller's transaction.
 
     ``table`` names the table (default ``edupulse_outbox``); ``subject`` is the subject template
-    and ``codec`` the codec the rows are encoded with, as a publisher's (the relay's publisher
-    routes them again with its own template when it sends them).
+    and ``codec`` the codec the rows are encoded with, as a publisher's: give them the relay's
+    publisher's, and it sends the rows as they are stored (rows for another template are decoded
+    and routed again by the publisher, which costs what encoding them cost here).
     """
 
     def __init__(
@@ -132,12 +137,14 @@ class OutboxRelay:
     returns; `run` (or `start`, in a thread) keeps delivering until stopped.
 
     Settings (float seconds; `ConfigError` at construction): ``table``; ``codec`` decodes the stored
-    bodies (default: the publisher's ``config.codec``, else the default codec); ``max_batch``
+    bodies the publisher does not send as they are (default: the publisher's ``config.codec``, else
+    the default codec); ``max_batch``
     events per atomic batch (default and most: the publisher's ``config.max_batch`` and
     ``max_queue``, else 1,000); ``claim``
     rows read per pass; ``poll_interval`` between looks when idle (PostgreSQL relays are woken at
     once by ``LISTEN/NOTIFY``); ``keep_delivered`` seconds to keep delivered rows (0: delete at
-    once); ``wait_timeout`` for the publisher to take and acknowledge a batch; ``db_timeout`` for
+    once); ``wait_timeout`` for the publisher to take and acknowledge a batch, and for the database
+    to settle a claim; ``db_timeout`` for
     connecting and for SQLite's locks; ``retry``: the backoff after a broker or database failure;
     ``tracer_provider``/``meter_provider`` as `PublisherConfig`'s.
     """
@@ -243,14 +250,14 @@ class OutboxRelay:
                     return 0
                 while True:
                     try:
-                        done = self._delivery.run_pass()
+                        done = self._delivery.run_pass(end)
                     except Outage as outage:
                         raise BrokerUnavailable(
                             f"outbox relay: the broker did not take a batch ({type(outage.error).__name__}: "
                             f"{outage.error}); {total} delivered by this run, the rest waits"
                         ) from outage.error
                     total += done.delivered
-                    if done.claimed < self._delivery.claim or (end is not None and time.monotonic() >= end):
+                    if not done.more or (end is not None and time.monotonic() >= end):
                         break
                 self._purge(force=True)
                 self._count()
@@ -265,13 +272,13 @@ class OutboxRelay:
             try:
                 if not self._store.exclusive():
                     return False
-                done = self._delivery.run_pass()
+                done = self._delivery.run_pass(time.monotonic() + _PASS_TIME)
                 self._purge(force=False)
                 self._count()
             except OutboxDatabaseError:
                 self._store.close()
                 raise
-        return done.claimed >= self._delivery.claim
+        return done.more
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until ``stop`` is set: a pass, then (when it found less than a full claim) a

@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterable
 from typing import Protocol, runtime_checkable
 
+from ._pipeline._encoded import EncodedEvent, RowCheck, encoded_items
 from ._pipeline._routing import Router, check_atomic
-from .codec import Codec
+from .codec import Codec, decode
 from .config import check_codec, check_subject, count_validator, seconds_validator
 from .envelope import EventEnvelope
-from .errors import ConfigError, PublisherClosed, QueueFull
+from .errors import ConfigError, DecodeError, InvalidEvent, PublisherClosed, QueueFull
 from .futures import PublishAck
 from .stats import PublisherState, PublisherStats
 
@@ -26,7 +27,9 @@ __all__ = ["EventPublisher", "InMemoryPublisher"]
 @runtime_checkable
 class EventPublisher(Protocol):
     """What every publisher offers (`NatsPublisher` and `InMemoryPublisher`; what
-    `build_from_env` returns). Blocking calls take float-second timeouts."""
+    `build_from_env` returns). Blocking calls take float-second timeouts. Both also offer
+    ``publish_encoded()`` for events already encoded (`EncodedEvent`), which `OutboxRelay` uses
+    where a publisher has it; a publisher of one's own needs only what is here."""
 
     def publish(
         self, envelope: EventEnvelope, *, timeout: float | None = None
@@ -164,6 +167,9 @@ class InMemoryPublisher:
         self._max_batch = max_batch
         self._queue = _Channel(max_queue)
         self._router = Router(subject, codec)
+        self._subject = subject
+        self._check: RowCheck | None = None  # publish_encoded()'s, made at its first call
+        self._decode = decode if codec is None else codec.decode
         self._publish_timeout = publish_timeout
         self._discard_oldest = discard_oldest
 
@@ -225,6 +231,33 @@ class InMemoryPublisher:
                 raise QueueFull.partial([i.future for i in items[:index]], len(items), wait) from None
             item.future.set_result(PublishAck(sequence, "memory", False))
         return [item.future for item in items]
+
+    def publish_encoded(
+        self,
+        events: Iterable[EncodedEvent],
+        *,
+        timeout: float | None = None,
+        atomic: bool = False,
+        resend: bool = False,
+    ) -> list[concurrent.futures.Future[PublishAck]]:
+        """`publish_many` for events already encoded (`EncodedEvent`), checked as
+        `NatsPublisher.publish_encoded` checks them against this publisher's ``subject`` (the first
+        that fails raises `InvalidEvent` naming its index; nothing kept); each body is then decoded
+        with the codec (`InvalidEvent` if one does not decode) and kept as its envelope, to be read
+        back with `get()` or `drain()`."""
+        if self._queue.closed:
+            raise PublisherClosed("publish_encoded() on a closed InMemoryPublisher")
+        events = events if isinstance(events, list) else list(events)
+        if self._check is None:
+            self._check = RowCheck(self._subject, cloudevents=False)
+        encoded_items(events, self._check, None)
+        envelopes: list[EventEnvelope] = []
+        for index, event in enumerate(events):
+            try:
+                envelopes.append(self._decode(event.body))
+            except DecodeError as exc:
+                raise InvalidEvent(f"events[{index}]: its body does not decode: {exc}") from exc
+        return self.publish_many(envelopes, timeout=timeout, atomic=atomic)
 
     def get(self, timeout: float | None = 5.0) -> EventEnvelope:
         """The oldest accepted envelope not read yet; `queue.Empty` after ``timeout``."""

@@ -19,16 +19,19 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 import nats
 from nats.js.api import StreamConfig
 
-from edupulse_events import EventEnvelope, LessonPublished, PaymentProcessed
+from edupulse_events import EncodedEvent, EventEnvelope, LessonPublished, PaymentProcessed
 from edupulse_events._nats import StoredMessage, read_stream
+from edupulse_events._pipeline._routing import Router
 
 __all__ = [
     "LogWatcher",
     "StoredMessage",
     "add_stream",
     "broker_env",
+    "encoded",
     "envelope",
     "envelopes",
+    "raw_messages",
     "read_stream",
     "run_cli",
     "serve_once",
@@ -163,6 +166,36 @@ def serve_once(app: Any, request: bytes) -> bytes:
                 chunks.append(chunk)
         thread.join(10)
     return b"".join(chunks)
+
+
+def encoded(envelopes: list[EventEnvelope], subject: str) -> list[EncodedEvent]:
+    """``envelopes`` encoded and routed as a publisher with the subject template ``subject`` (and
+    `Outbox.add`) writes them."""
+    router = Router(subject)
+    items = [router.prepare(env, None) for env in envelopes]
+    return [EncodedEvent(i.event_id, i.subject.decode(), i.headers, i.payload) for i in items]
+
+
+def raw_messages(url: str, stream: str, count: int) -> list[tuple[str, bytes, bytes]]:
+    """The first ``count`` messages of ``stream`` as stored: (subject, header block, body), the
+    header block without the lines an atomic batch adds (``Nats-Batch-*``)."""
+    import base64
+
+    async def get() -> list[tuple[str, bytes, bytes]]:
+        nc = await nats.connect(url)
+        try:
+            jsm = nc.jsm()
+            out = []
+            for seq in range(1, count + 1):
+                msg = await jsm.get_msg(stream, seq)
+                lines = base64.b64decode(msg.hdrs or b"").split(b"\r\n")
+                block = b"\r\n".join(line for line in lines if not line.startswith(b"Nats-Batch-"))
+                out.append((msg.subject or "", block, msg.data or b""))
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(get())
 
 
 def add_stream(url: str, name: str, subjects: list[str], **config: Any) -> None:

@@ -9,7 +9,7 @@ import time
 import uuid
 
 import pytest
-from helpers import envelope, envelopes
+from helpers import encoded, envelope, envelopes
 
 from edupulse_events import (
     Codec,
@@ -337,3 +337,21 @@ def test_atomic_publish_many_refuses_a_batch_no_broker_could_take() -> None:
     assert issubclass(InvalidBatch, InvalidEvent)
     with pytest.raises(ConfigError):
         InMemoryPublisher(max_batch=0)
+
+
+def test_publish_encoded_keeps_the_envelopes_the_rows_encode() -> None:
+    """publish_encoded() checks each event as NatsPublisher does and keeps its decoded envelope, in
+    order (atomically when asked); a forged event, or a body that does not decode, keeps nothing."""
+    pub = InMemoryPublisher(100, subject="edupulse.{tenant}.{type}")
+    batch = envelopes(3)
+    futures = pub.publish_encoded(encoded(batch, "edupulse.{tenant}.{type}"), atomic=True)
+    assert [f.result(0).broker_sequence for f in futures] == [1, 2, 3]
+    assert pub.drain() == batch
+    good = encoded([envelope()], "edupulse.{tenant}.{type}")[0]
+    with pytest.raises(InvalidEvent, match=r"events\[1\].*subject template"):
+        pub.publish_encoded([good, *encoded([envelope()], "other.{type}")])
+    with pytest.raises(InvalidEvent, match=r"events\[0\]: its body does not decode"):
+        pub.publish_encoded([good._replace(body=good.body[:-1])])
+    with pytest.raises(InvalidBatch, match="twice"):
+        pub.publish_encoded([good, good], atomic=True)
+    assert len(pub) == 0

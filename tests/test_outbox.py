@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from edupulse_events import ConfigError, InMemoryPublisher, InvalidEvent, Outbox, OutboxRelay
+from edupulse_events._outbox._connections import relay_connector
 from edupulse_events._outbox._relay import pack
 from edupulse_events._outbox._schema import StoredRow
 
@@ -133,6 +134,39 @@ def test_pack_keeps_transactions_whole() -> None:
     a, b, c, d = rows(1, 2), rows(2, 2), rows(3, 5), rows(4, 1)
     batches = list(pack([a, b, c, d], 4))
     assert batches == [[a, b], [c[:4]], [c[4:]], [d]]
+
+
+def test_claims_open_side_by_side_hold_different_transactions(outbox_db: Database) -> None:
+    """A claim read while another is open (the relay reads its next claim during a send) holds the
+    transactions after the open one's, in order; once the first is settled and the second given
+    back, a new claim starts from the oldest pending transaction again."""
+    from edupulse_events._outbox._stores import store_for
+
+    batches = [envelopes(2) for _ in range(3)]
+    for batch in batches:
+        outbox_db.commit(batch)
+    family, connect, path = relay_connector(outbox_db.url, timeout=10.0)
+    store = store_for(family, "edupulse_outbox", connect, path)
+
+    def ids(claim: Any) -> list[str]:
+        return [row.event_id for row in claim.rows]
+
+    try:
+        first, second = store.claim(2), store.claim(2)
+        assert (ids(first), ids(second), first.full, second.full) == (_env(batches[0]), _env(batches[1]), True, True)
+        store.settle(first, [row.id for row in first.rows], [], 0.0, False).result(timeout=10.0)
+        third = store.claim(10)
+        assert (ids(third), third.full) == (_env(batches[2]), False)
+        store.release()
+        again = store.claim(10)
+        assert ids(again) == _env(batches[1]) + _env(batches[2])
+        store.release()
+    finally:
+        store.close()
+
+
+def _env(batch: list[Any]) -> list[str]:
+    return [str(e.event_id) for e in batch]
 
 
 def test_an_undecodable_row_takes_its_transaction_to_the_dead_letters(outbox_db: Database) -> None:

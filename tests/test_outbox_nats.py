@@ -14,11 +14,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import LogWatcher, envelope, envelopes
+from helpers import LogWatcher, envelope, envelopes, raw_messages, read_stream
 from nats.js.api import DiscardPolicy
-from outbox_support import SUBJECT, Database, atomic_stream, publisher_to, stored_ids
+from outbox_support import STREAM, SUBJECT, Database, atomic_stream, publisher_to, stored_ids
 
-from edupulse_events import EventEnvelope, NatsPublisher, OutboxRelay
+from edupulse_events import EventEnvelope, NatsPublisher, Outbox, OutboxRelay
 from edupulse_events.testing import NatsServer
 
 #: A relay in its own process: delivers until killed, logging each batch it sends to stderr.
@@ -48,6 +48,24 @@ def test_rollback_sends_nothing_commit_stores_exactly_once(outbox_db: Database, 
     assert stored_ids(nats_server, 3) == _ids(committed)
 
 
+def test_a_transaction_a_dead_relay_sent_is_delivered_not_dead_lettered(
+    outbox_db: Database, nats_server: NatsServer
+) -> None:
+    """A relay that died after sending and before deleting: the next one's resend finds the ids stored
+    (10201) and takes it as delivered, once; a later transaction packed with it is not taken for stored."""
+    sent, later = envelopes(3), envelopes(2)
+    outbox_db.commit(sent)
+    outbox_db.commit(later)
+    with atomic_stream(nats_server) as publisher:
+        # what the dead relay did: the first transaction stored, its rows left behind
+        assert all(f.result(timeout=10) for f in publisher.publish_many(sent, atomic=True))
+        with OutboxRelay(outbox_db.url, publisher) as relay:
+            assert relay.run_once(timeout=30.0) == 5
+            assert relay.stats().dead == 0
+    assert stored_ids(nats_server, 5) == _ids(sent) + _ids(later)
+    assert outbox_db.count() == 0
+
+
 def test_random_rollbacks_leave_exactly_the_committed_transactions(
     outbox_db: Database, nats_server: NatsServer
 ) -> None:
@@ -62,10 +80,55 @@ def test_random_rollbacks_leave_exactly_the_committed_transactions(
         outbox_db.commit(batch, rollback=rollback, conn=conn)
         if not rollback:
             expected += _ids(batch)
-    with atomic_stream(nats_server) as publisher, OutboxRelay(outbox_db.url, publisher) as relay:
-        assert relay.run_once(timeout=60.0) == len(expected)
+    with atomic_stream(nats_server) as publisher, OutboxRelay(outbox_db.url, publisher, claim=100) as relay:
+        assert relay.run_once(timeout=60.0) == len(expected)  # claims of 100 rows, the next read during a send
     assert stored_ids(nats_server, len(expected)) == expected
     assert outbox_db.count() == 0
+
+
+def test_the_relay_publishes_the_bytes_the_writer_stored(outbox_db: Database, nats_server: NatsServer) -> None:
+    """Each row goes to the stream as stored (subject, header block, body), neither decoded nor
+    encoded again; transactions as atomic batches, in order."""
+    outbox_db.commit(envelopes(3, tenant="école 7"))
+    outbox_db.commit(envelopes(2, tenant=None, correlation_id="c0ffee00-0000-4000-8000-000000000000"))
+    conn = outbox_db.connect()
+    rows = conn.execute("SELECT subject, headers, body FROM edupulse_outbox ORDER BY id").fetchall()
+    conn.rollback()
+    with atomic_stream(nats_server) as publisher, OutboxRelay(outbox_db.url, publisher) as relay:
+        assert relay.run_once(timeout=30.0) == 5
+        assert publisher.stats().acknowledged_atomic == 5
+    assert raw_messages(nats_server.url, STREAM, 5) == [(s, bytes(h), bytes(b)) for s, h, b in rows]
+
+
+def test_rows_the_publisher_would_not_write_are_encoded_again_or_dead_lettered(
+    tmp_path: Path, nats_server: NatsServer
+) -> None:
+    """Rows the publisher does not send as they are: one written for another subject template and
+    one with a header it does not write are decoded and published as it routes them (the forged
+    header is not sent); a forged one whose body does not decode takes its transaction to the dead
+    letters. Logged once."""
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
+    database.create()
+    other, forged, broken, fine = envelopes(2), envelopes(2), envelopes(2), envelopes(2)
+    conn = database.connect()
+    Outbox(subject="legacy.{type}").add_many(conn, other)
+    conn.commit()
+    for batch in (forged, broken, fine):
+        database.commit(batch)
+    forge = "UPDATE edupulse_outbox SET headers = replace(headers, X'0d0a0d0a', X'0d0a582d466f726765643a20310d0a0d0a')"
+    conn.execute(f"{forge} WHERE event_id IN (?, ?)", (str(forged[0].event_id), str(broken[1].event_id)))
+    conn.execute("UPDATE edupulse_outbox SET body = body || 'x' WHERE event_id = ?", (str(broken[1].event_id),))
+    conn.commit()
+    with LogWatcher() as logs, atomic_stream(nats_server) as publisher, OutboxRelay(database.url, publisher) as relay:
+        assert relay.run_once(timeout=30.0) == 6
+        dead = relay.dead()
+    database.close()
+    stored = read_stream(nats_server.url, STREAM, at_least=6)
+    assert [m.headers["Nats-Msg-Id"] for m in stored] == _ids(other + forged + fine)
+    assert all(m.subject.startswith("edupulse.school-1.") and "X-Forged" not in m.headers for m in stored)
+    assert [d.event_id for d in dead] == _ids(broken)
+    assert "does not decode" in dead[0].reason
+    assert logs.text.count("does not send a stored row as it is") == 1
 
 
 def _lines(stream: object) -> queue.Queue[str]:

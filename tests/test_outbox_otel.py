@@ -1,18 +1,22 @@
 """OpenTelemetry for the outbox: the row keeps the adding span's traceparent, the relay's span
-links to it, and the metrics report pending rows, the oldest one's age, delivered and dead rows."""
+links to it and parents the publisher's spans, and the metrics report pending rows, the oldest
+one's age, delivered and dead rows."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from helpers import envelopes
+from helpers import add_stream, envelopes, read_stream
+from opentelemetry import propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from outbox_support import Database
+from opentelemetry.trace import SpanKind
+from outbox_support import STREAM, SUBJECT, Database
 
-from edupulse_events import InMemoryPublisher, OutboxRelay
+from edupulse_events import InMemoryPublisher, NatsPublisher, OutboxRelay
+from edupulse_events.testing import NatsServer
 
 
 def _points(reader: InMemoryMetricReader) -> dict[str, float]:
@@ -59,3 +63,32 @@ def test_the_relay_span_links_to_the_request_that_added_the_events(
         2,
         0,
     )
+
+
+def test_the_events_sent_as_stored_are_producer_spans_of_the_relays_claim(
+    tmp_path: Any,
+    nats_server: NatsServer,
+    otel: tuple[TracerProvider, InMemorySpanExporter, MeterProvider, InMemoryMetricReader],
+) -> None:
+    """With a NatsPublisher, each stored row sent as it is still gets its PRODUCER span (with the
+    row's correlation id), a child of the relay's claim span, whose context travels in the headers."""
+    tracer_provider, spans, _, _ = otel
+    database = Database("sqlite", f"sqlite:///{tmp_path / 'app.db'}")
+    database.create()
+    correlation = envelopes(1)[0].event_id
+    database.commit(envelopes(3, correlation_id=correlation))
+    add_stream(nats_server.url, STREAM, ["edupulse.>"], allow_atomic=True)
+    publisher = NatsPublisher.connect(nats_server.url, SUBJECT, stream=STREAM, tracer_provider=tracer_provider)
+    with publisher, OutboxRelay(database.url, publisher, tracer_provider=tracer_provider) as relay:
+        assert relay.run_once(timeout=30.0) == 3
+    database.close()
+    finished = spans.get_finished_spans()
+    (claim,) = [s for s in finished if s.name == "outbox relay edupulse_outbox"]
+    producers = [s for s in finished if s.kind is SpanKind.PRODUCER]
+    assert len(producers) == 3
+    assert all(s.parent is not None and s.parent.span_id == claim.context.span_id for s in producers)
+    assert {(s.attributes or {})["messaging.message.conversation_id"] for s in producers} == {str(correlation)}
+    by_id = {(s.attributes or {})["messaging.message.id"]: s for s in producers}
+    for message in read_stream(nats_server.url, STREAM, at_least=3):
+        carried = trace.get_current_span(propagate.extract(message.headers)).get_span_context()
+        assert carried.span_id == by_id[message.headers["Nats-Msg-Id"]].context.span_id

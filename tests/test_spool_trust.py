@@ -265,7 +265,7 @@ def test_the_corruption_check_never_writes_to_a_suspect_file(spool: Path) -> Non
 def test_row_check_accepts_what_the_routers_write_and_nothing_else() -> None:
     """RowCheck: the routers' own rows pass (plain, CloudEvents, no tenant, fixed subject); each forgery fails."""
     from edupulse_events._pipeline._cloudevents import CloudEventsRouter
-    from edupulse_events._spool._spooling import RowCheck
+    from edupulse_events._pipeline._encoded import RowCheck
 
     plain = RowCheck(SUBJECT, cloudevents=False)
     for router, check in [

@@ -2,7 +2,8 @@
 installed (the ``otel`` extra) — `telemetry_for` returns None otherwise, and the publish path then
 pays one ``is None`` check.
 
-Tracing (OpenTelemetry's messaging conventions): each ``publish()`` starts a PRODUCER span
+Tracing (OpenTelemetry's messaging conventions): each event (``publish()``, and each of
+``publish_many()`` and ``publish_encoded()``) starts a PRODUCER span
 ``publish <subject template>`` in the caller's context, with ``messaging.system`` = ``nats``,
 ``messaging.operation.type`` = ``send``, the destination (subject and template), the message id
 (the event id), the conversation id (the correlation id) and the body size; the W3C
@@ -41,10 +42,9 @@ from .._version import __version__
 if TYPE_CHECKING:
     from .._pipeline._routing import Item
     from ..config import PublisherConfig
-    from ..envelope import EventEnvelope
     from ..stats import PublisherStats
 
-__all__ = ["RECHECK_EVERY", "Observed", "Readings", "Telemetry", "shared", "telemetry_for"]
+__all__ = ["RECHECK_EVERY", "Observed", "Readings", "Telemetry", "correlation_of", "shared", "telemetry_for"]
 
 #: Publishes between two looks at whether a tracing or metrics SDK has been configured.
 RECHECK_EVERY = 1024
@@ -132,9 +132,10 @@ class Telemetry:
         self.tracing = type(tracers).__name__ not in _NO_SDK
         self.metering = type(meters).__name__ not in _NO_SDK
 
-    def trace(self, item: Item, envelope: EventEnvelope) -> None:
-        """Start ``item``'s PRODUCER span in the caller's context, put its trace context into the
-        item's NATS headers, and end it when the item's future resolves."""
+    def trace(self, item: Item, correlation_id: object) -> None:
+        """Start ``item``'s PRODUCER span in the caller's context (``correlation_id``: its
+        envelope's, or None), put its trace context into the item's NATS headers, and end it when
+        the item's future resolves."""
         trace = self._trace
         attributes = {
             **self._span_attributes,
@@ -142,8 +143,8 @@ class Telemetry:
             "messaging.message.id": item.event_id,
             "messaging.message.body.size": len(item.payload),
         }
-        if envelope.correlation_id is not None:
-            attributes["messaging.message.conversation_id"] = str(envelope.correlation_id)
+        if correlation_id is not None:
+            attributes["messaging.message.conversation_id"] = str(correlation_id)
         span = self._tracer.start_span(self._span_name, kind=trace.SpanKind.PRODUCER, attributes=attributes)
         carrier: dict[str, str] = {}
         self._propagate.inject(carrier, context=trace.set_span_in_context(span))
@@ -247,6 +248,18 @@ def shared(provider: Any, meter: Any, make: Callable[[Any], _T]) -> _T:
         if entry is None or entry[0] is not provider:
             entry = _instruments[key] = (provider, make(meter))
         return entry[1]
+
+
+_CORRELATION_LINE = b"\r\nEdupulse-Correlation-Id: "
+
+
+def correlation_of(headers: bytes) -> str | None:
+    """The correlation id an encoded event's header block carries (None without one)."""
+    at = headers.find(_CORRELATION_LINE)
+    if at < 0:
+        return None
+    start = at + len(_CORRELATION_LINE)
+    return headers[start : headers.index(b"\r\n", start)].decode()
 
 
 def _address(url: str) -> tuple[str, int]:

@@ -178,11 +178,12 @@ class Outstanding:
         before it, in order: the server stores a batch contiguously); ``last`` None: the stream
         refused a resent batch for holding its event ids already (duplicates: stored before)."""
         n = len(group.items)
+        results: list[Any]
         if last is None:
             results = [new_ack(None, stream, True)] * n
             self.duplicates += n
-        else:
-            results = [new_ack(seq, stream, False) for seq in range(last - n + 1, last + 1)]
+        else:  # ack tuples: each future makes its PublishAck when asked (`futures.settle`)
+            results = [(0, stream, seq, False, None) for seq in range(last - n + 1, last + 1)]
         self.atomic += n
         self.succeed(group.items, results)
 

@@ -1,11 +1,11 @@
 """OpenTelemetry for the outbox relay, used only where ``opentelemetry-api`` is installed (the
 ``otel`` extra): `relay_telemetry` returns None otherwise.
 
-Tracing: each pass that claims rows runs in an INTERNAL span ``outbox relay <table>`` that links to
-the spans that added its events (the ``traceparent`` stored with each row; at most `MAX_LINKS`
-distinct ones), with the rows claimed, delivered and dead-lettered as attributes. The publisher's
-own PRODUCER spans (one per event, `_engine._otel`) start inside it, so a trace goes from the
-request that committed, by a link, to the relay's pass and its sends.
+Tracing: each claim of rows is an INTERNAL span ``outbox relay <table>`` that links to the spans
+that added its events (the ``traceparent`` stored with each row; at most `MAX_LINKS` distinct
+ones), with the rows claimed, delivered and dead-lettered as attributes, from the claim to its
+settling. The publisher's own PRODUCER spans (one per event, `_engine._otel`) start inside it, so
+a trace goes from the request that committed, by a link, to the relay's claim and its sends.
 
 Metrics (observable, read at collection time, nothing per event): ``edupulse.outbox.pending``
 (rows waiting), ``edupulse.outbox.oldest_age`` (seconds the oldest waits), and the counters
@@ -24,7 +24,7 @@ import importlib.util
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .._engine._otel import shared
@@ -108,42 +108,52 @@ class RelayTelemetry:
         self.tracing = type(tracers).__name__ not in _NO_SDK
         self.metering = type(meters).__name__ not in _NO_SDK
 
-    @contextlib.contextmanager
-    def span(self, rows: Sequence[StoredRow]) -> Iterator[Any]:
-        """A pass's span, current while it runs (the publisher's spans are its children)."""
+    def context(self) -> Any:
+        """The context a pass's claim spans start in (the caller's), None when not tracing."""
         self.recheck()
         if not self.tracing:
-            yield None
-            return
+            return None
+        from opentelemetry import context
+
+        return context.get_current()
+
+    def start(self, rows: Sequence[StoredRow], parent: Any) -> Any:
+        """A claim's span (None when not tracing), in ``parent`` (`context`), linking to the spans
+        that added its rows."""
+        if not self.tracing or parent is None:
+            return None
         trace = self._trace
         links: list[Any] = []
         seen: set[str] = set()
         for row in rows:
-            parent = row.traceparent
-            if parent and parent not in seen and len(links) < MAX_LINKS:
-                seen.add(parent)
-                context = _span_context(parent, trace)
+            traceparent = row.traceparent
+            if traceparent and traceparent not in seen and len(links) < MAX_LINKS:
+                seen.add(traceparent)
+                context = _span_context(traceparent, trace)
                 if context is not None:
                     links.append(trace.Link(context))
-        span = self._tracer.start_span(
+        return self._tracer.start_span(
             self._span_name,
+            context=parent,
             kind=trace.SpanKind.INTERNAL,
             links=links,
             attributes={**self.attributes, "edupulse.outbox.claimed": len(rows)},
         )
-        with trace.use_span(span, end_on_exit=True):
-            yield span
 
-    def outcome(self, span: Any, delivered: int, dead: int, outage: BaseException | None) -> None:
-        """Record a pass's outcome on its span."""
-        if span is None:
-            return
+    def current(self, span: Any) -> contextlib.AbstractContextManager[Any]:
+        """``span`` as the current span while its batches are handed to the publisher (whose
+        spans are then its children); it ends at `finish`."""
+        return self._trace.use_span(span, end_on_exit=False)
+
+    def finish(self, span: Any, delivered: int, dead: int, error: BaseException | None) -> None:
+        """Record a claim's outcome on its span and end it."""
         span.set_attribute("edupulse.outbox.delivered", delivered)
         span.set_attribute("edupulse.outbox.dead", dead)
-        if outage is not None:
-            error = getattr(outage, "error", outage)
+        if error is not None:
+            error = getattr(error, "error", error)
             span.set_attribute("error.type", type(error).__name__)
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR, str(error)))
+        span.end()
 
     def observe(self, what: str) -> list[tuple[float, dict[str, str]]]:
         """One reading for the instruments (``pending``, ``oldest_age``, ``delivered``, ``dead``)."""

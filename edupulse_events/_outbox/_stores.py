@@ -16,14 +16,19 @@ Transactions (what ``txid`` groups):
   and the probe always reads the last commit): `Outbox.create_table` and the relay set it, and
   the writer refuses a database in another mode.
 
-The relay's SQLite connection is in autocommit mode: a read sees every commit before it, a
-settle is one ``BEGIN IMMEDIATE`` transaction; one relay at a time holds the file lock
-``<database>-<table>.relay-lock`` (`fcntl.flock`, released if the process dies).
+The relay's SQLite connections are in autocommit mode: claims read on one (a read sees every
+commit before it), settles write on another, in the store's settler thread (`_settler`), each
+one ``BEGIN IMMEDIATE`` transaction; one relay at a time holds the file lock
+``<database>-<table>.relay-lock`` (`fcntl.flock`, released if the process dies). A PostgreSQL
+relay's claim is its connection's transaction (its locks); the next claim is read on a second
+connection while the first is in flight, and a claim's settle commits it, in the settler thread.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import itertools
 import os
 import random
 import sqlite3
@@ -34,11 +39,21 @@ from typing import Any, NamedTuple, Protocol
 from ..errors import ConfigError, OutboxDatabaseError
 from ._connections import Connector, sqlite_path
 from ._schema import COLUMNS, Row, StoredRow, check_table, ddl
+from ._settler import Settler
 
-__all__ = ["Counts", "DeadRow", "PostgresStore", "SqliteStore", "Store", "store_for"]
+__all__ = ["Claim", "Counts", "DeadRow", "PostgresStore", "SqliteStore", "Store", "store_for"]
 
 _STORED = "id, txid, event_id, subject, headers, body, created_at, traceparent"
 _INSERT_COLUMNS = ", ".join(COLUMNS)
+
+
+class Claim(NamedTuple):
+    """Rows a relay claimed: ``rows``, whole transactions (each in id order); ``full``: the claim
+    stopped at its limit, so more may be pending; ``token``: which open claim it is (the store's)."""
+
+    rows: list[StoredRow]
+    full: bool
+    token: int
 
 
 class Counts(NamedTuple):
@@ -75,16 +90,22 @@ class Store(Protocol):
     def exclusive(self) -> bool:
         """Whether this relay may deliver now (SQLite: it holds the relay lock)."""
 
-    def claim(self, limit: int) -> list[StoredRow]:
+    def claim(self, limit: int) -> Claim:
         """Pending rows of whole transactions, oldest transaction first, in id order within each;
-        about ``limit`` rows (never half a transaction). Claimed until `settle` or `release`."""
+        about ``limit`` rows (never half a transaction). Claimed until `settle` or `release`. A
+        relay reads its next claim while the previous one is still open (in flight): a claim
+        holds none of the rows of the claims open beside it (two at most)."""
 
-    def settle(self, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool) -> None:
-        """Commit the outcome of a claim: ``delivered`` rows deleted (or marked, ``keep``), ``dead``
-        rows moved to the dead-letter table with their reasons."""
+    def settle(
+        self, claim: Claim, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool
+    ) -> concurrent.futures.Future[None]:
+        """Commit the outcome of ``claim``: ``delivered`` rows deleted (or marked, ``keep``),
+        ``dead`` rows moved to the dead-letter table with their reasons; the rest pending again.
+        In the store's own thread (`Settler`), after the settles before it: the future resolves
+        once committed (or with the `OutboxDatabaseError`); the claim stays open until then."""
 
-    def release(self) -> None:
-        """Give a claim back untouched."""
+    def release(self, claim: Claim | None = None) -> None:
+        """Give ``claim`` (None: every open claim, once the settles under way are done) back untouched."""
 
     def prepare(self) -> None:
         """Before a relay's first pass: start listening for commits (PostgreSQL), so that none
@@ -142,8 +163,14 @@ class SqliteStore:
         self.table = check_table(table)
         self._connect = connect
         self._path = path
-        self._conn: sqlite3.Connection | None = None
+        self._conn: sqlite3.Connection | None = None  # the relay thread's: claims and looks
+        self._writer: sqlite3.Connection | None = None  # the settler thread's: settles
+        self._settler = Settler(f"edupulse-outbox-settle-{table}")
         self._lock_fd: int | None = None
+        #: Open claims: token -> their highest id (a claim read beside them starts after it).
+        self._open: dict[int, int] = {}
+        self._open_lock = threading.Lock()
+        self._tokens = itertools.count(1)
 
     # ------------------------------------------------------------------ the writer's side
     def create(self, conn: Any) -> None:
@@ -176,14 +203,22 @@ class SqliteStore:
     # ------------------------------------------------------------------ the relay's side
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
-            if self._connect is None:
-                raise ConfigError("this outbox store has no database to open (a writer's store)")
-            with _database("connect", (sqlite3.Error,)):
-                conn = self._connect()
-                conn.isolation_level = None  # autocommit: each read sees the last commit
-                conn.execute("PRAGMA journal_mode=WAL").fetchall()
-            self._conn = conn
+            self._conn = self._open_connection()
         return self._conn
+
+    def _writer_db(self) -> sqlite3.Connection:
+        if self._writer is None:
+            self._writer = self._open_connection()
+        return self._writer
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._connect is None:
+            raise ConfigError("this outbox store has no database to open (a writer's store)")
+        with _database("connect", (sqlite3.Error,)):
+            conn: sqlite3.Connection = self._connect()
+            conn.isolation_level = None  # autocommit: each read sees the last commit
+            conn.execute("PRAGMA journal_mode=WAL").fetchall()
+        return conn
 
     def exclusive(self) -> bool:
         if self._lock_fd is not None:
@@ -200,46 +235,74 @@ class SqliteStore:
         self._lock_fd = fd
         return True
 
-    def claim(self, limit: int) -> list[StoredRow]:
+    def claim(self, limit: int) -> Claim:
+        # One writer at a time and ids never reused: a row committed later has a higher id than
+        # every row committed before it, so rows up to an open claim's highest id are all its own
+        # (or settled) and the next claim starts after it.
         conn = self._db()
         t = self.table
+        with self._open_lock:
+            after = max(self._open.values(), default=0)
         with _database("claim", (sqlite3.Error,)):
             rows = conn.execute(
-                f"SELECT {_STORED} FROM {t} WHERE delivered_at IS NULL ORDER BY id LIMIT ?", (limit,)
+                f"SELECT {_STORED} FROM {t} WHERE delivered_at IS NULL AND id > ? ORDER BY id LIMIT ?", (after, limit)
             ).fetchall()
-            if len(rows) == limit:  # the last transaction may go on past the window: take all of it
+            full = len(rows) == limit
+            if full:  # the last transaction may go on past the window: take all of it
                 last = rows[-1]
                 rows += conn.execute(
                     f"SELECT {_STORED} FROM {t} WHERE txid = ? AND id > ? AND delivered_at IS NULL ORDER BY id",
                     (last[1], last[0]),
                 ).fetchall()
-        return [StoredRow(*row) for row in rows]
+        token = next(self._tokens)
+        if rows:
+            with self._open_lock:
+                self._open[token] = rows[-1][0]
+        return Claim([StoredRow(*row) for row in rows], full, token)
 
-    def settle(self, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool) -> None:
-        if not delivered and not dead:
-            return
-        conn = self._db()
+    def settle(
+        self, claim: Claim, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool
+    ) -> concurrent.futures.Future[None]:
+        delivered, dead = list(delivered), list(dead)
+
+        def settle() -> None:
+            try:
+                if delivered or dead:
+                    self._settle(delivered, dead, now, keep)
+            finally:
+                with self._open_lock:
+                    self._open.pop(claim.token, None)
+
+        return self._settler.submit(settle)
+
+    def _settle(self, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool) -> None:
+        conn = self._writer_db()
         t = self.table
         with _database("settle", (sqlite3.Error,)):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if dead:
                     conn.executemany(_to_dead(t, "?"), [(now, reason, row_id) for row_id, reason in dead])
-                    conn.executemany(f"DELETE FROM {t} WHERE id = ?", [(row_id,) for row_id, _ in dead])
+                    _by_ids(conn, f"DELETE FROM {t} WHERE id IN", [row_id for row_id, _ in dead])
                 if keep:
-                    conn.executemany(
-                        f"UPDATE {t} SET delivered_at = ? WHERE id = ?", [(now, row_id) for row_id in delivered]
-                    )
+                    _by_ids(conn, f"UPDATE {t} SET delivered_at = ? WHERE id IN", delivered, (now,))
                 else:
-                    conn.executemany(f"DELETE FROM {t} WHERE id = ?", [(row_id,) for row_id in delivered])
+                    _by_ids(conn, f"DELETE FROM {t} WHERE id IN", delivered)
                 conn.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
                 raise
 
-    def release(self) -> None:
-        pass  # nothing held: a SQLite claim is a plain read under the relay lock
+    def release(self, claim: Claim | None = None) -> None:
+        # nothing held in the database: a SQLite claim is a plain read under the relay lock
+        if claim is None:
+            self._settler.drain(timeout=60.0)  # the settles under way first
+        with self._open_lock:
+            if claim is None:
+                self._open.clear()
+            else:
+                self._open.pop(claim.token, None)
 
     def prepare(self) -> None:
         pass  # SQLite has no notifications: the relay polls
@@ -288,7 +351,17 @@ class SqliteStore:
                 raise
         return int(moved)
 
+    def _close_writer(self) -> None:
+        """In the settler thread (its connection's): close it."""
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._writer.close()
+            self._writer = None
+
     def close(self) -> None:
+        self._settler.close(self._close_writer, timeout=10.0)
+        with self._open_lock:
+            self._open.clear()
         if self._conn is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
@@ -296,6 +369,18 @@ class SqliteStore:
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
+
+
+_IDS_PER_STATEMENT = 500  # well under SQLite's 999 host parameters of old builds
+
+
+def _by_ids(conn: sqlite3.Connection, statement: str, ids: Sequence[int], first: tuple[Any, ...] = ()) -> None:
+    """``statement`` (ending ``... WHERE id IN``; its parameters before the ids: ``first``) for
+    ``ids``, a few hundred per statement (one statement per id costs as much again as the rows'
+    own work)."""
+    for start in range(0, len(ids), _IDS_PER_STATEMENT):
+        chunk = ids[start : start + _IDS_PER_STATEMENT]
+        conn.execute(f"{statement} ({', '.join('?' * len(chunk))})", (*first, *chunk))
 
 
 def _to_dead(table: str, mark: str) -> str:
@@ -323,6 +408,10 @@ def _which(ids: Sequence[int] | None, mark: str) -> tuple[str, tuple[Any, ...]]:
     return f"WHERE id IN ({', '.join([mark] * len(ids))})", tuple(ids)
 
 
+#: The relay's connections for claims: one holds the claim in flight, the other reads the next.
+_CLAIM_CONNECTIONS = 2
+
+
 def _psycopg_errors() -> tuple[type[BaseException], ...]:
     import psycopg
 
@@ -337,7 +426,13 @@ class PostgresStore:
     def __init__(self, table: str, connect: Connector | None = None) -> None:
         self.table = check_table(table)
         self._connect = connect
-        self._conn: Any = None
+        #: The relay's connections: the first for everything, a second for a claim read while
+        #: the first holds one (each open claim is its connection's transaction and row locks).
+        self._conns: list[Any] = []
+        self._holding: dict[int, Any] = {}  # open claims: token -> the connection holding them
+        self._holding_lock = threading.Lock()
+        self._settler = Settler(f"edupulse-outbox-settle-{table}")
+        self._tokens = itertools.count(1)
         self._listener: Any = None
 
     def create(self, conn: Any) -> None:
@@ -356,70 +451,139 @@ class PostgresStore:
                     [value for row in chunk for value in row],
                 )
 
-    def _db(self) -> Any:
-        if self._conn is None:
+    def _db(self, index: int = 0) -> Any:
+        while len(self._conns) <= index:
             if self._connect is None:
                 raise ConfigError("this outbox store has no database to open (a writer's store)")
             with _database("connect", _psycopg_errors()):
-                self._conn = self._connect()
-        return self._conn
+                self._conns.append(self._connect())
+        return self._conns[index]
 
     def exclusive(self) -> bool:
         return True  # relays share the work by row locks
 
-    def claim(self, limit: int) -> list[StoredRow]:
-        conn = self._db()
+    def claim(self, limit: int) -> Claim:
+        # A window of the first ``limit`` pending rows (by id): the first row of each transaction
+        # there is its head (every pending row before it is in the window too), and the heads are
+        # locked FOR UPDATE SKIP LOCKED (a locked one belongs to another relay, or to this relay's
+        # other open claim). When every one is taken, the next window is looked at. Index scans
+        # only, whatever the table's statistics say (a correlated "is there a lower pending row"
+        # test was planned as a quadratic join on a table not analyzed yet: seconds per claim).
+        index = self._free_connection()
+        if index >= _CLAIM_CONNECTIONS:  # both hold a claim: the one being settled is free once it is
+            self._settler.drain(timeout=60.0)
+            index = self._free_connection()
+        conn = self._db(index)
         t = self.table
         with _database("claim", _psycopg_errors()):
             try:
-                with conn.cursor() as cur:
-                    # heads: each pending transaction's lowest row; locked ones belong to another relay
-                    cur.execute(
-                        f"SELECT txid FROM {t} o WHERE delivered_at IS NULL AND NOT EXISTS "
-                        f"(SELECT 1 FROM {t} i WHERE i.txid = o.txid AND i.id < o.id AND i.delivered_at IS NULL) "
-                        "ORDER BY id LIMIT %s FOR UPDATE SKIP LOCKED",
-                        (limit,),
-                    )
-                    txids = [row[0] for row in cur.fetchall()]
-                    if not txids:
+                with conn.cursor(binary=True) as cur:  # bytea as it is (text would be hex)
+                    # A table filled since it was last analyzed (the usual case when a relay starts)
+                    # looks to the planner as if it held a few pending rows, and a bitmap scan then
+                    # reads every pending row for each claim: index scans are right at every size.
+                    cur.execute("SET LOCAL enable_bitmapscan = off")
+                    after, seen, heads = 0, set(), {}
+                    while True:
+                        cur.execute(
+                            f"SELECT id, txid FROM {t} WHERE delivered_at IS NULL AND id > %s ORDER BY id LIMIT %s",
+                            (after, limit),
+                        )
+                        window = cur.fetchall()
+                        firsts = []
+                        for row_id, txid in window:
+                            if txid not in seen:
+                                seen.add(txid)
+                                firsts.append(row_id)
+                        if firsts:
+                            cur.execute(
+                                f"SELECT id, txid, delivered_at FROM {t} WHERE id = ANY(%s) FOR UPDATE SKIP LOCKED",
+                                (firsts,),
+                            )
+                            heads = {row_id: txid for row_id, txid, done in cur.fetchall() if done is None}
+                        full = len(window) == limit
+                        if heads or not full:
+                            break
+                        after = window[-1][0]
+                    if not heads:
                         conn.rollback()
-                        return []
+                        return Claim([], False, 0)
+                    # by the (txid, id) index alone (delivered rows kept for a while are skipped
+                    # here: a condition on delivered_at is planned as a scan of the whole pending index)
                     cur.execute(
-                        f"SELECT {_STORED} FROM {t} WHERE txid = ANY(%s) AND delivered_at IS NULL ORDER BY id",
-                        (txids,),
+                        f"SELECT {_STORED}, delivered_at FROM {t} WHERE txid = ANY(%s) ORDER BY txid, id",
+                        (list(heads.values()),),
                     )
-                    rows = cur.fetchall()
+                    rows = [row[:-1] for row in cur.fetchall() if row[-1] is None]
             except BaseException:
-                self._rollback()
+                _rollback(conn)
                 raise
-        return [StoredRow(*row) for row in rows]
+        # A head is its transaction's lowest pending row (a window after the first was read after
+        # commits the one before did not see: a transaction that is not is left alone).
+        lowest: dict[int, int] = {}
+        for row in rows:
+            lowest.setdefault(row[1], row[0])
+        mine = {txid for head, txid in heads.items() if lowest.get(txid) == head}
+        token = next(self._tokens)
+        with self._holding_lock:
+            self._holding[token] = conn
+        return Claim([StoredRow(*row) for row in rows if row[1] in mine], full, token)
+
+    def _free_connection(self) -> int:
+        """The index of the first connection holding no claim (one past the last: a new one)."""
+        with self._holding_lock:
+            busy = [id(conn) for conn in self._holding.values()]
+        return next((i for i, conn in enumerate(self._conns) if id(conn) not in busy), len(self._conns))
+
+    def settle(
+        self, claim: Claim, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool
+    ) -> concurrent.futures.Future[None]:
+        delivered, dead = list(delivered), list(dead)
+        return self._settler.submit(lambda: self._settle(claim, delivered, dead, now, keep))
+
+    def _settle(self, claim: Claim, delivered: list[int], dead: list[tuple[int, str]], now: float, keep: bool) -> None:
+        """In the settler thread: the claim's connection (its transaction and locks) commits its outcome."""
+        with self._holding_lock:
+            conn = self._holding.get(claim.token)
+        if conn is None:
+            return  # an empty claim holds nothing
+        t = self.table
+        try:
+            with _database("settle", _psycopg_errors()):
+                try:
+                    with conn.cursor() as cur:
+                        if dead:
+                            cur.executemany(_to_dead(t, "%s"), [(now, reason, row_id) for row_id, reason in dead])
+                            cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", ([row_id for row_id, _ in dead],))
+                        if delivered:
+                            if keep:
+                                cur.execute(f"UPDATE {t} SET delivered_at = %s WHERE id = ANY(%s)", (now, delivered))
+                            else:
+                                cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", (delivered,))
+                    conn.commit()
+                except BaseException:
+                    _rollback(conn)
+                    raise
+        finally:
+            with self._holding_lock:
+                self._holding.pop(claim.token, None)  # its connection is free for the next claim
+
+    def release(self, claim: Claim | None = None) -> None:
+        if claim is None:
+            self._settler.drain(timeout=60.0)  # the settles under way first
+        with self._holding_lock:
+            if claim is None:
+                holding = list(self._holding.values())
+                self._holding.clear()
+            else:
+                held = self._holding.pop(claim.token, None)
+                holding = [] if held is None else [held]
+        for conn in holding:
+            _rollback(conn)
 
     def _rollback(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.rollback()
-
-    def settle(self, delivered: Sequence[int], dead: Sequence[tuple[int, str]], now: float, keep: bool) -> None:
-        conn = self._db()
-        t = self.table
-        with _database("settle", _psycopg_errors()):
-            try:
-                with conn.cursor() as cur:
-                    if dead:
-                        cur.executemany(_to_dead(t, "%s"), [(now, reason, row_id) for row_id, reason in dead])
-                        cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", ([row_id for row_id, _ in dead],))
-                    if delivered:
-                        if keep:
-                            cur.execute(f"UPDATE {t} SET delivered_at = %s WHERE id = ANY(%s)", (now, list(delivered)))
-                        else:
-                            cur.execute(f"DELETE FROM {t} WHERE id = ANY(%s)", (list(delivered),))
-                conn.commit()
-            except BaseException:
-                self._rollback()
-                raise
-
-    def release(self) -> None:
-        self._rollback()
+        """End the first connection's read transaction (a look at the table, between claims)."""
+        if self._conns:
+            _rollback(self._conns[0])
 
     def prepare(self) -> None:
         self._listen()
@@ -524,11 +688,19 @@ class PostgresStore:
         return int(moved)
 
     def close(self) -> None:
+        self._settler.close(None, timeout=10.0)
         self._close_listener()
-        if self._conn is not None:
+        with self._holding_lock:
+            self._holding.clear()
+        for conn in self._conns:
             with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+                conn.close()
+        self._conns.clear()
+
+
+def _rollback(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.rollback()
 
 
 def store_for(family: str, table: str, connect: Connector | None = None, path: str | None = None) -> Store:

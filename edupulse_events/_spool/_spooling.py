@@ -17,12 +17,10 @@ disk, how their futures resolve, and how spooled events come back. The files the
   whole and replayed as one `Group` again (``item.replay``: a batch the stream holds already
   resolves as stored).
 
-Rows adopted from other processes' files are not trusted: `RowCheck` lets through only a row
-whose subject this publisher's subject template could have made (no other subject, no
-wildcard) and whose header block holds only the routing headers `_routing` (and, with
-``cloudevents``, `_cloudevents`) write and the trace-context ones `_otel` adds, consistent
-with that subject and the row's event id; a file with any other row is moved aside whole,
-with the reason (`Spool.adopt_orphans`).
+Rows adopted from other processes' files are not trusted: `_pipeline._encoded.RowCheck` lets
+through only a row this publisher could have written (its subject template's subjects, the
+routing and trace-context headers, consistent with the subject and the event id); a file with
+any other row is moved aside whole, with the reason (`Spool.adopt_orphans`).
 
 Replayed items belong to no caller: their futures are private, they count in ``replayed``,
 never in ``acknowledged``/``failed`` (so flush() keeps counting this publisher's own events).
@@ -30,20 +28,15 @@ never in ``acknowledged``/``failed`` (so flush() keeps counting this publisher's
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import logging
-import re
-import sys
 import threading
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
 
-from .._pipeline._cloudevents import HEADERS as CLOUDEVENTS_HEADERS
-from .._pipeline._routing import HEADERS as ROUTING_HEADERS
-from .._pipeline._routing import Group, Item, tenant_from_token
+from .._pipeline._encoded import RowCheck
+from .._pipeline._routing import Group, Item
 from ..config import PublisherConfig
 from ..errors import BrokerUnavailable, PublisherClosed, PublisherCrashed, PublishTimeout, SpoolError, SpoolFull
 from ..futures import PublishAck, new_future
@@ -51,7 +44,7 @@ from ..futures import PublishAck, new_future
 if TYPE_CHECKING:
     from ._store import Spool, Stored
 
-__all__ = ["DELETE_DELAY", "SPOOLED", "RowCheck", "Spooling"]
+__all__ = ["DELETE_DELAY", "SPOOLED", "Spooling"]
 
 log = logging.getLogger("edupulse_events")
 
@@ -67,87 +60,6 @@ DELETE_DELAY = 0.2
 DUPLICATE_WINDOW = 120.0
 
 Pair = tuple[Item, BaseException]
-
-_FIELD = re.compile(r"\{(type|tenant)\}")
-_TYPE = rb"[A-Za-z_][A-Za-z0-9_]*"  # a registered event type name (`events.register_event`)
-_TENANT = rb"_|_empty|[A-Za-z0-9%-]+"  # what `_routing.tenant_token` makes
-_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_VALUE = re.compile(rb"[!-~]*")  # every value the routers write: printable ASCII, no spaces (maybe empty)
-#: What `_otel` adds with OpenTelemetry's default propagators (W3C trace context and baggage);
-#: `RowCheck` also allows the fields of the global propagator configured when it is built.
-TRACE_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})
-_TRACE_VALUE = re.compile(rb"[ -~]*")
-
-
-def _propagator_fields() -> frozenset[bytes]:
-    """The header names the configured OpenTelemetry propagator writes (none without opentelemetry-api)."""
-    if "opentelemetry" not in sys.modules and importlib.util.find_spec("opentelemetry") is None:
-        return frozenset()
-    try:
-        from opentelemetry import propagate
-
-        return frozenset(name.encode() for name in propagate.get_global_textmap().fields)
-    except Exception:  # noqa: BLE001 - a propagator of the application's that cannot say: the defaults
-        return frozenset()
-
-
-class RowCheck:
-    """Why a spooled row (event_id, subject, headers) is not one this publisher could have written,
-    or None: the subject fits ``template`` (its ``{type}``/``{tenant}`` as the router fills them),
-    and the header block is ``NATS/1.0`` with the routing headers only (``ce-*`` too with
-    ``cloudevents``), each once, ``Nats-Msg-Id`` = the event id, type and tenant = the subject's."""
-
-    def __init__(self, template: str, *, cloudevents: bool) -> None:
-        self.template = template
-        self._allowed = ROUTING_HEADERS | CLOUDEVENTS_HEADERS if cloudevents else ROUTING_HEADERS
-        self._trace = (TRACE_HEADERS | _propagator_fields()) - self._allowed
-        parts: list[bytes] = []
-        seen: set[str] = set()
-        last = 0
-        for match in _FIELD.finditer(template):
-            parts.append(re.escape(template[last : match.start()].encode()))
-            name = match.group(1)
-            pattern = _TYPE if name == "type" else _TENANT
-            parts.append(b"(?P=%s)" % name.encode() if name in seen else b"(?P<%s>%s)" % (name.encode(), pattern))
-            seen.add(name)
-            last = match.end()
-        parts.append(re.escape(template[last:].encode()))
-        self._subject = re.compile(b"".join(parts))
-
-    def __call__(self, event_id: str, subject: bytes, headers: bytes) -> str | None:
-        if not _UUID.fullmatch(event_id):
-            return "its event id is not a UUID"
-        match = self._subject.fullmatch(subject)
-        if match is None:
-            return f"subject {subject[:200]!r} does not fit this publisher's subject template {self.template!r}"
-        if not headers.startswith(b"NATS/1.0\r\n") or not headers.endswith(b"\r\n\r\n") or len(headers) < 14:
-            return f"headers {headers[:60]!r} are not a NATS/1.0 header block"
-        values: dict[bytes, bytes] = {}
-        for line in headers[10:-4].split(b"\r\n"):
-            name, sep, value = line.partition(b": ")
-            trace = name in self._trace
-            if not sep or not (trace or name in self._allowed):
-                return f"header {name[:60]!r} is not one this publisher writes"
-            if name in values:
-                return f"header {name!r} appears twice"
-            if not (_TRACE_VALUE if trace else _VALUE).fullmatch(value):
-                return f"header {name!r} has the value {value[:60]!r}"
-            values[name] = value
-        own = event_id.encode()
-        if values.get(b"Nats-Msg-Id") != own or values.get(b"ce-id", own) != own:
-            return "its Nats-Msg-Id header is not its event id"
-        if values.get(b"Edupulse-Pii") not in (b"true", b"false"):
-            return "its Edupulse-Pii header is missing or not true/false"
-        kind = values.get(b"Edupulse-Event-Type", b"")
-        if not re.fullmatch(_TYPE, kind) or kind != match.groupdict().get("type", kind):
-            return f"its Edupulse-Event-Type header {kind[:60]!r} does not match its subject"
-        tenant = values.get(b"Edupulse-Tenant")
-        token = match.groupdict().get("tenant")
-        if token is not None and (None if tenant is None else unquote(tenant.decode())) != tenant_from_token(
-            token.decode()
-        ):
-            return f"its Edupulse-Tenant header {tenant!r} does not match its subject"
-        return None
 
 
 class Spooling:
