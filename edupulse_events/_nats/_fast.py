@@ -201,6 +201,13 @@ class FastPath:
         nc._pending.extend(pieces)  # noqa: SLF001
         nc._pending_data_size += sum(map(len, pieces))  # noqa: SLF001
 
+    async def _pend(self, pieces: list[bytes], size: int) -> None:
+        """Add ``pieces`` (``size`` bytes of commands) to the client's pending buffer and kick its flusher."""
+        nc = self._nc
+        nc._pending.extend(pieces)  # noqa: SLF001
+        nc._pending_data_size += size  # noqa: SLF001
+        await self._kick()
+
     async def _kick(self) -> None:
         """Ask the client's flusher to write what is pending (once: a request already queued
         covers it, and with a hung broker one request per batch would fill the flusher's
@@ -224,10 +231,7 @@ class FastPath:
             append(item.payload)
             append(b"\r\n")
             size += len(line) + item.size + 2
-        nc = self._nc
-        nc._pending.extend(pieces)  # noqa: SLF001
-        nc._pending_data_size += size  # noqa: SLF001
-        await self._kick()
+        await self._pend(pieces, size)
 
     async def publish_atomic(self, items: Sequence[Item], batch_id: bytes, seq: int, parts: int = 0) -> None:
         """One atomic batch: the batch headers put in front of each event's own, the commit on
@@ -251,10 +255,7 @@ class FastPath:
             append(item.payload)
             append(b"\r\n")
             size += len(line) + total + 2
-        nc = self._nc
-        nc._pending.extend(pieces)  # noqa: SLF001
-        nc._pending_data_size += size  # noqa: SLF001
-        await self._kick()
+        await self._pend(pieces, size)
 
     async def publish_fast(self, items: Sequence[Item], head: bytes) -> None:
         """Write one HPUB per event, each replying to its fast-ingest subject (``head``, then its
@@ -271,10 +272,7 @@ class FastPath:
             append(item.payload)
             append(b"\r\n")
             size += len(line) + item.size + 2
-        nc = self._nc
-        nc._pending.extend(pieces)  # noqa: SLF001
-        nc._pending_data_size += size  # noqa: SLF001
-        await self._kick()
+        await self._pend(pieces, size)
 
     async def publish_core(self, items: Sequence[Item]) -> asyncio.Future[None]:
         """Write ``items`` straight to the socket, then a PING; the returned future is done at
