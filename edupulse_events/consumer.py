@@ -40,6 +40,7 @@ from ._consumer._running import Handler, run_handlers
 from ._consumer._tally import Tally
 from ._consumer._tracing import tracing_for
 from ._engine._processes import keep_orphan, own_process, track, untrack
+from ._nats._pull import check_nats_py
 from .codec import decode as default_decode
 from .config import ConsumerConfig
 from .errors import ConfigError, ConsumerClosed
@@ -62,6 +63,7 @@ class NatsConsumer:
     def __init__(self, config: ConsumerConfig) -> None:
         if not isinstance(config, ConsumerConfig):
             raise TypeError(f"NatsConsumer takes a ConsumerConfig, got {type(config).__name__}")
+        check_nats_py()  # ConfigError on a nats-py too old to pull with heartbeats
         self._config = config
         self._decode = config.codec.decode if config.codec is not None else default_decode
         self._backoff = Backoff(config)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from nats_py_support import BATCH_FIELDS, PULL_HEARTBEAT
 
 from edupulse_events._nats import PATH_ENV
 from edupulse_events._spool._store import Spool
@@ -174,3 +175,16 @@ def otel() -> Iterator[tuple[TracerProvider, InMemorySpanExporter, MeterProvider
     yield tracer_provider, spans, meter_provider, reader
     tracer_provider.shutdown()
     meter_provider.shutdown()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, saying why, what the installed nats-py cannot do (tests/test_nats_py_features.py shows
+    what a user gets there instead: a clear error or a warning)."""
+    skips = {
+        "batch_streams": (BATCH_FIELDS, "nats-py before 2.12 cannot create streams with allow_atomic/allow_batched"),
+        "pull_consumer": (PULL_HEARTBEAT, "NatsConsumer needs nats-py 2.9 or later (pull fetch with heartbeats)"),
+    }
+    for item in items:
+        for marker, (available, why) in skips.items():
+            if not available and item.get_closest_marker(marker):
+                item.add_marker(pytest.mark.skip(reason=why))

@@ -26,6 +26,8 @@ from edupulse_events import (
 )
 from edupulse_events.testing import NatsServer
 
+pytestmark = pytest.mark.batch_streams
+
 STREAM = "ATOMIC"
 SUBJECT = "edupulse.atomic"
 

@@ -24,6 +24,8 @@ from proxy_support import CuttingProxy
 from edupulse_events import NatsPublisher, RetryPolicy
 from edupulse_events.testing import NatsCluster, NatsServer
 
+pytestmark = pytest.mark.batch_streams
+
 DEADLINE = float(SHORT["delivery_timeout"])  # type: ignore[arg-type]
 
 

@@ -11,11 +11,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from consumer_support import dead_letters, fill
 from helpers import broker_env, envelopes, run_cli
 
 from edupulse_events import NatsConsumer
 from edupulse_events.testing import NatsServer
+
+pytestmark = pytest.mark.pull_consumer
 
 HANDLER = """
 import os

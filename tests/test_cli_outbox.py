@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import broker_env, envelopes, run_cli
 from outbox_support import STREAM, SUBJECT, Database, atomic_stream, stored_ids
 
 from edupulse_events.testing import NatsServer, free_port
+
+pytestmark = pytest.mark.batch_streams
 
 
 def _database(tmp_path: Path) -> Database:

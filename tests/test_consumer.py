@@ -31,6 +31,8 @@ from edupulse_events import (
 )
 from edupulse_events.testing import NatsServer
 
+pytestmark = pytest.mark.pull_consumer
+
 _names = itertools.count(1)
 
 

@@ -21,6 +21,8 @@ from helpers import envelopes
 from edupulse_events import BrokerError, Inbox, NatsConsumer, ReceivedMessage, encode
 from edupulse_events.testing import NatsCluster, NatsServer
 
+pytestmark = pytest.mark.pull_consumer
+
 
 def test_sigkilled_consumer_restarted_loses_nothing(nats_server: NatsServer, tmp_path: Path) -> None:
     """SIGKILL while handling the 150th of 500 events; restarted, every event is handled (at least once)."""

@@ -22,6 +22,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from edupulse_events import ConsumerConfig, NatsConsumer, NatsPublisher, PermanentFailure, ReceivedMessage
 from edupulse_events.testing import NatsServer
 
+pytestmark = pytest.mark.pull_consumer
+
 
 def test_handler_spans_continue_the_producer_trace(nats_server: NatsServer) -> None:
     """Each handled message gets a CONSUMER span whose parent is its PRODUCER span; a failure marks it an error."""

@@ -14,6 +14,8 @@ from edupulse_events import EventEnvelope, NatsPublisher, PublishAck, encode
 from edupulse_events._nats import PATH_ENV
 from edupulse_events.testing import NatsCluster, NatsServer
 
+pytestmark = pytest.mark.batch_streams
+
 
 @pytest.fixture(params=["fast", "public"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -30,7 +30,8 @@ PLAIN_RUN = textwrap.dedent(
 
     assert fast_futures_refusal() == "EDUPULSE_EVENTS_FUTURES=plain", fast_futures_refusal()
     with NatsServer() as server:
-        with NatsPublisher.connect(server.url, "plain.futures", stream="PLAIN", create_stream=True) as pub:
+        options = {"stream": "PLAIN", "create_stream": True, "fast_ingest": False}  # a sequence per event
+        with NatsPublisher.connect(server.url, "plain.futures", **options) as pub:
             called, done = [], threading.Event()
             def callback(future):
                 called.append(future.result(0).broker_sequence)

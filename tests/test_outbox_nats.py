@@ -21,6 +21,8 @@ from outbox_support import STREAM, SUBJECT, Database, atomic_stream, publisher_t
 from edupulse_events import EventEnvelope, NatsPublisher, Outbox, OutboxRelay
 from edupulse_events.testing import NatsServer
 
+pytestmark = pytest.mark.batch_streams
+
 #: A relay in its own process: delivers until killed, logging each batch it sends to stderr.
 RELAY_PROCESS = """
 import logging, sys, threading

@@ -15,6 +15,8 @@ from outbox_support import Database, atomic_stream, publisher_to, stored_ids
 from edupulse_events import InMemoryPublisher, OutboxRelay, RetryPolicy
 from edupulse_events.testing import NatsServer, PostgresServer, free_port
 
+pytestmark = pytest.mark.batch_streams
+
 
 @pytest.fixture
 def pg(postgres_url: str) -> Database:

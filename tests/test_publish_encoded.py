@@ -13,6 +13,8 @@ from helpers import add_stream, encoded, envelope, envelopes, raw_messages, read
 from edupulse_events import EncodedEvent, InvalidEvent, NatsPublisher
 from edupulse_events.testing import NatsServer
 
+pytestmark = pytest.mark.batch_streams
+
 STREAM = "ENCODED"
 SUBJECT = "edupulse.{tenant}.{type}"
 

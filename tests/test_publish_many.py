@@ -170,6 +170,7 @@ def test_overflow_spool_keeps_what_the_queue_cannot_take(
     assert sorted(m.data for m in read_stream(server.url, STREAM)) == sorted(encode(e) for e in batch)
 
 
+@pytest.mark.batch_streams
 def test_an_atomic_batch_with_an_event_the_stream_refuses_fails_at_once_naming_it(nats_server: NatsServer) -> None:
     """An event over max_msg_size mid-batch: the server drops the batch (10176); the resend asks every
     event and the batch fails with that event's refusal (EventRejected naming it), nothing stored."""

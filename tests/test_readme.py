@@ -79,6 +79,7 @@ def test_the_codec_example() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.batch_streams
 def test_the_atomic_batch_example() -> None:
     """The atomic-batch example stores its three events contiguously on its own embedded server."""
     proc = run(block("atomic"))
@@ -91,6 +92,7 @@ def test_the_custom_registry_example() -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.pull_consumer
 def test_the_consuming_example(nats_server: NatsServer, tmp_path: Path) -> None:
     """The consuming example (docs/consuming.md) grants one badge per event of the batch script, via its
     inbox; the pruning example then forgets none of those fresh ids."""
@@ -181,6 +183,7 @@ WEB_DRIVER = textwrap.dedent(
 )
 
 
+@pytest.mark.batch_streams
 def test_the_outbox_example(nats_server: NatsServer, tmp_path: Path) -> None:
     """The outbox example commits a lesson with its event, and its relay stores that event."""
     code = block("outbox").replace(README_URL, nats_server.url) + "\nprint(delivered)\n"

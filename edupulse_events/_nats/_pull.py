@@ -29,24 +29,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import nats.errors
+import nats.js
 import nats.js.api
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ..config import ConsumerConfig
-from ..errors import BrokerError, BrokerUnavailable
+from ..errors import BrokerError, BrokerUnavailable, ConfigError
 from ._connection import close_connection, open_connection
-from ._paths import fast_path_refusal
+from ._paths import fast_path_refusal, nats_py_version
 from ._streams import stream_captures
 
-__all__ = ["DEAD_LETTER_HEADERS", "Delivery", "PullConsumer", "nak_payload", "term_payload"]
+__all__ = ["DEAD_LETTER_HEADERS", "Delivery", "PullConsumer", "check_nats_py", "nak_payload", "term_payload"]
 
 log = logging.getLogger("edupulse_events")
 
@@ -63,6 +65,17 @@ DEAD_LETTER_HEADERS = (
     "Edupulse-Dead-Letter-Deliveries",
 )
 _MAX_REASON = 1024
+
+
+def check_nats_py() -> None:
+    """`ConfigError` unless the installed nats-py pulls with idle heartbeats (2.9 and later), which
+    the consumer needs to tell a quiet stream from a lost server."""
+    fetch = getattr(getattr(nats.js.JetStreamContext, "PullSubscription", None), "fetch", None)
+    if fetch is None or "heartbeat" not in inspect.signature(fetch).parameters:
+        raise ConfigError(
+            f"NatsConsumer needs nats-py 2.9 or later (pull fetch with idle heartbeats); "
+            f"nats-py {nats_py_version()} is installed"
+        )
 
 
 def nak_payload(delay: float | None) -> bytes:

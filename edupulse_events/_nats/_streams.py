@@ -13,6 +13,7 @@ from nats.js.api import StreamConfig
 
 from ..config import PublisherConfig
 from ..errors import BrokerError
+from ._paths import nats_py_version
 
 __all__ = ["ensure_stream", "stream_captures", "subject_covered"]
 
@@ -71,6 +72,14 @@ async def ensure_stream(nc: Client, cfg: PublisherConfig) -> bool:
                 ) from None
             await jsm.add_stream(name=cfg.stream, subjects=[wanted], num_replicas=cfg.stream_replicas, **_BATCH_FLAGS)
             log.info("created JetStream stream %s for subject %s", cfg.stream, wanted)
+            if not _BATCH_FLAGS:
+                log.warning(
+                    "nats-py %s cannot set allow_atomic and allow_batched (2.12 and later can): stream %s was "
+                    "created without them, so atomic batches are refused (err_code 10174) and publish_many() "
+                    "gets an ack per event; set them on the stream, or install a newer nats-py",
+                    nats_py_version(),
+                    cfg.stream,
+                )
             info = await jsm.stream_info(cfg.stream)
     except BrokerError:
         raise
