@@ -43,7 +43,7 @@ def main() -> None:
     import wsgi_servers as servers
     from _common import machine, write_json
 
-    from edupulse_events.testing import NatsServer, free_port
+    from edupulse_events.testing import NatsServer, free_port, release_port
 
     library = Path(args.library).resolve() if args.library else ROOT
     times: dict[tuple[str, bool, bool], list[float]] = {}
@@ -69,6 +69,7 @@ def main() -> None:
                             elapsed = time.perf_counter() - started
                         finally:
                             server.stop()
+                            release_port(port)
                         assert len(load.ok) == args.requests, f"{len(load.ok)} of {args.requests} answered"
                         key = (setting, recycle, publish)
                         times.setdefault(key, []).append(elapsed)

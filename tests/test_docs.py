@@ -62,6 +62,7 @@ PAGES = {
         "edupulse_events.testing.NatsCluster",
         "edupulse_events.testing.nats_server_binary",
         "edupulse_events.testing.free_port",
+        "edupulse_events.testing.release_port",
     ],
 }
 

@@ -239,7 +239,9 @@ _VALUES: dict[str, list[Any]] = {
 MUTATIONS = [(field, value) for field, values in _VALUES.items() for value in values]
 
 
-@pytest.mark.parametrize(("field", "value"), MUTATIONS, ids=[f"{f}={v!r:.30}" for f, v in MUTATIONS])
+@pytest.mark.parametrize(
+    ("field", "value"), MUTATIONS, ids=[f"{f}={'DROP' if v is DROP else repr(v):.30}" for f, v in MUTATIONS]
+)
 def test_custom_type_schema_agrees_with_the_codec(field: str, value: Any) -> None:
     """For a custom event type's payload, the schema refuses exactly what the codec refuses."""
     payload = {k: v for k, v in PROBE_PAYLOAD.items() if k != field}

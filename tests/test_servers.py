@@ -52,7 +52,7 @@ from wsgi_servers import (
     uwsgi_argv,
 )
 
-from edupulse_events.testing import NatsServer, free_port
+from edupulse_events.testing import NatsServer, free_port, release_port
 
 pytestmark = [
     pytest.mark.servers,
@@ -120,6 +120,7 @@ def serve(nats_server: NatsServer, tmp_path: Path) -> Iterator[Serve]:
     finally:
         for server in servers:
             server.stop()
+            release_port(server.port)
 
 
 def assert_publishers_closed(server: WsgiServer, load: Load, killed: Collection[int] = ()) -> None:

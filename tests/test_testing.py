@@ -6,6 +6,7 @@ import importlib.metadata
 import os
 import socket
 import ssl
+import subprocess
 import sys
 import sysconfig
 import time
@@ -21,7 +22,15 @@ import trustme
 from testing_support import connect, pid_alive, run
 
 from edupulse_events.errors import ConfigError, EventsError
-from edupulse_events.testing import NatsServer, PostgresServer, ServerError, ServerNotFound, nats_server_binary
+from edupulse_events.testing import (
+    NatsServer,
+    PostgresServer,
+    ServerError,
+    ServerNotFound,
+    free_port,
+    nats_server_binary,
+    release_port,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leftover_threads")
 
@@ -321,9 +330,10 @@ def test_start_failure_raises_with_log_tail(make_server: Callable[..., NatsServe
 def test_auto_port_taken_before_first_start_is_replaced(
     make_server: Callable[..., NatsServer],
 ) -> None:
-    """If someone grabs an auto-chosen port before start(), the first start picks fresh ports."""
+    """If a server elsewhere takes an auto-chosen port before start(), the first start picks fresh ports."""
     server = make_server(jetstream=False, start=False)
     squatter = socket.socket()
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: past the hold
     try:
         squatter.bind(("127.0.0.1", server.http_port))
         squatter.listen()
@@ -336,6 +346,31 @@ def test_auto_port_taken_before_first_start_is_replaced(
         assert varz["http_port"] == server.http_port
     finally:
         squatter.close()
+
+
+def test_a_free_port_is_held_from_other_processes_until_released(make_server: Callable[..., NatsServer]) -> None:
+    """free_port()'s port cannot be bound by another process (another xdist worker, another run)
+    until released, a server binding with SO_REUSEADDR still listens on it, and a server's close()
+    releases the ports it used."""
+    probe = "import socket, sys\nsocket.socket().bind(('127.0.0.1', int(sys.argv[1])))"
+
+    def other_process_binds(port: int) -> bool:
+        return subprocess.run([sys.executable, "-c", probe, str(port)], capture_output=True, timeout=30).returncode == 0
+
+    port = free_port()
+    assert not other_process_binds(port)
+    with socket.socket() as server_like:
+        server_like.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server_like.bind(("127.0.0.1", port))
+        server_like.listen()
+    release_port(port)
+    assert other_process_binds(port)
+    server = make_server(start=False)
+    assert not other_process_binds(server.port)
+    assert not other_process_binds(server.http_port)
+    server.close()
+    assert other_process_binds(server.port)
+    assert other_process_binds(server.http_port)
 
 
 def test_options_are_validated_at_construction(nats_binary: str, tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 from ..errors import ServerError, ServerNotFound
 from ._binary import BINARY_ENV_VAR, nats_server_binary
 from ._cluster import NatsCluster
-from ._net import free_port
+from ._net import free_port, release_port
 from ._postgres import PG_BIN_ENV_VAR, PostgresServer, postgres_binaries
 from ._server import NatsServer
 
@@ -53,4 +53,5 @@ __all__ = [
     "free_port",
     "nats_server_binary",
     "postgres_binaries",
+    "release_port",
 ]

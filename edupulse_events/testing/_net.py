@@ -1,7 +1,8 @@
 """Loopback plumbing shared by the server and the cluster: ports, probes and polling.
 
 Owns the one address everything listens on (:data:`HOST`, 127.0.0.1), :func:`free_port`
-(never hands out the same port twice in a process), the HTTP monitoring requests (plain
+(a port held for its caller until :func:`release_port`, so no other process takes it meanwhile,
+and never handed out twice in a process), the HTTP monitoring requests (plain
 ``http.client``, so no proxy settings apply), the client-port INFO probe, and the
 deadline-bounded poll interval every wait loop in this package sleeps on.
 """
@@ -24,19 +25,47 @@ HTTP_TIMEOUT = 0.5  # per monitoring request; a paused server must not stall a p
 
 _reserved_lock = threading.Lock()
 _reserved_ports: set[int] = set()
+_held: dict[int, socket.socket] = {}
 
 
 def free_port() -> int:
-    """Return a TCP port that is free on 127.0.0.1 and was not handed out before in this process."""
+    """Return a TCP port on 127.0.0.1 that nothing else takes until :func:`release_port`.
+
+    The port is held by a socket of this process, bound to it (``SO_REUSEADDR``) but not
+    listening: other processes looking for a free port the same way (another pytest-xdist worker,
+    another test run on the machine) and the kernel's choice of local port for an outgoing
+    connection pass it by, so it stays free for its caller even while a server on it is stopped,
+    killed or restarting; a server that binds with ``SO_REUSEADDR`` (nats-server, PostgreSQL,
+    gunicorn, uWSGI) listens on it all the same, and a client connecting while nothing listens is
+    refused. The servers of this package release the ports they were given when they close; a
+    port is never handed out twice in a process.
+    """
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((HOST, 0))
             port = int(sock.getsockname()[1])
+        except BaseException:  # pragma: no cover - the bind itself failed
+            sock.close()
+            raise
         with _reserved_lock:
             if port not in _reserved_ports:
                 _reserved_ports.add(port)
+                _held[port] = sock
                 return port
+        sock.close()
     raise ServerError("could not find a free TCP port on 127.0.0.1")  # pragma: no cover
+
+
+def release_port(port: int | None) -> None:
+    """Stop holding ``port`` (from :func:`free_port`); nothing for a port this process does not hold."""
+    if port is None:
+        return
+    with _reserved_lock:
+        sock = _held.pop(port, None)
+    if sock is not None:
+        sock.close()
 
 
 def _http_get(port: int, path: str, timeout: float) -> tuple[int, bytes]:

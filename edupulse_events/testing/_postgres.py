@@ -24,7 +24,7 @@ import weakref
 from pathlib import Path
 
 from ..errors import ServerError, ServerNotFound
-from ._net import HOST, POLL, free_port
+from ._net import HOST, POLL, free_port, release_port
 
 __all__ = ["PG_BIN_ENV_VAR", "PostgresServer", "postgres_binaries"]
 
@@ -233,6 +233,7 @@ class PostgresServer:
         elif self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._tmpdir = None
+        release_port(self.port)
 
     def __enter__(self) -> PostgresServer:
         return self.start()

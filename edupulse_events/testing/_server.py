@@ -23,7 +23,7 @@ from typing import Any
 from ..errors import ServerError
 from ._binary import resolve_binary
 from ._config import ServerOptions
-from ._net import HOST, HTTP_TIMEOUT, accepts_clients, free_port, get_json, http_ok, wait
+from ._net import HOST, HTTP_TIMEOUT, accepts_clients, free_port, get_json, http_ok, release_port, wait
 from ._process import ProcState, finalize, hard_kill, log_tail, reap, spawn, wait_stopped
 
 _LOG_TAIL_LINES = 40
@@ -300,6 +300,8 @@ class NatsServer:
             finally:
                 self._closed = True
                 self._finalizer()  # kills anything left and removes the temp dir
+                for port in (self._port, self._http_port, self._cluster_port):
+                    release_port(port)  # held since free_port() chose it, through every restart
 
     def __enter__(self) -> NatsServer:
         if not self.running:
@@ -394,8 +396,10 @@ class NatsServer:
         if (client and self._opts.port is not None) or (http and self._opts.http_port is not None):
             return False
         if client:
+            release_port(self._port)
             self._port = free_port()
         if http:
+            release_port(self._http_port)
             self._http_port = free_port()
         return client or http
 
