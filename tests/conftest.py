@@ -179,7 +179,11 @@ def otel() -> Iterator[tuple[TracerProvider, InMemorySpanExporter, MeterProvider
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip, saying why, what the installed nats-py cannot do (tests/test_nats_py_features.py shows
-    what a user gets there instead: a clear error or a warning)."""
+    what a user gets there instead: a clear error or a warning). Under pytest-xdist the
+    suite-in-a-fresh-venv tests (``matrix``, ``pythons``: minutes each) come first, so each starts
+    at once on a worker of its own and the other tests fill in around them; in collection order they
+    would start late and the run would end minutes after the rest (``--dist loadgroup`` hands out
+    tests in this order; serial runs keep theirs)."""
     skips = {
         "batch_streams": (BATCH_FIELDS, "nats-py before 2.12 cannot create streams with allow_atomic/allow_batched"),
         "pull_consumer": (PULL_HEARTBEAT, "NatsConsumer needs nats-py 2.9 or later (pull fetch with heartbeats)"),
@@ -188,3 +192,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for marker, (available, why) in skips.items():
             if not available and item.get_closest_marker(marker):
                 item.add_marker(pytest.mark.skip(reason=why))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        items.sort(key=lambda item: not any(item.get_closest_marker(name) for name in ("matrix", "pythons")))

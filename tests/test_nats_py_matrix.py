@@ -1,14 +1,14 @@
-"""The whole suite again in a fresh virtual environment with the oldest nats-py this library supports
+"""The suite again in a fresh virtual environment with the oldest nats-py this library supports
 (2.6.0), where the fast path is refused and every publisher takes nats-py's public API, on the
 oldest CPython it supports (3.10, from pyenv; this interpreter where that one is missing) — all
 but the pre-fork server runs (``servers``: gunicorn and uWSGI add nothing nats-py-specific, and
-1.5 minutes) and the tooling checks.
+1.5 minutes) and the files of `matrix_support.MAIN_RUN_ONLY` (the tooling and docs checks, the
+command line's subprocess I/O, the testing helpers' own edge cases: each with its reason there).
 
 The venv gets the package and the ``test`` extra without what these tests do not use (uWSGI and
-gunicorn, ruff, mypy, mkdocs: `matrix_support.tier_requirements`); the tooling checks and the
-docs build are nats-py-independent and run once, in the main run.
+gunicorn, ruff, mypy, mkdocs: `matrix_support.tier_requirements`).
 
-Marked ``matrix``: CI runs it (about 4 minutes); skip it locally with ``-m "not matrix"``.
+Marked ``matrix``: CI runs it (docs/development.md says how long); skip it locally with ``-m "not matrix"``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from matrix_support import OLDEST_PYTHON, tier_requirements
+from matrix_support import MAIN_RUN_ONLY, OLDEST_PYTHON, install_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 OLDEST = "2.6.0"
@@ -49,13 +49,7 @@ def test_the_suite_passes_on_the_oldest_supported_nats_py(tmp_path: Path) -> Non
     interpreter = str(OLDEST_PYTHON) if os.access(OLDEST_PYTHON, os.X_OK) else sys.executable
     subprocess.run([interpreter, "-m", "venv", str(venv)], check=True, timeout=300)
     python = str(venv / "bin" / "python")
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "-e", str(ROOT), *tier_requirements(), f"nats-py=={OLDEST}"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    install = install_checkout(python, f"nats-py=={OLDEST}")
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     version = subprocess.run(
         [python, "-c", "import importlib.metadata as m; print(m.version('nats-py'))"],
@@ -77,10 +71,13 @@ def test_the_suite_passes_on_the_oldest_supported_nats_py(tmp_path: Path) -> Non
             "-q",
             "-p",
             "no:cacheprovider",
+            # two workers of its own: the longest test of the run, it would otherwise end minutes after
+            # everything else (docs/development.md)
+            "-n",
+            "2",
             "-m",
             "not matrix and not servers and not pythons",
-            "--ignore=tests/test_tooling.py",
-            "--ignore=tests/test_docs.py",
+            *(f"--ignore={path}" for path in MAIN_RUN_ONLY),
         ],
         cwd=ROOT,
         capture_output=True,

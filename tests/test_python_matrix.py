@@ -8,10 +8,11 @@ makes two extra venvs, not three.
 To keep CI's whole run within its budget, the tier is narrowed to what depends on the interpreter.
 The venv gets the package and the ``test`` extra without what the tier does not run
 (`matrix_support.tier_requirements`). The tier is
-``-m "not matrix and not servers and not pythons and not slow"`` without `SKIPPED_FILES`:
-the tooling and docs checks, and the command line's subprocess-heavy I/O tests and the demo
-(argument parsing and help still run, in ``test_cli.py``; the main run keeps the rest). An
-interpreter missing on this machine is skipped with its path.
+``-m "not matrix and not servers and not pythons and not slow"`` without `SKIPPED_FILES`: the
+files of `matrix_support.MAIN_RUN_ONLY` (the tooling and docs checks, the command line's
+subprocess I/O and the demo, the testing helpers' own edge cases; argument parsing and help
+still run, in ``test_cli.py``) and ``tail``'s (its nats-py reading is the main run's, on the same
+nats-py). An interpreter missing on this machine is skipped with its path.
 
 Marked ``pythons``: CI runs it; skip it locally with ``-m "not pythons"``.
 """
@@ -23,20 +24,12 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from matrix_support import NEWEST_PYTHON, tier_requirements
+from matrix_support import MAIN_RUN_ONLY, NEWEST_PYTHON, install_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 INTERPRETERS = {"3.13": NEWEST_PYTHON}
 TIER = "not matrix and not servers and not pythons and not slow"
-SKIPPED_FILES = (
-    "tests/test_tooling.py",
-    "tests/test_docs.py",
-    "tests/test_cli_tail.py",
-    "tests/test_cli_publish.py",
-    "tests/test_cli_spool.py",
-    "tests/test_cli_hostile.py",
-    "tests/test_demo.py",
-)
+SKIPPED_FILES = (*MAIN_RUN_ONLY, "tests/test_cli_tail.py")
 
 pytestmark = pytest.mark.pythons
 
@@ -51,13 +44,7 @@ def test_the_default_tier_passes_on_the_newest_cpython(version: str, tmp_path: P
     venv = tmp_path / "venv"
     subprocess.run([str(interpreter), "-m", "venv", str(venv)], check=True, timeout=300)
     python = str(venv / "bin" / "python")
-    install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "-e", str(ROOT), *tier_requirements()],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    install = install_checkout(python)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     which = subprocess.run(
         [python, "-c", "import sys; print(sys.version_info[:2])"],
@@ -69,7 +56,7 @@ def test_the_default_tier_passes_on_the_newest_cpython(version: str, tmp_path: P
     assert which.stdout.strip() == str(tuple(int(n) for n in version.split(".")))
     ignored = [f"--ignore={path}" for path in SKIPPED_FILES]
     suite = subprocess.run(
-        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", TIER, *ignored],
+        [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "-m", TIER, *ignored],
         cwd=ROOT,
         capture_output=True,
         text=True,
