@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from helpers import add_stream, envelopes, read_stream
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -65,6 +66,7 @@ def test_the_relay_span_links_to_the_request_that_added_the_events(
     )
 
 
+@pytest.mark.batch_streams  # sent as stored: atomic batches
 def test_the_events_sent_as_stored_are_producer_spans_of_the_relays_claim(
     tmp_path: Any,
     nats_server: NatsServer,

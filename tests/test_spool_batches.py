@@ -30,7 +30,7 @@ from edupulse_events._pipeline._routing import Router
 from edupulse_events._spool._store import Spool, spool_files
 from edupulse_events.testing import NatsServer
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks")
+pytestmark = [pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX locks"), pytest.mark.batch_streams]
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAM = "BATCHES"
