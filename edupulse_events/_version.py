@@ -1,3 +1,3 @@
 """The package's version (one place: setup.cfg, the schema documents and telemetry read it here)."""
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
