@@ -153,6 +153,7 @@ class NatsConsumer:
         concurrency: int = 1,
         stop: threading.Event | None = None,
         timeout: float | None = None,
+        idle_timeout: float | None = None,
         stop_timeout: float = 10.0,
         handle_signals: bool = True,
         permanent: tuple[type[BaseException], ...] = (),
@@ -164,14 +165,18 @@ class NatsConsumer:
         it with the backoff (``backoff_initial``... by delivery count; the dead letter on the
         last delivery); a `PermanentFailure` or one of ``permanent`` dead-letters it at once.
         It stops when ``stop`` is set, on SIGTERM (from the main thread, with ``handle_signals``;
-        the previous handler is restored), on Ctrl-C (re-raised after the stop) or after
-        ``timeout`` seconds (None: never): it fetches no more, lets handlers finish within
-        ``stop_timeout`` and naks whatever else this process holds. A lost connection raises
+        the previous handler is restored), on Ctrl-C (re-raised after the stop), after
+        ``timeout`` seconds (None: never), or once ``idle_timeout`` seconds passed with nothing
+        delivered and no handler busy (None: never; a batch job's "until drained"): it fetches
+        no more, lets handlers finish within ``stop_timeout`` and naks whatever else this
+        process holds. A lost connection raises
         `BrokerError` after the same clean stop."""
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds or None, got {timeout!r}")
+        if idle_timeout is not None and not idle_timeout > 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds or None, got {idle_timeout!r}")
         if not stop_timeout > 0:
             raise ValueError(f"stop_timeout must be > 0 seconds, got {stop_timeout!r}")
         loop = self._ensure_loop()
@@ -195,6 +200,7 @@ class NatsConsumer:
                 concurrency=concurrency,
                 stop=stop,
                 timeout=timeout,
+                idle_timeout=idle_timeout,
                 stop_timeout=stop_timeout,
                 handle_signals=handle_signals,
                 permanent=tuple(permanent),

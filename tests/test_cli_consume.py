@@ -45,20 +45,21 @@ def _env(server: NatsServer, tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def test_consume_runs_the_handler_and_dead_letters_failures(nats_server: NatsServer, tmp_path: Path) -> None:
-    """--handler module:function handles each event once; a PermanentFailure lands in --dead-letter; exit 0."""
+    """--handler module:function handles each event once; a PermanentFailure lands in --dead-letter; exit 0
+    once idle (--idle-timeout), and again after --timeout with nothing left."""
     events = envelopes(8)
     fill(nats_server.url, "CC", "cc", events)
     dead_letters(nats_server.url, "CCDL", "cc-dead")
     env = _env(nats_server, tmp_path, FAIL="1")
-    args = ("consume", "--durable", "w", "--handler", "handlers:handle", "--dead-letter", "cc-dead", "--timeout", "2")
-    proc = run_cli(*args, "--concurrency", "2", env=env)
+    args = ("consume", "--durable", "w", "--handler", "handlers:handle", "--dead-letter", "cc-dead")
+    proc = run_cli(*args, "--concurrency", "2", "--idle-timeout", "1", "--timeout", "60", env=env)
     assert proc.returncode == 0, proc.stderr
     handled = (tmp_path / "out").read_text().split()
     assert sorted(handled) == sorted(str(e.event_id) for i, e in enumerate(events) if i != 3)
     assert "8 received, 7 acked, 0 nak'ed, 1 dead-lettered, 1 handler errors" in proc.stderr.splitlines()[-1]
     [(_, headers)] = dead_letters(nats_server.url, "CCDL", "cc-dead")
     assert headers["Edupulse-Dead-Letter-Reason"] == "PermanentFailure: refund the payment by hand"
-    again = run_cli(*args, env=env)  # the durable remembers: nothing more to handle
+    again = run_cli(*args, "--timeout", "1", env=env)  # the durable remembers: nothing more to handle
     assert again.returncode == 0, again.stderr
     assert len((tmp_path / "out").read_text().split()) == 7
 

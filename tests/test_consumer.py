@@ -252,6 +252,79 @@ def test_handler_running_past_stop_timeout_is_nacked(server: NatsServer, stream:
     assert outcomes == ["nak"]
 
 
+def test_idle_timeout_returns_once_drained(server: NatsServer, stream: tuple[str, str]) -> None:
+    """run(idle_timeout=) handles everything there is, then returns "idle" with nothing held or nak'ed; run(timeout=)
+    then returns "timeout"."""
+    name, prefix = stream
+    events = envelopes(500)
+    fill(server.url, name, prefix, events)
+    seen: list[uuid.UUID] = []
+    lock = threading.Lock()
+
+    def handle(message: ReceivedMessage) -> None:
+        with lock:
+            seen.append(message.envelope.event_id)
+
+    with NatsConsumer.connect(server.url, stream=name, durable="d", batch=50, max_buffered=100) as consumer:
+        assert consumer.run(handle, concurrency=4, idle_timeout=0.5, timeout=60.0) == "idle (0.5 s)"
+        stats = consumer.stats()
+        assert consumer.run(handle, timeout=0.3) == "timeout (0.3 s)"  # nothing left
+    assert sorted(seen) == sorted(e.event_id for e in events)
+    assert (stats.acknowledged, stats.nacked, stats.held) == (500, 0, 0)
+    assert ack_pending(server.url, name, "d") == (0, 0)
+
+
+def test_idle_timeout_waits_for_a_busy_handler(server: NatsServer, stream: tuple[str, str]) -> None:
+    """A handler busy longer than idle_timeout, with nothing delivered meanwhile, keeps run() going: what
+    arrives afterwards is handled."""
+    name, prefix = stream
+    first, second, third = envelopes(3)
+    fill(server.url, name, prefix, [first])
+    handled = {e.event_id: threading.Event() for e in (first, second, third)}
+
+    def handle(message: ReceivedMessage) -> None:
+        event_id = message.envelope.event_id
+        if event_id == first.event_id:
+            fill(server.url, name, prefix, [second])
+            assert handled[second.event_id].wait(10.0)  # the other thread took it: nothing is queued now
+            threading.Event().wait(1.0)  # busy for twice idle_timeout, nothing delivered meanwhile
+            fill(server.url, name, prefix, [third])
+            assert handled[third.event_id].wait(10.0)  # delivered: run() is still going
+        handled[event_id].set()
+
+    with NatsConsumer.connect(server.url, stream=name, durable="d") as consumer:
+        assert consumer.run(handle, concurrency=2, idle_timeout=0.5, timeout=60.0) == "idle (0.5 s)"
+        stats = consumer.stats()
+    assert all(event.is_set() for event in handled.values())
+    assert (stats.acknowledged, stats.handler_errors) == (3, 0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"concurrency": 0}, "concurrency"),
+        ({"concurrency": True}, "concurrency"),
+        ({"timeout": 0.0}, "timeout"),
+        ({"idle_timeout": -1.0}, "idle_timeout"),
+        ({"stop_timeout": 0.0}, "stop_timeout"),
+    ],
+)
+def test_run_checks_its_arguments(
+    server: NatsServer, stream: tuple[str, str], options: dict[str, object], message: str
+) -> None:
+    """run() with a bad argument raises ValueError naming it, takes nothing, and the consumer goes on working."""
+    name, prefix = stream
+    events = envelopes(1)
+    fill(server.url, name, prefix, events)
+    with NatsConsumer.connect(server.url, stream=name, durable="d") as consumer:
+        with pytest.raises(ValueError, match=message):
+            consumer.run(lambda _message: None, **options)  # type: ignore[arg-type]
+        assert consumer.stats().received == 0
+        [got] = consumer.fetch(1, timeout=5.0)
+        got.ack()
+    assert got.envelope == events[0]
+
+
 def test_binding_checks(server: NatsServer, stream: tuple[str, str]) -> None:
     """No stream, no durable (create=False), another filter, an uncaptured dead letter: each a BrokerError."""
     name, prefix = stream

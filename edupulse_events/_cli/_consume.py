@@ -5,8 +5,8 @@ with each `ReceivedMessage`: its return acks, an exception naks with backoff, a
 `PermanentFailure` dead-letters), the broker settings (the ``EDUPULSE_EVENT_BROKER_*``
 variables, as ``tail`` reads them), the progress line on stderr (a tqdm bar on a terminal with
 the ``cli`` extra; otherwise a line every ``--progress`` seconds), the summary at the end and
-the exit code: 0 after a clean stop (SIGTERM, Ctrl-C, ``--timeout``), 1 when the broker was
-lost, 2 for a usage or settings problem.
+the exit code: 0 after a clean stop (SIGTERM, Ctrl-C, ``--timeout``, ``--idle-timeout``), 1 when
+the broker was lost, 2 for a usage or settings problem.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ def add_consume_command(commands: Any) -> None:
     parser.add_argument("--dead-letter", metavar="SUBJECT", help="where undecodable and failed messages go")
     parser.add_argument("--max-deliver", type=int, default=5, metavar="N", help="deliveries at most (default 5)")
     parser.add_argument("--timeout", type=seconds, metavar="SECONDS", help="stop after this long (default: never)")
+    parser.add_argument(
+        "--idle-timeout",
+        type=seconds,
+        metavar="SECONDS",
+        help="stop once nothing came and no handler was busy for this long (default: never)",
+    )
     parser.add_argument("--stop-timeout", type=seconds, default=10.0, metavar="SECONDS", help="(default 10)")
     parser.add_argument("--progress", type=seconds, default=5.0, metavar="SECONDS", help="progress line interval")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
@@ -157,7 +163,13 @@ def _consume(args: argparse.Namespace) -> int:
     print(f"edupulse-events consume: {stream}/{args.durable} on {broker.redacted_servers}", file=sys.stderr, flush=True)
     code = 0
     try:
-        consumer.run(handle, concurrency=args.concurrency, timeout=args.timeout, stop_timeout=args.stop_timeout)
+        consumer.run(
+            handle,
+            concurrency=args.concurrency,
+            timeout=args.timeout,
+            idle_timeout=args.idle_timeout,
+            stop_timeout=args.stop_timeout,
+        )
     except KeyboardInterrupt:
         code = 0
     except EventsError as exc:

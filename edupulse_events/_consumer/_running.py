@@ -8,7 +8,8 @@ backoff (`Backoff`; on the durable's last delivery it goes to the dead letter in
 `PermanentFailure` (or one of the ``permanent`` types) dead-letters it at once.
 
 Stopping — the ``stop`` event set, SIGTERM (when ``run()`` is called from the main thread: the
-previous handler is restored on return), Ctrl-C, the ``timeout`` run out, or a handler raising
+previous handler is restored on return), Ctrl-C, the ``timeout`` run out, ``idle_timeout`` seconds
+with nothing delivered and nothing being handled, or a handler raising
 ``BaseException`` — fetches no more, lets each handler finish the message it holds, naks what
 is queued and what the pump's last fetch brings (redelivered at once, to this process or
 another), and, past ``stop_timeout``, naks on their behalf the messages of handlers still
@@ -72,6 +73,13 @@ class _Run:
         self.in_hand: dict[int, ReceivedMessage] = {}  # thread ident -> the message it handles
         self.fatal: BaseException | None = None
         self.reason = ""
+        self.active_at = time.monotonic()  # the last delivery or handled message (``idle_timeout``)
+
+    def idle_for(self, now: float) -> float:
+        """Seconds with nothing delivered, queued or being handled (0.0 while anything is)."""
+        if self.in_hand or not self.queue.empty():
+            return 0.0
+        return now - self.active_at
 
     def stop(self, reason: str) -> None:
         if not self.stopping.is_set():
@@ -80,6 +88,7 @@ class _Run:
 
     def deliver(self, batch: list[Delivery]) -> None:
         """On the loop: a fetched batch, one share per handler thread."""
+        self.active_at = time.monotonic()
         shares, put = self.shares, self.queue.put
         if shares == 1 or len(batch) < 2 * shares:
             put(batch)
@@ -108,6 +117,7 @@ class _Run:
                         try:
                             self.handle(message)
                         finally:
+                            self.active_at = time.monotonic()  # before: idle needs no message in hand
                             self.in_hand.pop(me, None)
         except BaseException as exc:  # noqa: BLE001 - reported by run() in the caller's thread
             self.fatal = self.fatal or exc
@@ -205,6 +215,7 @@ def run_handlers(
     concurrency: int,
     stop: threading.Event | None,
     timeout: float | None,
+    idle_timeout: float | None,
     stop_timeout: float,
     handle_signals: bool,
     permanent: tuple[type[BaseException], ...],
@@ -229,6 +240,8 @@ def run_handlers(
                     run.stop("stop event")
                 elif deadline is not None and time.monotonic() >= deadline:
                     run.stop(f"timeout ({timeout} s)")
+                elif idle_timeout is not None and run.idle_for(time.monotonic()) >= idle_timeout:
+                    run.stop(f"idle ({idle_timeout} s)")
                 elif pump.done():
                     run.stop("the pump ended")
                 else:
