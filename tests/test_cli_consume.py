@@ -52,7 +52,7 @@ def test_consume_runs_the_handler_and_dead_letters_failures(nats_server: NatsSer
     dead_letters(nats_server.url, "CCDL", "cc-dead")
     env = _env(nats_server, tmp_path, FAIL="1")
     args = ("consume", "--durable", "w", "--handler", "handlers:handle", "--dead-letter", "cc-dead")
-    proc = run_cli(*args, "--concurrency", "2", "--idle-timeout", "1", "--timeout", "60", env=env)
+    proc = run_cli(*args, "--concurrency", "2", "--idle-timeout", "2", "--timeout", "60", env=env)
     assert proc.returncode == 0, proc.stderr
     handled = (tmp_path / "out").read_text().split()
     assert sorted(handled) == sorted(str(e.event_id) for i, e in enumerate(events) if i != 3)

@@ -266,7 +266,7 @@ def test_idle_timeout_returns_once_drained(server: NatsServer, stream: tuple[str
             seen.append(message.envelope.event_id)
 
     with NatsConsumer.connect(server.url, stream=name, durable="d", batch=50, max_buffered=100) as consumer:
-        assert consumer.run(handle, concurrency=4, idle_timeout=0.5, timeout=60.0) == "idle (0.5 s)"
+        assert consumer.run(handle, concurrency=4, idle_timeout=2.0, timeout=60.0) == "idle (2.0 s)"
         stats = consumer.stats()
         assert consumer.run(handle, timeout=0.3) == "timeout (0.3 s)"  # nothing left
     assert sorted(seen) == sorted(e.event_id for e in events)
@@ -287,13 +287,13 @@ def test_idle_timeout_waits_for_a_busy_handler(server: NatsServer, stream: tuple
         if event_id == first.event_id:
             fill(server.url, name, prefix, [second])
             assert handled[second.event_id].wait(10.0)  # the other thread took it: nothing is queued now
-            threading.Event().wait(1.0)  # busy for twice idle_timeout, nothing delivered meanwhile
+            threading.Event().wait(2.0)  # busy for twice idle_timeout, nothing delivered meanwhile
             fill(server.url, name, prefix, [third])
             assert handled[third.event_id].wait(10.0)  # delivered: run() is still going
         handled[event_id].set()
 
     with NatsConsumer.connect(server.url, stream=name, durable="d") as consumer:
-        assert consumer.run(handle, concurrency=2, idle_timeout=0.5, timeout=60.0) == "idle (0.5 s)"
+        assert consumer.run(handle, concurrency=2, idle_timeout=1.0, timeout=60.0) == "idle (1.0 s)"
         stats = consumer.stats()
     assert all(event.is_set() for event in handled.values())
     assert (stats.acknowledged, stats.handler_errors) == (3, 0)
