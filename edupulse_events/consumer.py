@@ -212,7 +212,12 @@ class NatsConsumer:
     def stats(self) -> ConsumerStats:
         """A snapshot of this consumer's counters."""
         loop = self._loop if self._pid == os.getpid() else None
-        state = "closed" if self._closed else "running" if loop is not None and loop.alive else "new"
+        if self._closed:
+            state = "closed"
+        elif loop is None:
+            state = "new"
+        else:
+            state = "running" if loop.alive else "broken" if loop.broken is not None else "new"
         return ConsumerStats(**self._tally.snapshot(), held=loop.held if loop is not None else 0, state=state)
 
     def close(self, timeout: float | None = None) -> None:

@@ -102,5 +102,6 @@ class ConsumerStats:
     in_progress: int = 0
     #: Messages delivered to this process and not settled yet.
     held: int = 0
-    #: "new" (not connected yet), "running", or "closed".
+    #: "new" (not connected yet), "running", "broken" (nats-py gave up on the connection: the
+    #: next ``fetch()`` or ``run()`` connects anew), or "closed".
     state: str = "new"

@@ -131,8 +131,8 @@ def test_three_processes_share_one_durable(nats_server: NatsServer, tmp_path: Pa
 
 def test_connection_nats_py_gives_up_on_is_rebuilt_by_the_next_call(make_server: Callable[..., NatsServer]) -> None:
     """A server -ERR after which nats-py closes the connection for good ('Maximum Subscriptions Exceeded': connecting
-    and binding take two subscriptions, run()'s pull inbox is a third): run() raises BrokerError, and the next
-    fetch() connects anew and reads every event."""
+    and binding take two subscriptions, run()'s pull inbox is a third): run() raises BrokerError, stats() says
+    "broken", and the next fetch() connects anew and reads every event."""
     server = make_server(extra_config="max_subscriptions: 2")
     events = envelopes(3)
     fill(server.url, "X", "x", events)
@@ -140,6 +140,7 @@ def test_connection_nats_py_gives_up_on_is_rebuilt_by_the_next_call(make_server:
     with NatsConsumer.connect(server.url, stream="X", durable="d") as consumer:
         with pytest.raises(BrokerError, match=r"closed the connection .* for good"):
             consumer.run(handled.append, timeout=30.0)
+        assert consumer.stats().state == "broken"
         got = consumer.fetch(10, timeout=5.0)
         for message in got:
             message.ack()
