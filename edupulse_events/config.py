@@ -455,6 +455,12 @@ class ConsumerConfig:
     #: Messages asked for per pull request in ``run()``, and held at most by one consumer.
     batch: int = attrs.field(default=100, validator=count_validator("batch"))
     max_buffered: int = attrs.field(default=200, validator=count_validator("max_buffered"))
+    #: Bytes (message bodies) held at most by one consumer in ``run()``: its pull request then asks
+    #: the server for no more than what is left, one request at a time. A message larger than all
+    #: of it comes alone, once nothing else is held. None: ``max_buffered`` messages bound them.
+    max_buffered_bytes: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(count_validator("max_buffered_bytes"))
+    )
     #: Idle heartbeat of a long pull request: a silent server is noticed within twice this.
     heartbeat: float = attrs.field(default=1.0, validator=seconds_validator("heartbeat"))
     #: Redelivery delay after a handler's failure: exponential from ``backoff_initial`` up to

@@ -218,7 +218,8 @@ class NatsConsumer:
             state = "new"
         else:
             state = "running" if loop.alive else "broken" if loop.broken is not None else "new"
-        return ConsumerStats(**self._tally.snapshot(), held=loop.held if loop is not None else 0, state=state)
+        held, held_bytes = (loop.held, loop.held_bytes) if loop is not None else (0, 0)
+        return ConsumerStats(**self._tally.snapshot(), held=held, held_bytes=held_bytes, state=state)
 
     def close(self, timeout: float | None = None) -> None:
         """Send the outcomes given so far, flush them to the server and close the connection

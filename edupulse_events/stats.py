@@ -100,8 +100,10 @@ class ConsumerStats:
     #: Messages the server gave up on after max_deliver (from its advisories; dead-lettered).
     expired: int = 0
     in_progress: int = 0
-    #: Messages delivered to this process and not settled yet.
+    #: Messages delivered to this process and not settled yet, and their bodies' bytes (counted
+    #: with ``max_buffered_bytes`` only; 0 otherwise).
     held: int = 0
+    held_bytes: int = 0
     #: "new" (not connected yet), "running", "broken" (nats-py gave up on the connection: the
     #: next ``fetch()`` or ``run()`` connects anew), or "closed".
     state: str = "new"

@@ -25,9 +25,12 @@ from edupulse_events import (
     ConfigError,
     ConsumerClosed,
     ConsumerConfig,
+    EventEnvelope,
+    LessonPublished,
     NatsConsumer,
     PermanentFailure,
     ReceivedMessage,
+    encode,
 )
 from edupulse_events.testing import NatsServer
 
@@ -299,6 +302,39 @@ def test_idle_timeout_waits_for_a_busy_handler(server: NatsServer, stream: tuple
     assert (stats.acknowledged, stats.handler_errors) == (3, 0)
 
 
+def lessons(titles: list[int]) -> list[EventEnvelope]:
+    """One LessonPublished per entry, its title that many characters long."""
+    return [
+        EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "x" * n), tenant_id="school-1") for n in titles
+    ]
+
+
+def test_max_buffered_bytes_bounds_what_run_holds(server: NatsServer, stream: tuple[str, str]) -> None:
+    """With max_buffered_bytes, run() never holds more body bytes than that (about 3 of 40 3-KB events at a
+    time); an event larger than all of it still comes, alone; every event handled once."""
+    name, prefix = stream
+    events = lessons([3000] * 20 + [30_000] + [3000] * 20)
+    fill(server.url, name, prefix, events)
+    big = len(encode(events[20]))
+    limit = 10_000
+    seen: list[tuple[uuid.UUID, int, int]] = []  # event, held messages and bytes while it is handled
+    lock = threading.Lock()
+    with NatsConsumer.connect(server.url, stream=name, durable="d", max_buffered_bytes=limit) as consumer:
+
+        def handle(message: ReceivedMessage) -> None:
+            stats = consumer.stats()
+            with lock:
+                seen.append((message.envelope.event_id, stats.held, stats.held_bytes))
+
+        assert consumer.run(handle, concurrency=2, idle_timeout=2.0, timeout=60.0) == "idle (2.0 s)"
+        stats = consumer.stats()
+    assert sorted(i for i, _, _ in seen) == sorted(e.event_id for e in events)
+    assert all(held_bytes <= limit for i, _, held_bytes in seen if i != events[20].event_id)
+    [(_, held, held_bytes)] = [s for s in seen if s[0] == events[20].event_id]
+    assert (held, held_bytes) == (1, big)  # alone
+    assert (stats.acknowledged, stats.held, stats.held_bytes) == (41, 0, 0)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -349,6 +385,7 @@ def test_binding_checks(server: NatsServer, stream: tuple[str, str]) -> None:
         ({"ack_wait": 0}, "ack_wait"),
         ({"max_deliver": 0}, "max_deliver"),
         ({"batch": 300}, "max_buffered"),
+        ({"max_buffered_bytes": 0}, "max_buffered_bytes"),
         ({"backoff_initial": 5.0, "backoff_maximum": 1.0}, "backoff_maximum"),
         ({"dead_letter_subject": "dlq.*"}, "subject"),
         ({"servers": "http://x:1"}, "nats://"),

@@ -15,8 +15,10 @@ reach it three ways:
   dropped.
 
 The pump (`start_pump`, used by ``run()``) keeps at most ``max_buffered`` messages held by this
-process (delivered and not yet settled): `PullConsumer.stream` keeps pull requests of up to
-``batch`` outstanding while there is room and hands each read's messages to the caller's queue.
+process (delivered and not yet settled), and with ``max_buffered_bytes`` at most that many bytes
+of their bodies (each held message's size is kept by its reply subject until it is settled):
+`PullConsumer.stream` keeps pull requests of up to ``batch`` outstanding while there is room and
+hands each read's messages to the caller's queue.
 `stop_pump` lets the outstanding requests end (their messages are handed over too, to be
 nak'ed); `stop` waits for dead letters in flight, writes the queued acks, flushes them to the
 server and closes the connection within its timeout.
@@ -68,6 +70,11 @@ class ConsumerLoop:
         self._room = asyncio.Event()
         #: Messages delivered to this process and not settled yet (changed on the loop only).
         self.held = 0
+        #: With ``max_buffered_bytes`` only (nothing is counted otherwise): their bodies' bytes,
+        #: each one's size by reply subject, and the replies of the outcomes queued since the last send.
+        self.held_bytes = 0
+        self._sizes: dict[str, int] | None = None if config.max_buffered_bytes is None else {}
+        self._final_replies: list[str] = []
         #: Why the connection cannot be used any more (nats-py gave up on it), or None.
         self.broken: BrokerError | None = None
 
@@ -111,6 +118,8 @@ class ConsumerLoop:
             self._responses.append((reply, payload))
             if final:
                 self._finals += 1
+                if self._sizes is not None:
+                    self._final_replies.append(reply)
             if self._wake_pending:
                 return
             self._wake_pending = True
@@ -207,7 +216,11 @@ class ConsumerLoop:
         with self._lock:
             responses, self._responses = self._responses, []
             finals, self._finals = self._finals, 0
+            replies, self._final_replies = self._final_replies, []
             self._wake_pending = False
+        if replies and self._sizes is not None:
+            pop = self._sizes.pop
+            self.held_bytes -= sum(pop(reply, 0) for reply in replies)
         if finals:
             self._settled(finals)
         if responses:
@@ -264,6 +277,8 @@ class ConsumerLoop:
             with self._lock:
                 self._responses.append((delivery.reply, payload))
                 self._finals += 1
+                if self._sizes is not None:
+                    self._final_replies.append(delivery.reply)
         self._send()
 
     def _end_pump(self) -> None:
@@ -282,7 +297,9 @@ class ConsumerLoop:
             self._took(got)
             deliver(got)
 
-        await self.source.stream(room, took, self._room, POLL)
+        limit = cfg.max_buffered_bytes
+        byte_room = None if limit is None else lambda: limit - self.held_bytes
+        await self.source.stream(room, took, self._room, POLL, byte_room, limit)
         if self.broken is not None:
             raise self.broken
 
@@ -310,4 +327,9 @@ class ConsumerLoop:
     def _took(self, got: list[Delivery]) -> None:
         if got:
             self.held += len(got)
+            sizes = self._sizes
+            if sizes is not None:
+                for delivery in got:
+                    sizes[delivery.reply] = size = len(delivery.data)
+                    self.held_bytes += size
             self.tally.add(received=len(got), redelivered=sum(d.num_delivered > 1 for d in got))

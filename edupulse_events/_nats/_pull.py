@@ -51,6 +51,8 @@ from ._streams import stream_captures
 __all__ = ["DEAD_LETTER_HEADERS", "Delivery", "PullConsumer", "check_nats_py", "nak_payload", "term_payload"]
 
 log = logging.getLogger("edupulse_events")
+#: The 409 that ends a pull request whose next message does not fit in its ``max_bytes``.
+_MAX_BYTES = "Message Size Exceeds MaxBytes"
 
 ACK = b"+ACK"
 PROGRESS = b"+WPI"
@@ -261,12 +263,24 @@ class PullConsumer:
         return [_delivery(msg) for msg in msgs if msg.reply]
 
     async def stream(
-        self, room: Callable[[], int], deliver: Callable[[list[Delivery]], None], wake: asyncio.Event, poll: float
+        self,
+        room: Callable[[], int],
+        deliver: Callable[[list[Delivery]], None],
+        wake: asyncio.Event,
+        poll: float,
+        byte_room: Callable[[], int] | None = None,
+        byte_limit: int | None = None,
     ) -> None:
         """Pull until cancelled or `end_stream`: while ``room()`` (messages the caller can take
         now) allows, keep up to two requests of up to ``batch`` outstanding, each expiring after
         ``poll`` s; give ``deliver`` the messages of each read. ``wake`` is set by the caller when
-        room opens. Messages that arrive after the end are nak'ed at once."""
+        room opens. Messages that arrive after the end are nak'ed at once.
+
+        With ``byte_room`` (bytes the caller can take now, of ``byte_limit`` in all) one request
+        at a time, asking for ``max_bytes`` of what is left. When the next message does not fit
+        (the server's 409 "Message Size Exceeds MaxBytes", nothing delivered) the next request
+        waits for more room; if nothing is held, the message is asked for alone, without a limit,
+        so that no message larger than the limit stops the consumer."""
         cfg, nc = self._config, self._nc
         loop = asyncio.get_running_loop()
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{cfg.stream}.{cfg.durable}"
@@ -275,6 +289,8 @@ class PullConsumer:
         self._requested = 0
         last_request = loop.time()
         accepting = True
+        asked = 0  # the messages the last request asked for (bytes mode: one request at a time)
+        starved: int | None = None  # the byte room in which the next message did not fit
 
         def flush_group() -> None:
             batch = group[:]
@@ -287,6 +303,7 @@ class PullConsumer:
                 task.add_done_callback(self._late.discard)
 
         async def on_msg(msg: Msg) -> None:
+            nonlocal starved
             reply = msg.reply
             if reply:
                 if not group:
@@ -297,11 +314,13 @@ class PullConsumer:
             status = (msg.headers or {}).get("Status", "")
             if status == "100":  # idle heartbeat
                 return
-            if status in ("404", "408"):  # the request ended: what it did not deliver is not coming
+            why = (msg.headers or {}).get("Description")
+            if status in ("404", "408") or why == _MAX_BYTES:  # the request ended: the rest is not coming
                 left = (msg.headers or {}).get("Nats-Pending-Messages")
                 self._requested -= int(left) if left and left.isdigit() else self._requested
+                if why == _MAX_BYTES and byte_room is not None and left == str(asked):  # nothing came
+                    starved = byte_room()
             else:  # 409 (leadership change, max waiting...), 503: start over with new requests
-                why = (msg.headers or {}).get("Description")
                 log.debug("pull request on %s ended: %s %s", cfg.durable, status, why)
                 self._requested = 0
             self._requested = max(0, self._requested)
@@ -318,7 +337,16 @@ class PullConsumer:
                 if self._requested > 0 and loop.time() - last_request > poll + 2.0:
                     self._requested = 0  # lost with a connection, or never answered: ask again
                 free = room() - self._requested
-                if self._requested <= half and free >= min(cfg.batch, half) and nc.is_connected:
+                if byte_room is not None:
+                    request = self._bytes_request(free, byte_room(), byte_limit, starved, poll)
+                    if request is not None and nc.is_connected:
+                        asked, body = request
+                        starved = None
+                        self._requested += asked
+                        last_request = loop.time()
+                        await nc.publish(subject, body, reply=inbox)
+                        continue
+                elif self._requested <= half and free >= min(cfg.batch, half) and nc.is_connected:
                     n = min(cfg.batch, free)
                     body = b'{"batch":%d,"expires":%d}' % (n, int(poll * 1e9))
                     self._requested += n
@@ -342,6 +370,20 @@ class PullConsumer:
             if group:
                 flush_group()
             self._closing_sub = sub
+
+    def _bytes_request(
+        self, free: int, byte_room: int, byte_limit: int | None, starved: int | None, poll: float
+    ) -> tuple[int, bytes] | None:
+        """The next pull request in bytes mode (how many messages, its body), or None while it must wait."""
+        if self._requested > 0 or free < 1:
+            return None
+        expires = int(poll * 1e9)
+        if starved is not None and starved >= (byte_limit or 0):  # larger than the limit: alone
+            return 1, b'{"batch":1,"expires":%d}' % expires
+        if byte_room < 1 or (starved is not None and byte_room <= starved):
+            return None
+        n = min(self._config.batch, free)
+        return n, b'{"batch":%d,"max_bytes":%d,"expires":%d}' % (n, byte_room, expires)
 
     def begin_stream(self) -> None:
         """Before `stream` is scheduled: an `end_stream` from then on is kept, even before it runs."""
