@@ -13,6 +13,11 @@ published if and only if that block commits (`edupulse_events.outbox`); `create_
 is the ``RunPython`` function of a migration that creates the table (in a migration with
 ``atomic = False``, so a SQLite file can be switched to WAL mode).
 
+The inbox, for consumers that run Django code (a management command calling
+`NatsConsumer.run`): `handle_event_once` runs the handler's effect and records the event id in
+one ``transaction.atomic()`` block, so a redelivered event changes nothing; `claim_event` is that
+record inside the caller's own block; `create_inbox_table` is the migration step for its table.
+
 Django is imported only when the middleware is built or an event added (importing this module
 needs no Django).
 Unlike the WSGI middleware, this one runs the view in the server's own context (Django keeps
@@ -26,17 +31,29 @@ ASGI, Django runs it in a thread, and an asynchronous streaming body is left as 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
+from .consumer import Inbox
 from .context import EventContext, event_context
 from .envelope import EventEnvelope
 from .errors import ConfigError
 from .outbox import Outbox
 from .wsgi import correlation_id_from_environ
 
-__all__ = ["TENANT_SETTING", "EventContextMiddleware", "add_event", "add_events", "create_outbox_tables"]
+__all__ = [
+    "TENANT_SETTING",
+    "EventContextMiddleware",
+    "add_event",
+    "add_events",
+    "claim_event",
+    "create_inbox_table",
+    "create_outbox_tables",
+    "handle_event_once",
+]
+
+T = TypeVar("T")
 
 _outbox = Outbox()
 
@@ -100,14 +117,14 @@ class EventContextMiddleware:
         return response
 
 
-def _atomic_connection(using: str) -> Any:
+def _atomic_connection(using: str, what: str = "add_event") -> Any:
     """The DB-API connection of Django's database ``using``, inside a ``transaction.atomic()`` block."""
     from django.db import connections  # type: ignore[import-untyped]
 
     connection = connections[using]
     if not connection.in_atomic_block:
         raise ConfigError(
-            "add_event() outside transaction.atomic() would commit the event on its own: "
+            f"{what}() outside transaction.atomic() would commit on its own: "
             "call it inside the block that saves the rows it is about"
         )
     connection.ensure_connection()
@@ -123,7 +140,7 @@ def add_event(envelope: EventEnvelope, *, outbox: Outbox | None = None, using: s
 
 def add_events(envelopes: Iterable[EventEnvelope], *, outbox: Outbox | None = None, using: str = "default") -> None:
     """`add_event` for several envelopes, in order (all validated before any is added)."""
-    (outbox or _outbox).add_many(_atomic_connection(using), envelopes)
+    (outbox or _outbox).add_many(_atomic_connection(using, "add_events"), envelopes)
 
 
 def create_outbox_tables(apps: Any, schema_editor: Any) -> None:
@@ -132,3 +149,32 @@ def create_outbox_tables(apps: Any, schema_editor: Any) -> None:
     connection = schema_editor.connection
     connection.ensure_connection()
     _outbox.create_table(connection.connection)
+
+
+def claim_event(inbox: Inbox, event_id: object, *, using: str = "default") -> bool:
+    """`Inbox.claim` in the current ``transaction.atomic()`` block of the database ``using``: True
+    the first time (do the work in the same block), False when the event was handled before (skip
+    it). The record commits with the block, or not at all. `ConfigError` outside an atomic block."""
+    return inbox.claim(_atomic_connection(using, "claim_event"), event_id)
+
+
+def handle_event_once(inbox: Inbox, event_id: object, apply: Callable[[], T], *, using: str = "default") -> bool:
+    """`Inbox.handle` for Django: in one ``transaction.atomic()`` block of the database ``using``
+    (a savepoint inside an outer block), record ``event_id`` and run ``apply()`` (True), or do
+    nothing when the event was handled before (False). ``apply`` raising rolls both back."""
+    from django.db import transaction
+
+    with transaction.atomic(using=using):
+        if not claim_event(inbox, event_id, using=using):
+            return False
+        apply()
+    return True
+
+
+def create_inbox_table(apps: Any, schema_editor: Any) -> None:
+    """A migration's ``RunPython`` step: create the inbox table (``edupulse_inbox``, which every
+    `Inbox` with the default ``table`` shares) on the migrated database, if it does not exist. Give
+    the migration ``atomic = False``, as for `create_outbox_tables`."""
+    connection = schema_editor.connection
+    connection.ensure_connection()
+    Inbox("django").create_table(connection.connection)

@@ -1,9 +1,15 @@
 """`Inbox.prune` on SQLite and PostgreSQL: it forgets this inbox's event ids older than the age
-given (by the database's clock) and nothing else; a forgotten id counts as new again."""
+given (by the database's clock) and nothing else; a forgotten id counts as new again. The Django
+helpers (`edupulse_events.django`): an event handled once in a ``transaction.atomic()`` block."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import subprocess
+import sys
+import textwrap
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -89,3 +95,80 @@ def test_prune_refuses_a_bad_age(older_than: object) -> None:
         inbox.prune(connection, older_than=older_than)  # type: ignore[arg-type]
     assert inbox.seen(connection, "a1")
     connection.close()
+
+
+DJANGO_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, types, uuid
+    import django
+    from django.conf import settings
+
+    settings.configure(DATABASES={"default": json.loads(sys.argv[1])}, INSTALLED_APPS=[], USE_TZ=True)
+    django.setup()
+    from django.db import connection, transaction
+    from edupulse_events import ConfigError, Inbox
+    from edupulse_events.django import claim_event, create_inbox_table, handle_event_once
+
+    create_inbox_table(None, types.SimpleNamespace(connection=connection))
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TABLE badges (event_id TEXT)")
+    inbox = Inbox("badges")
+    first, second, third = (str(uuid.uuid4()) for _ in range(3))
+
+
+    def grant(event_id, fail=False):
+        with connection.cursor() as cursor:
+            cursor.execute("INSERT INTO badges VALUES (%s)", [event_id])
+        if fail:
+            raise RuntimeError("the handler failed after its insert")
+
+
+    out = [handle_event_once(inbox, first, lambda: grant(first)), handle_event_once(inbox, first, lambda: grant(first))]
+    try:
+        handle_event_once(inbox, second, lambda: grant(second, fail=True))
+    except RuntimeError:
+        out.append(inbox.seen(connection.connection, second))
+    out.append(handle_event_once(inbox, second, lambda: grant(second)))
+    try:
+        claim_event(inbox, third)
+    except ConfigError as exc:
+        out.append("atomic" in str(exc))
+    with transaction.atomic():
+        out.append(claim_event(inbox, third))
+        transaction.set_rollback(True)
+    out.append(inbox.seen(connection.connection, third))
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT event_id FROM badges ORDER BY event_id")
+        out.append(sorted(row[0] for row in cursor.fetchall()) == sorted([first, second]))
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.parametrize("family", ["sqlite", "postgresql"])
+def test_django_handles_each_event_once(family: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """edupulse_events.django: handle_event_once applies an event once and rolls back its record with a failing
+    effect; claim_event needs an atomic block and its record goes with the block's rollback."""
+    pytest.importorskip("django")
+    if family == "sqlite":
+        database: dict[str, object] = {"ENGINE": "django.db.backends.sqlite3", "NAME": str(tmp_path / "app.db")}
+    else:
+        url = urllib.parse.urlsplit(request.getfixturevalue("postgres_url"))
+        database = {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": url.path.lstrip("/"),
+            "USER": url.username,
+            "HOST": url.hostname,
+            "PORT": url.port,
+        }
+    proc = subprocess.run(
+        [sys.executable, "-c", DJANGO_SCRIPT, json.dumps(database)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    # first: applied, then skipped; second: a failed effect leaves no record, then applied;
+    # third: refused outside atomic(), claimed inside one, gone with its rollback; the effects once each
+    assert json.loads(proc.stdout) == [True, False, False, True, True, True, False, True]
