@@ -284,6 +284,8 @@ _GLOBAL_LOCK = threading.Lock()
 _WIRE_NAMES: dict[type, str] = {}  # every registered class -> its one wire name, all registries
 KNOWN_EVENT_TYPES = _WIRE_NAMES.keys()
 """Classes registered in any registry (``EventEnvelope.data`` must be one of them)."""
+wire_name_of: Callable[[type], str | None] = _WIRE_NAMES.get
+"""A registered class's wire name, or None: `event_type_name` of a class without its checks (a hot path's)."""
 
 T = TypeVar("T", bound=type)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import uuid
 
+import orjson
 import pytest
 
-from edupulse_events import EventEnvelope, LessonPublished, QuizSubmitted, encode
+from edupulse_events import Codec, EventEnvelope, LessonPublished, QuizSubmitted, encode
 from edupulse_events._pipeline._routing import PAUSE_EVERY, Router, header_value
 from edupulse_events.codec import ENVELOPE_LAYOUT
 
@@ -48,6 +49,31 @@ def test_headers_carry_the_envelopes_ids_tenant_and_flag(
         assert item.event_id == str(env.event_id)
         assert item.payload == encode(env)
         assert item.size == len(item.headers) + len(item.payload)
+
+
+class _OwnCodec:
+    """A codec of one's own (not `Codec`), whose bytes keep the envelope's key order or reverse it."""
+
+    def __init__(self, reverse: bool) -> None:
+        self.reverse = reverse
+
+    def encode(self, envelope: EventEnvelope) -> bytes:
+        fields = list(Codec().unstructure(envelope).items())
+        return orjson.dumps(dict(reversed(fields) if self.reverse else fields))
+
+    def decode(self, data: bytes) -> EventEnvelope:
+        return Codec().decode(data)
+
+
+def test_another_codecs_bytes_are_checked_for_the_layout() -> None:
+    """A codec other than the package's has its bytes checked for where the ids sit: the same layout
+    gives the same headers, another one is refused (no header is ever copied from the wrong bytes)."""
+    env = EventEnvelope.new(LessonPublished(uuid.uuid4(), uuid.uuid4(), "t"), correlation_id=CORRELATION)
+    assert Router("edupulse.events", _OwnCodec(False)).prepare(env, None).headers == expected_headers(
+        env, "LessonPublished"
+    )
+    with pytest.raises(AssertionError, match="not the codec's envelope layout"):
+        Router("edupulse.events", _OwnCodec(True)).prepare(env, None)
 
 
 def test_subject_template_fills_type_and_tenant_token() -> None:
