@@ -233,6 +233,20 @@ def test_put_many_stops_at_the_bounds_and_returns_how_many_went_in() -> None:
     assert names(take(q)) == ["huge"]
 
 
+def test_put_many_over_the_byte_bound_counts_only_what_went_in() -> None:
+    """A batch with room by count but not by bytes goes in as far as the bytes allow, with the marks and
+    byte count of only those; a lone item over the byte bound goes into an empty queue whole."""
+    q: BatchQueue[Thing] = BatchQueue(10, 100, 30.0)
+    q.put(Thing("a", 30), 0)
+    items = [Thing("x", 50), Thing("y", 50)]
+    assert q.put_many(items, 0, lambda: None) == 1
+    assert (items[0].mark, q.nbytes, q.accepted, len(q)) == (80, 80, 2, 2)
+    assert names(take(q)) == ["a", "x"]
+    assert q.nbytes == 0
+    assert q.put_many([Thing("huge", 500)], 0, lambda: None) == 1
+    assert (q.nbytes, q.accepted) == (500, 3)
+
+
 def test_put_many_waits_for_room_as_the_taker_drains() -> None:
     """put_many of 50 items into a queue of 5 completes while another thread takes batches."""
     q: BatchQueue[Thing] = BatchQueue(5, BIG, 30.0)

@@ -97,6 +97,17 @@ class BatchQueue(Generic[Q]):
             _acquire(mutex)
         try:
             q, n, done = self._items, len(items), 0
+            if n and len(q) + n <= self.maxsize:  # room for all by count: one pass, then the bytes
+                total, deadline = self._bytes_in, time.monotonic() + self.ttl
+                for item in items:
+                    total += item.size
+                    item.mark = total  # stamps of an item not taken in the end are stamped again
+                    item.deadline = deadline
+                if total - self._bytes_out <= self.maxbytes or (not q and n == 1):
+                    self._bytes_in = total
+                    self.accepted += n
+                    q.extend(items)
+                    return n
             end = time.monotonic() + timeout
             while done < n:
                 room = self.maxsize - len(q)
