@@ -102,12 +102,14 @@ def _holds_events(attempts: Attempts) -> bool:
     return attempts._out.count > 0  # noqa: SLF001 - the sweep also runs when the acks have caught up
 
 
-# each step, and when it crashes: sending and ack handling always hold events; the sweep only
-# crashes while some are outstanding, or there would be nothing for the crash to fail
-STEPS: dict[str, tuple[type, str, Callable[..., bool] | None]] = {
-    "send": (JetStreamSender, "send", None),
-    "ack handling": (JetStreamSender, "on_acks", None),
-    "deadline sweep": (Attempts, "sweep", _holds_events),
+# Each step, when it crashes, and whether the server is paused meanwhile. Sending and ack handling
+# hold events whose acks cannot come (not sent; their acks taken by the crashing step). The sweep
+# crashes only while events are outstanding, and with the server paused (SIGSTOP): their acks
+# would otherwise still arrive while the thread shuts down, and rightly resolve them as acked.
+STEPS: dict[str, tuple[type, str, Callable[..., bool] | None, bool]] = {
+    "send": (JetStreamSender, "send", None, False),
+    "ack handling": (JetStreamSender, "on_acks", None, False),
+    "deadline sweep": (Attempts, "sweep", _holds_events, True),
 }
 
 
@@ -122,11 +124,20 @@ def test_crash_in_a_step_resolves_every_future_and_the_next_publish_restarts(
     with connect(nats_server.url) as pub:
         assert pub.publish(first).result(timeout=10).broker_sequence == 1
         before = set(threading.enumerate())
-        fired = crash_once(monkeypatch, *STEPS[step])
-        end = time.monotonic() + 10
-        while not fired.is_set() and time.monotonic() < end:  # keep events flowing until the step runs
-            hit_envs.append(envelope(len(hit_envs)))
-            hit.append(pub.publish(hit_envs[-1]))
+        owner, name, when, pause = STEPS[step]
+        fired = crash_once(monkeypatch, owner, name, when)
+        if pause:
+            nats_server.pause()
+        try:
+            end = time.monotonic() + 10
+            while not fired.is_set() and time.monotonic() < end:  # keep events flowing until the step runs
+                hit_envs.append(envelope(len(hit_envs)))
+                hit.append(pub.publish(hit_envs[-1]))
+            if pause and hit:  # held (or queued) at the crash, no ack possible: failed by it
+                assert isinstance(hit[0].exception(timeout=10), PublisherCrashed)
+        finally:
+            if pause:
+                nats_server.resume()
         kinds = outcomes(hit, timeout=10)
         assert fired.is_set()
         assert kinds["PublisherCrashed"] >= 1
