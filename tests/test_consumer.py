@@ -232,13 +232,14 @@ def test_handler_running_past_stop_timeout_is_nacked(server: NatsServer, stream:
     """A handler still busy at stop_timeout: its message is nak'ed for it, and its late return changes nothing."""
     name, prefix = stream
     fill(server.url, name, prefix, envelopes(1))
-    release, entered, stop = threading.Event(), threading.Event(), threading.Event()
+    release, entered, stop, returned = threading.Event(), threading.Event(), threading.Event(), threading.Event()
     outcomes: list[str | None] = []
 
     def handle(message: ReceivedMessage) -> None:
         entered.set()
         release.wait(30.0)
         outcomes.append(message.settled)
+        returned.set()
 
     with NatsConsumer.connect(server.url, stream=name, durable="d") as consumer:
 
@@ -252,6 +253,7 @@ def test_handler_running_past_stop_timeout_is_nacked(server: NatsServer, stream:
         watcher.join()
         release.set()
         assert consumer.fetch(1, timeout=5.0)[0].num_delivered == 2  # nak'ed: delivered again
+    assert returned.wait(10.0)  # the abandoned handler thread, released, has looked at its message
     assert outcomes == ["nak"]
 
 
