@@ -1,6 +1,7 @@
 """Helpers for the consumer's tests: filling a stream, asking a durable's state, reading dead
 letters, and a consumer process (``python tests/consumer_support.py ...``) that records each
-event it handles and can SIGKILL itself in the middle of one."""
+event it handles, can SIGKILL itself in the middle of one, and ends once the durable has every
+message acked."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -100,9 +102,10 @@ def read_ids(path: Path) -> list[str]:
 
 
 def _child(url: str, stream: str, durable: str, out: str, kill_at: int, inbox_db: str, ack_wait: float) -> None:
-    """A consumer process: handle until a run of 1.5 s gets nothing, recording each event id (one
-    unbuffered write each); with ``kill_at`` > 0, SIGKILL itself while handling that message (after
-    its effect, before the ack); with ``inbox_db`` (an SQLite file or a postgresql:// URL), record
+    """A consumer process: handle (in runs of 1.5 s) until the durable has every message acked (exit
+    3 if that takes over 50 s), recording each event id (one unbuffered write each); with
+    ``kill_at`` > 0, SIGKILL itself while handling that message (after its effect, before the
+    ack); with ``inbox_db`` (an SQLite file or a postgresql:// URL), record
     the effect (a row in ``effects``) through an `Inbox`."""
     from edupulse_events import Inbox, NatsConsumer
 
@@ -131,12 +134,17 @@ def _child(url: str, stream: str, durable: str, out: str, kill_at: int, inbox_db
                 os.kill(os.getpid(), signal.SIGKILL)
 
     consumer = NatsConsumer.connect(url, stream=stream, durable=durable, ack_wait=ack_wait, batch=20, max_buffered=40)
+    deadline = time.monotonic() + 50.0
     with consumer:
+        # Done once the durable has nothing left to deliver or waiting for an ack (not after a
+        # run that got nothing: on a loaded machine the first delivery can take longer than a
+        # run, and a dead process's messages come again only after their ack_wait).
         while True:
-            before = consumer.stats().received
             consumer.run(handle, concurrency=2, timeout=1.5, stop_timeout=5.0)
-            if consumer.stats().received == before:
+            if ack_pending(url, stream, durable) == (0, 0):
                 break
+            if time.monotonic() > deadline:
+                sys.exit(3)
     os.close(fd)
 
 
