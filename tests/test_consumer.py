@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 from consumer_support import ack_pending, dead_letters, fill, publish_raw
-from helpers import envelopes
+from helpers import LogWatcher, envelopes
 
 from edupulse_events import (
     AlreadySettled,
@@ -140,26 +140,45 @@ def test_dead_letters_undecodable_permanent_and_max_deliver(server: NatsServer, 
     dead_letters(server.url, f"DL{name}", f"dead.{prefix}")
     permanent, flaky = events[1].event_id, events[2].event_id
     handled: list[uuid.UUID] = []
-    stop = threading.Event()
+    lock = threading.Lock()
+    rest, stop = threading.Event(), threading.Event()
 
     def handle(message: ReceivedMessage) -> None:
         if message.envelope.event_id == permanent:
             raise PermanentFailure("lesson 1 references a deleted course")
         if message.envelope.event_id == flaky:
-            if message.num_delivered == 2:
-                stop.set()
             raise RuntimeError("still down")
-        handled.append(message.envelope.event_id)
+        with lock:
+            handled.append(message.envelope.event_id)
+            if len(handled) == 4:
+                rest.set()
 
-    with NatsConsumer.connect(
-        server.url,
-        stream=name,
-        durable="d",
-        dead_letter_subject=f"dead.{prefix}",
-        max_deliver=2,
-        backoff_initial=0.05,
-    ) as consumer:
-        consumer.run(handle, concurrency=2, stop=stop, timeout=30.0)
+    # Stop once the 4 others are handled and the 3 dead letters stored: a stop naks whatever a
+    # handler thread has not taken yet (the other thread may be slower than the flaky redelivery).
+    def watch(logs: LogWatcher) -> None:
+        deadline = time.monotonic() + 30.0
+        try:
+            rest.wait(30.0)
+            for seq in (2, 3, 7):
+                logs.wait_for(rf" {name}#{seq} dead-lettered", timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            stop.set()
+
+    with (
+        LogWatcher() as logs,
+        NatsConsumer.connect(
+            server.url,
+            stream=name,
+            durable="d",
+            dead_letter_subject=f"dead.{prefix}",
+            max_deliver=2,
+            backoff_initial=0.05,
+        ) as consumer,
+    ):
+        watcher = threading.Thread(target=watch, args=(logs,))
+        watcher.start()
+        assert consumer.run(handle, concurrency=2, stop=stop, timeout=60.0) == "stop event"
+        watcher.join()
         stats = consumer.stats()
     assert sorted(map(str, handled)) == sorted(str(e.event_id) for e in events if e.event_id not in (permanent, flaky))
     letters = dead_letters(server.url, f"DL{name}", f"dead.{prefix}")
