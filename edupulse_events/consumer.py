@@ -169,8 +169,7 @@ class NatsConsumer:
         ``timeout`` seconds (None: never), or once ``idle_timeout`` seconds passed with nothing
         delivered and no handler busy (None: never; a batch job's "until drained"): it fetches
         no more, lets handlers finish within ``stop_timeout`` and naks whatever else this
-        process holds. A lost connection raises
-        `BrokerError` after the same clean stop."""
+        process holds. A lost connection raises `BrokerError` after the same clean stop."""
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be an int >= 1, got {concurrency!r}")
         if timeout is not None and not timeout > 0:

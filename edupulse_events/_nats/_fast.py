@@ -173,13 +173,12 @@ class FastPath:
         subject = self._prefix + b"0"
         header = b"NATS/1.0\r\nEdupulse-Probe: 1\r\n\r\n"
         try:
-            self._write(
+            await self._pend(
                 [
                     b"PUB %s %d\r\n%s\r\n" % (subject, len(body), body),
                     b"HPUB %s %d %d\r\n%s%s\r\n" % (subject, len(header), len(header) + len(body), header, body),
                 ]
             )
-            await self._kick()
             await asyncio.wait_for(seen, timeout)
             return True
         except (asyncio.TimeoutError, AttributeError, TypeError, ValueError, nats.errors.Error) as exc:
@@ -196,16 +195,12 @@ class FastPath:
             parser.parse = self._originals["parse"]
             parser.reset = self._originals["reset"]
 
-    def _write(self, pieces: list[bytes]) -> None:
+    async def _pend(self, pieces: list[bytes], size: int | None = None) -> None:
+        """Add ``pieces`` (``size`` bytes of commands; None: counted here) to the client's pending
+        buffer and kick its flusher."""
         nc = self._nc
         nc._pending.extend(pieces)  # noqa: SLF001
-        nc._pending_data_size += sum(map(len, pieces))  # noqa: SLF001
-
-    async def _pend(self, pieces: list[bytes], size: int) -> None:
-        """Add ``pieces`` (``size`` bytes of commands) to the client's pending buffer and kick its flusher."""
-        nc = self._nc
-        nc._pending.extend(pieces)  # noqa: SLF001
-        nc._pending_data_size += size  # noqa: SLF001
+        nc._pending_data_size += sum(map(len, pieces)) if size is None else size  # noqa: SLF001
         await self._kick()
 
     async def _kick(self) -> None:

@@ -248,7 +248,7 @@ class Router:
         data = envelope.data  # encoded: its type is registered, so it has a wire name
         type_name = wire_name_of(type(data)) or event_type_name(data)
         headers = self.headers(envelope, payload, type_name)
-        event_id = payload[_EVENT_ID].decode()  # headers() checked the layout
+        event_id = payload[_EVENT_ID].decode()  # the layout: our codec's, or checked by headers()
         subject = self._fixed
         if subject is None:
             subject = self.subject(envelope, type_name)
